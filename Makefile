@@ -1,0 +1,47 @@
+# fedsim — the README's two commands are `make run` and `make test`.
+# Both bootstrap .venv (created when missing or when pyproject.toml changes)
+# and make sure the Fashion-MNIST files are present before doing their job.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= 1
+
+.PHONY: run test lint typecheck unit data install benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+data:
+	@sh scripts/ensure_data.sh
+
+run: $(STAMP) data
+	$(BIN)/fedsim run $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) data
+	$(BIN)/python -m pytest $(ARGS)
+
+test: lint typecheck unit
+
+benchmark: $(STAMP) data
+	$(BIN)/python benchmarks/levels.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

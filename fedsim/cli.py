@@ -1,0 +1,146 @@
+"""``fedsim`` command line: ``fedsim run`` runs the benchmark flow.
+
+Bad options exit with status 2 and one line on stderr; expected failures
+(missing data, unusable option values) exit with status 1 and one line; only
+bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+__all__ = ["build_parser", "main"]
+
+_QUIET_ENV = {
+    # Offline machines: telemetry would only print errors.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    # Progress is shown by fedsim itself; Prefect's per-task INFO lines would bury it.
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _samples(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_run(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        argument_default=argparse.SUPPRESS,
+        help="run the benchmark: baseline and the chosen levels",
+        description="Run one federated-learning experiment at the chosen levels of realism, "
+        "orchestrated by Prefect and tracked in MLflow; prints accuracy and slowdown per level.",
+    )
+    add = run.add_argument
+    add("--levels", help="comma-separated levels, words or numbers (default: baseline,1,2,3)")
+    add("--dataset", help="fashion-mnist (default) or mnist")
+    add("--model", help="cnn (default), mlp or mpc-cnn")
+    add("--workers", type=_positive_int, help="number of workers / clients (default 10)")
+    add("--rounds", type=_positive_int, help="federated rounds (default: profile)")
+    add("--epochs", type=_positive_int, help="local epochs per round (default 1)")
+    add("--batch-size", type=_positive_int, help="minibatch size B (default 32)")
+    add("--lr", type=_float, help="SGD learning rate (default 0.05)")
+    add("--fraction", type=_float, help="client fraction C per round, in (0, 1] (default 1)")
+    add("--partition", help="iid (default), dirichlet:ALPHA or shards:K")
+    add("--aggregation", help="plain (default) or secure")
+    add("--seed", type=_non_negative_int, help="seed of everything random (default 0)")
+    add("--profile", choices=("quick", "full"), default="quick", help="defaults preset")
+    add("--train-samples", type=_samples, help="first N training samples, or 'all'")
+    add("--test-samples", type=_samples, help="first N test samples, or 'all'")
+    add("--experiment", help="MLflow experiment name (default fedsim)")
+    add("--data-dir", help="folder holding the dataset's idx files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedsim", description="Privacy-preserving federated-learning lab.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    """Profile defaults, overridden by the options actually given."""
+    from flows.config import PROFILES, ExperimentConfig
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "profile")}
+    return ExperimentConfig(**{**PROFILES[args.profile], "profile": args.profile, **given})
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedsim.display import run_with_display
+    from fl.data import resolve_data_root
+
+    cfg = _config_from_args(args)
+    if cfg.data_dir is not None and not os.access(cfg.data_dir, os.R_OK | os.X_OK):
+        raise _cli_error(f"--data-dir {cfg.data_dir!r} is not a readable folder")
+    resolve_data_root(cfg.dataset, cfg.data_dir)  # fail fast, before Prefect starts
+    run_with_display(cfg)
+    return 0
+
+
+def _cli_error(message: str) -> Exception:
+    from fl.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    from fl.errors import FedsimError
+
+    try:
+        if args.command == "run":
+            return _run(args)
+    except FedsimError as error:
+        print(f"fedsim: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedsim: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Terminal display of a benchmark run: rich progress per round, then a table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.config import LEVELS, ExperimentConfig
+from flows.progress import ProgressSink, use_sink
+
+__all__ = ["RichProgressSink", "run_with_display", "summary_table"]
+
+_RUN_NAMES = {level.name: level.run_name for level in LEVELS}
+
+
+class RichProgressSink(ProgressSink):
+    """One progress bar per level, advanced per round with the latest accuracy."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def level_started(self, level: str, rounds: int) -> None:
+        self.tasks[level] = self.progress.add_task(
+            _RUN_NAMES.get(level, level), total=rounds, note=""
+        )
+
+    def round_finished(self, level: str, round_index: int, metrics: Mapping[str, float]) -> None:
+        task = self.tasks[level]
+        note = f"acc {metrics['test_accuracy']:.2%}  loss {metrics['train_loss']:.3f}"
+        self.progress.update(task, completed=round_index, note=note)
+
+
+def summary_table(result: Mapping[str, Any]) -> Table:
+    """level | accuracy | training s | slowdown | Prefect s | MB moved."""
+    table = Table(title="fedsim benchmark")
+    for header in ("level", "accuracy", "training s", "slowdown", "Prefect s", "MB moved"):
+        table.add_column(header, justify="left" if header == "level" else "right")
+    for s in result["levels"]:
+        slowdown = s.get("slowdown_vs_baseline")
+        table.add_row(
+            _RUN_NAMES.get(s["level"], s["level"]),
+            f"{s['final_accuracy']:.2%}",
+            f"{s['train_seconds']:.1f}",
+            "—" if slowdown is None else f"{slowdown:.2f}×",
+            f"{s['prefect_seconds']:.2f}",
+            f"{s['bytes_total'] / 1e6:.1f}",
+        )
+    return table
+
+
+def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Run the benchmark flow with live progress; print the summary table."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.benchmark import benchmark_flow
+
+    console = Console()
+    console.print(f"[bold]fedsim run[/bold] — profile {cfg.profile}, levels {cfg.levels}")
+    columns = (
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    # Heartbeats let a Prefect server notice a crashed run; an interactive run
+    # has no such server, and each flow run would wait ~1 s for its heartbeat
+    # thread to stop.
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        Progress(*columns, console=console) as bar,
+        use_sink(RichProgressSink(bar)),
+    ):
+        result: dict[str, Any] = benchmark_flow(cfg.to_dict())
+    console.print(summary_table(result))
+    console.print(f"MLflow parent run {result['parent_run_id']} in experiment {cfg.experiment!r}")
+    return result

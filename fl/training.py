@@ -1,0 +1,160 @@
+"""Local training and evaluation — the one SGD loop every level shares.
+
+The centralized baseline (level 0) and every federated worker call the same
+:func:`train_local`, so the slowdown a level shows comes from its transport and
+aggregation, never from a different training loop. The loop is therefore kept
+lean: minibatches are gathered by indexing the in-memory tensors (no DataLoader,
+no per-sample transforms), and the loss is accumulated as a tensor so that only
+one ``.item()`` synchronisation happens per call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fl.data import Split
+from fl.errors import ConfigError, DataError
+
+__all__ = ["EvalResult", "TrainConfig", "TrainResult", "evaluate", "train_local"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Hyper-parameters of local SGD; crosses the worker protocol as :meth:`to_dict`."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        # Written as `not (ok)` so that NaN fails too.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not (0 <= self.momentum < 1):
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
+
+    def to_dict(self) -> dict[str, float | int]:
+        """JSON-safe form for the wire."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys or wrong types raise ConfigError."""
+        # Field types are strings under `from __future__ import annotations`.
+        kinds = {f.name: str(getattr(f.type, "__name__", f.type)) for f in fields(cls)}
+        unknown = sorted(set(d) - set(kinds))
+        if unknown:
+            raise ConfigError(f"unknown train config keys {unknown}: expected {sorted(kinds)}")
+        values: dict[str, float | int] = {}
+        for key, value in d.items():
+            # bool is an int subclass but never a valid count or rate here.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"train config {key!r} must be a number, got {value!r}")
+            if kinds[key] == "int":
+                if not isinstance(value, int):
+                    raise ConfigError(f"train config {key!r} must be an integer, got {value!r}")
+                values[key] = value
+            else:
+                values[key] = float(value)
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except TypeError as exc:  # a required key is missing
+            raise ConfigError(f"incomplete train config {dict(d)!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one :func:`train_local` call did; ``mean_loss`` is sample-weighted over all passes."""
+
+    num_samples: int
+    steps: int
+    mean_loss: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean cross-entropy and top-1 accuracy over ``num_samples`` samples."""
+
+    loss: float
+    accuracy: float
+    num_samples: int
+
+
+def train_local(
+    model: nn.Module, data: Split, config: TrainConfig, generator: torch.Generator
+) -> TrainResult:
+    """Plain minibatch SGD with cross-entropy for ``config.epochs`` passes over ``data``.
+
+    Each pass visits ``torch.randperm(len(data), generator=generator)`` in batches
+    of ``config.batch_size`` (the last one partial). The optimizer is fresh per
+    call, so momentum does not carry over between federated rounds — the usual
+    FedAvg client. Same weights + data + config + generator state → bitwise
+    identical weights on CPU.
+    """
+    n = len(data)
+    if n == 0:
+        raise DataError("cannot train on an empty dataset")
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    was_training = model.training
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    steps = 0
+    start = time.perf_counter()
+    try:
+        for _ in range(config.epochs):
+            for batch in torch.split(torch.randperm(n, generator=generator), config.batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(data.x[batch]), data.y[batch])
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                loss_sum += loss.detach() * batch.numel()
+                steps += 1
+        mean_loss = loss_sum.item() / (n * config.epochs)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    return TrainResult(num_samples=n, steps=steps, mean_loss=mean_loss, seconds=seconds)
+
+
+def evaluate(model: nn.Module, data: Split, *, batch_size: int = 1000) -> EvalResult:
+    """Mean cross-entropy and accuracy of ``model`` on ``data``, in eval mode, no autograd."""
+    n = len(data)
+    if n == 0:
+        raise DataError("cannot evaluate on an empty dataset")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+                logits = model(x)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == y).sum()
+    finally:
+        model.train(was_training)
+    return EvalResult(loss=loss_sum.item() / n, accuracy=correct.item() / n, num_samples=n)

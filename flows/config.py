@@ -1,0 +1,212 @@
+"""Typed experiment configuration shared by the CLI, the flows and MLflow.
+
+``ExperimentConfig`` is the one place where the options of ``fedsim run`` are
+validated; the Prefect flows take its ``to_dict()`` form as their parameters
+(plain JSON, so a flow run can be reproduced from the Prefect UI), and MLflow
+logs the same names as params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fl.data import DATASETS
+from fl.errors import ConfigError
+from fl.models import MODELS
+from fl.partition import parse_partition
+
+__all__ = [
+    "AGGREGATIONS",
+    "LEVELS",
+    "PROFILES",
+    "ExperimentConfig",
+    "Level",
+    "parse_levels",
+]
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of simulation realism (see DESIGN.md, "The five levels")."""
+
+    number: int
+    name: str
+    implemented: bool = True
+
+    @property
+    def run_name(self) -> str:
+        """MLflow child-run name: ``L<n> <name>`` (baseline is ``L0``)."""
+        return f"L{self.number} {self.name}"
+
+
+LEVELS: tuple[Level, ...] = (
+    Level(0, "baseline"),
+    Level(1, "sequential"),
+    Level(2, "federated"),
+    Level(3, "decentralized"),
+    Level(4, "websocket-local", implemented=False),
+    Level(5, "websocket-remote", implemented=False),
+    Level(6, "encrypted-eval", implemented=False),
+)
+_BY_KEY: dict[str, Level] = {}
+for _level in LEVELS:
+    _BY_KEY[_level.name] = _level
+    if _level.number <= 5:
+        _BY_KEY[str(_level.number)] = _level
+_BY_KEY["0"] = LEVELS[0]
+
+AGGREGATIONS: tuple[str, ...] = ("plain", "secure")
+_IMPLEMENTED_AGGREGATIONS = ("plain",)
+
+
+def parse_levels(spec: str) -> tuple[Level, ...]:
+    """Parse ``baseline,1,2,3`` (words or numbers) into levels, in run order.
+
+    The baseline always runs first when present, because every other level's
+    slowdown is measured against it; the remaining order and duplicates are
+    normalised so the same set of levels always gives the same run.
+    """
+    keys = [part.strip().lower() for part in spec.split(",") if part.strip()]
+    if not keys:
+        raise ConfigError(f"no levels in {spec!r}: use e.g. baseline,1,2,3")
+    chosen: set[Level] = set()
+    for key in keys:
+        level = _BY_KEY.get(key)
+        if level is None:
+            valid = ", ".join(f"{lv.name}" for lv in LEVELS)
+            raise ConfigError(f"unknown level {key!r}: choose from {valid} or 0-5")
+        if not level.implemented:
+            raise ConfigError(f"level {level.name!r} is not available in this version of fedsim")
+        chosen.add(level)
+    return tuple(sorted(chosen, key=lambda lv: lv.number))
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Finishes in under 5 minutes on 2 CPU cores (measured: see README).
+    "quick": {
+        "levels": "baseline,1,2,3",
+        "workers": 10,
+        "rounds": 5,
+        "epochs": 1,
+        "batch_size": 32,
+        "lr": 0.05,
+        "train_samples": 10_000,
+        "test_samples": 2_000,
+    },
+    # The whole dataset: the setting of the README's benchmark table.
+    "full": {
+        "levels": "baseline,1,2,3",
+        "workers": 10,
+        "rounds": 10,
+        "epochs": 1,
+        "batch_size": 32,
+        "lr": 0.05,
+        "train_samples": None,
+        "test_samples": None,
+    },
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """Everything that defines one ``fedsim run``; validated on construction."""
+
+    levels: str = "baseline,1,2,3"
+    dataset: str = "fashion-mnist"
+    model: str = "cnn"
+    workers: int = 10
+    rounds: int = 5
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    fraction: float = 1.0
+    partition: str = "iid"
+    aggregation: str = "plain"
+    seed: int = 0
+    profile: str = "quick"
+    train_samples: int | None = 10_000
+    test_samples: int | None = 2_000
+    experiment: str = "fedsim"
+    data_dir: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse_levels(self.levels)
+        parse_partition(self.partition)
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("model", self.model, tuple(MODELS))
+        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        if self.aggregation not in _IMPLEMENTED_AGGREGATIONS:
+            raise ConfigError(
+                f"--aggregation {self.aggregation} is not available in this version of fedsim"
+            )
+        _check_choice("profile", self.profile, tuple(PROFILES))
+        _check_min("workers", self.workers, 1)
+        _check_min("rounds", self.rounds, 1)
+        _check_min("epochs", self.epochs, 1)
+        _check_min("batch-size", self.batch_size, 1)
+        _check_min("seed", self.seed, 0)
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
+        for name in ("train_samples", "test_samples"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_min(name.replace("_", "-"), value, 1)
+        if self.train_samples is not None and self.train_samples < self.workers:
+            raise ConfigError(
+                f"--train-samples {self.train_samples} is fewer than --workers {self.workers}"
+            )
+        if not self.experiment.strip():
+            raise ConfigError("--experiment must not be empty")
+
+    @property
+    def level_list(self) -> tuple[Level, ...]:
+        return parse_levels(self.levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form used as Prefect flow parameters."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown experiment option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def mlflow_params(self, level: Level) -> dict[str, str]:
+        """Params of one level's MLflow run (names fixed by DESIGN.md)."""
+        return {
+            "level": level.name,
+            "dataset": self.dataset,
+            "model": self.model,
+            "partition": self.partition,
+            "workers": str(self.workers),
+            "rounds": str(self.rounds),
+            "epochs": str(self.epochs),
+            "batch_size": str(self.batch_size),
+            "lr": str(self.lr),
+            "fraction": str(self.fraction),
+            "seed": str(self.seed),
+            "aggregation": self.aggregation if level.number > 0 else "none",
+            "profile": self.profile,
+            "train_samples": str(self.train_samples or "all"),
+            "test_samples": str(self.test_samples or "all"),
+        }
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"--{option} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _check_min(option: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"--{option} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"--{option} must be >= {minimum}, got {value}")

@@ -1,0 +1,206 @@
+"""Prefect tasks: each wraps one step of an experiment and nothing more.
+
+The algorithms live in ``fl`` (training, FedAvg) and ``workers`` (transport);
+these tasks only wire them together. Every task uses ``NO_CACHE``: Prefect's
+default cache policy hashes the inputs, which for model states and datasets
+would cost more than the work itself (and would pickle them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fl.aggregation import ClientUpdate, Strategy
+from fl.data import Split, load_split
+from fl.models import build_model, get_state, set_state
+from fl.partition import parse_partition, partition_indices
+from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
+from flows.config import ExperimentConfig
+from flows.timing import timed_body
+from workers.base import Worker
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore
+from workers.virtual import VirtualWorker
+
+__all__ = [
+    "RoundOutcome",
+    "aggregate_updates",
+    "client_seed",
+    "evaluate_state",
+    "launch_virtual_workers",
+    "load_test_set",
+    "load_train_set",
+    "partition_train_set",
+    "train_centralized",
+    "train_federated_round",
+    "train_sequential_round",
+]
+
+StateDict = dict[str, torch.Tensor]
+
+
+def client_seed(seed: int, round_index: int, client_index: int) -> int:
+    """Independent, reproducible seed for one client's local training in one round."""
+    sequence = np.random.SeedSequence([seed, round_index, client_index])
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def train_config(cfg: ExperimentConfig) -> TrainConfig:
+    return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one round of local training returns to the coordinator."""
+
+    updates: list[ClientUpdate]
+    bytes_sent: int
+    bytes_received: int
+
+
+@task(name="load-train-set", cache_policy=NO_CACHE)
+@timed_body
+def load_train_set(cfg: ExperimentConfig) -> Split:
+    return load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
+
+
+@task(name="load-test-set", cache_policy=NO_CACHE)
+@timed_body
+def load_test_set(cfg: ExperimentConfig) -> Split:
+    return load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)
+
+
+@task(name="partition", cache_policy=NO_CACHE)
+@timed_body
+def partition_train_set(cfg: ExperimentConfig, labels: torch.Tensor) -> list[torch.Tensor]:
+    spec = parse_partition(cfg.partition)
+    return partition_indices(spec, labels, cfg.workers, cfg.seed)
+
+
+@task(name="launch-workers", cache_policy=NO_CACHE)
+@timed_body
+def launch_virtual_workers(
+    cfg: ExperimentConfig, *, train: Split | None, shards: Sequence[torch.Tensor] | None
+) -> list[Worker]:
+    """Start ``cfg.workers`` virtual workers and give each its training data.
+
+    With ``train`` and ``shards`` the coordinator sends each worker its shard
+    (levels 1 and 2); without, each worker loads its own partition and the
+    training data never passes through the coordinator (level 3).
+    """
+    workers: list[Worker] = []
+    for index in range(cfg.workers):
+        worker_id = f"worker-{index}"
+        if train is None or shards is None:
+            core = WorkerCore.with_partition(
+                worker_id,
+                dataset=cfg.dataset,
+                data_dir=cfg.data_dir,
+                partition=cfg.partition,
+                num_partitions=cfg.workers,
+                index=index,
+                seed=cfg.seed,
+                limit=cfg.train_samples,
+            )
+            workers.append(VirtualWorker(worker_id, core=core))
+            continue
+        worker = VirtualWorker(worker_id)
+        shard = train.subset(shards[index])
+        worker.send(shard.x, obj_id=TRAIN_X_ID)
+        worker.send(shard.y, obj_id=TRAIN_Y_ID)
+        workers.append(worker)
+    return workers
+
+
+@task(name="train-centralized", cache_policy=NO_CACHE)
+@timed_body
+def train_centralized(
+    model: torch.nn.Module, train: Split, cfg: ExperimentConfig, generator: torch.Generator
+) -> TrainResult:
+    """The baseline's round: ``cfg.epochs`` passes of plain PyTorch over all data."""
+    return train_local(model, train, train_config(cfg), generator)
+
+
+def _traffic(workers: Sequence[Worker]) -> tuple[int, int]:
+    return sum(w.bytes_sent for w in workers), sum(w.bytes_received for w in workers)
+
+
+@task(name="train-round", cache_policy=NO_CACHE)
+@timed_body
+def train_federated_round(
+    workers: Sequence[Worker],
+    global_state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+) -> RoundOutcome:
+    """Send the global model to each sampled worker, train there, fetch the update."""
+    sent0, received0 = _traffic(workers)
+    config = train_config(cfg)
+    updates = []
+    for worker in workers:
+        index = int(worker.id.rsplit("-", 1)[1])
+        state_ptr = worker.send(global_state)
+        new_ptr, reply = worker.train(
+            cfg.model, state_ptr, config, seed=client_seed(cfg.seed, round_index, index)
+        )
+        state_ptr.delete()
+        state = new_ptr.get()
+        updates.append(ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss))
+    sent1, received1 = _traffic(workers)
+    return RoundOutcome(updates, sent1 - sent0, received1 - received0)
+
+
+@task(name="train-sequential-round", cache_policy=NO_CACHE)
+@timed_body
+def train_sequential_round(
+    workers: Sequence[Worker],
+    global_state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+) -> RoundOutcome:
+    """Level 1: the model moves worker to worker and trains on each in turn."""
+    sent0, received0 = _traffic(workers)
+    config = train_config(cfg)
+    pointer = workers[0].send(global_state)
+    losses, samples = [], []
+    for position, worker in enumerate(workers):
+        if position > 0:
+            pointer = pointer.move(worker)
+        index = int(worker.id.rsplit("-", 1)[1])
+        new_ptr, reply = worker.train(
+            cfg.model, pointer, config, seed=client_seed(cfg.seed, round_index, index)
+        )
+        pointer.delete()
+        pointer = new_ptr
+        losses.append(reply.mean_loss * reply.num_samples)
+        samples.append(reply.num_samples)
+    state = pointer.get()
+    update = ClientUpdate("sequential", state, sum(samples), sum(losses) / max(sum(samples), 1))
+    sent1, received1 = _traffic(workers)
+    return RoundOutcome([update], sent1 - sent0, received1 - received0)
+
+
+@task(name="aggregate", cache_policy=NO_CACHE)
+@timed_body
+def aggregate_updates(
+    strategy: Strategy, global_state: StateDict, updates: Sequence[ClientUpdate]
+) -> StateDict:
+    return strategy.aggregate(global_state, updates)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+@timed_body
+def evaluate_state(model: torch.nn.Module, state: StateDict, test: Split) -> EvalResult:
+    set_state(model, state)
+    return evaluate(model, test)
+
+
+def initial_state(cfg: ExperimentConfig) -> tuple[torch.nn.Module, StateDict]:
+    """The same seeded initial model for every level, so levels are comparable."""
+    model = build_model(cfg.model, seed=cfg.seed)
+    return model, get_state(model)

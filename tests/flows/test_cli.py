@@ -1,0 +1,95 @@
+"""The ``fedsim`` command: bad options give one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["run", "--levels", "1,9"], "unknown level '9'"),
+        (["run", "--levels", "websocket-remote"], "not available"),
+        (["run", "--workers", "0"], "must be >= 1"),
+        (["run", "--rounds", "-1"], "must be >= 1"),
+        (["run", "--partition", "dirichlet:x"], "bad partition"),
+        (["run", "--fraction", "1.5"], "--fraction"),
+        (["run", "--lr", "abc"], "expected a number"),
+        (["run", "--model", "resnet"], "--model"),
+        (["run", "--dataset", "cifar"], "--dataset"),
+        (["run", "--data-dir", "/nonexistent/fedsim-data"], "/nonexistent/fedsim-data"),
+        (["run", "--train-samples", "5", "--workers", "10"], "fewer than --workers"),
+        (["fly"], "invalid choice"),
+    ],
+)
+def test_bad_option_is_one_line_and_nonzero(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+
+    # Assert
+    assert code not in (0, None)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_dataset_names_the_ways_to_get_it(tmp_path: Path) -> None:
+    # Prepare: $FEDSIM_DATA empty and no other source of MNIST on this machine (offline).
+    env = {**os.environ, "FEDSIM_DATA": str(tmp_path), "FEDSIM_CACHE": str(tmp_path / "c")}
+
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", "--dataset", "mnist"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+    # Assert
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "--data-dir" in lines[0] and "FEDSIM_DATA" in lines[0]
+
+
+def test_run_prints_table_and_exits_zero(tmp_path: Path) -> None:
+    # Prepare: the real entry point, a private MLflow store and Prefect home.
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "COLUMNS": "120",
+    }
+    args = ["--levels", "baseline,2", "--model", "mlp", "--workers", "2", "--rounds", "1"]
+    args += ["--train-samples", "400", "--test-samples", "200", "--experiment", "cli-test"]
+
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert "L0 baseline" in proc.stdout and "L2 federated" in proc.stdout
+    assert "slowdown" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert "telemetry" not in proc.stderr.lower()

@@ -1,0 +1,340 @@
+"""The client side of a worker: the :class:`Worker` interface and its message implementation.
+
+:class:`Worker` is what flows program against; :class:`MessageWorker`
+implements every method as *encode request → _roundtrip → decode reply*, so a
+transport only supplies ``_roundtrip(bytes) -> bytes``: the in-process
+:class:`~workers.virtual.VirtualWorker` calls a ``WorkerCore`` directly, a
+websocket client sends the bytes to a server. Because every transport moves the
+same encoded frames, ``bytes_sent``/``bytes_received`` mean the same for all.
+
+Object ids are chosen here, on the client (``<random prefix>:<counter>``), so a
+request never waits for the worker to name its result.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import torch
+
+from fl.training import TrainConfig
+from workers.codec import DTYPES, Value
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID
+from workers.errors import ProtocolError, RemoteError, WorkerError
+from workers.messages import (
+    Ack,
+    DeleteObjects,
+    ErrorReply,
+    EvalReply,
+    Evaluate,
+    GetObject,
+    ObjectReply,
+    OpReply,
+    Ping,
+    Pong,
+    PutObject,
+    Reply,
+    Request,
+    RunOp,
+    RunPlan,
+    SendPlan,
+    Train,
+    TrainReply,
+    decode_message,
+)
+from workers.plan import Plan
+from workers.pointer import PlanPointer, Pointer
+
+__all__ = ["DELETE_BATCH_SIZE", "MessageWorker", "Worker"]
+
+DELETE_BATCH_SIZE = 64
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+R = TypeVar("R", bound=Reply)
+
+
+class Worker(ABC):
+    """A worker as the coordinator sees it: remote objects behind pointers.
+
+    Counters (cumulative, over encoded frames): ``bytes_sent``,
+    ``bytes_received``, ``messages_sent`` and ``message_counts`` (per message tag).
+    """
+
+    def __init__(self, worker_id: str, *, delete_batch_size: int = DELETE_BATCH_SIZE) -> None:
+        if delete_batch_size < 1:
+            raise WorkerError(f"delete batch size must be >= 1, got {delete_batch_size}")
+        self.id = worker_id
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.messages_sent = 0
+        self.message_counts: collections.Counter[str] = collections.Counter()
+        self.delete_batch_size = delete_batch_size
+        self._pending_deletes: list[str] = []
+        self._closed = False
+
+    # ------------------------------------------------------------ the interface
+
+    @abstractmethod
+    def send(
+        self, value: Value, *, obj_id: str | None = None, owned: bool | None = None
+    ) -> Pointer:
+        """Store ``value`` on the worker and return a pointer to it.
+
+        ``owned`` (whether dropping the pointer frees the object) defaults to
+        True for an id allocated here and False for an ``obj_id`` the caller
+        names: a named object (``TRAIN_X_ID``...) is a well-known handle that
+        other requests refer to by name, not a temporary.
+        """
+
+    @abstractmethod
+    def get(self, ptr_or_id: Pointer | str, *, delete: bool = True) -> Value:
+        """Fetch a value; with ``delete`` it is freed remotely and its pointer dies."""
+
+    @abstractmethod
+    def delete(self, items: Iterable[Pointer | str]) -> int:
+        """Free objects now (with any pending deletions) in one message; returns how many."""
+
+    @abstractmethod
+    def run_op(self, op: str, *args: Any, **kwargs: Any) -> Pointer:
+        """Run an allowlisted op remotely; Pointer args must live on this worker."""
+
+    @abstractmethod
+    def send_plan(self, plan: Plan, *, plan_id: str | None = None) -> PlanPointer:
+        """Store a plan on the worker, to run it by id many times."""
+
+    @abstractmethod
+    def run_plan(self, plan: PlanPointer | str, *args: Pointer | str) -> list[Pointer]:
+        """Run a stored plan on remote objects; the outputs stay remote."""
+
+    @abstractmethod
+    def train(
+        self,
+        model: str,
+        state: Pointer | str,
+        config: TrainConfig,
+        *,
+        seed: int,
+        x_id: Pointer | str = TRAIN_X_ID,
+        y_id: Pointer | str = TRAIN_Y_ID,
+    ) -> tuple[Pointer, TrainReply]:
+        """Train locally on the worker's data; returns a pointer to the new state dict."""
+
+    @abstractmethod
+    def evaluate(
+        self,
+        model: str,
+        state: Pointer | str,
+        *,
+        x_id: Pointer | str = TRAIN_X_ID,
+        y_id: Pointer | str = TRAIN_Y_ID,
+        batch_size: int = 1000,
+    ) -> EvalReply:
+        """Evaluate a stored state on the worker's data."""
+
+    @abstractmethod
+    def ping(self) -> Pong:
+        """Health check."""
+
+    # ----------------------------------------------------- shared behaviour
+
+    def move(self, ptr: Pointer, dest: Worker) -> Pointer:
+        """Move an object to ``dest`` through the coordinator (get with delete, then send).
+
+        If sending to ``dest`` fails the value is put back on this worker under
+        its old id and the pointer revived, so a failed move loses nothing.
+        Direct worker-to-worker transfer (the value not passing through the
+        coordinator) is a possible later optimisation for remote workers.
+        """
+        if ptr.worker is not self:
+            raise WorkerError(f"pointer {ptr.id!r} lives on {ptr.worker.id!r}, not {self.id!r}")
+        value = self.get(ptr, delete=True)
+        try:
+            return dest.send(value)
+        except Exception:
+            self.send(value, obj_id=ptr.id, owned=False)  # restore; ``ptr`` owns it again
+            ptr._revive()
+            raise
+
+    def flush(self) -> int:
+        """Send pending deletions of garbage-collected pointers now; returns how many freed."""
+        return self.delete(()) if self._pending_deletes else 0
+
+    def close(self) -> None:
+        """Flush pending deletions and refuse further requests. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+
+    def _discard(self, obj_id: str) -> None:
+        """Queue ``obj_id`` for batched deletion — called from ``Pointer.__del__``: no I/O."""
+        self._pending_deletes.append(obj_id)
+
+    def _take_pending(self) -> list[str]:
+        pending, self._pending_deletes = self._pending_deletes, []
+        return pending
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MessageWorker(Worker):
+    """Implements :class:`Worker` over the message protocol; subclasses supply a transport."""
+
+    def __init__(self, worker_id: str, *, delete_batch_size: int = DELETE_BATCH_SIZE) -> None:
+        super().__init__(worker_id, delete_batch_size=delete_batch_size)
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count()
+        self._plan_outputs: dict[str, int] = {}
+
+    @abstractmethod
+    def _roundtrip(self, data: bytes) -> bytes:
+        """Deliver one encoded request and return the encoded reply (the only transport hook)."""
+
+    def new_id(self) -> str:
+        """A fresh object id, unique for this client."""
+        return f"{self._prefix}:{next(self._counter)}"
+
+    # ------------------------------------------------------------ messaging
+
+    def _request(self, msg: Request, expect: type[R]) -> R:
+        if self._closed:
+            raise WorkerError(f"worker {self.id!r} is closed")
+        if len(self._pending_deletes) >= self.delete_batch_size:
+            self.delete(())  # garbage-collected pointers ride along in one batch
+        return self._exchange(msg, expect)
+
+    def _exchange(self, msg: Request, expect: type[R]) -> R:
+        data = msg.encode()
+        self.bytes_sent += len(data)
+        self.messages_sent += 1
+        self.message_counts[msg.TAG] += 1
+        reply_bytes = self._roundtrip(data)
+        self.bytes_received += len(reply_bytes)
+        reply = decode_message(reply_bytes)
+        if isinstance(reply, ErrorReply):
+            raise RemoteError(reply.code, reply.message)
+        if not isinstance(reply, expect):
+            raise ProtocolError(f"{reply.TAG!r} is no answer to {msg.TAG!r}")
+        return reply
+
+    def _wire(self, value: Any) -> Any:
+        """Pointers → Refs (checking they live here); lists/tuples walked."""
+        if isinstance(value, Pointer):
+            return value._ref(self)
+        if isinstance(value, list | tuple):
+            return [self._wire(item) for item in value]
+        return value
+
+    def _id_of(self, item: Pointer | str) -> str:
+        return item._ref(self).obj_id if isinstance(item, Pointer) else item
+
+    # ------------------------------------------------------------ objects
+
+    def send(
+        self, value: Value, *, obj_id: str | None = None, owned: bool | None = None
+    ) -> Pointer:
+        if owned is None:
+            owned = obj_id is None
+        obj_id = self.new_id() if obj_id is None else obj_id
+        self._request(PutObject(obj_id, value), Ack)
+        if isinstance(value, torch.Tensor):
+            shape, dtype = tuple(value.shape), _DTYPE_NAMES.get(value.dtype)
+            return Pointer(self, obj_id, shape=shape, dtype=dtype, owned=owned)
+        return Pointer(self, obj_id, owned=owned)
+
+    def get(self, ptr_or_id: Pointer | str, *, delete: bool = True) -> Value:
+        reply = self._request(GetObject(self._id_of(ptr_or_id), delete), ObjectReply)
+        if delete and isinstance(ptr_or_id, Pointer):
+            ptr_or_id._kill()
+        return reply.value
+
+    def delete(self, items: Iterable[Pointer | str]) -> int:
+        items = list(items)
+        ids = [self._id_of(item) for item in items]
+        if self._closed:
+            raise WorkerError(f"worker {self.id!r} is closed")
+        pending = self._take_pending()
+        try:
+            ack = self._exchange(DeleteObjects(tuple(pending + ids)), Ack)
+        except Exception:
+            self._pending_deletes.extend(pending)  # keep them for the next attempt
+            raise
+        for item in items:
+            if isinstance(item, Pointer):
+                item._kill()
+        return len(ack.obj_ids)
+
+    # ------------------------------------------------------------ computation
+
+    def run_op(self, op: str, *args: Any, **kwargs: Any) -> Pointer:
+        wire_args = tuple(self._wire(arg) for arg in args)
+        wire_kwargs = {key: self._wire(arg) for key, arg in kwargs.items()}
+        reply = self._request(RunOp(op, wire_args, wire_kwargs, self.new_id()), OpReply)
+        return Pointer(self, reply.result_id, shape=reply.shape, dtype=reply.dtype)
+
+    def send_plan(self, plan: Plan, *, plan_id: str | None = None) -> PlanPointer:
+        plan_id = self.new_id() if plan_id is None else plan_id
+        self._request(SendPlan(plan_id, plan.to_dict()), Ack)
+        self._plan_outputs[plan_id] = len(plan.outputs)
+        return PlanPointer(self, plan_id, len(plan.outputs))
+
+    def run_plan(self, plan: PlanPointer | str, *args: Pointer | str) -> list[Pointer]:
+        if isinstance(plan, PlanPointer):
+            if plan.worker is not self:
+                raise WorkerError(f"plan {plan.plan_id!r} lives on {plan.worker.id!r}")
+            plan_id, num_outputs = plan.plan_id, plan.num_outputs
+        elif plan in self._plan_outputs:
+            plan_id, num_outputs = plan, self._plan_outputs[plan]
+        else:
+            raise WorkerError(f"plan {plan!r} was not sent by this client")
+        arg_ids = tuple(self._id_of(arg) for arg in args)
+        result_ids = tuple(self.new_id() for _ in range(num_outputs))
+        self._request(RunPlan(plan_id, arg_ids, result_ids), Ack)
+        return [Pointer(self, result_id) for result_id in result_ids]
+
+    def train(
+        self,
+        model: str,
+        state: Pointer | str,
+        config: TrainConfig,
+        *,
+        seed: int,
+        x_id: Pointer | str = TRAIN_X_ID,
+        y_id: Pointer | str = TRAIN_Y_ID,
+    ) -> tuple[Pointer, TrainReply]:
+        msg = Train(
+            model,
+            self._id_of(state),
+            self._id_of(x_id),
+            self._id_of(y_id),
+            dict(config.to_dict()),
+            seed,
+            self.new_id(),
+        )
+        reply = self._request(msg, TrainReply)
+        return Pointer(self, reply.result_id), reply
+
+    def evaluate(
+        self,
+        model: str,
+        state: Pointer | str,
+        *,
+        x_id: Pointer | str = TRAIN_X_ID,
+        y_id: Pointer | str = TRAIN_Y_ID,
+        batch_size: int = 1000,
+    ) -> EvalReply:
+        msg = Evaluate(model, self._id_of(state), self._id_of(x_id), self._id_of(y_id), batch_size)
+        return self._request(msg, EvalReply)
+
+    def ping(self) -> Pong:
+        return self._request(Ping(), Pong)

@@ -1,0 +1,293 @@
+"""Serialize values for the wire without pickle.
+
+A frame is::
+
+    b"FSM1" | u32 LE header length | UTF-8 JSON header | tensor buffers
+
+The JSON header is ``{"tag": str, "value": tree, "tensors": [descriptor, ...]}``.
+The value tree is plain JSON for None, bool, int, float (NaN/inf allowed: a
+diverged loss must still be reportable), str and lists; every JSON *object* in the
+tree is a one-key tag, so user data can never be mistaken for structure:
+
+- ``{"map": {...}}``  a str-keyed dict (key order kept: model state dicts are ordered)
+- ``{"tensor": i}``   the i-th tensor descriptor; indices appear in order 0, 1, 2, ...
+- ``{"ref": "id"}``   a :class:`Ref` to an object held by the worker
+
+A descriptor is ``{"dtype", "shape", "offset", "nbytes"}``; buffers are raw
+little-endian, C-contiguous, packed back to back in index order, and must fill
+the body exactly. Decoding validates all of this and raises :class:`ProtocolError`
+on the first violation — the decoder is the trust boundary, so nothing it returns
+can be anything but the types above. Nothing is ever unpickled: pickle can run
+arbitrary code on load, which a worker receiving bytes from a network must never do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.errors import ProtocolError
+
+__all__ = [
+    "DTYPES",
+    "MAGIC",
+    "MAX_DEPTH",
+    "MAX_HEADER_BYTES",
+    "Ref",
+    "Value",
+    "check_value",
+    "decode_frame",
+    "encode_frame",
+]
+
+MAGIC = b"FSM1"
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header holds no tensor data, only structure
+MAX_DEPTH = 32  # nesting of lists/maps; state dicts need 2
+_MAX_TENSORS = 1 << 16
+_MAX_DIMS = 16
+_PREFIX = struct.Struct("<4sI")
+_PICKLE_PROTO = 0x80  # first byte of every pickle of protocol >= 2
+
+# The only dtypes that cross the wire, by their wire name. No "object" dtype:
+# a tensor on the wire is always plain numbers.
+DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
+    {
+        "float32": torch.float32,
+        "float64": torch.float64,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "int64": torch.int64,
+        "int32": torch.int32,
+        "int16": torch.int16,
+        "int8": torch.int8,
+        "uint8": torch.uint8,
+        "bool": torch.bool,
+    }
+)
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
+    raise ImportError("fedsim's wire format assumes a little-endian host")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to the object stored on the receiving worker under ``obj_id``."""
+
+    obj_id: str
+
+
+# What may cross the wire: None | bool | int | float | str | Tensor | Ref
+# | list[Value] | dict[str, Value] (tuples are accepted on encode and come back as lists).
+Value = Any
+
+
+def check_value(value: Value, *, depth: int = 0) -> None:
+    """Raise ProtocolError unless ``value`` can be encoded (cheap: no tensor data is read)."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"value nested deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, bool | int | float | str | Ref):
+        return
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in _DTYPE_NAMES:
+            raise ProtocolError(f"dtype {value.dtype} cannot cross the wire")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_value(item, depth=depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(f"dict key {key!r} is not a str")
+            check_value(item, depth=depth + 1)
+        return
+    raise ProtocolError(f"a {type(value).__name__} cannot cross the wire")
+
+
+# ---------------------------------------------------------------- encoding
+
+
+class _Encoder:
+    """Walks a value once, collecting the JSON tree, descriptors and raw buffers."""
+
+    def __init__(self) -> None:
+        self.descriptors: list[dict[str, Any]] = []
+        self.buffers: list[memoryview] = []
+        self.offset = 0
+
+    def tree(self, value: Value, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"value nested deeper than {MAX_DEPTH}")
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        if isinstance(value, torch.Tensor):
+            return {"tensor": self.tensor(value)}
+        if isinstance(value, Ref):
+            return {"ref": value.obj_id}
+        if isinstance(value, list | tuple):
+            return [self.tree(item, depth + 1) for item in value]
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ProtocolError(f"dict key {key!r} is not a str")
+                out[key] = self.tree(item, depth + 1)
+            return {"map": out}
+        raise ProtocolError(f"a {type(value).__name__} cannot cross the wire")
+
+    def tensor(self, tensor: torch.Tensor) -> int:
+        name = _DTYPE_NAMES.get(tensor.dtype)
+        if name is None:
+            raise ProtocolError(f"dtype {tensor.dtype} cannot cross the wire")
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        # A uint8 view of the tensor's own memory: no per-element Python work and
+        # no copy until the single join that builds the frame.
+        raw = flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
+        index = len(self.descriptors)
+        self.descriptors.append(
+            {
+                "dtype": name,
+                "shape": list(tensor.shape),
+                "offset": self.offset,
+                "nbytes": raw.nbytes,
+            }
+        )
+        self.buffers.append(raw)
+        self.offset += raw.nbytes
+        return index
+
+
+def encode_frame(tag: str, value: Value) -> bytes:
+    """Encode ``value`` under the message ``tag`` into one frame."""
+    encoder = _Encoder()
+    tree = encoder.tree(value, 0)
+    header = {"tag": tag, "value": tree, "tensors": encoder.descriptors}
+    try:
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+        header_bytes = text.encode()
+    except (TypeError, ValueError) as exc:  # e.g. lone surrogates in a str
+        raise ProtocolError(f"cannot encode header: {exc}") from exc
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
+    return b"".join([_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *encoder.buffers])
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ProtocolError("duplicate key in header")
+    return out
+
+
+def _parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], memoryview]:
+    """Check magic and lengths; return the parsed JSON header and the body."""
+    view = memoryview(data)
+    if len(view) and view[0] == _PICKLE_PROTO:
+        raise ProtocolError("pickled payload rejected: fedsim never unpickles")
+    if len(view) < _PREFIX.size:
+        raise ProtocolError(f"frame of {len(view)} bytes is shorter than its prefix")
+    magic, header_len = _PREFIX.unpack_from(view)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if header_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"declared header length {header_len} exceeds {MAX_HEADER_BYTES}")
+    end = _PREFIX.size + header_len
+    if end > len(view):
+        raise ProtocolError(f"truncated frame: header needs {end} bytes, got {len(view)}")
+    try:
+        text = bytes(view[_PREFIX.size : end]).decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"header is not valid JSON: {type(exc).__name__}") from exc
+    if not isinstance(header, dict) or set(header) != {"tag", "value", "tensors"}:
+        raise ProtocolError("header must hold exactly 'tag', 'value' and 'tensors'")
+    if not isinstance(header["tag"], str) or not isinstance(header["tensors"], list):
+        raise ProtocolError("header 'tag' must be a str and 'tensors' a list")
+    return header, view[end:]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decode_tensor(desc: Any, body: memoryview, expected_offset: int) -> torch.Tensor:
+    """Validate one descriptor and copy its bytes into a fresh, writable tensor."""
+    if not isinstance(desc, dict) or set(desc) != {"dtype", "shape", "offset", "nbytes"}:
+        raise ProtocolError("bad tensor descriptor")
+    dtype = DTYPES.get(desc["dtype"]) if isinstance(desc["dtype"], str) else None
+    if dtype is None:
+        raise ProtocolError(f"dtype {desc['dtype']!r} not allowed")
+    shape, offset, nbytes = desc["shape"], desc["offset"], desc["nbytes"]
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
+        raise ProtocolError(f"bad tensor shape {shape!r}")
+    if not all(_is_int(d) and d >= 0 for d in shape):
+        raise ProtocolError(f"bad tensor shape {shape!r}")
+    if not (_is_int(offset) and _is_int(nbytes)) or offset != expected_offset:
+        raise ProtocolError(f"tensor offset {offset!r} should be {expected_offset}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if math.prod(shape) * itemsize != nbytes:
+        raise ProtocolError(f"shape {shape} of {desc['dtype']} does not match {nbytes!r} bytes")
+    if offset + nbytes > len(body):
+        raise ProtocolError(f"tensor bytes {offset}..{offset + nbytes} beyond body {len(body)}")
+    out = torch.empty(nbytes, dtype=torch.uint8)
+    if nbytes:
+        # One copy out of the frame: the result is writable and never aliases it.
+        out.numpy()[:] = np.frombuffer(body, dtype=np.uint8, count=nbytes, offset=offset)
+    return out.view(dtype).reshape(shape)
+
+
+class _Decoder:
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.tensors = tensors
+        self.next_tensor = 0
+
+    def value(self, node: Any, depth: int) -> Value:
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"value nested deeper than {MAX_DEPTH}")
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        if isinstance(node, list):
+            return [self.value(item, depth + 1) for item in node]
+        if not isinstance(node, dict) or len(node) != 1:
+            raise ProtocolError("JSON objects in a value must be one-key tags")
+        ((kind, body),) = node.items()
+        if kind == "map" and isinstance(body, dict):
+            return {key: self.value(item, depth + 1) for key, item in body.items()}
+        if kind == "ref" and isinstance(body, str):
+            return Ref(body)
+        if kind == "tensor" and _is_int(body) and body == self.next_tensor < len(self.tensors):
+            self.next_tensor += 1
+            return self.tensors[body]
+        raise ProtocolError(f"bad value tag {kind!r}")
+
+
+def decode_frame(data: bytes | bytearray | memoryview) -> tuple[str, Value]:
+    """Decode one frame into ``(tag, value)``; raise ProtocolError on anything invalid."""
+    header, body = _parse_header(data)
+    descriptors = header["tensors"]
+    if len(descriptors) > _MAX_TENSORS:
+        raise ProtocolError(f"{len(descriptors)} tensors exceed {_MAX_TENSORS}")
+    tensors, offset = [], 0
+    for desc in descriptors:
+        tensors.append(_decode_tensor(desc, body, offset))
+        offset += desc["nbytes"]
+    if offset != len(body):
+        raise ProtocolError(f"body has {len(body)} bytes, tensors describe {offset}")
+    decoder = _Decoder(tensors)
+    value = decoder.value(header["value"], 0)
+    if decoder.next_tensor != len(tensors):
+        raise ProtocolError("tensor descriptors not all referenced exactly once")
+    return header["tag"], value

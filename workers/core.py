@@ -1,0 +1,340 @@
+"""The sans-I/O worker: an object store plus a handler per request type.
+
+:class:`WorkerCore` knows nothing about sockets or processes. A transport hands
+it bytes and sends back the bytes it returns (:meth:`WorkerCore.handle_bytes`),
+so the in-process :class:`~workers.virtual.VirtualWorker` and a websocket server
+are both thin adapters over this one class and behave identically.
+
+Failure policy: ``handle_bytes`` and ``handle`` never raise. Every failure —
+undecodable bytes, unknown objects, a torch exception inside an op, a bad train
+config — becomes an :class:`~workers.messages.ErrorReply` whose ``code`` is one
+of :data:`ERROR_CODES`. Handlers validate and compute before they touch the
+store, so a failed request leaves every stored object in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fl.data import Split, load_partition
+from fl.errors import FedsimError
+from fl.models import build_model, get_state, set_state
+from fl.training import TrainConfig, evaluate, train_local
+from workers.codec import DTYPES, Ref, Value, check_value
+from workers.errors import ProtocolError, WorkerError
+from workers.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    DeleteObjects,
+    ErrorReply,
+    EvalReply,
+    Evaluate,
+    GetObject,
+    Message,
+    ObjectReply,
+    OpReply,
+    Ping,
+    Pong,
+    PutObject,
+    Reply,
+    RunOp,
+    RunPlan,
+    SendPlan,
+    Train,
+    TrainReply,
+    decode_message,
+)
+from workers.ops import OPS, apply_op
+from workers.plan import Plan
+
+__all__ = ["ERROR_CODES", "MAX_ID_LENGTH", "TRAIN_X_ID", "TRAIN_Y_ID", "WorkerCore"]
+
+# Where a worker that loads its own partition keeps it (level 3 and 5): the
+# coordinator refers to the data by these ids and never sees the tensors.
+TRAIN_X_ID = "data/train/x"
+TRAIN_Y_ID = "data/train/y"
+MAX_ID_LENGTH = 256
+
+ERROR_CODES: tuple[str, ...] = (
+    "protocol",  # the bytes are not a valid message
+    "bad_request",  # a valid message the worker cannot act on (bad id, config, plan...)
+    "not_found",  # an id that names no stored object or plan
+    "exists",  # an id that is already taken (ids are chosen by the client)
+    "op_failed",  # an op or plan raised while computing
+    "train_failed",  # local training or evaluation raised while computing
+    "internal",  # a bug in the worker; the message names the exception
+)
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_MISSING = object()
+
+
+class _Failure(Exception):
+    """Raised inside handlers; becomes an ErrorReply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class WorkerCore:
+    """Object store and request handlers of one worker."""
+
+    def __init__(self, worker_id: str, *, objects: Mapping[str, object] | None = None) -> None:
+        self._worker_id = worker_id
+        self._objects: dict[str, Value] = {}
+        self._plans: dict[str, Plan] = {}
+        self._models: dict[str, nn.Module] = {}  # one module per model name, reused
+        for obj_id, value in (objects or {}).items():
+            try:
+                self._new_id(obj_id)
+                check_value(value)
+            except (_Failure, ProtocolError) as exc:
+                raise WorkerError(f"initial object {obj_id!r}: {exc}") from None
+            self._objects[obj_id] = value
+        self._handlers: dict[type[Message], Callable[[Any], Reply]] = {
+            Ping: self._ping,
+            PutObject: self._put,
+            GetObject: self._get,
+            DeleteObjects: self._delete,
+            RunOp: self._run_op,
+            SendPlan: self._send_plan,
+            RunPlan: self._run_plan,
+            Train: self._train,
+            Evaluate: self._evaluate,
+        }
+
+    @classmethod
+    def with_partition(
+        cls,
+        worker_id: str,
+        *,
+        dataset: str,
+        data_dir: str | Path | None,
+        partition: str,
+        num_partitions: int,
+        index: int,
+        seed: int,
+        limit: int | None = None,
+    ) -> WorkerCore:
+        """A worker holding its own training partition under TRAIN_X_ID / TRAIN_Y_ID.
+
+        This is level 3's "decentralized" set-up: the worker loads the data
+        itself, so training data never passes through the coordinator. The
+        partition equals what a coordinator would compute with the same arguments.
+        """
+        split = load_partition(
+            dataset,
+            data_dir=data_dir,
+            partition=partition,
+            num_partitions=num_partitions,
+            index=index,
+            seed=seed,
+            limit=limit,
+        )
+        return cls(worker_id, objects={TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y})
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    def object_ids(self) -> list[str]:
+        """Ids of the stored objects, in insertion order."""
+        return list(self._objects)
+
+    def plan_ids(self) -> list[str]:
+        """Ids of the stored plans."""
+        return list(self._plans)
+
+    # ------------------------------------------------------------- entry points
+
+    def handle_bytes(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Decode a request, handle it, encode the reply. Never raises."""
+        try:
+            msg = decode_message(data)
+        except ProtocolError as exc:
+            reply: Reply = ErrorReply("protocol", str(exc))
+        except Exception as exc:  # e.g. MemoryError on a huge frame: still an answer
+            reply = ErrorReply("protocol", f"cannot decode: {type(exc).__name__}")
+        else:
+            reply = self.handle(msg)
+        try:
+            return reply.encode()
+        except Exception as exc:
+            return ErrorReply("internal", f"cannot encode reply: {type(exc).__name__}").encode()
+
+    def handle(self, msg: Message) -> Reply:
+        """The reply to one request message. Never raises."""
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            return ErrorReply("bad_request", f"{msg.TAG!r} is not a request")
+        try:
+            return handler(msg)
+        except _Failure as failure:
+            return ErrorReply(failure.code, failure.message)
+        except Exception as exc:
+            return ErrorReply("internal", f"{type(exc).__name__}: {exc}")
+
+    # --------------------------------------------------------------- the store
+
+    def _new_id(self, obj_id: str) -> str:
+        if not isinstance(obj_id, str) or not 0 < len(obj_id) <= MAX_ID_LENGTH:
+            raise _Failure("bad_request", f"object id must be 1..{MAX_ID_LENGTH} chars")
+        if obj_id in self._objects or obj_id in self._plans:
+            raise _Failure("exists", f"id {obj_id!r} already exists on {self._worker_id!r}")
+        return obj_id
+
+    def _lookup(self, obj_id: str) -> Value:
+        try:
+            return self._objects[obj_id]
+        except KeyError:
+            raise _Failure("not_found", f"no object {obj_id!r} on {self._worker_id!r}") from None
+
+    def _tensor(self, obj_id: str, what: str) -> torch.Tensor:
+        value = self._lookup(obj_id)
+        if not isinstance(value, torch.Tensor):
+            raise _Failure("bad_request", f"{what} {obj_id!r} is not a tensor")
+        return value
+
+    def _resolve(self, value: Value) -> Value:
+        """Replace Refs (possibly inside lists) by the stored objects."""
+        if isinstance(value, Ref):
+            return self._lookup(value.obj_id)
+        if isinstance(value, list):
+            return [self._resolve(item) for item in value]
+        return value
+
+    def _check_result(self, value: Any, what: str) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            raise _Failure("op_failed", f"{what} returned a {type(value).__name__}, not a tensor")
+        if value.dtype not in _DTYPE_NAMES:
+            raise _Failure("op_failed", f"{what} returned dtype {value.dtype}")
+        return value
+
+    # --------------------------------------------------------------- handlers
+
+    def _ping(self, msg: Ping) -> Pong:
+        return Pong(self._worker_id, PROTOCOL_VERSION, len(self._objects))
+
+    def _put(self, msg: PutObject) -> Ack:
+        self._objects[self._new_id(msg.obj_id)] = msg.value
+        return Ack((msg.obj_id,))
+
+    def _get(self, msg: GetObject) -> ObjectReply:
+        value = self._lookup(msg.obj_id)
+        if msg.delete:
+            del self._objects[msg.obj_id]
+        return ObjectReply(value)
+
+    def _delete(self, msg: DeleteObjects) -> Ack:
+        freed = []
+        for obj_id in msg.obj_ids:
+            store = self._objects if obj_id in self._objects else self._plans
+            if store.pop(obj_id, _MISSING) is not _MISSING:
+                freed.append(obj_id)
+        return Ack(tuple(freed))
+
+    def _run_op(self, msg: RunOp) -> OpReply:
+        self._new_id(msg.result_id)
+        if msg.op not in OPS:
+            raise _Failure("bad_request", f"op {msg.op!r} is not allowlisted")
+        args = tuple(self._resolve(arg) for arg in msg.args)
+        kwargs = {key: self._resolve(arg) for key, arg in msg.kwargs.items()}
+        try:
+            result = apply_op(msg.op, args, kwargs)
+        except Exception as exc:
+            raise _Failure("op_failed", f"{msg.op}: {type(exc).__name__}: {exc}") from None
+        tensor = self._check_result(result, f"op {msg.op!r}")
+        self._objects[msg.result_id] = tensor
+        return OpReply(msg.result_id, tuple(tensor.shape), _DTYPE_NAMES[tensor.dtype])
+
+    def _send_plan(self, msg: SendPlan) -> Ack:
+        self._new_id(msg.plan_id)
+        try:
+            plan = Plan.from_dict(msg.plan)
+        except WorkerError as exc:
+            raise _Failure("bad_request", f"plan {msg.plan_id!r} refused: {exc}") from None
+        self._plans[msg.plan_id] = plan
+        return Ack((msg.plan_id,))
+
+    def _run_plan(self, msg: RunPlan) -> Ack:
+        plan = self._plans.get(msg.plan_id)
+        if plan is None:
+            raise _Failure("not_found", f"no plan {msg.plan_id!r} on {self._worker_id!r}")
+        if len(msg.result_ids) != len(plan.outputs):
+            raise _Failure(
+                "bad_request",
+                f"plan has {len(plan.outputs)} outputs, got {len(msg.result_ids)} ids",
+            )
+        if len(set(msg.result_ids)) != len(msg.result_ids):
+            raise _Failure("bad_request", "result ids must be distinct")
+        for result_id in msg.result_ids:
+            self._new_id(result_id)
+        inputs = [self._lookup(arg_id) for arg_id in msg.arg_ids]
+        try:
+            outputs = plan.run(inputs)
+        except Exception as exc:
+            raise _Failure(
+                "op_failed", f"plan {msg.plan_id!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        checked = [self._check_result(out, f"plan {msg.plan_id!r}") for out in outputs]
+        self._objects.update(zip(msg.result_ids, checked, strict=True))
+        return Ack(msg.result_ids)
+
+    def _model(self, name: str, state_id: str) -> nn.Module:
+        """The cached module for ``name`` with the stored state ``state_id`` loaded."""
+        state = self._lookup(state_id)
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise _Failure("bad_request", f"{state_id!r} is not a state dict of tensors")
+        try:
+            model = self._models[name] if name in self._models else build_model(name)
+            set_state(model, state)  # copies into the module: the stored state is untouched
+        except FedsimError as exc:
+            raise _Failure("bad_request", str(exc)) from None
+        self._models[name] = model
+        return model
+
+    def _split(self, x_id: str, y_id: str) -> Split:
+        x, y = self._tensor(x_id, "data"), self._tensor(y_id, "labels")
+        if x.ndim == 0 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise _Failure("bad_request", f"data {tuple(x.shape)} and labels {tuple(y.shape)}")
+        return Split(x, y)
+
+    def _train(self, msg: Train) -> TrainReply:
+        self._new_id(msg.result_id)
+        if not 0 <= msg.seed < 2**64:  # torch would silently wrap a negative seed
+            raise _Failure("bad_request", f"train seed must be in [0, 2**64), got {msg.seed}")
+        try:
+            config = TrainConfig.from_dict(msg.config)
+            generator = torch.Generator().manual_seed(msg.seed)
+        except (FedsimError, RuntimeError) as exc:
+            raise _Failure("bad_request", f"train: {exc}") from None
+        model = self._model(msg.model, msg.state_id)
+        data = self._split(msg.x_id, msg.y_id)
+        try:
+            result = train_local(model, data, config, generator)
+        except Exception as exc:
+            raise _Failure("train_failed", f"train: {type(exc).__name__}: {exc}") from None
+        self._objects[msg.result_id] = get_state(model)  # copies: the module is reused
+        return TrainReply(
+            msg.result_id, result.num_samples, result.steps, result.mean_loss, result.seconds
+        )
+
+    def _evaluate(self, msg: Evaluate) -> EvalReply:
+        if msg.batch_size < 1:
+            raise _Failure("bad_request", f"batch size must be >= 1, got {msg.batch_size}")
+        model = self._model(msg.model, msg.state_id)
+        data = self._split(msg.x_id, msg.y_id)
+        try:
+            result = evaluate(model, data, batch_size=msg.batch_size)
+        except Exception as exc:
+            raise _Failure("train_failed", f"evaluate: {type(exc).__name__}: {exc}") from None
+        return EvalReply(result.loss, result.accuracy, result.num_samples)
