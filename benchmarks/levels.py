@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
 from pathlib import Path
 from typing import Any
 
-for key, value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-}.items():
-    os.environ.setdefault(key, value)
+from fedsim.cli import exit_on_sigterm, quiet_defaults
+
+quiet_defaults()
+exit_on_sigterm()
 
 import torch  # noqa: E402
 

@@ -9,20 +9,38 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-__all__ = ["build_parser", "main"]
+__all__ = ["QUIET_ENV", "build_parser", "exit_on_sigterm", "main", "quiet_defaults"]
 
-_QUIET_ENV = {
+QUIET_ENV = {
     # Offline machines: telemetry would only print errors.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     # Progress is shown by fedsim itself; Prefect's per-task INFO lines would bury it.
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that ``finally`` blocks and atexit hooks run.
+
+    Prefect's temporary API server is a subprocess stopped by an atexit hook;
+    without this, ``kill <pid>`` of a run would leave it behind.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def quiet_defaults() -> None:
+    """Apply QUIET_ENV where the user has not set the variable; call before importing
+    Prefect or MLflow, which read these at import time."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +82,13 @@ def _float(text: str) -> float:
 
 
 def _add_run(sub: Any) -> None:
+    from flows.config import PROFILES
+
+    quick, full = PROFILES["quick"], PROFILES["full"]
+
+    def preset(key: str) -> str:
+        return f"(default: {quick[key]} quick, {full[key]} full)"
+
     run = sub.add_parser(
         "run",
         argument_default=argparse.SUPPRESS,
@@ -75,18 +100,18 @@ def _add_run(sub: Any) -> None:
     add("--levels", help="comma-separated levels, words or numbers (default: baseline,1,2,3)")
     add("--dataset", help="fashion-mnist (default) or mnist")
     add("--model", help="cnn (default), mlp or mpc-cnn")
-    add("--workers", type=_positive_int, help="number of workers / clients (default 10)")
-    add("--rounds", type=_positive_int, help="federated rounds (default: profile)")
-    add("--epochs", type=_positive_int, help="local epochs per round (default 1)")
-    add("--batch-size", type=_positive_int, help="minibatch size B (default 32)")
-    add("--lr", type=_float, help="SGD learning rate (default 0.05)")
+    add("--workers", type=_positive_int, help=f"number of workers / clients {preset('workers')}")
+    add("--rounds", type=_positive_int, help=f"federated rounds {preset('rounds')}")
+    add("--epochs", type=_positive_int, help=f"local epochs per round {preset('epochs')}")
+    add("--batch-size", type=_positive_int, help=f"minibatch size B {preset('batch_size')}")
+    add("--lr", type=_float, help=f"SGD learning rate {preset('lr')}")
     add("--fraction", type=_float, help="client fraction C per round, in (0, 1] (default 1)")
     add("--partition", help="iid (default), dirichlet:ALPHA or shards:K")
     add("--aggregation", help="plain (default) or secure")
     add("--seed", type=_non_negative_int, help="seed of everything random (default 0)")
     add("--profile", choices=("quick", "full"), default="quick", help="defaults preset")
-    add("--train-samples", type=_samples, help="first N training samples, or 'all'")
-    add("--test-samples", type=_samples, help="first N test samples, or 'all'")
+    add("--train-samples", type=_samples, help="first N training samples, or 'all' (quick: 10000)")
+    add("--test-samples", type=_samples, help="first N test samples, or 'all' (quick: 2000)")
     add("--experiment", help="MLflow experiment name (default fedsim)")
     add("--data-dir", help="folder holding the dataset's idx files")
 
@@ -108,25 +133,17 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from fedsim.display import run_with_display
-    from fl.data import resolve_data_root
+    from flows.config import preflight
 
     cfg = _config_from_args(args)
-    if cfg.data_dir is not None and not os.access(cfg.data_dir, os.R_OK | os.X_OK):
-        raise _cli_error(f"--data-dir {cfg.data_dir!r} is not a readable folder")
-    resolve_data_root(cfg.dataset, cfg.data_dir)  # fail fast, before Prefect starts
+    preflight(cfg)  # data and partition problems: one line, before Prefect starts
     run_with_display(cfg)
     return 0
 
 
-def _cli_error(message: str) -> Exception:
-    from fl.errors import ConfigError
-
-    return ConfigError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    quiet_defaults()
+    exit_on_sigterm()
     args = build_parser().parse_args(argv)
     from fl.errors import FedsimError
 

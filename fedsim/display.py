@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,10 @@ def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
 
     from flows.benchmark import benchmark_flow
 
+    # A failing task re-raises into the CLI, which prints one line for expected
+    # errors and the traceback for bugs; Prefect's own copy would only repeat it.
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     console = Console()
     console.print(f"[bold]fedsim run[/bold] — profile {cfg.profile}, levels {cfg.levels}")
     columns = (

@@ -174,7 +174,8 @@ def resolve_data_root(dataset: str, data_dir: str | Path | None = None) -> Path:
     Looks, in order, at ``data_dir`` (an explicit choice: if it lacks the files
     that is an error, not a reason to look elsewhere), ``$FEDSIM_DATA``, the
     Debian package's directory, a previous torchvision download in the cache
-    root, and finally tries a torchvision download into the cache root.
+    root, and finally tries a torchvision download into the cache root (unless
+    ``$FEDSIM_OFFLINE`` is set).
     """
     _check_dataset(dataset)
     if data_dir is not None:
@@ -196,6 +197,8 @@ def resolve_data_root(dataset: str, data_dir: str | Path | None = None) -> Path:
             return root
     download_root = _cache_root() / "torchvision"
     try:
+        if os.environ.get("FEDSIM_OFFLINE"):  # tests and air-gapped sites: never reach out
+            raise RuntimeError("FEDSIM_OFFLINE is set")
         _download(dataset, download_root)
     except (OSError, RuntimeError) as exc:
         raise DataError(

@@ -43,11 +43,11 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     if cfg.tags:
         tracker.set_tags(parent, cfg.tags)
     summaries: list[dict[str, Any]] = []
-    baseline_seconds: float | None = None
+    baseline: dict[str, float] | None = None
     try:
         for level in cfg.level_list:
             start = time.perf_counter()
-            summary = run_level(level, cfg.to_dict(), parent, baseline_seconds)
+            summary = run_level(level, cfg.to_dict(), parent, baseline)
             outer = time.perf_counter() - start
             summary["prefect_seconds"] = (
                 max(outer - summary["body_seconds"], 0.0) + summary["task_overhead_seconds"]
@@ -58,7 +58,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
                 step=cfg.rounds,
             )
             if level.number == 0:
-                baseline_seconds = summary["train_seconds"]
+                baseline = {k: summary[k] for k in ("train_seconds", "samples_trained")}
             summaries.append(summary)
     except BaseException:
         tracker.finish(parent, status="FAILED")

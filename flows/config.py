@@ -12,10 +12,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl.data import DATASETS
+from fl.data import DATASETS, load_split
 from fl.errors import ConfigError
 from fl.models import MODELS
-from fl.partition import parse_partition
+from fl.partition import parse_partition, partition_indices
 
 __all__ = [
     "AGGREGATIONS",
@@ -24,6 +24,7 @@ __all__ = [
     "ExperimentConfig",
     "Level",
     "parse_levels",
+    "preflight",
 ]
 
 
@@ -84,14 +85,16 @@ def parse_levels(spec: str) -> tuple[Level, ...]:
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Finishes in under 5 minutes on 2 CPU cores (measured: see README).
+    # Finishes in under 5 minutes on 2 CPU cores, every FedAvg level >= 80%
+    # (measured: see README). E=2 and lr=0.1 because with 1,000 samples per
+    # worker, E=1 / lr=0.05 stays near 75% after 5 rounds.
     "quick": {
         "levels": "baseline,1,2,3",
         "workers": 10,
         "rounds": 5,
-        "epochs": 1,
+        "epochs": 2,
         "batch_size": 32,
-        "lr": 0.05,
+        "lr": 0.1,
         "train_samples": 10_000,
         "test_samples": 2_000,
     },
@@ -100,7 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "levels": "baseline,1,2,3",
         "workers": 10,
         "rounds": 10,
-        "epochs": 1,
+        "epochs": 2,
         "batch_size": 32,
         "lr": 0.05,
         "train_samples": None,
@@ -118,9 +121,9 @@ class ExperimentConfig:
     model: str = "cnn"
     workers: int = 10
     rounds: int = 5
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.1
     fraction: float = 1.0
     partition: str = "iid"
     aggregation: str = "plain"
@@ -148,6 +151,8 @@ class ExperimentConfig:
         _check_min("epochs", self.epochs, 1)
         _check_min("batch-size", self.batch_size, 1)
         _check_min("seed", self.seed, 0)
+        if self.seed >= 2**63:  # torch.manual_seed takes a signed 64-bit seed
+            raise ConfigError(f"--seed must be < 2**63, got {self.seed}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if not 0 < self.fraction <= 1:
@@ -210,3 +215,15 @@ def _check_min(option: str, value: int, minimum: int) -> None:
         raise ConfigError(f"--{option} must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(f"--{option} must be >= {minimum}, got {value}")
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """Fail fast, before Prefect starts, on what only the data can tell.
+
+    Sample counts beyond the dataset, or a partition that cannot give every
+    worker data (e.g. ``shards:5000``), would otherwise surface deep inside a
+    flow run. Loading is cached in-process, so the flows reuse this work.
+    """
+    train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
+    load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)
+    partition_indices(parse_partition(cfg.partition), train.y, cfg.workers, cfg.seed)

@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 StateDict = dict[str, torch.Tensor]
+# A sampled client: its index among all workers (which seeds its training) and its worker.
+Client = tuple[int, Worker]
 
 
 def client_seed(seed: int, round_index: int, client_index: int) -> int:
@@ -61,6 +63,9 @@ class RoundOutcome:
     updates: list[ClientUpdate]
     bytes_sent: int
     bytes_received: int
+    # True when the round itself produced the next global model (baseline,
+    # sequential): there is nothing for the strategy to aggregate.
+    aggregated: bool = False
 
 
 @task(name="load-train-set", cache_policy=NO_CACHE)
@@ -126,24 +131,23 @@ def train_centralized(
     return train_local(model, train, train_config(cfg), generator)
 
 
-def _traffic(workers: Sequence[Worker]) -> tuple[int, int]:
-    return sum(w.bytes_sent for w in workers), sum(w.bytes_received for w in workers)
+def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
+    return sum(w.bytes_sent for _, w in clients), sum(w.bytes_received for _, w in clients)
 
 
 @task(name="train-round", cache_policy=NO_CACHE)
 @timed_body
 def train_federated_round(
-    workers: Sequence[Worker],
+    clients: Sequence[Client],
     global_state: StateDict,
     cfg: ExperimentConfig,
     round_index: int,
 ) -> RoundOutcome:
     """Send the global model to each sampled worker, train there, fetch the update."""
-    sent0, received0 = _traffic(workers)
+    sent0, received0 = _traffic(clients)
     config = train_config(cfg)
     updates = []
-    for worker in workers:
-        index = int(worker.id.rsplit("-", 1)[1])
+    for index, worker in clients:
         state_ptr = worker.send(global_state)
         new_ptr, reply = worker.train(
             cfg.model, state_ptr, config, seed=client_seed(cfg.seed, round_index, index)
@@ -151,27 +155,26 @@ def train_federated_round(
         state_ptr.delete()
         state = new_ptr.get()
         updates.append(ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss))
-    sent1, received1 = _traffic(workers)
+    sent1, received1 = _traffic(clients)
     return RoundOutcome(updates, sent1 - sent0, received1 - received0)
 
 
 @task(name="train-sequential-round", cache_policy=NO_CACHE)
 @timed_body
 def train_sequential_round(
-    workers: Sequence[Worker],
+    clients: Sequence[Client],
     global_state: StateDict,
     cfg: ExperimentConfig,
     round_index: int,
 ) -> RoundOutcome:
     """Level 1: the model moves worker to worker and trains on each in turn."""
-    sent0, received0 = _traffic(workers)
+    sent0, received0 = _traffic(clients)
     config = train_config(cfg)
-    pointer = workers[0].send(global_state)
+    pointer = clients[0][1].send(global_state)
     losses, samples = [], []
-    for position, worker in enumerate(workers):
+    for position, (index, worker) in enumerate(clients):
         if position > 0:
             pointer = pointer.move(worker)
-        index = int(worker.id.rsplit("-", 1)[1])
         new_ptr, reply = worker.train(
             cfg.model, pointer, config, seed=client_seed(cfg.seed, round_index, index)
         )
@@ -181,8 +184,8 @@ def train_sequential_round(
         samples.append(reply.num_samples)
     state = pointer.get()
     update = ClientUpdate("sequential", state, sum(samples), sum(losses) / max(sum(samples), 1))
-    sent1, received1 = _traffic(workers)
-    return RoundOutcome([update], sent1 - sent0, received1 - received0)
+    sent1, received1 = _traffic(clients)
+    return RoundOutcome([update], sent1 - sent0, received1 - received0, aggregated=True)
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)

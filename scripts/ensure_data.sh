@@ -23,5 +23,6 @@ if command -v apt-get >/dev/null 2>&1; then
         || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }
     exit 0
 fi
-echo "fedsim: Fashion-MNIST not found; set FEDSIM_DATA to a folder with its idx files, or pass --data-dir (torchvision downloads it where there is internet)" >&2
+# No apt: fedsim will try torchvision's download at run time (needs the internet).
+echo "fedsim: warning: Fashion-MNIST not found locally; set FEDSIM_DATA to a folder with its idx files, pass --data-dir, or allow the torchvision download" >&2
 exit 0

@@ -1,10 +1,24 @@
-"""Suite-wide settings: offline, quiet, and every store in a temporary folder."""
+"""Suite-wide settings: offline, quiet, and every store in a temporary folder.
+
+Set at import, before any test module imports Prefect or MLflow (both read
+their settings then), so no test writes into the repository's ``mlruns/`` or
+the user's ``~/.prefect`` and ``~/.cache/fedsim``.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from fedsim.cli import quiet_defaults
+
+_scratch = Path(tempfile.mkdtemp(prefix="fedsim-tests-"))
+atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_scratch / 'mlflow.db'}"
+os.environ["PREFECT_HOME"] = str(_scratch / "prefect")
+os.environ["FEDSIM_CACHE"] = str(_scratch / "cache")
+os.environ["FEDSIM_OFFLINE"] = "1"
+quiet_defaults()

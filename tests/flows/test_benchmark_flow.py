@@ -15,6 +15,7 @@ from fl.partition import parse_partition, partition_indices
 from fl.training import TrainConfig, evaluate, train_local
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
+from flows.levels import LevelSummary, slowdown
 from flows.tasks import client_seed
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -40,7 +41,36 @@ ROUND_METRICS = {
     "bytes_sent",
     "bytes_received",
 }
-FINAL_METRICS = {"final_accuracy", "train_seconds", "wall_seconds", "slowdown_vs_baseline"}
+FINAL_METRICS = {
+    "final_accuracy",
+    "train_seconds",
+    "wall_seconds",
+    "slowdown_vs_baseline",
+    "bytes_total",
+    "prefect_seconds",
+    "samples_trained",
+}
+PARAMS = {
+    "level",
+    "dataset",
+    "model",
+    "partition",
+    "workers",
+    "rounds",
+    "epochs",
+    "batch_size",
+    "lr",
+    "fraction",
+    "seed",
+    "aggregation",
+}
+# Task calls per level with 2 rounds: set-up tasks + per-round tasks.
+TASK_CALLS = {
+    "baseline": 2 + 2 * 2,  # load train, load test; train + evaluate
+    "sequential": 4 + 2 * 2,  # load test, load train, partition, launch; train + evaluate
+    "federated": 4 + 2 * 3,  # ... train + aggregate + evaluate
+    "decentralized": 2 + 2 * 3,  # load test, launch (workers load their own data)
+}
 
 
 def test_benchmark_logs_parent_and_one_child_per_level(mlflow_uri: str) -> None:
@@ -61,21 +91,31 @@ def test_benchmark_logs_parent_and_one_child_per_level(mlflow_uri: str) -> None:
     assert parent[0].data.tags["mlflow.note.content"].startswith("fedsim benchmark")
     names = sorted(r.info.run_name for r in children)
     assert names == ["L0 baseline", "L1 sequential", "L2 federated", "L3 decentralized"]
+    baseline_seconds = next(
+        r.data.metrics["train_seconds"] for r in children if r.info.run_name == "L0 baseline"
+    )
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["level"] == run.info.run_name.split(" ", 1)[1]
-        assert run.data.params["workers"] == "3" and run.data.params["model"] == "mlp"
-        assert set(run.data.metrics) >= FINAL_METRICS
-        history = client.get_metric_history(run.info.run_id, "test_accuracy")
-        assert [m.step for m in history] == [1, 2]
-        assert set(run.data.metrics) >= ROUND_METRICS
+        assert "version.torch" in run.data.tags and "git_commit" in run.data.tags
+        assert set(run.data.params) >= PARAMS
+        assert run.data.params["workers"] == "3" and run.data.params["batch_size"] == "32"
+        assert set(run.data.metrics) >= FINAL_METRICS | ROUND_METRICS
+        for name in ROUND_METRICS:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+            assert steps == [1, 2], name
         assert 0.3 < run.data.metrics["final_accuracy"] <= 1.0  # chance is 0.1
+        expected = run.data.metrics["train_seconds"] / baseline_seconds
+        assert run.data.metrics["slowdown_vs_baseline"] == pytest.approx(expected)
     by_level = {s["level"]: s for s in result["levels"]}
     assert by_level["baseline"]["bytes_total"] == 0
+    for level, summary in by_level.items():
+        assert summary["task_calls"] == TASK_CALLS[level]
+        assert summary["prefect_seconds"] > 0  # subflow set-up and task calls cost something
+        assert summary["samples_trained"] == 600 * 2  # C = 1: every level, all data, twice
     for level in ("sequential", "federated", "decentralized"):
-        # Every round moves at least the model out and back once per worker.
-        assert by_level[level]["bytes_total"] > 2 * 2 * 3 * 4 * 199_210 * 0.99
-        assert by_level[level]["prefect_seconds"] >= 0
+        # Every round moves at least the model (199,210 float32) out and back per worker.
+        assert by_level[level]["bytes_total"] > 2 * 2 * 3 * 4 * 199_210
     # Level 2 ships the shards (600 x 784 float32 + labels); level 3 loads them in place.
     shards_bytes = 600 * 784 * 4
     assert by_level["federated"]["bytes_total"] - by_level["decentralized"]["bytes_total"] > (
@@ -85,7 +125,7 @@ def test_benchmark_logs_parent_and_one_child_per_level(mlflow_uri: str) -> None:
 
 def test_same_seed_same_accuracies_and_fedavg_matches_reference(mlflow_uri: str) -> None:
     # Prepare
-    cfg = ExperimentConfig(**{**SMALL, "levels": "2,3", "rounds": 1})
+    cfg = ExperimentConfig(**{**SMALL, "levels": "1,2,3", "rounds": 1})
 
     # Execute
     first = benchmark_flow(cfg.to_dict())
@@ -94,7 +134,8 @@ def test_same_seed_same_accuracies_and_fedavg_matches_reference(mlflow_uri: str)
     # Assert: bitwise-reproducible accuracies, and levels 2 and 3 agree exactly.
     accs = [[s["final_accuracy"] for s in r["levels"]] for r in (first, second)]
     assert accs[0] == accs[1]
-    assert accs[0][0] == accs[0][1]
+    _sequential, federated, decentralized = accs[0]
+    assert federated == decentralized
     # Independent reference: one FedAvg round by hand with fl's functions.
     train = load_split("fashion-mnist", train=True, limit=600)
     test = load_split("fashion-mnist", train=False, limit=300)
@@ -111,4 +152,25 @@ def test_same_seed_same_accuracies_and_fedavg_matches_reference(mlflow_uri: str)
         weights.append(float(len(shard)))
     model = build_model("mlp", seed=0)
     set_state(model, weighted_average(states, weights))
-    assert evaluate(model, test).accuracy == accs[0][0]
+    assert evaluate(model, test).accuracy == federated
+
+
+def test_slowdown_compares_equal_work() -> None:
+    # Prepare: a level that trained on half the samples (C = 0.5) in 6 s,
+    # against a baseline that trained on all of them in 10 s.
+    summary = LevelSummary(
+        level="federated",
+        number=2,
+        run_id="r",
+        final_accuracy=0.9,
+        final_loss=0.3,
+        train_seconds=6.0,
+        samples_trained=500,
+        bytes_total=0,
+    )
+
+    # Execute
+    ratio = slowdown(summary, {"train_seconds": 10.0, "samples_trained": 1000})
+
+    # Assert: 6 s for 500 samples vs 5 s for the same 500 on the baseline.
+    assert ratio == pytest.approx(1.2)

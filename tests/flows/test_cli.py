@@ -26,6 +26,10 @@ from fedsim.cli import main
         (["run", "--dataset", "cifar"], "--dataset"),
         (["run", "--data-dir", "/nonexistent/fedsim-data"], "/nonexistent/fedsim-data"),
         (["run", "--train-samples", "5", "--workers", "10"], "fewer than --workers"),
+        (["run", "--train-samples", "100000"], "100000"),
+        (["run", "--test-samples", "20000"], "20000"),
+        (["run", "--partition", "shards:5000"], "shard"),
+        (["run", "--seed", "99999999999999999999"], "--seed"),
         (["fly"], "invalid choice"),
     ],
 )
@@ -49,7 +53,13 @@ def test_bad_option_is_one_line_and_nonzero(
 
 def test_missing_dataset_names_the_ways_to_get_it(tmp_path: Path) -> None:
     # Prepare: $FEDSIM_DATA empty and no other source of MNIST on this machine (offline).
-    env = {**os.environ, "FEDSIM_DATA": str(tmp_path), "FEDSIM_CACHE": str(tmp_path / "c")}
+    env = {
+        **os.environ,
+        "FEDSIM_DATA": str(tmp_path),
+        "FEDSIM_CACHE": str(tmp_path / "c"),
+        "FEDSIM_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
 
     # Execute
     proc = subprocess.run(
@@ -89,7 +99,9 @@ def test_run_prints_table_and_exits_zero(tmp_path: Path) -> None:
 
     # Assert
     assert proc.returncode == 0, proc.stderr
-    assert "L0 baseline" in proc.stdout and "L2 federated" in proc.stdout
-    assert "slowdown" in proc.stdout
+    rows = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if "│" in line}
+    assert set(rows) == {"L0 baseline", "L2 federated"}, proc.stdout
+    assert "1.00×" in rows["L0 baseline"]
+    assert "×" in rows["L2 federated"] and "%" in rows["L2 federated"]
     assert "Traceback" not in proc.stderr
     assert "telemetry" not in proc.stderr.lower()
