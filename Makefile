@@ -27,8 +27,14 @@ $(STAMP): pyproject.toml
 data:
 	@sh scripts/ensure_data.sh
 
+# Level 5 needs workers started independently of the coordinator: `make run`
+# starts them as TLS daemons on 127.0.0.2, 127.0.0.3, ... and stops them after.
+L5_DIR := .fedsim/level5
+
 run: $(STAMP) data
-	$(BIN)/fedsim run $(ARGS)
+	@$(BIN)/fedsim worker up --dir $(L5_DIR)
+	@$(BIN)/fedsim run --levels baseline,1,2,3,4,5 --workers-file $(L5_DIR)/workers.toml $(ARGS); \
+		status=$$?; $(BIN)/fedsim worker down --dir $(L5_DIR); exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

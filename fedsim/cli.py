@@ -97,7 +97,7 @@ def _add_run(sub: Any) -> None:
         "orchestrated by Prefect and tracked in MLflow; prints accuracy and slowdown per level.",
     )
     add = run.add_argument
-    add("--levels", help="comma-separated levels, words or numbers (default: baseline,1,2,3)")
+    add("--levels", help=f"comma-separated levels, words or numbers {preset('levels')}")
     add("--dataset", help="fashion-mnist (default) or mnist")
     add("--model", help="cnn (default), mlp or mpc-cnn")
     add("--workers", type=_positive_int, help=f"number of workers / clients {preset('workers')}")
@@ -110,16 +110,82 @@ def _add_run(sub: Any) -> None:
     add("--aggregation", help="plain (default) or secure")
     add("--seed", type=_non_negative_int, help="seed of everything random (default 0)")
     add("--profile", choices=("quick", "full"), default="quick", help="defaults preset")
-    add("--train-samples", type=_samples, help="first N training samples, or 'all' (quick: 10000)")
-    add("--test-samples", type=_samples, help="first N test samples, or 'all' (quick: 2000)")
+    add(
+        "--train-samples",
+        type=_samples,
+        help=f"first N training samples, or 'all' {preset('train_samples')}",
+    )
+    add(
+        "--test-samples",
+        type=_samples,
+        help=f"first N test samples, or 'all' {preset('test_samples')}",
+    )
     add("--experiment", help="MLflow experiment name (default fedsim)")
     add("--data-dir", help="folder holding the dataset's idx files")
+    add("--workers-file", help="level 5: TOML file listing the workers (id, url, ca, token_file)")
+    add("--min-workers", type=_positive_int, help="fewest workers a round may complete with")
+    add(
+        "--timeout",
+        dest="request_timeout",
+        metavar="SECONDS",
+        type=_float,
+        help="seconds one worker request may take before the worker is dropped (default 600)",
+    )
+
+
+def _add_worker(sub: Any) -> None:
+    from flows.config import PROFILES
+
+    quick = PROFILES["quick"]
+    worker = sub.add_parser("worker", help="run a websocket worker")
+    worker_sub = worker.add_subparsers(dest="worker_command", required=True, parser_class=_Parser)
+    serve = worker_sub.add_parser(
+        "serve",
+        help="serve one worker over websockets until SIGINT/SIGTERM",
+        description="Serve one fedsim worker over websockets. With --partition I/N it loads "
+        "partition I of N of the training set itself (the coordinator never sees the data). "
+        "Prints one JSON line {'event': 'ready', 'port': P, ...} on stdout once listening.",
+    )
+    add = serve.add_argument
+    add("--id", required=True, help="worker id (the coordinator checks it)")
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    add("--port", type=_non_negative_int, default=0, help="port (default 0: any free port)")
+    add("--data-dir", help="folder holding the dataset's idx files")
+    add("--dataset", default="fashion-mnist", help="fashion-mnist (default) or mnist")
+    add("--partition", help="I/N: load partition I (0-based) of N of the training set")
+    add("--partitioner", default="iid", help="iid (default), dirichlet:ALPHA or shards:K")
+    add("--seed", type=_non_negative_int, default=0, help="partition seed (as the coordinator's)")
+    add("--train-samples", type=_samples, default=None, help="first N training samples")
+    add("--token-file", help="shared secret for coordinator authentication")
+    add("--tls-cert", help="TLS certificate (PEM); serves wss:// with --tls-key")
+    add("--tls-key", help="TLS private key (PEM)")
+    add("--threads", type=_positive_int, help="torch threads for this worker")
+    add("--max-message-mb", type=_positive_int, default=256, help="largest frame accepted")
+
+    up = worker_sub.add_parser(
+        "up",
+        help="start level-5 worker daemons on 127.0.0.2, 127.0.0.3, ... (TLS + token)",
+        description="Start one `fedsim worker serve` daemon per worker on its own loopback "
+        "address, with a CA and certificate made for the purpose, and write DIR/workers.toml "
+        "for `fedsim run --levels 5 --workers-file DIR/workers.toml`.",
+    )
+    add = up.add_argument
+    add("--dir", default=".fedsim/level5", help="where keys, logs and workers.toml go")
+    add("--workers", type=_positive_int, default=quick["workers"], help="as `fedsim run`")
+    add("--dataset", default="fashion-mnist")
+    add("--data-dir")
+    add("--partition", default="iid", help="as `fedsim run --partition`")
+    add("--seed", type=_non_negative_int, default=0)
+    add("--train-samples", type=_samples, default=quick["train_samples"], help="as `fedsim run`")
+    down = worker_sub.add_parser("down", help="stop the daemons started by `fedsim worker up`")
+    down.add_argument("--dir", default=".fedsim/level5")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedsim", description="Privacy-preserving federated-learning lab.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
+    _add_worker(sub)
     return parser
 
 
@@ -141,6 +207,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    if args.worker_command == "up":
+        from fedsim.local_fleet import fleet_up
+
+        return fleet_up(args)
+    if args.worker_command == "down":
+        from fedsim.local_fleet import fleet_down
+
+        return fleet_down(args)
+    from fedsim.worker_cli import serve_worker
+
+    return serve_worker(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_defaults()
     exit_on_sigterm()
@@ -150,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "worker":
+            return _worker(args)
     except FedsimError as error:
         print(f"fedsim: error: {error}", file=sys.stderr)
         return 1

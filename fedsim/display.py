@@ -35,12 +35,15 @@ class RichProgressSink(ProgressSink):
         note = f"acc {metrics['test_accuracy']:.2%}  loss {metrics['train_loss']:.3f}"
         self.progress.update(task, completed=round_index, note=note)
 
+    def warning(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/yellow] {message}")
+
 
 def summary_table(result: Mapping[str, Any]) -> Table:
     """level | accuracy | training s | slowdown | Prefect s | MB moved."""
     table = Table(title="fedsim benchmark")
     for header in ("level", "accuracy", "training s", "slowdown", "Prefect s", "MB moved"):
-        table.add_column(header, justify="left" if header == "level" else "right")
+        table.add_column(header, justify="left" if header == "level" else "right", no_wrap=True)
     for s in result["levels"]:
         slowdown = s.get("slowdown_vs_baseline")
         table.add_row(

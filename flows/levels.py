@@ -8,6 +8,7 @@ own MLflow child run under the benchmark's parent run, and returns a summary.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,9 +26,11 @@ from flows.tasks import (
     RoundOutcome,
     StateDict,
     aggregate_updates,
+    connect_remote_workers,
     evaluate_state,
     initial_state,
     launch_virtual_workers,
+    launch_worker_processes,
     load_test_set,
     load_train_set,
     partition_train_set,
@@ -38,6 +41,9 @@ from flows.tasks import (
 from flows.timing import OrchestrationMeter
 from flows.tracking import BenchmarkTracker
 from workers.base import Worker
+from workers.errors import WorkerError
+from workers.fleet import Fleet
+from workers.launcher import LocalWorkerPool
 
 __all__ = [
     "LevelSummary",
@@ -46,6 +52,8 @@ __all__ = [
     "run_level",
     "sequential_flow",
     "slowdown",
+    "websocket_local_flow",
+    "websocket_remote_flow",
 ]
 
 
@@ -68,6 +76,7 @@ class LevelSummary:
     task_calls: int = 0
     slowdown_vs_baseline: float | None = None
     prefect_seconds: float | None = None
+    comm_seconds_mean: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +104,7 @@ def _run_rounds(
     """The round loop shared by every level: train → aggregate → evaluate → log."""
     cfg, meter = ctx.cfg, ctx.meter
     model, state = initial_state(cfg)
-    train_seconds, bytes_total, samples_trained = 0.0, setup_bytes, 0
+    train_seconds, bytes_total, samples_trained, comm_seconds = 0.0, setup_bytes, 0, 0.0
     accuracies: list[float] = []
     progress.emit_level_started(ctx.level.name, cfg.rounds)
     evaluation = None
@@ -110,6 +119,7 @@ def _run_rounds(
         train_seconds += round_seconds
         evaluation = meter.call(evaluate_state, model, state, test)
         bytes_total += outcome.bytes_sent + outcome.bytes_received
+        comm_seconds += outcome.comm_seconds
         samples = sum(u.num_samples for u in outcome.updates)
         samples_trained += samples * cfg.epochs
         train_loss = sum(u.train_loss * u.num_samples for u in outcome.updates) / max(samples, 1)
@@ -120,6 +130,8 @@ def _run_rounds(
             "round_seconds": round_seconds,
             "bytes_sent": float(outcome.bytes_sent),
             "bytes_received": float(outcome.bytes_received),
+            "dropped_workers": float(len(outcome.dropped)),
+            "comm_seconds": outcome.comm_seconds,
         }
         ctx.tracker.log_metrics(ctx.run_id, metrics, step=round_index)
         accuracies.append(evaluation.accuracy)
@@ -135,6 +147,7 @@ def _run_rounds(
         samples_trained=samples_trained,
         bytes_total=bytes_total,
         accuracies=accuracies,
+        comm_seconds_mean=comm_seconds / cfg.rounds,
     )
 
 
@@ -151,15 +164,19 @@ def _baseline_rounds(ctx: _LevelContext, train: Split) -> RoundFn:
     return round_fn
 
 
-def _federated_rounds(ctx: _LevelContext, workers: list[Worker], sequential: bool) -> RoundFn:
+def _federated_rounds(
+    ctx: _LevelContext, workers: list[Worker], *, sequential: bool = False
+) -> RoundFn:
+    """Rounds over in-process virtual workers (levels 1-3), one client after another."""
     sampler = torch.Generator().manual_seed(ctx.cfg.seed)
     by_id = {w.id: (index, w) for index, w in enumerate(workers)}
-    round_task = train_sequential_round if sequential else train_federated_round
 
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = ctx.strategy.sample_clients(list(by_id), ctx.cfg.fraction, sampler)
         sampled = [by_id[client_id] for client_id in chosen]
-        return ctx.meter.call(round_task, sampled, state, ctx.cfg, round_index)
+        if sequential:
+            return ctx.meter.call(train_sequential_round, sampled, state, ctx.cfg, round_index)
+        return ctx.meter.call(train_federated_round, sampled, state, ctx.cfg, round_index)
 
     return round_fn
 
@@ -246,7 +263,8 @@ def _federated_body(
         workers = meter.call(launch_virtual_workers, ctx.cfg, train=None, shards=None)
     setup_bytes = sum(w.bytes_sent + w.bytes_received for w in workers)
     try:
-        return _run_rounds(ctx, test, _federated_rounds(ctx, workers, sequential), setup_bytes)
+        rounds = _federated_rounds(ctx, workers, sequential=sequential)
+        return _run_rounds(ctx, test, rounds, setup_bytes)
     finally:
         for worker in workers:
             worker.close()
@@ -297,6 +315,104 @@ def federated_flow(
     return _run_level(level, config, parent_run_id, baseline, body)
 
 
+def _fleet_rounds(ctx: _LevelContext, fleet: Fleet) -> RoundFn:
+    """Rounds over websocket workers: parallel training, tolerant of dropped workers.
+
+    Sampling is by position, exactly as for the virtual levels, so the same seed
+    samples the same clients. Workers that cannot be reached, or fail during
+    the round, are dropped for this round only (re-dialled before the next);
+    the round fails only when fewer than ``min_workers`` updates arrive.
+    """
+    sampler = torch.Generator().manual_seed(ctx.cfg.seed)
+    positions = [str(index) for index in range(len(fleet))]
+
+    def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
+        chosen = [int(i) for i in ctx.strategy.sample_clients(positions, ctx.cfg.fraction, sampler)]
+        live, down = fleet.available(chosen)
+        outcome = ctx.meter.call(train_federated_round, live, state, ctx.cfg, round_index, True)
+        for index in outcome.dropped:
+            fleet.mark_failed(index)
+        dropped = tuple(sorted((*down, *outcome.dropped)))
+        if dropped:
+            progress.emit_warning(
+                f"round {round_index}: {len(dropped)} of {len(chosen)} workers dropped "
+                f"({', '.join(f'#{i}' for i in dropped)}); FedAvg over the other "
+                f"{len(outcome.updates)}"
+            )
+        if len(outcome.updates) < ctx.cfg.min_workers:
+            raise WorkerError(
+                f"round {round_index}: {len(outcome.updates)} workers answered, fewer than "
+                f"--min-workers {ctx.cfg.min_workers}"
+            )
+        return dataclasses.replace(outcome, dropped=dropped)
+
+    return round_fn
+
+
+def _fleet_body(
+    ctx: _LevelContext, start: Callable[[], Fleet], stop: Callable[[], None]
+) -> LevelSummary:
+    test = ctx.meter.call(load_test_set, ctx.cfg)
+    try:
+        fleet = start()
+        setup_bytes = sum(w.bytes_sent + w.bytes_received for w in fleet.clients)
+        return _run_rounds(ctx, test, _fleet_rounds(ctx, fleet), setup_bytes)
+    finally:
+        stop()  # every process / connection, also on failure and Ctrl-C
+
+
+def _local_processes_body(ctx: _LevelContext) -> LevelSummary:
+    pools: list[LocalWorkerPool] = []
+
+    def start() -> Fleet:
+        pool = ctx.meter.call(launch_worker_processes, ctx.cfg)
+        pools.append(pool)
+        assert pool.fleet is not None
+        return pool.fleet
+
+    def stop() -> None:
+        for pool in pools:
+            pool.stop()
+
+    return _fleet_body(ctx, start, stop)
+
+
+def _remote_body(ctx: _LevelContext) -> LevelSummary:
+    fleets: list[Fleet] = []
+
+    def start() -> Fleet:
+        fleets.append(ctx.meter.call(connect_remote_workers, ctx.cfg))
+        return fleets[0]
+
+    def stop() -> None:
+        for fleet in fleets:
+            fleet.close()  # the workers keep running: they were started independently
+
+    return _fleet_body(ctx, start, stop)
+
+
+@flow(name="fedsim-websocket-local", log_prints=False)
+def websocket_local_flow(
+    config: dict[str, Any],
+    parent_run_id: str | None = None,
+    baseline: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Level 4: one websocket worker process per client on this host, each loading
+    its own partition; parallel local training; FedAvg."""
+    return _run_level(4, config, parent_run_id, baseline, _local_processes_body)
+
+
+@flow(name="fedsim-websocket-remote", log_prints=False)
+def websocket_remote_flow(
+    config: dict[str, Any],
+    parent_run_id: str | None = None,
+    baseline: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Level 5: independently started TLS workers, each holding its own partition,
+    reached by address from a workers file; every connection authenticated."""
+    return _run_level(5, config, parent_run_id, baseline, _remote_body)
+
+
 def run_level(
     level: Level,
     config: dict[str, Any],
@@ -311,4 +427,8 @@ def run_level(
         return sequential_flow(config, parent_run_id, baseline)
     if level.number in (2, 3):
         return federated_flow(config, level.number, parent_run_id, baseline)
+    if level.number == 4:
+        return websocket_local_flow(config, parent_run_id, baseline)
+    if level.number == 5:
+        return websocket_remote_flow(config, parent_run_id, baseline)
     raise ValueError(f"level {level.name} has no flow in this version")

@@ -7,10 +7,18 @@ parameter: the CLI installs a sink for the duration of a run instead.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-__all__ = ["ProgressSink", "emit_level_finished", "emit_level_started", "emit_round", "use_sink"]
+__all__ = [
+    "ProgressSink",
+    "emit_level_finished",
+    "emit_level_started",
+    "emit_round",
+    "emit_warning",
+    "use_sink",
+]
 
 
 class ProgressSink:
@@ -25,8 +33,12 @@ class ProgressSink:
     def level_finished(self, level: str, summary: Mapping[str, float]) -> None:
         """A level is done; ``summary`` holds its final metrics."""
 
+    def warning(self, message: str) -> None:
+        """Something the user should see (a dropped worker); also logged."""
+
 
 _sink: ProgressSink = ProgressSink()
+logger = logging.getLogger("fedsim.progress")
 
 
 @contextmanager
@@ -50,3 +62,8 @@ def emit_round(level: str, round_index: int, metrics: Mapping[str, float]) -> No
 
 def emit_level_finished(level: str, summary: Mapping[str, float]) -> None:
     _sink.level_finished(level, summary)
+
+
+def emit_warning(message: str) -> None:
+    logger.warning(message)
+    _sink.warning(message)

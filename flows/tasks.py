@@ -8,7 +8,11 @@ would cost more than the work itself (and would pickle them).
 
 from __future__ import annotations
 
+import functools
+import logging
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,16 +27,23 @@ from fl.partition import parse_partition, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
 from flows.config import ExperimentConfig
 from flows.timing import timed_body
+from workers.auth import read_secret
 from workers.base import Worker
-from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore, partition_descriptor
+from workers.errors import WorkerError
+from workers.fleet import Fleet, RemoteWorkerSpec, check_partition, load_fleet_file
+from workers.launcher import LocalWorkerPool, WorkerSpec, threads_per_worker
 from workers.virtual import VirtualWorker
+from workers.ws_client import WebsocketWorker
 
 __all__ = [
     "RoundOutcome",
     "aggregate_updates",
     "client_seed",
+    "connect_remote_workers",
     "evaluate_state",
     "launch_virtual_workers",
+    "launch_worker_processes",
     "load_test_set",
     "load_train_set",
     "partition_train_set",
@@ -41,6 +52,7 @@ __all__ = [
     "train_sequential_round",
 ]
 
+logger = logging.getLogger("fedsim.rounds")
 StateDict = dict[str, torch.Tensor]
 # A sampled client: its index among all workers (which seeds its training) and its worker.
 Client = tuple[int, Worker]
@@ -66,6 +78,9 @@ class RoundOutcome:
     # True when the round itself produced the next global model (baseline,
     # sequential): there is nothing for the strategy to aggregate.
     aggregated: bool = False
+    # Clients that were sampled but did not deliver an update (websocket levels).
+    dropped: tuple[int, ...] = ()
+    comm_seconds: float = 0.0
 
 
 @task(name="load-train-set", cache_policy=NO_CACHE)
@@ -122,6 +137,54 @@ def launch_virtual_workers(
     return workers
 
 
+@task(name="connect-remote-workers", cache_policy=NO_CACHE)
+@timed_body
+def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
+    """Level 5: connect (TLS + challenge–response) to independently started workers."""
+    assert cfg.workers_file is not None  # checked by ExperimentConfig
+    specs, token_file = load_fleet_file(cfg.workers_file, cfg.workers)
+    secret = read_secret(token_file)
+
+    def connector(index: int, spec: RemoteWorkerSpec) -> WebsocketWorker:
+        client = WebsocketWorker(
+            spec.worker_id,
+            spec.url,
+            secret=secret,
+            cafile=spec.ca,
+            timeout=cfg.request_timeout,
+            connect_timeout=5,
+        )
+        expected = partition_descriptor(
+            cfg.dataset, cfg.partition, index, cfg.workers, cfg.seed, cfg.train_samples
+        )
+        return check_partition(client, expected)
+
+    return Fleet([functools.partial(connector, i, spec) for i, spec in enumerate(specs)])
+
+
+@task(name="launch-worker-processes", cache_policy=NO_CACHE)
+@timed_body
+def launch_worker_processes(cfg: ExperimentConfig) -> LocalWorkerPool:
+    """Level 4: one websocket worker process per client on loopback, each loading
+    its own partition; returns the started pool (the caller stops it)."""
+    spec = WorkerSpec(
+        dataset=cfg.dataset,
+        data_dir=cfg.data_dir,
+        partitioner=cfg.partition,
+        seed=cfg.seed,
+        train_samples=cfg.train_samples,
+        count=cfg.workers,
+        threads=threads_per_worker(cfg.workers),
+    )
+    pool = LocalWorkerPool(spec, request_timeout=cfg.request_timeout)
+    try:
+        pool.start()
+    except BaseException:
+        pool.stop()
+        raise
+    return pool
+
+
 @task(name="train-centralized", cache_policy=NO_CACHE)
 @timed_body
 def train_centralized(
@@ -135,6 +198,25 @@ def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
     return sum(w.bytes_sent for _, w in clients), sum(w.bytes_received for _, w in clients)
 
 
+def _train_client(
+    client: Client, global_state: StateDict, cfg: ExperimentConfig, round_index: int
+) -> tuple[ClientUpdate, float]:
+    """One client's round: receive the global model, train locally, send the update back.
+
+    Also returns the seconds spent outside the worker's training loop (encoding,
+    transfer, decoding, waiting): the client's communication cost this round.
+    """
+    index, worker = client
+    start = time.perf_counter()
+    state_ptr = worker.send(global_state)
+    new_ptr, reply = worker.train(
+        cfg.model, state_ptr, train_config(cfg), seed=client_seed(cfg.seed, round_index, index)
+    )
+    state_ptr.delete()
+    update = ClientUpdate(worker.id, new_ptr.get(), reply.num_samples, reply.mean_loss)
+    return update, max(time.perf_counter() - start - reply.seconds, 0.0)
+
+
 @task(name="train-round", cache_policy=NO_CACHE)
 @timed_body
 def train_federated_round(
@@ -142,21 +224,53 @@ def train_federated_round(
     global_state: StateDict,
     cfg: ExperimentConfig,
     round_index: int,
+    parallel: bool = False,
 ) -> RoundOutcome:
-    """Send the global model to each sampled worker, train there, fetch the update."""
+    """Send the global model to each sampled worker, train there, fetch the update.
+
+    With ``parallel`` (worker processes), every client trains at once: one
+    thread per client waits on its socket while the processes compute. Updates
+    are returned in client order either way, so aggregation is deterministic.
+    """
     sent0, received0 = _traffic(clients)
-    config = train_config(cfg)
-    updates = []
-    for index, worker in clients:
-        state_ptr = worker.send(global_state)
-        new_ptr, reply = worker.train(
-            cfg.model, state_ptr, config, seed=client_seed(cfg.seed, round_index, index)
-        )
-        state_ptr.delete()
-        state = new_ptr.get()
-        updates.append(ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss))
+    if not parallel:
+        results = [_train_client(c, global_state, cfg, round_index) for c in clients]
+        sent1, received1 = _traffic(clients)
+        updates = [update for update, _ in results]
+        comm = sum(seconds for _, seconds in results)
+        return RoundOutcome(updates, sent1 - sent0, received1 - received0, comm_seconds=comm)
+    pool = ThreadPoolExecutor(max_workers=max(len(clients), 1))
+    try:
+        futures = [
+            pool.submit(_train_client, client, global_state, cfg, round_index) for client in clients
+        ]
+        wait(futures)
+    finally:
+        # On Ctrl-C, return at once: stopping the workers unblocks the threads.
+        pool.shutdown(wait=False, cancel_futures=True)
+    updates, dropped, comm = [], [], []
+    for (index, worker), future in zip(clients, futures, strict=True):
+        error = future.exception()
+        if isinstance(error, WorkerError):
+            # A worker that died, stalled past the timeout, or failed to train
+            # is left out of this round; the round goes on with the others.
+            logger.warning("round %d: dropped %s: %s", round_index, worker.id, error)
+            dropped.append(index)
+        elif error is not None:
+            raise error
+        else:
+            update, seconds = future.result()
+            updates.append(update)
+            comm.append(seconds)
     sent1, received1 = _traffic(clients)
-    return RoundOutcome(updates, sent1 - sent0, received1 - received0)
+    # In parallel, the round waits for its slowest client: report the largest.
+    return RoundOutcome(
+        updates,
+        sent1 - sent0,
+        received1 - received0,
+        dropped=tuple(dropped),
+        comm_seconds=max(comm, default=0.0),
+    )
 
 
 @task(name="train-sequential-round", cache_policy=NO_CACHE)

@@ -76,6 +76,11 @@ class Worker(ABC):
         self._pending_deletes: list[str] = []
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """True once closed by the client, or once its connection was lost."""
+        return self._closed
+
     # ------------------------------------------------------------ the interface
 
     @abstractmethod

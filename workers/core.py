@@ -52,7 +52,14 @@ from workers.messages import (
 from workers.ops import OPS, apply_op
 from workers.plan import Plan
 
-__all__ = ["ERROR_CODES", "MAX_ID_LENGTH", "TRAIN_X_ID", "TRAIN_Y_ID", "WorkerCore"]
+__all__ = [
+    "ERROR_CODES",
+    "MAX_ID_LENGTH",
+    "TRAIN_X_ID",
+    "TRAIN_Y_ID",
+    "WorkerCore",
+    "partition_descriptor",
+]
 
 # Where a worker that loads its own partition keeps it (level 3 and 5): the
 # coordinator refers to the data by these ids and never sees the tensors.
@@ -73,6 +80,25 @@ _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _MISSING = object()
 
 
+def partition_descriptor(
+    dataset: str,
+    partition: str,
+    index: int,
+    count: int,
+    seed: int,
+    limit: int | None,
+) -> str:
+    """One line naming a worker's training partition, reported in Pong.
+
+    A worker holds the partition a coordinator expects exactly when their
+    descriptors are equal: partitions are a pure function of these values.
+    """
+    return (
+        f"{dataset} {partition} {index}/{count} seed={seed} "
+        f"limit={'all' if limit is None else limit}"
+    )
+
+
 class _Failure(Exception):
     """Raised inside handlers; becomes an ErrorReply."""
 
@@ -86,8 +112,15 @@ class _Failure(Exception):
 class WorkerCore:
     """Object store and request handlers of one worker."""
 
-    def __init__(self, worker_id: str, *, objects: Mapping[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        *,
+        objects: Mapping[str, object] | None = None,
+        data_description: str = "",
+    ) -> None:
         self._worker_id = worker_id
+        self.data_description = data_description
         self._objects: dict[str, Value] = {}
         self._plans: dict[str, Plan] = {}
         self._models: dict[str, nn.Module] = {}  # one module per model name, reused
@@ -138,7 +171,12 @@ class WorkerCore:
             seed=seed,
             limit=limit,
         )
-        return cls(worker_id, objects={TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y})
+        description = partition_descriptor(dataset, partition, index, num_partitions, seed, limit)
+        return cls(
+            worker_id,
+            objects={TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y},
+            data_description=description,
+        )
 
     @property
     def worker_id(self) -> str:
@@ -220,7 +258,7 @@ class WorkerCore:
     # --------------------------------------------------------------- handlers
 
     def _ping(self, msg: Ping) -> Pong:
-        return Pong(self._worker_id, PROTOCOL_VERSION, len(self._objects))
+        return Pong(self._worker_id, PROTOCOL_VERSION, len(self._objects), self.data_description)
 
     def _put(self, msg: PutObject) -> Ack:
         self._objects[self._new_id(msg.obj_id)] = msg.value

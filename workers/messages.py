@@ -23,6 +23,9 @@ from workers.errors import ProtocolError
 __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
+    "AuthChallenge",
+    "AuthResponse",
+    "AuthResult",
     "DeleteObjects",
     "ErrorReply",
     "EvalReply",
@@ -190,6 +193,9 @@ class Pong(Reply):
     worker_id: str
     version: int
     num_objects: int
+    # What training data the worker holds (see workers.core.partition_descriptor),
+    # so a coordinator can refuse a worker started for another experiment.
+    data: str = ""
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,40 @@ class ErrorReply(Reply):
     message: str
 
 
+# ------------------------------------------------------------ authentication
+# The handshake a websocket worker runs before it obeys anyone (workers/auth.py):
+# worker → AuthChallenge, coordinator → AuthResponse, worker → AuthResult.
+
+
+@dataclass(frozen=True)
+class AuthChallenge(Reply):
+    """First frame a worker sends on a new connection: who it is and a fresh nonce."""
+
+    TAG: ClassVar[str] = "auth_challenge"
+    worker_id: str
+    nonce: str  # hex
+    version: int
+
+
+@dataclass(frozen=True)
+class AuthResponse(Request):
+    """The coordinator's proof that it holds the shared secret (HMAC, hex)."""
+
+    TAG: ClassVar[str] = "auth_response"
+    client_nonce: str  # hex
+    proof: str  # hex
+
+
+@dataclass(frozen=True)
+class AuthResult(Reply):
+    """Accepted (with the worker's own proof, for mutual authentication) or refused."""
+
+    TAG: ClassVar[str] = "auth_result"
+    ok: bool
+    proof: str  # hex; empty when refused
+    reason: str
+
+
 _MESSAGE_TYPES: tuple[type[Message], ...] = (
     Ping,
     PutObject,
@@ -266,6 +306,9 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     TrainReply,
     EvalReply,
     ErrorReply,
+    AuthChallenge,
+    AuthResponse,
+    AuthResult,
 )
 _BY_TAG: dict[str, type[Message]] = {cls.TAG: cls for cls in _MESSAGE_TYPES}
 assert len(_BY_TAG) == len(_MESSAGE_TYPES), "message tags must be unique"

@@ -16,7 +16,10 @@ from fedsim.cli import main
     ("argv", "fragment"),
     [
         (["run", "--levels", "1,9"], "unknown level '9'"),
-        (["run", "--levels", "websocket-remote"], "not available"),
+        (["run", "--levels", "encrypted-eval"], "not available"),
+        (["run", "--levels", "baseline,5"], "needs --workers-file"),
+        (["run", "--min-workers", "11"], "more than --workers"),
+        (["run", "--workers-file", "/nonexistent.toml", "--levels", "5"], "/nonexistent.toml"),
         (["run", "--workers", "0"], "must be >= 1"),
         (["run", "--rounds", "-1"], "must be >= 1"),
         (["run", "--partition", "dirichlet:x"], "bad partition"),

@@ -32,6 +32,7 @@ def _examples(state: dict[str, torch.Tensor]) -> list[m.Message]:
         m.Train("cnn", "s", "x", "y", {"epochs": 1, "batch_size": 32, "lr": 0.1}, 7, "r"),
         m.Evaluate("mlp", "s", "x", "y", 1000),
         m.Pong("w0", m.PROTOCOL_VERSION, 3),
+        m.Pong("w1", m.PROTOCOL_VERSION, 2, "fashion-mnist iid 1/4 seed=0 limit=all"),
         m.Ack(("a:1",)),
         m.ObjectReply(state),
         m.ObjectReply(None),
@@ -41,6 +42,10 @@ def _examples(state: dict[str, torch.Tensor]) -> list[m.Message]:
         m.TrainReply("r", 300, 10, math.nan, 1.25),
         m.EvalReply(0.5, 0.875, 1000),
         m.ErrorReply("not_found", "no object 'x'"),
+        m.AuthChallenge("w0", "ab" * 32, m.PROTOCOL_VERSION),
+        m.AuthResponse("cd" * 32, "ef" * 32),
+        m.AuthResult(True, "01" * 32, ""),
+        m.AuthResult(False, "", "wrong secret"),
     ]
 
 
@@ -58,7 +63,7 @@ def test_examples_cover_every_message_type(cnn_state: dict[str, torch.Tensor]) -
 
     # Assert
     assert covered == _every_message_type()
-    assert len(covered) == 16
+    assert len(covered) == 19
 
 
 def test_every_message_round_trips(cnn_state: dict[str, torch.Tensor]) -> None:
@@ -77,6 +82,7 @@ def test_tags_are_stable() -> None:
     assert {cls.TAG for cls in _every_message_type()} == {
         "ping", "put", "get", "delete", "run_op", "send_plan", "run_plan", "train",
         "evaluate", "pong", "ack", "object", "op_reply", "train_reply", "eval_reply", "error",
+        "auth_challenge", "auth_response", "auth_result",
     }  # fmt: skip
 
 

@@ -1,0 +1,104 @@
+"""``fedsim worker serve``: start one websocket worker process."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import sys
+
+from fl.errors import ConfigError
+
+__all__ = ["parse_partition_slot", "serve_worker"]
+
+
+def parse_partition_slot(text: str) -> tuple[int, int]:
+    """``I/N`` → (I, N) with 0 <= I < N."""
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise ConfigError(f"--partition {text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--partition {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_worker(args: argparse.Namespace) -> int:
+    """Load the worker's data, then serve until SIGINT/SIGTERM."""
+    import torch
+
+    from fl.data import load_partition
+    from workers.auth import read_secret
+    from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
+    from workers.launcher import die_with_parent
+    from workers.tls import server_ssl_context
+    from workers.ws_server import ServerConfig, run_worker
+
+    die_with_parent()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    secret = read_secret(args.token_file) if args.token_file else None
+    if secret is None and not _is_loopback(args.host):
+        raise ConfigError(f"--token-file is required to serve on {args.host} (not loopback)")
+    objects: dict[str, object] = {}
+    description = ""
+    if args.partition:
+        index, count = parse_partition_slot(args.partition)
+        split = load_partition(
+            args.dataset,
+            data_dir=args.data_dir,
+            partition=args.partitioner,
+            num_partitions=count,
+            index=index,
+            seed=args.seed,
+            limit=args.train_samples,
+        )
+        objects = {TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y}
+        description = partition_descriptor(
+            args.dataset, args.partitioner, index, count, args.seed, args.train_samples
+        )
+    ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format=f"%(asctime)s fedsim-worker[{args.id}] %(levelname)s %(message)s",
+    )
+    config = ServerConfig(
+        worker_id=args.id,
+        host=args.host,
+        port=args.port,
+        secret=secret,
+        ssl_context=ssl_context,
+        max_message_bytes=args.max_message_mb * 2**20,
+        data_description=description,
+    )
+
+    def ready(port: int) -> None:
+        line = {
+            "event": "ready",
+            "worker_id": args.id,
+            "host": args.host,
+            "port": port,
+            "tls": ssl_context is not None,
+            "samples": int(objects[TRAIN_Y_ID].shape[0]) if objects else 0,  # type: ignore[attr-defined]
+        }
+        print(json.dumps(line), flush=True)
+
+    try:
+        run_worker(config, objects, ready)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}") from None
+    return 0

@@ -1,0 +1,230 @@
+"""Levels 4 and 5 end to end: real worker processes, real Prefect, real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.benchmark import benchmark_flow
+from flows.config import ExperimentConfig
+from flows.progress import ProgressSink, use_sink
+from workers.errors import WorkerError
+from workers.launcher import PARENT_PID_ENV
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SMALL: dict[str, Any] = {
+    "model": "mlp",
+    "workers": 2,
+    "rounds": 2,
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.05,
+    "train_samples": 400,
+    "test_samples": 200,
+    "experiment": "ws-test",
+}
+
+
+def launched_workers(parent: int) -> list[int]:
+    """Live (non-zombie) processes started by ``parent``'s worker launcher."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if f"{PARENT_PID_ENV}={parent}".encode() in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_level4_matches_level3_and_leaves_no_process(mlflow_uri: str) -> None:
+    # Prepare
+    cfg = ExperimentConfig(**{**SMALL, "levels": "3,4"})
+
+    # Execute
+    result = benchmark_flow(cfg.to_dict())
+
+    # Assert: same data, seeds and sampling → the same model up to float rounding
+    # (the worker processes use other thread counts than the coordinator).
+    by_level = {s["level"]: s for s in result["levels"]}
+    assert by_level["websocket-local"]["final_accuracy"] == pytest.approx(
+        by_level["decentralized"]["final_accuracy"], abs=0.02
+    )
+    assert by_level["websocket-local"]["bytes_total"] > 2 * 2 * 2 * 4 * 199_210
+    assert launched_workers(os.getpid()) == []
+
+
+class _KillAfterFirstRound(ProgressSink):
+    """Kills worker #1 once round 1 of level 4 is done."""
+
+    def __init__(self) -> None:
+        self.killed: list[int] = []
+        self.warnings: list[str] = []
+
+    def round_finished(self, level: str, round_index: int, metrics: Mapping[str, float]) -> None:
+        if round_index == 1 and not self.killed:
+            victim = sorted(launched_workers(os.getpid()))[1]
+            os.kill(victim, signal.SIGKILL)
+            self.killed.append(victim)
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_killed_worker_is_dropped_and_the_run_goes_on(mlflow_uri: str) -> None:
+    # Prepare
+    cfg = ExperimentConfig(**{**SMALL, "levels": "4", "workers": 3, "rounds": 3})
+    sink = _KillAfterFirstRound()
+
+    # Execute
+    with use_sink(sink):
+        result = benchmark_flow(cfg.to_dict())
+
+    # Assert: rounds 2 and 3 FedAvg over the two survivors; the drop is logged.
+    run_id = result["levels"][0]["run_id"]
+    history = MlflowClient(mlflow_uri).get_metric_history(run_id, "dropped_workers")
+    assert [(m.step, m.value) for m in history] == [(1, 0.0), (2, 1.0), (3, 1.0)]
+    assert len(sink.warnings) == 2 and "1 of 3 workers dropped" in sink.warnings[0]
+    assert result["levels"][0]["final_accuracy"] > 0.3
+    assert launched_workers(os.getpid()) == []
+
+
+def test_too_few_workers_fails_clearly_and_stops_every_process(mlflow_uri: str) -> None:
+    # Prepare
+    cfg = ExperimentConfig(**{**SMALL, "levels": "4", "workers": 2, "min_workers": 2})
+
+    # Execute
+    with use_sink(_KillAfterFirstRound()), pytest.raises(WorkerError, match="--min-workers 2"):
+        benchmark_flow(cfg.to_dict())
+
+    # Assert
+    assert launched_workers(os.getpid()) == []
+
+
+@pytest.fixture
+def level5_daemons(tmp_path: Path) -> Iterator[Path]:
+    """Two TLS worker daemons on 127.0.0.2 and 127.0.0.3, as `make run` starts them."""
+    up = [sys.executable, "-m", "fedsim", "worker", "up", "--dir", str(tmp_path)]
+    up += ["--workers", "2", "--train-samples", "400"]
+    subprocess.run(up, check=True, capture_output=True, timeout=300)
+    yield tmp_path / "workers.toml"
+    down = [sys.executable, "-m", "fedsim", "worker", "down", "--dir", str(tmp_path)]
+    subprocess.run(down, check=True, capture_output=True, timeout=60)
+
+
+def test_level5_trains_on_independent_tls_daemons(mlflow_uri: str, level5_daemons: Path) -> None:
+    # Prepare
+    cfg = ExperimentConfig(**{**SMALL, "levels": "3,5", "workers_file": str(level5_daemons)})
+
+    # Execute
+    result = benchmark_flow(cfg.to_dict())
+
+    # Assert
+    by_level = {s["level"]: s for s in result["levels"]}
+    assert by_level["websocket-remote"]["final_accuracy"] == pytest.approx(
+        by_level["decentralized"]["final_accuracy"], abs=0.02
+    )
+
+
+def test_level5_refuses_workers_holding_other_data(mlflow_uri: str, level5_daemons: Path) -> None:
+    # Prepare: the daemons hold partitions of the first 400 samples, the run wants 300.
+    cfg = ExperimentConfig(
+        **{**SMALL, "levels": "5", "train_samples": 300, "workers_file": str(level5_daemons)}
+    )
+
+    # Execute / Assert
+    with pytest.raises(Exception, match="this run needs"):
+        benchmark_flow(cfg.to_dict())
+
+
+def test_interrupted_run_leaves_no_worker_process(tmp_path: Path) -> None:
+    # Prepare: a level-4 run in its own process, interrupted once its workers are up.
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+    }
+    args = ["--levels", "4", "--model", "mlp", "--workers", "2", "--rounds", "50"]
+    args += ["--train-samples", "2000", "--test-samples", "200"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", "run", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while len(launched_workers(run.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(launched_workers(run.pid)) == 2
+    time.sleep(2)  # into the rounds
+
+    # Execute: Ctrl-C
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+
+    # Assert
+    assert run.returncode != 0
+    assert "interrupted" in stderr
+    assert launched_workers(run.pid) == []
+
+
+class _RestartWorker(ProgressSink):
+    """Kills daemon #1 after round 1 and brings it back (same address) after round 2."""
+
+    def __init__(self, folder: Path) -> None:
+        self.daemons = json.loads((folder / "pids.json").read_text())
+        self.folder = folder
+        self.restarted: subprocess.Popen[bytes] | None = None
+
+    def round_finished(self, level: str, round_index: int, metrics: Mapping[str, float]) -> None:
+        victim = self.daemons[1]
+        if round_index == 1:
+            os.kill(victim["pid"], signal.SIGKILL)
+        if round_index == 2:
+            ready = self.folder / "restarted.ready"
+            with ready.open("wb") as out:
+                self.restarted = subprocess.Popen(
+                    victim["command"], stdout=out, stderr=subprocess.DEVNULL
+                )
+            deadline = time.monotonic() + 120
+            while not ready.read_text().strip() and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+
+def test_worker_that_comes_back_is_used_again(mlflow_uri: str, level5_daemons: Path) -> None:
+    # Prepare
+    cfg = ExperimentConfig(
+        **{**SMALL, "levels": "5", "rounds": 4, "workers_file": str(level5_daemons)}
+    )
+    sink = _RestartWorker(level5_daemons.parent)
+
+    # Execute
+    try:
+        with use_sink(sink):
+            result = benchmark_flow(cfg.to_dict())
+    finally:
+        if sink.restarted is not None:
+            sink.restarted.terminate()
+            sink.restarted.wait(timeout=10)
+
+    # Assert: dropped in round 2 only; rounds 3 and 4 use the worker again.
+    history = MlflowClient(mlflow_uri).get_metric_history(
+        result["levels"][0]["run_id"], "dropped_workers"
+    )
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.0, 1.0, 0.0, 0.0]

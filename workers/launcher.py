@@ -1,0 +1,219 @@
+"""Start and stop local worker processes (level 4) — and never leave one behind.
+
+Each worker is ``python -m fedsim worker serve`` on a loopback address with
+port 0; it prints one JSON "ready" line with the port it got, so there is no
+race for free ports. The pool then connects an authenticated
+:class:`~workers.ws_client.WebsocketWorker` to each and pings it (health check).
+
+No orphans: the pool is a context manager that terminates (then kills) every
+process it started, on success, on error and on Ctrl-C; and each child asks the
+kernel (Linux ``PR_SET_PDEATHSIG``) to be sent SIGTERM should the coordinator
+itself die without cleaning up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.auth import read_secret, write_secret
+from workers.core import partition_descriptor
+from workers.errors import WorkerError
+from workers.fleet import Fleet, check_partition
+from workers.ws_client import WebsocketWorker
+
+__all__ = [
+    "PARENT_PID_ENV",
+    "LocalWorkerPool",
+    "WorkerSpec",
+    "die_with_parent",
+    "threads_per_worker",
+]
+
+_PR_SET_PDEATHSIG = 1
+PARENT_PID_ENV = "FEDSIM_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """In a launched worker: ask Linux for SIGTERM when the launching process dies.
+
+    Called by the worker itself at start-up (not as ``preexec_fn``, which is
+    unsafe in a threaded parent); the parent-pid check closes the window in
+    which the parent died before the request was made.
+    """
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(expected):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads per worker so that ``workers`` processes share the cores without
+    oversubscribing them (at least one each)."""
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
+def _connect(worker_id: str, url: str, secret: bytes, timeout: float, data: str) -> WebsocketWorker:
+    client = WebsocketWorker(worker_id, url, secret=secret, timeout=timeout, connect_timeout=5)
+    return check_partition(client, data)  # the health check, and the right data
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec:
+    """What a launched worker loads: partition ``index`` of ``count``."""
+
+    dataset: str
+    data_dir: str | None
+    partitioner: str
+    seed: int
+    train_samples: int | None
+    count: int
+    threads: int
+
+
+@dataclass
+class _Process:
+    worker_id: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+
+
+@dataclass
+class LocalWorkerPool:
+    """``count`` worker processes on ``host``, each with its own partition."""
+
+    spec: WorkerSpec
+    host: str = "127.0.0.1"
+    ready_timeout: float = 120.0
+    request_timeout: float = 600.0
+    processes: list[_Process] = field(default_factory=list)
+    fleet: Fleet | None = None
+
+    def __post_init__(self) -> None:
+        self._scratch = Path(tempfile.mkdtemp(prefix="fedsim-workers-"))
+        self._token = self._scratch / "token"
+        write_secret(self._token)
+
+    def __enter__(self) -> LocalWorkerPool:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _command(self, index: int) -> list[str]:
+        spec = self.spec
+        command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", f"worker-{index}"]
+        command += ["--host", self.host, "--port", "0", "--dataset", spec.dataset]
+        command += ["--partition", f"{index}/{spec.count}", "--partitioner", spec.partitioner]
+        command += ["--seed", str(spec.seed), "--token-file", str(self._token)]
+        command += ["--threads", str(spec.threads)]
+        if spec.train_samples is not None:
+            command += ["--train-samples", str(spec.train_samples)]
+        if spec.data_dir is not None:
+            command += ["--data-dir", spec.data_dir]
+        return command
+
+    def start(self) -> Fleet:
+        """Launch every process, wait for each ready line, connect and ping each."""
+        for index in range(self.spec.count):
+            log_path = self._scratch / f"worker-{index}.log"
+            with log_path.open("wb") as log:
+                popen = subprocess.Popen(
+                    self._command(index),
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+                )
+            self.processes.append(_Process(f"worker-{index}", popen, log_path))
+        deadline = time.monotonic() + self.ready_timeout
+        secret = read_secret(self._token)
+        connectors = []
+        for process in self.processes:
+            process.port = self._wait_ready(process, deadline)
+            url = f"ws://{self.host}:{process.port}"
+            spec = self.spec
+            data = partition_descriptor(
+                spec.dataset,
+                spec.partitioner,
+                len(connectors),
+                spec.count,
+                spec.seed,
+                spec.train_samples,
+            )
+            connectors.append(
+                functools.partial(
+                    _connect, process.worker_id, url, secret, self.request_timeout, data
+                )
+            )
+        self.fleet = Fleet(connectors)
+        return self.fleet
+
+    def _wait_ready(self, process: _Process, deadline: float) -> int:
+        assert process.popen.stdout is not None
+        stream = process.popen.stdout
+        while time.monotonic() < deadline:
+            if process.popen.poll() is not None:
+                raise WorkerError(
+                    f"{process.worker_id} exited with code {process.popen.returncode}: "
+                    f"{self._last_log_line(process)}"
+                )
+            readable, _, _ = select.select([stream], [], [], 0.2)
+            if readable:
+                line = stream.readline()
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "ready":
+                        return int(event["port"])
+        raise WorkerError(f"{process.worker_id} not ready within {self.ready_timeout:g} s")
+
+    @staticmethod
+    def _last_log_line(process: _Process) -> str:
+        lines = process.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    def stop(self) -> None:
+        """Close every connection and end every process; idempotent."""
+        if self.fleet is not None:
+            self.fleet.close()
+            self.fleet = None
+        for process in self.processes:
+            if process.popen.poll() is None:
+                process.popen.terminate()
+        for process in self.processes:
+            try:
+                process.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+            if process.popen.stdout is not None:
+                process.popen.stdout.close()
+        self.processes.clear()
+        with contextlib.suppress(OSError):
+            for path in self._scratch.iterdir():
+                path.unlink()
+            self._scratch.rmdir()
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.popen.pid for process in self.processes]

@@ -1,0 +1,120 @@
+"""Websocket transport, client side: a :class:`Worker` proxy for a remote worker.
+
+The coordinator's view of a worker process: the same :class:`MessageWorker`
+as the virtual worker, whose ``_roundtrip`` sends one binary frame and waits,
+with a per-request timeout, for the one reply. Connecting runs the mutual
+challenge–response of ``workers/auth.py`` (and TLS certificate verification
+against a CA for ``wss://``) before any request is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from pathlib import Path
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.sync.client import ClientConnection, connect
+
+from workers.auth import client_proof, new_nonce, verify, worker_proof
+from workers.base import DELETE_BATCH_SIZE, MessageWorker
+from workers.errors import ProtocolError, WorkerError
+from workers.messages import AuthChallenge, AuthResponse, AuthResult, decode_message
+from workers.ws_server import DEFAULT_MAX_MESSAGE_BYTES
+
+__all__ = ["WebsocketWorker", "client_ssl_context"]
+
+
+def client_ssl_context(cafile: str | Path | None) -> ssl.SSLContext:
+    """Verify the worker's certificate and host name against ``cafile`` (or the system CAs)."""
+    return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+
+
+class WebsocketWorker(MessageWorker):
+    """A remote worker at ``url`` (``ws://`` or ``wss://``)."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        url: str,
+        *,
+        secret: bytes | None,
+        cafile: str | Path | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        delete_batch_size: int = DELETE_BATCH_SIZE,
+    ) -> None:
+        super().__init__(worker_id, delete_batch_size=delete_batch_size)
+        self.url = url
+        self.timeout = timeout
+        ssl_context = client_ssl_context(cafile) if url.startswith("wss://") else None
+        try:
+            self._ws: ClientConnection = connect(
+                url,
+                ssl=ssl_context,
+                compression=None,
+                max_size=max_message_bytes,
+                proxy=None,
+                open_timeout=connect_timeout,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=2,
+            )
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise WorkerError(f"cannot connect to worker {worker_id!r} at {url}: {exc}") from None
+        try:
+            self._authenticate(secret, connect_timeout)
+        except BaseException:
+            self._ws.close()
+            raise
+
+    def _recv(self, timeout: float, what: str) -> bytes:
+        try:
+            frame = self._ws.recv(timeout=timeout)
+        except TimeoutError:
+            self._ws.close()
+            self._closed = True
+            raise WorkerError(
+                f"worker {self.id!r} did not answer {what} within {timeout:g} s"
+            ) from None
+        except ConnectionClosed as exc:
+            self._closed = True
+            raise WorkerError(f"worker {self.id!r} closed the connection: {exc}") from None
+        if isinstance(frame, str):
+            raise ProtocolError(f"worker {self.id!r} sent a text frame")
+        return frame
+
+    def _authenticate(self, secret: bytes | None, timeout: float) -> None:
+        if secret is None:
+            return
+        challenge = decode_message(self._recv(timeout, "the connection"))
+        if not isinstance(challenge, AuthChallenge):
+            raise WorkerError(f"worker {self.id!r} did not start with an auth challenge")
+        if challenge.worker_id != self.id:
+            raise WorkerError(f"{self.url} is worker {challenge.worker_id!r}, not {self.id!r}")
+        nonce, client_nonce = bytes.fromhex(challenge.nonce), new_nonce()
+        proof = client_proof(secret, self.id, nonce, client_nonce)
+        self._ws.send(AuthResponse(client_nonce.hex(), proof.hex()).encode())
+        result = decode_message(self._recv(timeout, "authentication"))
+        if not isinstance(result, AuthResult) or not result.ok:
+            reason = result.reason if isinstance(result, AuthResult) else result.TAG
+            raise WorkerError(f"worker {self.id!r} refused authentication: {reason}")
+        expected = worker_proof(secret, self.id, nonce, client_nonce)
+        if not verify(expected, bytes.fromhex(result.proof)):
+            raise WorkerError(f"worker {self.id!r} could not prove it holds the secret")
+
+    def _roundtrip(self, data: bytes) -> bytes:
+        try:
+            self._ws.send(data)
+        except ConnectionClosed as exc:
+            self._closed = True
+            raise WorkerError(f"worker {self.id!r} closed the connection: {exc}") from None
+        return self._recv(self.timeout, "a request")
+
+    def close(self) -> None:
+        # Flushing pending deletions is a courtesy: the worker drops this
+        # connection's objects when it closes anyway.
+        with contextlib.suppress(WorkerError):
+            super().close()
+        self._ws.close()
