@@ -31,10 +31,14 @@ data:
 # starts them as TLS daemons on 127.0.0.2, 127.0.0.3, ... and stops them after.
 L5_DIR := .fedsim/level5
 
+# UP_ARGS go to `fedsim worker up`: give it the same --workers/--train-samples/
+# --partition/--seed as ARGS gives the run (the run refuses workers holding other data).
+UP_ARGS ?=
+
 run: $(STAMP) data
-	@$(BIN)/fedsim worker up --dir $(L5_DIR)
-	@$(BIN)/fedsim run --levels baseline,1,2,3,4,5 --workers-file $(L5_DIR)/workers.toml $(ARGS); \
-		status=$$?; $(BIN)/fedsim worker down --dir $(L5_DIR); exit $$status
+	@trap '$(BIN)/fedsim worker down --dir $(L5_DIR)' EXIT INT TERM; \
+		$(BIN)/fedsim worker up --dir $(L5_DIR) $(UP_ARGS) && \
+		$(BIN)/fedsim run --levels baseline,1,2,3,4,5 --workers-file $(L5_DIR)/workers.toml $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -77,7 +77,8 @@ def fleet_up(args: argparse.Namespace) -> int:
                 command, stdout=out, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
             )
         started.append((worker_id, host, process, ready))
-    (folder / _PIDS).write_text(json.dumps([{"pid": p.pid} for _, _, p, _ in started]))
+        # Recorded at once, so that `down` finds every daemon even if this start fails.
+        (folder / _PIDS).write_text(json.dumps([{"pid": p.pid} for _, _, p, _ in started]))
     deadline = time.monotonic() + 120
     lines = ['token_file = "token"', 'ca = "pki/ca.pem"', ""]
     daemons = []

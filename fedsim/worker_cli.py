@@ -42,7 +42,7 @@ def serve_worker(args: argparse.Namespace) -> int:
     from workers.auth import read_secret
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
     from workers.launcher import die_with_parent
-    from workers.tls import server_ssl_context
+    from workers.tls import certificate_der, server_ssl_context
     from workers.ws_server import ServerConfig, run_worker
 
     die_with_parent()
@@ -51,8 +51,11 @@ def serve_worker(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     secret = read_secret(args.token_file) if args.token_file else None
-    if secret is None and not _is_loopback(args.host):
-        raise ConfigError(f"--token-file is required to serve on {args.host} (not loopback)")
+    if not _is_loopback(args.host) and (secret is None or not args.tls_cert):
+        raise ConfigError(
+            f"--token-file and --tls-cert/--tls-key are required to serve on {args.host} "
+            "(not loopback)"
+        )
     objects: dict[str, object] = {}
     description = ""
     if args.partition:
@@ -84,6 +87,7 @@ def serve_worker(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         max_message_bytes=args.max_message_mb * 2**20,
         data_description=description,
+        certificate_der=certificate_der(args.tls_cert) if args.tls_cert else None,
     )
 
     def ready(port: int) -> None:

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import ClientUpdate, Strategy
 from fl.data import Split, load_split
+from fl.errors import FedsimError
 from fl.models import build_model, get_state, set_state
 from fl.partition import parse_partition, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
@@ -30,7 +31,6 @@ from flows.timing import timed_body
 from workers.auth import read_secret
 from workers.base import Worker
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore, partition_descriptor
-from workers.errors import WorkerError
 from workers.fleet import Fleet, RemoteWorkerSpec, check_partition, load_fleet_file
 from workers.launcher import LocalWorkerPool, WorkerSpec, threads_per_worker
 from workers.virtual import VirtualWorker
@@ -251,9 +251,9 @@ def train_federated_round(
     updates, dropped, comm = [], [], []
     for (index, worker), future in zip(clients, futures, strict=True):
         error = future.exception()
-        if isinstance(error, WorkerError):
-            # A worker that died, stalled past the timeout, or failed to train
-            # is left out of this round; the round goes on with the others.
+        if isinstance(error, FedsimError):
+            # A worker that died, stalled past the timeout, garbled its reply or
+            # failed to train is left out of this round; the others go on.
             logger.warning("round %d: dropped %s: %s", round_index, worker.id, error)
             dropped.append(index)
         elif error is not None:

@@ -21,10 +21,12 @@ import secrets
 from pathlib import Path
 
 from workers.errors import WorkerError
+from workers.messages import PROTOCOL_VERSION
 
 __all__ = [
     "MIN_SECRET_BYTES",
     "NONCE_BYTES",
+    "certificate_binding",
     "client_proof",
     "new_nonce",
     "read_secret",
@@ -44,23 +46,40 @@ def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
 
 
-def _proof(label: bytes, secret: bytes, worker_id: str, nonce: bytes, client_nonce: bytes) -> bytes:
+def certificate_binding(der: bytes | None) -> bytes:
+    """SHA-256 of the worker's TLS certificate (DER), or empty for plain ``ws://``.
+
+    Both sides put it in the transcript: the worker from its own certificate,
+    the coordinator from the certificate it actually saw. A man in the middle
+    terminating TLS with another certificate therefore cannot relay the proofs.
+    """
+    return hashlib.sha256(der).digest() if der else b""
+
+
+def _proof(
+    label: bytes, secret: bytes, worker_id: str, nonce: bytes, client_nonce: bytes, binding: bytes
+) -> bytes:
     if len(nonce) != NONCE_BYTES or len(client_nonce) != NONCE_BYTES:
         raise WorkerError(f"auth nonces must be {NONCE_BYTES} bytes")
     ident = worker_id.encode()
-    # Length-prefix the variable-length field so that transcripts cannot collide.
-    transcript = b"|".join([label, len(ident).to_bytes(4, "big"), ident, nonce, client_nonce])
-    return hmac.new(secret, transcript, hashlib.sha256).digest()
+    # Length-prefix the variable-length fields so that transcripts cannot collide.
+    parts = [label, PROTOCOL_VERSION.to_bytes(4, "big"), len(ident).to_bytes(4, "big"), ident]
+    parts += [nonce, client_nonce, len(binding).to_bytes(4, "big"), binding]
+    return hmac.new(secret, b"|".join(parts), hashlib.sha256).digest()
 
 
-def client_proof(secret: bytes, worker_id: str, nonce: bytes, client_nonce: bytes) -> bytes:
+def client_proof(
+    secret: bytes, worker_id: str, nonce: bytes, client_nonce: bytes, binding: bytes = b""
+) -> bytes:
     """What the coordinator sends to prove it holds ``secret``."""
-    return _proof(_CLIENT_LABEL, secret, worker_id, nonce, client_nonce)
+    return _proof(_CLIENT_LABEL, secret, worker_id, nonce, client_nonce, binding)
 
 
-def worker_proof(secret: bytes, worker_id: str, nonce: bytes, client_nonce: bytes) -> bytes:
+def worker_proof(
+    secret: bytes, worker_id: str, nonce: bytes, client_nonce: bytes, binding: bytes = b""
+) -> bytes:
     """What the worker sends back to prove it holds ``secret`` too."""
-    return _proof(_WORKER_LABEL, secret, worker_id, nonce, client_nonce)
+    return _proof(_WORKER_LABEL, secret, worker_id, nonce, client_nonce, binding)
 
 
 def verify(expected: bytes, received: bytes) -> bool:
@@ -69,12 +88,20 @@ def verify(expected: bytes, received: bytes) -> bool:
 
 
 def read_secret(path: str | Path) -> bytes:
-    """The secret in a token file (surrounding whitespace ignored); WorkerError if unusable."""
+    """The secret in a token file (surrounding whitespace ignored); WorkerError if unusable.
+
+    A token file that others can read is refused, as ssh refuses such keys.
+    """
     file = Path(path).expanduser()
     try:
+        mode = file.stat().st_mode
         secret = file.read_bytes().strip()
     except OSError as exc:
         raise WorkerError(f"cannot read token file {str(file)!r}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise WorkerError(
+            f"token file {str(file)!r} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
+        )
     if len(secret) < MIN_SECRET_BYTES:
         raise WorkerError(
             f"token file {str(file)!r} holds {len(secret)} bytes; at least "
@@ -87,7 +114,8 @@ def write_secret(path: str | Path) -> bytes:
     """Create a token file with a fresh random secret, readable by its owner only."""
     secret = secrets.token_hex(32).encode()
     file = Path(path)
-    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
     with os.fdopen(fd, "wb") as handle:
         handle.write(secret + b"\n")
     return secret

@@ -118,9 +118,13 @@ class WorkerCore:
         *,
         objects: Mapping[str, object] | None = None,
         data_description: str = "",
+        private: frozenset[str] = frozenset(),
     ) -> None:
         self._worker_id = worker_id
         self.data_description = data_description
+        # The worker's own data: usable by Train and Evaluate only — never sent
+        # back, deleted, or fed to an op whose result the coordinator could fetch.
+        self._private = private
         self._objects: dict[str, Value] = {}
         self._plans: dict[str, Plan] = {}
         self._models: dict[str, nn.Module] = {}  # one module per model name, reused
@@ -176,6 +180,7 @@ class WorkerCore:
             worker_id,
             objects={TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y},
             data_description=description,
+            private=frozenset({TRAIN_X_ID, TRAIN_Y_ID}),
         )
 
     @property
@@ -228,6 +233,14 @@ class WorkerCore:
             raise _Failure("exists", f"id {obj_id!r} already exists on {self._worker_id!r}")
         return obj_id
 
+    def _public(self, obj_id: str) -> Value:
+        """An object the coordinator may read, delete or compute on."""
+        if obj_id in self._private:
+            raise _Failure(
+                "bad_request", f"{obj_id!r} is the worker's own data: train/evaluate only"
+            )
+        return self._lookup(obj_id)
+
     def _lookup(self, obj_id: str) -> Value:
         try:
             return self._objects[obj_id]
@@ -243,7 +256,7 @@ class WorkerCore:
     def _resolve(self, value: Value) -> Value:
         """Replace Refs (possibly inside lists) by the stored objects."""
         if isinstance(value, Ref):
-            return self._lookup(value.obj_id)
+            return self._public(value.obj_id)
         if isinstance(value, list):
             return [self._resolve(item) for item in value]
         return value
@@ -265,7 +278,7 @@ class WorkerCore:
         return Ack((msg.obj_id,))
 
     def _get(self, msg: GetObject) -> ObjectReply:
-        value = self._lookup(msg.obj_id)
+        value = self._public(msg.obj_id)
         if msg.delete:
             del self._objects[msg.obj_id]
         return ObjectReply(value)
@@ -273,6 +286,8 @@ class WorkerCore:
     def _delete(self, msg: DeleteObjects) -> Ack:
         freed = []
         for obj_id in msg.obj_ids:
+            if obj_id in self._private:
+                continue  # never freed by the coordinator
             store = self._objects if obj_id in self._objects else self._plans
             if store.pop(obj_id, _MISSING) is not _MISSING:
                 freed.append(obj_id)
@@ -314,7 +329,7 @@ class WorkerCore:
             raise _Failure("bad_request", "result ids must be distinct")
         for result_id in msg.result_ids:
             self._new_id(result_id)
-        inputs = [self._lookup(arg_id) for arg_id in msg.arg_ids]
+        inputs = [self._public(arg_id) for arg_id in msg.arg_ids]
         try:
             outputs = plan.run(inputs)
         except Exception as exc:

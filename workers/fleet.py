@@ -11,15 +11,16 @@ never waits longer than the connect and request timeouts.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl.errors import ConfigError
+from fl.errors import ConfigError, FedsimError
 from workers.base import Worker
-from workers.errors import WorkerError
 from workers.ws_client import WebsocketWorker
 
 __all__ = [
@@ -80,12 +81,26 @@ def load_workers_file(path: str | Path) -> tuple[list[RemoteWorkerSpec], Path | 
         url = str(entry["url"])
         if not url.startswith(("ws://", "wss://")):
             raise ConfigError(f"workers file {str(file)!r}: {url!r} is not a ws:// or wss:// URL")
+        if url.startswith("ws://") and not _loopback_url(url):
+            raise ConfigError(
+                f"workers file {str(file)!r}: {url!r} must use wss:// (TLS) beyond loopback"
+            )
         ca = local(entry.get("ca"), "ca") or default_ca
         specs.append(RemoteWorkerSpec(str(entry["id"]), url, ca))
     ids = [spec.worker_id for spec in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"workers file {str(file)!r}: worker ids must be distinct")
     return specs, local(data.get("token_file"), "token_file")
+
+
+def _loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_fleet_file(path: str | Path, workers: int) -> tuple[list[RemoteWorkerSpec], Path]:
@@ -120,8 +135,12 @@ class Fleet:
         self._connectors = list(connectors)
         self._clients: list[WebsocketWorker | None] = [None] * len(connectors)
         if connect_now:
-            for index in range(len(connectors)):
-                self._clients[index] = connectors[index]()  # fail loudly at start
+            try:
+                for index in range(len(connectors)):
+                    self._clients[index] = connectors[index]()  # fail loudly at start
+            except BaseException:
+                self.close()
+                raise
 
     def __len__(self) -> int:
         return len(self._connectors)
@@ -151,8 +170,8 @@ class Fleet:
     def _redial(self, index: int) -> WebsocketWorker | None:
         try:
             client = self._connectors[index]()
-        except WorkerError as exc:
-            logger.warning("worker #%d still unreachable: %s", index, exc)
+        except FedsimError as exc:  # unreachable, refused, or now holding other data
+            logger.warning("worker #%d still unavailable: %s", index, exc)
             self._clients[index] = None
             return None
         logger.warning("worker %s is back", client.id)

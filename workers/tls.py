@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["WorkerPKI", "make_worker_pki", "server_ssl_context"]
+__all__ = ["WorkerPKI", "certificate_der", "make_worker_pki", "server_ssl_context"]
 
 
 def server_ssl_context(certfile: str | Path, keyfile: str | Path) -> ssl.SSLContext:
@@ -49,8 +50,17 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.touch(mode=0o600)
-    path.write_bytes(pem)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+
+
+def certificate_der(certfile: str | Path) -> bytes:
+    """The first certificate of a PEM file, DER-encoded (what a TLS peer sees)."""
+    text = Path(certfile).read_text()
+    end = "-----END CERTIFICATE-----"
+    return ssl.PEM_cert_to_DER_cert(text[: text.index(end) + len(end)])
 
 
 def make_worker_pki(folder: str | Path, hosts: list[str], *, days: int = 30) -> WorkerPKI:

@@ -16,10 +16,17 @@ from pathlib import Path
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
-from workers.auth import client_proof, new_nonce, verify, worker_proof
+from fl.errors import FedsimError
+from workers.auth import certificate_binding, client_proof, new_nonce, verify, worker_proof
 from workers.base import DELETE_BATCH_SIZE, MessageWorker
 from workers.errors import ProtocolError, WorkerError
-from workers.messages import AuthChallenge, AuthResponse, AuthResult, decode_message
+from workers.messages import (
+    PROTOCOL_VERSION,
+    AuthChallenge,
+    AuthResponse,
+    AuthResult,
+    decode_message,
+)
 from workers.ws_server import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["WebsocketWorker", "client_ssl_context"]
@@ -82,27 +89,43 @@ class WebsocketWorker(MessageWorker):
             self._closed = True
             raise WorkerError(f"worker {self.id!r} closed the connection: {exc}") from None
         if isinstance(frame, str):
-            raise ProtocolError(f"worker {self.id!r} sent a text frame")
+            raise WorkerError(f"worker {self.id!r} sent a text frame")
         return frame
 
     def _authenticate(self, secret: bytes | None, timeout: float) -> None:
+        """The coordinator's half of workers/auth.py; any misbehaviour is a WorkerError."""
         if secret is None:
             return
+        try:
+            self._handshake(secret, timeout)
+        except (ProtocolError, ValueError) as exc:  # garbled frames, bad hex
+            raise WorkerError(f"worker {self.id!r}: bad authentication handshake: {exc}") from None
+
+    def _handshake(self, secret: bytes, timeout: float) -> None:
         challenge = decode_message(self._recv(timeout, "the connection"))
         if not isinstance(challenge, AuthChallenge):
             raise WorkerError(f"worker {self.id!r} did not start with an auth challenge")
+        if challenge.version != PROTOCOL_VERSION:
+            raise WorkerError(
+                f"worker {self.id!r} speaks protocol {challenge.version}, not {PROTOCOL_VERSION}"
+            )
         if challenge.worker_id != self.id:
             raise WorkerError(f"{self.url} is worker {challenge.worker_id!r}, not {self.id!r}")
+        binding = certificate_binding(self._peer_certificate())
         nonce, client_nonce = bytes.fromhex(challenge.nonce), new_nonce()
-        proof = client_proof(secret, self.id, nonce, client_nonce)
+        proof = client_proof(secret, self.id, nonce, client_nonce, binding)
         self._ws.send(AuthResponse(client_nonce.hex(), proof.hex()).encode())
         result = decode_message(self._recv(timeout, "authentication"))
         if not isinstance(result, AuthResult) or not result.ok:
             reason = result.reason if isinstance(result, AuthResult) else result.TAG
             raise WorkerError(f"worker {self.id!r} refused authentication: {reason}")
-        expected = worker_proof(secret, self.id, nonce, client_nonce)
+        expected = worker_proof(secret, self.id, nonce, client_nonce, binding)
         if not verify(expected, bytes.fromhex(result.proof)):
             raise WorkerError(f"worker {self.id!r} could not prove it holds the secret")
+
+    def _peer_certificate(self) -> bytes | None:
+        sock = self._ws.socket
+        return sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
 
     def _roundtrip(self, data: bytes) -> bytes:
         try:
@@ -115,6 +138,8 @@ class WebsocketWorker(MessageWorker):
     def close(self) -> None:
         # Flushing pending deletions is a courtesy: the worker drops this
         # connection's objects when it closes anyway.
-        with contextlib.suppress(WorkerError):
-            super().close()
-        self._ws.close()
+        try:
+            with contextlib.suppress(FedsimError, RuntimeError):
+                super().close()
+        finally:
+            self._ws.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from workers.auth import client_proof, new_nonce, verify, worker_proof
+from workers.auth import certificate_binding, client_proof, new_nonce, verify, worker_proof
 from workers.core import WorkerCore
 from workers.errors import ProtocolError, WorkerError
 from workers.messages import (
@@ -43,6 +43,11 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerConfig", "WorkerServer"]
 # A McMahan CNN state is 6.7 MB on the wire; shards of a few thousand images are
 # tens of MB. 256 MiB bounds what one frame may make the worker buffer.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
+# Before authentication: the AuthResponse is ~300 bytes; a few peers may be
+# mid-handshake at once (a restarted coordinator's old connection, say).
+MAX_AUTH_FRAME_BYTES = 4096
+MAX_PENDING_HANDSHAKES = 8
+BUSY = "worker busy: serving another coordinator"
 logger = logging.getLogger("fedsim.worker")
 
 
@@ -56,9 +61,11 @@ class ServerConfig:
     secret: bytes | None
     ssl_context: ssl.SSLContext | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    auth_timeout: float = 10.0
+    auth_timeout: float = 5.0
     ping_interval: float | None = 20.0
     data_description: str = ""
+    # The DER certificate served over TLS: bound into the authentication proofs.
+    certificate_der: bytes | None = None
 
 
 class WorkerServer:
@@ -68,6 +75,7 @@ class WorkerServer:
         self.config = config
         self._objects = dict(objects or {})
         self._busy = False
+        self._pending = 0
         self.server: Server | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -104,14 +112,25 @@ class WorkerServer:
 
     async def _handle(self, connection: ServerConnection) -> None:
         peer = connection.remote_address
-        if self._busy:
-            logger.warning("refused %s: already serving a coordinator", peer)
-            await connection.close(1013, "worker busy: serving another coordinator")
+        if self._pending >= MAX_PENDING_HANDSHAKES:
+            logger.warning("refused %s: too many connections authenticating", peer)
+            await connection.close(1013, "too many pending handshakes")
             return
-        self._busy = True
+        # Until the peer has proved it holds the secret it may send one small
+        # frame: an unauthenticated peer cannot make the worker buffer more.
+        connection.protocol.max_message_size = MAX_AUTH_FRAME_BYTES
+        self._pending += 1
         try:
-            if not await self._authenticate(connection, peer):
-                return
+            authenticated = await self._authenticate(connection, peer)
+        except ConnectionClosed as closed:
+            logger.warning("refused %s: closed during authentication (%s)", peer, closed)
+            return
+        finally:
+            self._pending -= 1
+        if not authenticated:
+            return
+        connection.protocol.max_message_size = self.config.max_message_bytes
+        try:
             logger.info("coordinator %s connected", peer)
             await self._serve(connection)
         except ConnectionClosed as closed:
@@ -122,7 +141,7 @@ class WorkerServer:
     async def _authenticate(self, connection: ServerConnection, peer: object) -> bool:
         cfg = self.config
         if cfg.secret is None:
-            return True
+            return self._claim() or await self._refuse(connection, peer, BUSY, code=1013)
         nonce = new_nonce()
         await connection.send(AuthChallenge(cfg.worker_id, nonce.hex(), PROTOCOL_VERSION).encode())
         try:
@@ -137,23 +156,40 @@ class WorkerServer:
             return await self._refuse(connection, peer, f"bad authentication frame ({exc})")
         if not isinstance(msg, AuthResponse):
             return await self._refuse(connection, peer, f"{msg.TAG!r} before authentication")
+        binding = certificate_binding(cfg.certificate_der)
         try:
             client_nonce = bytes.fromhex(msg.client_nonce)
             proof = bytes.fromhex(msg.proof)
-            expected = client_proof(cfg.secret, cfg.worker_id, nonce, client_nonce)
-            own_proof = worker_proof(cfg.secret, cfg.worker_id, nonce, client_nonce)
+            expected = client_proof(cfg.secret, cfg.worker_id, nonce, client_nonce, binding)
+            own_proof = worker_proof(cfg.secret, cfg.worker_id, nonce, client_nonce, binding)
         except (ValueError, WorkerError) as exc:  # bad hex or nonce length
             return await self._refuse(connection, peer, f"malformed authentication ({exc})")
         if not verify(expected, proof):
             return await self._refuse(connection, peer, "wrong secret")
-        await connection.send(AuthResult(True, own_proof.hex(), "").encode())
+        # Busy is decided only now, so that strangers cannot lock the coordinator out.
+        if not self._claim():
+            return await self._refuse(connection, peer, BUSY, code=1013)
+        try:
+            await connection.send(AuthResult(True, own_proof.hex(), "").encode())
+        except BaseException:
+            self._busy = False  # the slot is released only by _handle once serving
+            raise
         return True
 
-    async def _refuse(self, connection: ServerConnection, peer: object, reason: str) -> bool:
+    def _claim(self) -> bool:
+        """Take the single coordinator slot if it is free (released when the connection ends)."""
+        if self._busy:
+            return False
+        self._busy = True
+        return True
+
+    async def _refuse(
+        self, connection: ServerConnection, peer: object, reason: str, *, code: int = 1008
+    ) -> bool:
         logger.warning("refused %s: %s", peer, reason)
         try:
             await connection.send(AuthResult(False, "", reason).encode())
-            await connection.close(1008, "authentication failed")
+            await connection.close(code, "refused")
         except ConnectionClosed:
             pass
         return False
@@ -163,6 +199,7 @@ class WorkerServer:
             self.config.worker_id,
             objects=self._objects,
             data_description=self.config.data_description,
+            private=frozenset(self._objects),
         )
         async for frame in connection:
             if isinstance(frame, str):

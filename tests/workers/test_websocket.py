@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from fl.data import load_partition
 from fl.models import build_model, get_state, set_state
 from fl.training import TrainConfig, train_local
 from workers.auth import read_secret, write_secret
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError, WorkerError
 from workers.messages import AuthResult, ErrorReply, Ping, decode_message
 from workers.plan import trace_plan
+from workers.pointer import Pointer
 from workers.tls import make_worker_pki
 from workers.ws_client import WebsocketWorker
 
@@ -146,8 +149,11 @@ def test_authentication_refusals(
             cafile=tls_worker.ca if use_ca else None,
         )
 
-    # Assert
+    # Assert: refused at the handshake, and the worker says why in its log.
     assert fragment in str(refused.value)
+    if secret is not None:
+        time.sleep(0.2)
+        assert "wrong secret" in tls_worker.log.read_text()
 
 
 def test_plain_websocket_to_a_tls_worker_is_refused(tls_worker: RunningWorker) -> None:
@@ -213,7 +219,8 @@ def test_worker_refuses_to_serve_beyond_loopback_without_a_token(tmp_path: Path)
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
-        "fedsim: error: --token-file is required to serve on 0.0.0.0 (not loopback)"
+        "fedsim: error: --token-file and --tls-cert/--tls-key are required to serve on "
+        "0.0.0.0 (not loopback)"
     ]
 
 
@@ -300,3 +307,77 @@ def test_oversize_message_closes_cleanly_and_server_keeps_serving(tmp_path: Path
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
+    # Prepare: a worker on 127.0.0.3 presenting a valid certificate made for 127.0.0.9.
+    pki = make_worker_pki(tmp_path / "pki", ["127.0.0.9"])
+    token = tmp_path / "token"
+    write_secret(token)
+    command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", "w", "--port", "0"]
+    command += ["--host", "127.0.0.3", "--token-file", str(token)]
+    command += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stdout is not None
+        port = json.loads(process.stdout.readline())["port"]
+
+        # Execute / Assert
+        with pytest.raises(WorkerError, match=r"IP address mismatch|doesn.t match|hostname"):
+            WebsocketWorker(
+                "w", f"wss://127.0.0.3:{port}", secret=read_secret(token), cafile=pki.ca_cert
+            )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_each_connection_has_its_own_objects_and_private_data(plain_worker: RunningWorker) -> None:
+    # Prepare
+    with _client(plain_worker, "ws-0") as first:
+        pointer_id = first.send(torch.ones(2), obj_id="mine", owned=False).id
+
+    # Execute / Assert: a new connection sees neither the old objects nor raw data.
+    with _client(plain_worker, "ws-0") as second:
+        with pytest.raises(RemoteError, match="not_found"):
+            second.get(pointer_id)
+        for private in (TRAIN_X_ID, TRAIN_Y_ID):
+            with pytest.raises(RemoteError, match="own data"):
+                second.get(private, delete=False)
+        with pytest.raises(RemoteError, match="own data"):
+            second.run_op("sum", Pointer(second, TRAIN_X_ID, owned=False))
+        second.delete([TRAIN_X_ID])  # ignored: the data stays
+        start = second.send(get_state(build_model("mlp", seed=0)))
+        _, reply = second.train("mlp", start, TrainConfig(epochs=1, batch_size=32, lr=0.05), seed=1)
+        assert reply.num_samples == 200
+
+
+def test_unauthenticated_peers_cannot_make_the_worker_buffer_or_lock_it(
+    plain_worker: RunningWorker,
+) -> None:
+    # Execute: a 1 MiB first frame, garbage first frames, and silent peers.
+    with connect(plain_worker.url, compression=None, proxy=None, max_size=None) as raw:
+        raw.recv(timeout=10)
+        raw.send(b"\x00" * 2**20)
+        with pytest.raises(ConnectionClosed) as closed:
+            raw.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    rng = random.Random(7)
+    for _ in range(50):
+        with connect(plain_worker.url, compression=None, proxy=None) as raw:
+            raw.recv(timeout=10)
+            raw.send(rng.randbytes(rng.randint(0, 512)))
+            answer = decode_message(raw.recv(timeout=10))
+            assert isinstance(answer, AuthResult) and not answer.ok
+    silent = [connect(plain_worker.url, compression=None, proxy=None) for _ in range(3)]
+
+    # Assert: the coordinator still gets in while strangers hold connections open.
+    try:
+        with _client(plain_worker, "ws-0") as worker:
+            assert worker.ping().worker_id == "ws-0"
+    finally:
+        for connection in silent:
+            connection.close()
+    assert plain_worker.process.poll() is None
