@@ -40,9 +40,10 @@ class RichProgressSink(ProgressSink):
 
 
 def summary_table(result: Mapping[str, Any]) -> Table:
-    """level | accuracy | training s | slowdown | Prefect s | MB moved."""
+    """level | accuracy | training seconds | slowdown | Prefect seconds | MB moved."""
     table = Table(title="fedsim benchmark")
-    for header in ("level", "accuracy", "training s", "slowdown", "Prefect s", "MB moved"):
+    # Short headers: the table must fit 80 columns (rich's width when piped).
+    for header in ("level", "accuracy", "train s", "slowdown", "Prefect s", "MB"):
         table.add_column(header, justify="left" if header == "level" else "right", no_wrap=True)
     for s in result["levels"]:
         slowdown = s.get("slowdown_vs_baseline")
