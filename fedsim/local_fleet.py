@@ -104,6 +104,7 @@ def fleet_down(args: argparse.Namespace) -> int:
     if not pid_file.exists():
         return 0
     pids = [int(entry["pid"]) for entry in json.loads(pid_file.read_text())]
+    pids = [pid for pid in pids if _ours(pid)]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -118,6 +119,15 @@ def fleet_down(args: argparse.Namespace) -> int:
     pid_file.unlink()
     print(f"stopped {len(pids)} worker daemons")
     return 0
+
+
+def _ours(pid: int) -> bool:
+    """Still a `fedsim worker serve` process (pids get reused once a daemon is gone)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"fedsim" in command and b"serve" in command
 
 
 def _alive(pid: int) -> bool:

@@ -159,7 +159,8 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
         )
         return check_partition(client, expected)
 
-    return Fleet([functools.partial(connector, i, spec) for i, spec in enumerate(specs)])
+    connectors = [functools.partial(connector, i, spec) for i, spec in enumerate(specs)]
+    return Fleet(connectors, min_live=cfg.min_workers)
 
 
 @task(name="launch-worker-processes", cache_policy=NO_CACHE)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fl.errors import ConfigError, FedsimError
 from workers.base import Worker
+from workers.errors import WorkerError
 from workers.ws_client import WebsocketWorker
 
 __all__ = [
@@ -131,16 +132,30 @@ def check_partition(worker: WebsocketWorker, expected: str) -> WebsocketWorker:
 class Fleet:
     """Clients by index; dead connections are re-dialled before each round."""
 
-    def __init__(self, connectors: Sequence[Connect], *, connect_now: bool = True) -> None:
+    def __init__(self, connectors: Sequence[Connect], *, min_live: int | None = None) -> None:
+        """Connect to every worker now; ``min_live`` of them must answer (default: all).
+
+        A worker that cannot be reached is left for the rounds to re-dial; one
+        that answers with the wrong data (ConfigError) fails the start at once.
+        """
         self._connectors = list(connectors)
         self._clients: list[WebsocketWorker | None] = [None] * len(connectors)
-        if connect_now:
-            try:
-                for index in range(len(connectors)):
-                    self._clients[index] = connectors[index]()  # fail loudly at start
-            except BaseException:
-                self.close()
-                raise
+        needed = len(connectors) if min_live is None else min_live
+        try:
+            for index in range(len(connectors)):
+                try:
+                    self._clients[index] = connectors[index]()
+                except WorkerError as exc:
+                    logger.warning("worker #%d unavailable at start: %s", index, exc)
+            live = len(self.clients)
+            if live < needed:
+                raise WorkerError(
+                    f"only {live} of {len(connectors)} workers answered at start, "
+                    f"fewer than the {needed} needed (--min-workers)"
+                )
+        except BaseException:
+            self.close()
+            raise
 
     def __len__(self) -> int:
         return len(self._connectors)

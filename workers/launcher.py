@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import functools
 import json
+import logging
 import os
 import select
 import signal
@@ -208,7 +209,14 @@ class LocalWorkerPool:
                 process.popen.wait()
             if process.popen.stdout is not None:
                 process.popen.stdout.close()
+        crashed = [p.worker_id for p in self.processes if p.popen.returncode not in (0, -15)]
         self.processes.clear()
+        if crashed:  # keep the logs of workers that died on their own
+            logging.getLogger("fedsim.launcher").warning(
+                "worker(s) %s exited abnormally; logs kept in %s", ", ".join(crashed), self._scratch
+            )
+            (self._scratch / "token").unlink(missing_ok=True)
+            return
         with contextlib.suppress(OSError):
             for path in self._scratch.iterdir():
                 path.unlink()

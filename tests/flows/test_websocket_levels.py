@@ -228,3 +228,22 @@ def test_worker_that_comes_back_is_used_again(mlflow_uri: str, level5_daemons: P
         result["levels"][0]["run_id"], "dropped_workers"
     )
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_level5_starts_without_a_worker_that_is_down(mlflow_uri: str, level5_daemons: Path) -> None:
+    # Prepare: worker #1 is down before the run starts; one worker suffices.
+    daemons = json.loads((level5_daemons.parent / "pids.json").read_text())
+    os.kill(daemons[1]["pid"], signal.SIGKILL)
+    cfg = ExperimentConfig(
+        **{**SMALL, "levels": "5", "min_workers": 1, "workers_file": str(level5_daemons)}
+    )
+
+    # Execute
+    result = benchmark_flow(cfg.to_dict())
+
+    # Assert: every round runs on the worker that is up and reports the other dropped.
+    history = MlflowClient(mlflow_uri).get_metric_history(
+        result["levels"][0]["run_id"], "dropped_workers"
+    )
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [1.0, 1.0]
+    assert result["levels"][0]["final_accuracy"] > 0.3
