@@ -1,2 +1,5 @@
-"""Pure MPC library (ring arithmetic, fixed-point encoding, additive sharing,
-crypto provider). Populated by the encrypted-computation work (issue 4)."""
+"""Pure MPC library: ring Z/2^64 and fixed-point encoding (``ring``), a CSPRNG for
+shares (``random``), additive secret sharing (``sharing``), the crypto provider
+with Beaver triples (``provider``), Beaver multiplication and n-party truncation
+(``beaver``). Shared tensors on workers, secure aggregation and MACs come with
+issue 4. Imports neither Prefect, asyncio, websockets nor MLflow."""
