@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import sys
@@ -25,15 +24,6 @@ def parse_partition_slot(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve_worker(args: argparse.Namespace) -> int:
     """Load the worker's data, then serve until SIGINT/SIGTERM."""
     import torch
@@ -42,7 +32,7 @@ def serve_worker(args: argparse.Namespace) -> int:
     from workers.auth import read_secret
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
     from workers.launcher import die_with_parent
-    from workers.tls import certificate_der, server_ssl_context
+    from workers.tls import certificate_der, is_loopback_host, server_ssl_context
     from workers.ws_server import ServerConfig, run_worker
 
     die_with_parent()
@@ -51,7 +41,7 @@ def serve_worker(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     secret = read_secret(args.token_file) if args.token_file else None
-    if not _is_loopback(args.host) and (secret is None or not args.tls_cert):
+    if not is_loopback_host(args.host) and (secret is None or not args.tls_cert):
         raise ConfigError(
             f"--token-file and --tls-cert/--tls-key are required to serve on {args.host} "
             "(not loopback)"

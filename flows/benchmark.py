@@ -7,11 +7,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.config import ExperimentConfig
-from flows.levels import run_level
+from flows.config import ExperimentConfig, Level
+from flows.levels import baseline_flow, federated_flow, sequential_flow
 from flows.tracking import BenchmarkTracker
+from flows.websocket_levels import websocket_local_flow, websocket_remote_flow
 
-__all__ = ["benchmark_flow", "describe"]
+__all__ = ["benchmark_flow", "describe", "run_level"]
 
 
 def describe(cfg: ExperimentConfig) -> str:
@@ -24,6 +25,27 @@ def describe(cfg: ExperimentConfig) -> str:
         f"{cfg.rounds} rounds x {cfg.epochs} local epochs, B={cfg.batch_size}, lr={cfg.lr}, "
         f"C={cfg.fraction}, aggregation {cfg.aggregation}, seed {cfg.seed}."
     )
+
+
+def run_level(
+    level: Level,
+    config: dict[str, Any],
+    parent_run_id: str | None,
+    baseline: dict[str, float] | None,
+) -> dict[str, Any]:
+    """Dispatch to the flow of ``level``; ``baseline`` holds the baseline's
+    ``train_seconds`` and ``samples_trained`` once it has run."""
+    if level.number == 0:
+        return baseline_flow(config, parent_run_id, baseline)
+    if level.number == 1:
+        return sequential_flow(config, parent_run_id, baseline)
+    if level.number in (2, 3):
+        return federated_flow(config, level.number, parent_run_id, baseline)
+    if level.number == 4:
+        return websocket_local_flow(config, parent_run_id, baseline)
+    if level.number == 5:
+        return websocket_remote_flow(config, parent_run_id, baseline)
+    raise ValueError(f"level {level.name} has no flow in this version")
 
 
 @flow(name="fedsim-benchmark", log_prints=False)

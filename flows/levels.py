@@ -1,4 +1,6 @@
-"""One Prefect flow per level: baseline, sequential (1), federated (2, 3).
+"""The round loop shared by every level, and the flows of levels 0-3.
+
+Levels 4 and 5 (``flows.websocket_levels``) reuse the loop over websocket workers.
 
 Every level runs the same loop — train, aggregate, evaluate, log — and differs
 only in where the data lives and how a round trains (DESIGN.md, "The five
@@ -8,7 +10,6 @@ own MLflow child run under the benchmark's parent run, and returns a summary.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,11 +27,9 @@ from flows.tasks import (
     RoundOutcome,
     StateDict,
     aggregate_updates,
-    connect_remote_workers,
     evaluate_state,
     initial_state,
     launch_virtual_workers,
-    launch_worker_processes,
     load_test_set,
     load_train_set,
     partition_train_set,
@@ -41,19 +40,17 @@ from flows.tasks import (
 from flows.timing import OrchestrationMeter
 from flows.tracking import BenchmarkTracker
 from workers.base import Worker
-from workers.errors import WorkerError
-from workers.fleet import Fleet
-from workers.launcher import LocalWorkerPool
 
 __all__ = [
+    "LevelContext",
     "LevelSummary",
+    "RoundFn",
     "baseline_flow",
     "federated_flow",
-    "run_level",
+    "run_level_body",
+    "run_rounds",
     "sequential_flow",
     "slowdown",
-    "websocket_local_flow",
-    "websocket_remote_flow",
 ]
 
 
@@ -83,7 +80,9 @@ class LevelSummary:
 
 
 @dataclass
-class _LevelContext:
+class LevelContext:
+    """What one level's round loop needs: its config, MLflow run, meter and strategy."""
+
     level: Level
     cfg: ExperimentConfig
     tracker: BenchmarkTracker
@@ -98,9 +97,7 @@ class _LevelContext:
 RoundFn = Callable[[StateDict, int], RoundOutcome]
 
 
-def _run_rounds(
-    ctx: _LevelContext, test: Split, round_fn: RoundFn, setup_bytes: int
-) -> LevelSummary:
+def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: int) -> LevelSummary:
     """The round loop shared by every level: train → aggregate → evaluate → log."""
     cfg, meter = ctx.cfg, ctx.meter
     model, state = initial_state(cfg)
@@ -151,7 +148,7 @@ def _run_rounds(
     )
 
 
-def _baseline_rounds(ctx: _LevelContext, train: Split) -> RoundFn:
+def _baseline_rounds(ctx: LevelContext, train: Split) -> RoundFn:
     model, _ = initial_state(ctx.cfg)
     generator = torch.Generator().manual_seed(ctx.cfg.seed)
 
@@ -165,7 +162,7 @@ def _baseline_rounds(ctx: _LevelContext, train: Split) -> RoundFn:
 
 
 def _federated_rounds(
-    ctx: _LevelContext, workers: list[Worker], *, sequential: bool = False
+    ctx: LevelContext, workers: list[Worker], *, sequential: bool = False
 ) -> RoundFn:
     """Rounds over in-process virtual workers (levels 1-3), one client after another."""
     sampler = torch.Generator().manual_seed(ctx.cfg.seed)
@@ -194,7 +191,7 @@ def slowdown(summary: LevelSummary, baseline: dict[str, float]) -> float:
     return per_sample / baseline_per_sample
 
 
-def _finish(ctx: _LevelContext, summary: LevelSummary) -> LevelSummary:
+def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
     summary.wall_seconds = time.perf_counter() - ctx.started
     summary.task_overhead_seconds = ctx.meter.task_overhead_seconds
     summary.task_calls = ctx.meter.calls
@@ -220,12 +217,12 @@ def _finish(ctx: _LevelContext, summary: LevelSummary) -> LevelSummary:
     return summary
 
 
-def _run_level(
+def run_level_body(
     number: int,
     config: dict[str, Any],
     parent_run_id: str | None,
     baseline: dict[str, float] | None,
-    body: Callable[[_LevelContext], LevelSummary],
+    body: Callable[[LevelContext], LevelSummary],
 ) -> dict[str, Any]:
     """Open the level's MLflow run, run ``body`` inside its meter, close the run."""
     entered = time.perf_counter()
@@ -234,7 +231,7 @@ def _run_level(
     tracker = BenchmarkTracker(cfg.experiment)
     tracker.parent_id = parent_run_id
     run_id = tracker.start_level(level.run_name, level.name, cfg.mlflow_params(level))
-    ctx = _LevelContext(level, cfg, tracker, run_id, baseline, entered)
+    ctx = LevelContext(level, cfg, tracker, run_id, baseline, entered)
     try:
         with ctx.meter:
             summary = body(ctx)
@@ -244,14 +241,14 @@ def _run_level(
         raise
 
 
-def _baseline_body(ctx: _LevelContext) -> LevelSummary:
+def _baseline_body(ctx: LevelContext) -> LevelSummary:
     train = ctx.meter.call(load_train_set, ctx.cfg)
     test = ctx.meter.call(load_test_set, ctx.cfg)
-    return _run_rounds(ctx, test, _baseline_rounds(ctx, train), 0)
+    return run_rounds(ctx, test, _baseline_rounds(ctx, train), 0)
 
 
 def _federated_body(
-    ctx: _LevelContext, *, coordinator_splits: bool, sequential: bool
+    ctx: LevelContext, *, coordinator_splits: bool, sequential: bool
 ) -> LevelSummary:
     meter = ctx.meter
     test = meter.call(load_test_set, ctx.cfg)
@@ -264,7 +261,7 @@ def _federated_body(
     setup_bytes = sum(w.bytes_sent + w.bytes_received for w in workers)
     try:
         rounds = _federated_rounds(ctx, workers, sequential=sequential)
-        return _run_rounds(ctx, test, rounds, setup_bytes)
+        return run_rounds(ctx, test, rounds, setup_bytes)
     finally:
         for worker in workers:
             worker.close()
@@ -277,7 +274,7 @@ def baseline_flow(
     baseline: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Level 0: centralized PyTorch training, same model, B, lr, seed and passes."""
-    return _run_level(0, config, parent_run_id, baseline, _baseline_body)
+    return run_level_body(0, config, parent_run_id, baseline, _baseline_body)
 
 
 @flow(name="fedsim-sequential", log_prints=False)
@@ -288,10 +285,10 @@ def sequential_flow(
 ) -> dict[str, Any]:
     """Level 1: virtual workers hold the data; the model visits them in turn."""
 
-    def body(ctx: _LevelContext) -> LevelSummary:
+    def body(ctx: LevelContext) -> LevelSummary:
         return _federated_body(ctx, coordinator_splits=True, sequential=True)
 
-    return _run_level(1, config, parent_run_id, baseline, body)
+    return run_level_body(1, config, parent_run_id, baseline, body)
 
 
 @flow(name="fedsim-federated", log_prints=False)
@@ -309,126 +306,7 @@ def federated_flow(
     if level not in (2, 3):
         raise ValueError(f"federated_flow runs levels 2 and 3, not {level}")
 
-    def body(ctx: _LevelContext) -> LevelSummary:
+    def body(ctx: LevelContext) -> LevelSummary:
         return _federated_body(ctx, coordinator_splits=level == 2, sequential=False)
 
-    return _run_level(level, config, parent_run_id, baseline, body)
-
-
-def _fleet_rounds(ctx: _LevelContext, fleet: Fleet) -> RoundFn:
-    """Rounds over websocket workers: parallel training, tolerant of dropped workers.
-
-    Sampling is by position, exactly as for the virtual levels, so the same seed
-    samples the same clients. Workers that cannot be reached, or fail during
-    the round, are dropped for this round only (re-dialled before the next);
-    the round fails only when fewer than ``min_workers`` updates arrive.
-    """
-    sampler = torch.Generator().manual_seed(ctx.cfg.seed)
-    positions = [str(index) for index in range(len(fleet))]
-
-    def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
-        chosen = [int(i) for i in ctx.strategy.sample_clients(positions, ctx.cfg.fraction, sampler)]
-        live, down = fleet.available(chosen)
-        outcome = ctx.meter.call(train_federated_round, live, state, ctx.cfg, round_index, True)
-        for index in outcome.dropped:
-            fleet.mark_failed(index)
-        dropped = tuple(sorted((*down, *outcome.dropped)))
-        if dropped:
-            progress.emit_warning(
-                f"round {round_index}: {len(dropped)} of {len(chosen)} workers dropped "
-                f"({', '.join(f'#{i}' for i in dropped)}); FedAvg over the other "
-                f"{len(outcome.updates)}"
-            )
-        if len(outcome.updates) < ctx.cfg.min_workers:
-            raise WorkerError(
-                f"round {round_index}: {len(outcome.updates)} workers answered, fewer than "
-                f"--min-workers {ctx.cfg.min_workers}"
-            )
-        return dataclasses.replace(outcome, dropped=dropped)
-
-    return round_fn
-
-
-def _fleet_body(
-    ctx: _LevelContext, start: Callable[[], Fleet], stop: Callable[[], None]
-) -> LevelSummary:
-    test = ctx.meter.call(load_test_set, ctx.cfg)
-    try:
-        fleet = start()
-        setup_bytes = sum(w.bytes_sent + w.bytes_received for w in fleet.clients)
-        return _run_rounds(ctx, test, _fleet_rounds(ctx, fleet), setup_bytes)
-    finally:
-        stop()  # every process / connection, also on failure and Ctrl-C
-
-
-def _local_processes_body(ctx: _LevelContext) -> LevelSummary:
-    pools: list[LocalWorkerPool] = []
-
-    def start() -> Fleet:
-        pool = ctx.meter.call(launch_worker_processes, ctx.cfg)
-        pools.append(pool)
-        assert pool.fleet is not None
-        return pool.fleet
-
-    def stop() -> None:
-        for pool in pools:
-            pool.stop()
-
-    return _fleet_body(ctx, start, stop)
-
-
-def _remote_body(ctx: _LevelContext) -> LevelSummary:
-    fleets: list[Fleet] = []
-
-    def start() -> Fleet:
-        fleets.append(ctx.meter.call(connect_remote_workers, ctx.cfg))
-        return fleets[0]
-
-    def stop() -> None:
-        for fleet in fleets:
-            fleet.close()  # the workers keep running: they were started independently
-
-    return _fleet_body(ctx, start, stop)
-
-
-@flow(name="fedsim-websocket-local", log_prints=False)
-def websocket_local_flow(
-    config: dict[str, Any],
-    parent_run_id: str | None = None,
-    baseline: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Level 4: one websocket worker process per client on this host, each loading
-    its own partition; parallel local training; FedAvg."""
-    return _run_level(4, config, parent_run_id, baseline, _local_processes_body)
-
-
-@flow(name="fedsim-websocket-remote", log_prints=False)
-def websocket_remote_flow(
-    config: dict[str, Any],
-    parent_run_id: str | None = None,
-    baseline: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Level 5: independently started TLS workers, each holding its own partition,
-    reached by address from a workers file; every connection authenticated."""
-    return _run_level(5, config, parent_run_id, baseline, _remote_body)
-
-
-def run_level(
-    level: Level,
-    config: dict[str, Any],
-    parent_run_id: str | None,
-    baseline: dict[str, float] | None,
-) -> dict[str, Any]:
-    """Dispatch to the flow of ``level``; ``baseline`` holds the baseline's
-    ``train_seconds`` and ``samples_trained`` once it has run."""
-    if level.number == 0:
-        return baseline_flow(config, parent_run_id, baseline)
-    if level.number == 1:
-        return sequential_flow(config, parent_run_id, baseline)
-    if level.number in (2, 3):
-        return federated_flow(config, level.number, parent_run_id, baseline)
-    if level.number == 4:
-        return websocket_local_flow(config, parent_run_id, baseline)
-    if level.number == 5:
-        return websocket_remote_flow(config, parent_run_id, baseline)
-    raise ValueError(f"level {level.name} has no flow in this version")
+    return run_level_body(level, config, parent_run_id, baseline, body)

@@ -11,7 +11,6 @@ never waits longer than the connect and request timeouts.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import tomllib
 import urllib.parse
@@ -22,6 +21,7 @@ from pathlib import Path
 from fl.errors import ConfigError, FedsimError
 from workers.base import Worker
 from workers.errors import WorkerError
+from workers.tls import is_loopback_host
 from workers.ws_client import WebsocketWorker
 
 __all__ = [
@@ -95,13 +95,7 @@ def load_workers_file(path: str | Path) -> tuple[list[RemoteWorkerSpec], Path | 
 
 
 def _loopback_url(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urllib.parse.urlsplit(url).hostname or "")
 
 
 def load_fleet_file(path: str | Path, workers: int) -> tuple[list[RemoteWorkerSpec], Path]:
@@ -164,9 +158,6 @@ class Fleet:
     def clients(self) -> list[Worker]:
         """The live clients (no re-dialling)."""
         return [c for c in self._clients if c is not None and not c.closed]
-
-    def client(self, index: int) -> WebsocketWorker | None:
-        return self._clients[index]
 
     def available(self, indices: Sequence[int]) -> tuple[list[tuple[int, Worker]], list[int]]:
         """(index, worker) for every index that is reachable now, and the indices that are not."""

@@ -221,7 +221,3 @@ class LocalWorkerPool:
             for path in self._scratch.iterdir():
                 path.unlink()
             self._scratch.rmdir()
-
-    @property
-    def pids(self) -> list[int]:
-        return [process.popen.pid for process in self.processes]

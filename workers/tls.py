@@ -20,7 +20,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["WorkerPKI", "certificate_der", "make_worker_pki", "server_ssl_context"]
+__all__ = [
+    "WorkerPKI",
+    "certificate_der",
+    "is_loopback_host",
+    "make_worker_pki",
+    "server_ssl_context",
+]
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and 127.0.0.0/8 / ::1: where plain ws:// and no token are allowed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def server_ssl_context(certfile: str | Path, keyfile: str | Path) -> ssl.SSLContext:
