@@ -97,7 +97,11 @@ def _add_run(sub: Any) -> None:
         "orchestrated by Prefect and tracked in MLflow; prints accuracy and slowdown per level.",
     )
     add = run.add_argument
-    add("--levels", help=f"comma-separated levels, words or numbers {preset('levels')}")
+    add(
+        "--levels",
+        help=f"comma-separated levels, words or numbers, e.g. baseline,1,2,2:secure,"
+        f"encrypted-eval {preset('levels')}",
+    )
     add("--dataset", help="fashion-mnist (default) or mnist")
     add("--model", help="cnn (default), mlp or mpc-cnn")
     add("--workers", type=_positive_int, help=f"number of workers / clients {preset('workers')}")
@@ -107,7 +111,20 @@ def _add_run(sub: Any) -> None:
     add("--lr", type=_float, help=f"SGD learning rate {preset('lr')}")
     add("--fraction", type=_float, help="client fraction C per round, in (0, 1] (default 1)")
     add("--partition", help="iid (default), dirichlet:ALPHA or shards:K")
-    add("--aggregation", help="plain (default) or secure")
+    add(
+        "--aggregation",
+        help="plain (default) or secure for levels 2-5 (one level: write 2:secure in --levels)",
+    )
+    add(
+        "--committee",
+        type=_positive_int,
+        help="secure aggregation: workers each update is shared among (default 3)",
+    )
+    add(
+        "--mac",
+        action="store_true",
+        help="secure aggregation with SPDZ MACs: a tampered share aborts the round",
+    )
     add("--seed", type=_non_negative_int, help="seed of everything random (default 0)")
     add("--profile", choices=("quick", "full"), default="quick", help="defaults preset")
     add(

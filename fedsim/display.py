@@ -48,7 +48,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
     for s in result["levels"]:
         slowdown = s.get("slowdown_vs_baseline")
         table.add_row(
-            _RUN_NAMES.get(s["level"], s["level"]),
+            s.get("run_name") or _RUN_NAMES.get(s["level"], s["level"]),
             f"{s['final_accuracy']:.2%}",
             f"{s['train_seconds']:.1f}",
             "—" if slowdown is None else f"{slowdown:.2f}×",

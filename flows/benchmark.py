@@ -60,7 +60,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     cfg = ExperimentConfig.from_dict(config)
     tracker = BenchmarkTracker(cfg.experiment)
     params = {k: str(v) for k, v in cfg.to_dict().items() if k not in ("tags", "levels")}
-    params["levels"] = ",".join(level.name for level in cfg.level_list)
+    params["levels"] = ",".join(level.key for level in cfg.level_list)
     parent = tracker.start_parent(f"benchmark {cfg.profile}", params, describe(cfg))
     if cfg.tags:
         tracker.set_tags(parent, cfg.tags)
@@ -69,7 +69,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     try:
         for level in cfg.level_list:
             start = time.perf_counter()
-            summary = run_level(level, cfg.to_dict(), parent, baseline)
+            summary = run_level(level, cfg.for_level(level).to_dict(), parent, baseline)
             outer = time.perf_counter() - start
             summary["prefect_seconds"] = (
                 max(outer - summary["body_seconds"], 0.0) + summary["task_overhead_seconds"]

@@ -19,10 +19,12 @@ from fl.partition import parse_partition, partition_indices
 
 __all__ = [
     "AGGREGATIONS",
+    "FEDAVG_LEVELS",
     "LEVELS",
     "PROFILES",
     "ExperimentConfig",
     "Level",
+    "level_for",
     "parse_levels",
     "preflight",
 ]
@@ -30,16 +32,37 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Level:
-    """One level of simulation realism (see DESIGN.md, "The five levels")."""
+    """One level of simulation realism (see DESIGN.md, "The five levels").
+
+    FedAvg levels (2-5) also carry their aggregation, so one run can compare
+    ``2`` and ``2:secure`` side by side; other levels have none.
+    """
 
     number: int
     name: str
     implemented: bool = True
+    aggregation: str | None = None
 
     @property
     def run_name(self) -> str:
-        """MLflow child-run name: ``L<n> <name>`` (baseline is ``L0``)."""
-        return f"L{self.number} {self.name}"
+        """MLflow child-run name: ``L<n> <name>``, plus `` (secure)`` for secure aggregation."""
+        suffix = f" ({self.aggregation})" if self.aggregation not in (None, "plain") else ""
+        return f"L{self.number} {self.name}{suffix}"
+
+    @property
+    def key(self) -> str:
+        """How the level is written in ``--levels`` (``2:secure`` for a secure variant)."""
+        suffix = f":{self.aggregation}" if self.aggregation not in (None, "plain") else ""
+        return f"{self.name}{suffix}"
+
+    def with_aggregation(self, aggregation: str) -> Level:
+        """This level aggregating with ``aggregation`` (FedAvg levels only)."""
+        if self.number not in FEDAVG_LEVELS:
+            raise ConfigError(
+                f"level {self.name!r} does not aggregate client updates: "
+                f"':{aggregation}' applies to levels 2-5"
+            )
+        return dataclasses.replace(self, aggregation=aggregation)
 
 
 LEVELS: tuple[Level, ...] = (
@@ -59,29 +82,44 @@ for _level in LEVELS:
 _BY_KEY["0"] = LEVELS[0]
 
 AGGREGATIONS: tuple[str, ...] = ("plain", "secure")
-_IMPLEMENTED_AGGREGATIONS = ("plain",)
+FEDAVG_LEVELS = (2, 3, 4, 5)  # the levels whose rounds aggregate client updates
 
 
-def parse_levels(spec: str) -> tuple[Level, ...]:
-    """Parse ``baseline,1,2,3`` (words or numbers) into levels, in run order.
+def level_for(number: int, aggregation: str) -> Level:
+    """Level ``number`` as run with ``aggregation`` (ignored by non-FedAvg levels)."""
+    level = LEVELS[number]
+    return level.with_aggregation(aggregation) if number in FEDAVG_LEVELS else level
 
-    The baseline always runs first when present, because every other level's
-    slowdown is measured against it; the remaining order and duplicates are
-    normalised so the same set of levels always gives the same run.
+
+def parse_levels(spec: str, aggregation: str = "plain") -> tuple[Level, ...]:
+    """Parse ``baseline,1,2,2:secure,3`` (words or numbers) into levels, in run order.
+
+    A FedAvg level without a suffix aggregates with ``aggregation`` (the
+    ``--aggregation`` option). The baseline always runs first when present,
+    because every other level's slowdown is measured against it; the remaining
+    order and duplicates are normalised so the same set of levels always gives
+    the same run (a plain variant before its secure one).
     """
     keys = [part.strip().lower() for part in spec.split(",") if part.strip()]
     if not keys:
         raise ConfigError(f"no levels in {spec!r}: use e.g. baseline,1,2,3")
     chosen: set[Level] = set()
     for key in keys:
-        level = _BY_KEY.get(key)
+        name, _, suffix = key.partition(":")
+        level = _BY_KEY.get(name)
         if level is None:
             valid = ", ".join(f"{lv.name}" for lv in LEVELS)
-            raise ConfigError(f"unknown level {key!r}: choose from {valid} or 0-5")
+            raise ConfigError(f"unknown level {name!r}: choose from {valid} or 0-5")
         if not level.implemented:
             raise ConfigError(f"level {level.name!r} is not available in this version of fedsim")
+        if suffix and suffix not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {suffix!r} in level {key!r}: plain or secure")
+        if suffix:
+            level = level.with_aggregation(suffix)
+        elif level.number in FEDAVG_LEVELS:
+            level = level.with_aggregation(aggregation)
         chosen.add(level)
-    return tuple(sorted(chosen, key=lambda lv: lv.number))
+    return tuple(sorted(chosen, key=lambda lv: (lv.number, lv.aggregation == "secure")))
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -127,6 +165,10 @@ class ExperimentConfig:
     fraction: float = 1.0
     partition: str = "iid"
     aggregation: str = "plain"
+    # Secure aggregation: committee size k (clients share their updates among k
+    # workers) and SPDZ MACs on every share (malicious-secure opening).
+    committee: int = 3
+    mac: bool = False
     seed: int = 0
     profile: str = "quick"
     train_samples: int | None = 8_000
@@ -142,15 +184,17 @@ class ExperimentConfig:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        parse_levels(self.levels)
+        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        levels = parse_levels(self.levels, self.aggregation)
         parse_partition(self.partition)
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, tuple(MODELS))
-        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        if self.aggregation not in _IMPLEMENTED_AGGREGATIONS:
-            raise ConfigError(
-                f"--aggregation {self.aggregation} is not available in this version of fedsim"
-            )
+        _check_min("committee", self.committee, 2)
+        secure = [lv for lv in levels if lv.aggregation == "secure"]
+        if secure and self.workers < 2:
+            raise ConfigError("secure aggregation needs --workers >= 2")
+        if self.mac and not secure:
+            raise ConfigError("--mac authenticates secure aggregation: add --aggregation secure")
         _check_choice("profile", self.profile, tuple(PROFILES))
         _check_min("workers", self.workers, 1)
         _check_min("rounds", self.rounds, 1)
@@ -185,7 +229,13 @@ class ExperimentConfig:
 
     @property
     def level_list(self) -> tuple[Level, ...]:
-        return parse_levels(self.levels)
+        return parse_levels(self.levels, self.aggregation)
+
+    def for_level(self, level: Level) -> ExperimentConfig:
+        """This config as ``level`` runs it: its own aggregation for a FedAvg variant."""
+        if level.aggregation is None or level.aggregation == self.aggregation:
+            return self
+        return dataclasses.replace(self, aggregation=level.aggregation)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form used as Prefect flow parameters."""
@@ -213,11 +263,16 @@ class ExperimentConfig:
             "lr": str(self.lr),
             "fraction": str(self.fraction),
             "seed": str(self.seed),
-            "aggregation": self.aggregation if level.number > 0 else "none",
+            "aggregation": self.aggregation if level.number in FEDAVG_LEVELS else "none",
             "profile": self.profile,
             "train_samples": str(self.train_samples or "all"),
             "test_samples": str(self.test_samples or "all"),
-        }
+        } | self._secure_params(level)
+
+    def _secure_params(self, level: Level) -> dict[str, str]:
+        if level.number not in FEDAVG_LEVELS or self.aggregation != "secure":
+            return {}
+        return {"committee": str(self.committee), "mac": str(self.mac).lower()}
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

@@ -22,7 +22,8 @@ from fl.aggregation import ClientUpdate, FedAvg, Strategy
 from fl.data import Split
 from fl.models import get_state, set_state
 from flows import progress
-from flows.config import LEVELS, ExperimentConfig, Level
+from flows.config import ExperimentConfig, Level, level_for
+from flows.secure import secure_aggregate_round
 from flows.tasks import (
     RoundOutcome,
     StateDict,
@@ -61,6 +62,7 @@ class LevelSummary:
     level: str
     number: int
     run_id: str
+    run_name: str
     final_accuracy: float
     final_loss: float
     train_seconds: float
@@ -103,12 +105,14 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
     model, state = initial_state(cfg)
     train_seconds, bytes_total, samples_trained, comm_seconds = 0.0, setup_bytes, 0, 0.0
     accuracies: list[float] = []
-    progress.emit_level_started(ctx.level.name, cfg.rounds)
+    progress.emit_level_started(ctx.level.run_name, cfg.rounds)
     evaluation = None
     for round_index in range(1, cfg.rounds + 1):
         start = time.perf_counter()
         outcome = round_fn(state, round_index)
-        if outcome.aggregated:
+        if outcome.global_state is not None:  # opened by secure aggregation
+            state = outcome.global_state
+        elif outcome.aggregated:
             state = dict(outcome.updates[0].state)
         else:
             state = meter.call(aggregate_updates, ctx.strategy, state, outcome.updates)
@@ -129,15 +133,17 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
             "bytes_received": float(outcome.bytes_received),
             "dropped_workers": float(len(outcome.dropped)),
             "comm_seconds": outcome.comm_seconds,
+            **outcome.metrics,
         }
         ctx.tracker.log_metrics(ctx.run_id, metrics, step=round_index)
         accuracies.append(evaluation.accuracy)
-        progress.emit_round(ctx.level.name, round_index, metrics)
+        progress.emit_round(ctx.level.run_name, round_index, metrics)
     assert evaluation is not None  # rounds >= 1 is validated by ExperimentConfig
     return LevelSummary(
         level=ctx.level.name,
         number=ctx.level.number,
         run_id=ctx.run_id,
+        run_name=ctx.level.run_name,
         final_accuracy=evaluation.accuracy,
         final_loss=evaluation.loss,
         train_seconds=train_seconds,
@@ -173,7 +179,12 @@ def _federated_rounds(
         sampled = [by_id[client_id] for client_id in chosen]
         if sequential:
             return ctx.meter.call(train_sequential_round, sampled, state, ctx.cfg, round_index)
-        return ctx.meter.call(train_federated_round, sampled, state, ctx.cfg, round_index)
+        outcome = ctx.meter.call(train_federated_round, sampled, state, ctx.cfg, round_index)
+        if ctx.cfg.aggregation == "secure":
+            outcome = ctx.meter.call(
+                secure_aggregate_round, ctx.cfg, sampled, outcome, state, round_index
+            )
+        return outcome
 
     return round_fn
 
@@ -210,7 +221,7 @@ def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
         final["slowdown_vs_baseline"] = summary.slowdown_vs_baseline
     ctx.tracker.log_metrics(ctx.run_id, final, step=ctx.cfg.rounds)
     ctx.tracker.finish(ctx.run_id)
-    progress.emit_level_finished(ctx.level.name, final)
+    progress.emit_level_finished(ctx.level.run_name, final)
     # Everything from entering the flow function to here is fedsim's own time
     # (MLflow calls included); the benchmark flow attributes the rest to Prefect.
     summary.body_seconds = time.perf_counter() - ctx.entered
@@ -227,7 +238,7 @@ def run_level_body(
     """Open the level's MLflow run, run ``body`` inside its meter, close the run."""
     entered = time.perf_counter()
     cfg = ExperimentConfig.from_dict(config)
-    level = LEVELS[number]
+    level = level_for(number, cfg.aggregation)
     tracker = BenchmarkTracker(cfg.experiment)
     tracker.parent_id = parent_run_id
     run_id = tracker.start_level(level.run_name, level.name, cfg.mlflow_params(level))

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from workers.base import Worker
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore, partition_descriptor
 from workers.fleet import Fleet, RemoteWorkerSpec, check_partition, load_fleet_file
 from workers.launcher import LocalWorkerPool, WorkerSpec, threads_per_worker
+from workers.pointer import Pointer
 from workers.virtual import VirtualWorker
 from workers.ws_client import WebsocketWorker
 
@@ -81,6 +82,11 @@ class RoundOutcome:
     # Clients that were sampled but did not deliver an update (websocket levels).
     dropped: tuple[int, ...] = ()
     comm_seconds: float = 0.0
+    # Secure aggregation: the trained states stay on the workers (one pointer per
+    # update, same order) until the protocol opens their sum as ``global_state``.
+    remote_states: tuple[Pointer, ...] = ()
+    global_state: StateDict | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @task(name="load-train-set", cache_policy=NO_CACHE)
@@ -201,11 +207,13 @@ def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
 
 def _train_client(
     client: Client, global_state: StateDict, cfg: ExperimentConfig, round_index: int
-) -> tuple[ClientUpdate, float]:
+) -> tuple[ClientUpdate, float, Pointer | None]:
     """One client's round: receive the global model, train locally, send the update back.
 
     Also returns the seconds spent outside the worker's training loop (encoding,
     transfer, decoding, waiting): the client's communication cost this round.
+    Under secure aggregation the trained state stays on the worker: the update
+    has no state and the pointer to it is returned instead.
     """
     index, worker = client
     start = time.perf_counter()
@@ -214,8 +222,11 @@ def _train_client(
         cfg.model, state_ptr, train_config(cfg), seed=client_seed(cfg.seed, round_index, index)
     )
     state_ptr.delete()
-    update = ClientUpdate(worker.id, new_ptr.get(), reply.num_samples, reply.mean_loss)
-    return update, max(time.perf_counter() - start - reply.seconds, 0.0)
+    secure = cfg.aggregation == "secure"
+    state = {} if secure else new_ptr.get()
+    update = ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss)
+    seconds = max(time.perf_counter() - start - reply.seconds, 0.0)
+    return update, seconds, new_ptr if secure else None
 
 
 @task(name="train-round", cache_policy=NO_CACHE)
@@ -237,9 +248,13 @@ def train_federated_round(
     if not parallel:
         results = [_train_client(c, global_state, cfg, round_index) for c in clients]
         sent1, received1 = _traffic(clients)
-        updates = [update for update, _ in results]
-        comm = sum(seconds for _, seconds in results)
-        return RoundOutcome(updates, sent1 - sent0, received1 - received0, comm_seconds=comm)
+        return RoundOutcome(
+            [update for update, _, _ in results],
+            sent1 - sent0,
+            received1 - received0,
+            comm_seconds=sum(seconds for _, seconds, _ in results),
+            remote_states=tuple(ptr for _, _, ptr in results if ptr is not None),
+        )
     pool = ThreadPoolExecutor(max_workers=max(len(clients), 1))
     try:
         futures = [
@@ -249,7 +264,7 @@ def train_federated_round(
     finally:
         # On Ctrl-C, return at once: stopping the workers unblocks the threads.
         pool.shutdown(wait=False, cancel_futures=True)
-    updates, dropped, comm = [], [], []
+    updates, dropped, comm, remote = [], [], [], []
     for (index, worker), future in zip(clients, futures, strict=True):
         error = future.exception()
         if isinstance(error, FedsimError):
@@ -260,9 +275,11 @@ def train_federated_round(
         elif error is not None:
             raise error
         else:
-            update, seconds = future.result()
+            update, seconds, ptr = future.result()
             updates.append(update)
             comm.append(seconds)
+            if ptr is not None:
+                remote.append(ptr)
     sent1, received1 = _traffic(clients)
     # In parallel, the round waits for its slowest client: report the largest.
     return RoundOutcome(
@@ -271,6 +288,7 @@ def train_federated_round(
         received1 - received0,
         dropped=tuple(dropped),
         comm_seconds=max(comm, default=0.0),
+        remote_states=tuple(remote),
     )
 
 

@@ -22,6 +22,7 @@ from flows.levels import (
     run_level_body,
     run_rounds,
 )
+from flows.secure import secure_aggregate_round
 from flows.tasks import (
     RoundOutcome,
     StateDict,
@@ -61,14 +62,26 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
                 f"({', '.join(f'#{i}' for i in dropped)}); FedAvg over the other "
                 f"{len(outcome.updates)}"
             )
-        if len(outcome.updates) < ctx.cfg.min_workers:
-            raise WorkerError(
-                f"round {round_index}: {len(outcome.updates)} workers answered, fewer than "
-                f"--min-workers {ctx.cfg.min_workers}"
+        _check_min_workers(ctx, outcome, round_index)
+        outcome = dataclasses.replace(outcome, dropped=dropped)
+        if ctx.cfg.aggregation == "secure":
+            outcome = ctx.meter.call(
+                secure_aggregate_round, ctx.cfg, live, outcome, state, round_index, True
             )
-        return dataclasses.replace(outcome, dropped=dropped)
+            for index in set(outcome.dropped) - set(dropped):
+                fleet.mark_failed(index)
+            _check_min_workers(ctx, outcome, round_index)
+        return outcome
 
     return round_fn
+
+
+def _check_min_workers(ctx: LevelContext, outcome: RoundOutcome, round_index: int) -> None:
+    if len(outcome.updates) < ctx.cfg.min_workers:
+        raise WorkerError(
+            f"round {round_index}: {len(outcome.updates)} workers answered, fewer than "
+            f"--min-workers {ctx.cfg.min_workers}"
+        )
 
 
 def _fleet_body(

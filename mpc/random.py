@@ -44,5 +44,7 @@ class SecureRandom:
     def ring_elements(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform elements of Z/2^64 as an int64 tensor of ``shape``."""
         count = math.prod(shape)
+        if count == 0:  # torch.frombuffer refuses an empty buffer
+            return torch.zeros(tuple(shape), dtype=torch.int64)
         data = bytearray(self.random_bytes(8 * count))
         return torch.frombuffer(data, dtype=torch.int64, count=count).reshape(tuple(shape))

@@ -35,6 +35,8 @@ from workers.messages import (
     GetObject,
     ObjectReply,
     OpReply,
+    PartyOp,
+    PartyReply,
     Ping,
     Pong,
     PutObject,
@@ -143,6 +145,10 @@ class Worker(ABC):
     @abstractmethod
     def ping(self) -> Pong:
         """Health check."""
+
+    @abstractmethod
+    def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+        """Run MPC party step ``op`` (``workers.party``); returns its public outputs."""
 
     # ----------------------------------------------------- shared behaviour
 
@@ -343,3 +349,6 @@ class MessageWorker(Worker):
 
     def ping(self) -> Pong:
         return self._request(Ping(), Pong)
+
+    def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+        return self._request(PartyOp(op, dict(args)), PartyReply).values

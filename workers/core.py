@@ -25,6 +25,7 @@ from fl.data import Split, load_partition
 from fl.errors import FedsimError
 from fl.models import build_model, get_state, set_state
 from fl.training import TrainConfig, evaluate, train_local
+from mpc.errors import MPCError
 from workers.codec import DTYPES, Ref, Value, check_value
 from workers.errors import ProtocolError, WorkerError
 from workers.messages import (
@@ -38,6 +39,8 @@ from workers.messages import (
     Message,
     ObjectReply,
     OpReply,
+    PartyOp,
+    PartyReply,
     Ping,
     Pong,
     PutObject,
@@ -50,6 +53,7 @@ from workers.messages import (
     decode_message,
 )
 from workers.ops import OPS, apply_op
+from workers.party import Party, PartyError, party_steps
 from workers.plan import Plan
 
 __all__ = [
@@ -145,7 +149,9 @@ class WorkerCore:
             RunPlan: self._run_plan,
             Train: self._train,
             Evaluate: self._evaluate,
+            PartyOp: self._party_op,
         }
+        self._party = Party(worker_id, self._lookup)
 
     @classmethod
     def with_partition(
@@ -391,3 +397,17 @@ class WorkerCore:
         except Exception as exc:
             raise _Failure("train_failed", f"evaluate: {type(exc).__name__}: {exc}") from None
         return EvalReply(result.loss, result.accuracy, result.num_samples)
+
+    def _party_op(self, msg: PartyOp) -> PartyReply:
+        step = party_steps().get(msg.op)
+        if step is None:
+            raise _Failure("bad_request", f"party step {msg.op!r} is not registered")
+        try:
+            values = step(self._party, msg.args)
+        except _Failure:
+            raise
+        except (PartyError, MPCError) as exc:
+            raise _Failure("bad_request", f"{msg.op}: {exc}") from None
+        except Exception as exc:
+            raise _Failure("op_failed", f"{msg.op}: {type(exc).__name__}: {exc}") from None
+        return PartyReply(values)

@@ -34,6 +34,8 @@ __all__ = [
     "Message",
     "ObjectReply",
     "OpReply",
+    "PartyOp",
+    "PartyReply",
     "Ping",
     "Pong",
     "PutObject",
@@ -182,6 +184,20 @@ class Evaluate(Request):
     batch_size: int
 
 
+@dataclass(frozen=True)
+class PartyOp(Request):
+    """Run the registered MPC party step ``op`` (``workers.party``); answered by PartyReply.
+
+    Party steps work on the worker's *vault* — secret shares and keys that no
+    other request can read — so shares never leave a worker except as the
+    protocol step itself decides (encrypted for a peer, or a share of a sum).
+    """
+
+    TAG: ClassVar[str] = "party_op"
+    op: str
+    args: dict[str, Value]
+
+
 # ------------------------------------------------------------------- replies
 
 
@@ -247,6 +263,14 @@ class EvalReply(Reply):
 
 
 @dataclass(frozen=True)
+class PartyReply(Reply):
+    """Answer to PartyOp: the step's public outputs (ciphertexts, keys, shares of sums)."""
+
+    TAG: ClassVar[str] = "party_reply"
+    values: dict[str, Value]
+
+
+@dataclass(frozen=True)
 class ErrorReply(Reply):
     """The request failed; ``code`` is one of ``workers.core.ERROR_CODES``."""
 
@@ -299,12 +323,14 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     RunPlan,
     Train,
     Evaluate,
+    PartyOp,
     Pong,
     Ack,
     ObjectReply,
     OpReply,
     TrainReply,
     EvalReply,
+    PartyReply,
     ErrorReply,
     AuthChallenge,
     AuthResponse,

@@ -162,6 +162,7 @@ def test_slowdown_compares_equal_work() -> None:
         level="federated",
         number=2,
         run_id="r",
+        run_name="L2 federated",
         final_accuracy=0.9,
         final_loss=0.3,
         train_seconds=6.0,

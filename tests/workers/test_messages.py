@@ -41,6 +41,11 @@ def _examples(state: dict[str, torch.Tensor]) -> list[m.Message]:
         m.TrainReply("r", 300, 10, 0.75, 1.25),
         m.TrainReply("r", 300, 10, math.nan, 1.25),
         m.EvalReply(0.5, 0.875, 1000),
+        m.PartyOp(
+            "secagg.share",
+            {"session": "s", "weight": 3, "keys": [torch.zeros(32, dtype=torch.uint8)]},
+        ),
+        m.PartyReply({"sum_share": torch.arange(4), "count": 2}),
         m.ErrorReply("not_found", "no object 'x'"),
         m.AuthChallenge("w0", "ab" * 32, m.PROTOCOL_VERSION),
         m.AuthResponse("cd" * 32, "ef" * 32),
@@ -63,7 +68,7 @@ def test_examples_cover_every_message_type(cnn_state: dict[str, torch.Tensor]) -
 
     # Assert
     assert covered == _every_message_type()
-    assert len(covered) == 19
+    assert len(covered) == 21
 
 
 def test_every_message_round_trips(cnn_state: dict[str, torch.Tensor]) -> None:
@@ -82,7 +87,7 @@ def test_tags_are_stable() -> None:
     assert {cls.TAG for cls in _every_message_type()} == {
         "ping", "put", "get", "delete", "run_op", "send_plan", "run_plan", "train",
         "evaluate", "pong", "ack", "object", "op_reply", "train_reply", "eval_reply", "error",
-        "auth_challenge", "auth_response", "auth_result",
+        "auth_challenge", "auth_response", "auth_result", "party_op", "party_reply",
     }  # fmt: skip
 
 

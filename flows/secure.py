@@ -1,0 +1,137 @@
+"""Secure aggregation inside the round loop (``--aggregation secure``, levels 2-5).
+
+The round trains as usual but leaves each trained state on its worker; this
+module then runs ``mpc.secure_aggregation`` over the clients that delivered,
+with a committee of ``--committee`` of them chosen per round from the seed,
+and hands the opened average to the loop as the round's global state.
+
+Workers that fail during the protocol (levels 4 and 5) are found by pinging,
+left out, and the protocol is run once more over the rest: their trained
+states are still on their workers, so nothing is retrained. A protocol error
+that is not a lost worker (a refused share, a failed MAC check) ends the run:
+no model is ever written from a corrupted sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fl.errors import FedsimError
+from flows.config import ExperimentConfig
+from flows.tasks import Client, RoundOutcome, StateDict
+from flows.timing import timed_body
+from mpc.errors import MPCError
+from mpc.secure_aggregation import SecureAggregate, SecureInput, secure_average
+from workers.base import Worker
+from workers.errors import RemoteError
+
+__all__ = ["choose_committee", "secure_aggregate_round"]
+
+logger = logging.getLogger("fedsim.secure")
+_ATTEMPTS = 2
+
+
+def choose_committee(ids: Sequence[str], size: int, seed: int, round_index: int) -> list[str]:
+    """``size`` of ``ids`` (at least 2, at most all), drawn per round from the seed.
+
+    A fresh committee each round spreads the members' work and means no fixed
+    set of k workers ever holds shares of every round.
+    """
+    if len(ids) < 2:
+        raise MPCError(f"secure aggregation needs >= 2 clients in a round, got {len(ids)}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_index, 0x5EC]))
+    chosen = rng.choice(len(ids), size=min(size, len(ids)), replace=False)
+    return [ids[int(i)] for i in sorted(chosen)]
+
+
+def _alive(worker: Worker) -> bool:
+    if worker.closed:
+        return False
+    try:
+        worker.ping()
+    except FedsimError:
+        return False
+    return True
+
+
+def _attempt(
+    cfg: ExperimentConfig,
+    outcome: RoundOutcome,
+    template: StateDict,
+    round_index: int,
+    parallel: bool,
+) -> SecureAggregate:
+    inputs = [
+        SecureInput(ptr.worker, ptr, update.num_samples)
+        for ptr, update in zip(outcome.remote_states, outcome.updates, strict=True)
+    ]
+    by_id = {item.worker.id: item.worker for item in inputs}
+    committee = choose_committee(list(by_id), cfg.committee, cfg.seed, round_index)
+    return secure_average(inputs, [by_id[i] for i in committee], template, parallel=parallel)
+
+
+@task(name="secure-aggregate", cache_policy=NO_CACHE)
+@timed_body
+def secure_aggregate_round(
+    cfg: ExperimentConfig,
+    clients: Sequence[Client],
+    outcome: RoundOutcome,
+    template: StateDict,
+    round_index: int,
+    parallel: bool = False,
+) -> RoundOutcome:
+    """The round's outcome with ``global_state`` opened by secure aggregation."""
+    index_of = {worker.id: index for index, worker in clients}
+    workers = [ptr.worker for ptr in outcome.remote_states]
+    sent0 = sum(w.bytes_sent for w in workers)
+    received0 = sum(w.bytes_received for w in workers)
+    dropped = list(outcome.dropped)
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            result = _attempt(cfg, outcome, template, round_index, parallel)
+            break
+        except (MPCError, RemoteError):
+            raise  # the protocol itself failed: never retried, never averaged
+        except FedsimError as exc:
+            lost = [w for w in workers if not _alive(w)]
+            if not lost or attempt == _ATTEMPTS:
+                raise
+            logger.warning(
+                "round %d: secure aggregation lost %s: %s",
+                round_index,
+                ", ".join(w.id for w in lost),
+                exc,
+            )
+            keep = [i for i, ptr in enumerate(outcome.remote_states) if ptr.worker not in lost]
+            dropped += [index_of[w.id] for w in lost]
+            outcome = dataclasses.replace(
+                outcome,
+                updates=[outcome.updates[i] for i in keep],
+                remote_states=tuple(outcome.remote_states[i] for i in keep),
+            )
+            workers = [w for w in workers if w not in lost]
+    seconds = result.seconds
+    metrics = {
+        "sharing_seconds": seconds.get("keys", 0.0) + seconds.get("share", 0.0),
+        "relay_seconds": seconds.get("relay", 0.0),
+        "opening_seconds": seconds.get("open", 0.0),
+        "secagg_seconds": sum(seconds.values()),
+        "committee_size": float(len(result.run.workers("committee"))),
+    }
+    sent = sum(w.bytes_sent for w in workers) - sent0
+    received = sum(w.bytes_received for w in workers) - received0
+    return dataclasses.replace(
+        outcome,
+        global_state=result.state,
+        remote_states=(),
+        bytes_sent=outcome.bytes_sent + sent,
+        bytes_received=outcome.bytes_received + received,
+        dropped=tuple(sorted(set(dropped))),
+        metrics={**outcome.metrics, **metrics},
+    )

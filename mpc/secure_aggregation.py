@@ -1,0 +1,206 @@
+"""Secure aggregation: the coordinator learns the weighted sum of client updates, nothing else.
+
+Protocol (roles: ``clients`` hold trained states; ``committee`` is k workers,
+usually drawn from the clients), over Z/2^64 with f fractional bits:
+
+1. ``keys``   — every client and member makes a session X25519 key pair and
+   publishes the public key (``mpc.channel``);
+2. ``share``  — client c encodes v_c = n_c·w_c ++ [n_c] and splits it into k
+   additive shares, one sealed for each member (k − 1 of them as PRG seeds);
+3. ``relay``  — the coordinator forwards each sealed share to its member, who
+   opens it and adds it to its running sum s_j = Σ_c v_c,j;
+4. ``open``   — each member returns s_j; the coordinator computes
+   Σ_j s_j = Σ_c v_c and divides by the total weight Σ_c n_c.
+
+What each party sees: the coordinator, sealed ciphertexts and k sums that are
+uniformly random subject to adding up to the total; a member, for each client
+either a seed of a stream or the client's vector minus k − 1 streams it does
+not know — uniformly random either way. An individual update is revealed only
+if all k members pool their shares. A member that drops out loses the round's
+sum (k-of-k sharing; Bonawitz et al.'s threshold recovery is future work).
+
+Precision: each client's encoding rounds to 2^−(f+1), so the average is within
+n·2^−(f+1)/Σn_c of plain FedAvg (≈ 8·10⁻⁶ at f = 16) — far inside the 10⁻⁴
+the tests require.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mpc.errors import MPCError
+from mpc.protocol import Protocol, ProtocolRun, Step
+from mpc.ring import FixedPointEncoder
+from mpc.sharing import reconstruct
+from workers.base import Worker
+from workers.pointer import Pointer
+from workers.secagg_steps import vector_length
+
+__all__ = ["SECURE_AGGREGATION", "SecureAggregate", "SecureInput", "secure_average"]
+
+
+@dataclass(frozen=True)
+class SecureInput:
+    """A client's contribution: the worker, its trained state (on the worker), its weight."""
+
+    worker: Worker
+    state: Pointer | str
+    weight: int
+
+
+@dataclass(frozen=True)
+class SecureAggregate:
+    """The opened result: the weighted average state, the total weight, step seconds."""
+
+    state: dict[str, torch.Tensor]
+    total_weight: float
+    seconds: dict[str, float]
+    run: ProtocolRun
+
+
+def _keys(run: ProtocolRun) -> None:
+    def keygen(worker: Worker) -> bytes:
+        public = worker.party_op("keygen", session=run.session)["public_key"]
+        assert isinstance(public, torch.Tensor)
+        return public.numpy().tobytes()
+
+    workers = run.all_workers()
+    run.state["public_keys"] = dict(
+        zip([w.id for w in workers], run.each(workers, keygen), strict=True)
+    )
+
+
+def _public(run: ProtocolRun, worker: Worker) -> torch.Tensor:
+    data = run.state["public_keys"][worker.id]
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _share(run: ProtocolRun) -> None:
+    committee = run.workers("committee")
+    inputs: dict[str, SecureInput] = run.state["inputs"]
+    length = run.state["length"]
+
+    def share(position: int) -> list[torch.Tensor]:
+        client = run.workers("clients")[position]
+        item = inputs[client.id]
+        state_id = item.state if isinstance(item.state, str) else item.state._ref(client).obj_id
+        reply = client.party_op(
+            "secagg.share",
+            session=run.session,
+            state_id=state_id,
+            weight=item.weight,
+            committee=[m.id for m in committee],
+            public_keys=[_public(run, m) for m in committee],
+            lead=position % len(committee),
+            fractional_bits=run.state["encoder"].fractional_bits,
+        )
+        if reply["length"] != length:
+            raise MPCError(f"{client.id!r} shared {reply['length']} values, the model has {length}")
+        ciphertexts = reply["ciphertexts"]
+        assert isinstance(ciphertexts, list)
+        return ciphertexts
+
+    positions = list(range(len(run.workers("clients"))))
+    run.state["sealed"] = run.each(positions, share)
+
+
+def _relay(run: ProtocolRun) -> None:
+    clients = run.workers("clients")
+    sealed: list[list[torch.Tensor]] = run.state["sealed"]
+
+    def deliver(index: int) -> None:
+        member = run.workers("committee")[index]
+        for client, ciphertexts in zip(clients, sealed, strict=True):
+            member.party_op(
+                "secagg.accept",
+                session=run.session,
+                sender=client.id,
+                sender_public_key=_public(run, client),
+                ciphertext=ciphertexts[index],
+                length=run.state["length"],
+            )
+
+    run.each(list(range(len(run.workers("committee")))), deliver)
+    del run.state["sealed"]  # the coordinator keeps no ciphertext past the relay
+
+
+def _open(run: ProtocolRun) -> None:
+    clients = len(run.workers("clients"))
+
+    def reveal(member: Worker) -> torch.Tensor:
+        reply = member.party_op("secagg.reveal", session=run.session)
+        if reply["count"] != clients:
+            raise MPCError(f"{member.id!r} summed {reply['count']} shares, expected {clients}")
+        share = reply["sum_share"]
+        if not isinstance(share, torch.Tensor) or share.dtype != torch.int64:
+            raise MPCError(f"{member.id!r} returned no int64 share")
+        return share
+
+    shares = run.each(list(run.workers("committee")), reveal)
+    run.state["total"] = run.state["encoder"].decode(reconstruct(shares))
+
+
+SECURE_AGGREGATION = Protocol(
+    "secure-aggregation",
+    roles=("clients", "committee"),
+    steps=(
+        Step("keys", "clients", _keys),
+        Step("share", "clients", _share),
+        Step("relay", "committee", _relay),
+        Step("open", "committee", _open),
+    ),
+)
+
+
+def _unflatten(
+    total: torch.Tensor, template: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], float]:
+    weight = float(total[-1])
+    if not weight > 0:
+        raise MPCError(f"opened total weight is {weight}: the shares do not add up")
+    average = total[:-1] / weight
+    state: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, ref in template.items():
+        if not ref.is_floating_point():
+            state[name] = ref.clone()  # counters are not averaged (as in weighted_average)
+            continue
+        chunk = average[offset : offset + ref.numel()]
+        state[name] = chunk.reshape(ref.shape).to(ref.dtype)
+        offset += ref.numel()
+    return state, weight
+
+
+def secure_average(
+    inputs: Sequence[SecureInput],
+    committee: Sequence[Worker],
+    template: Mapping[str, torch.Tensor],
+    *,
+    encoder: FixedPointEncoder | None = None,
+    parallel: bool = False,
+) -> SecureAggregate:
+    """Σ_c n_c·w_c / Σ_c n_c over the clients' states, opening only the sum.
+
+    ``template`` (the global state) gives the key order, shapes and dtypes.
+    """
+    if len(committee) < 2:
+        raise MPCError(
+            f"secure aggregation needs a committee of >= 2 workers, got {len(committee)}"
+        )
+    if not inputs:
+        raise MPCError("secure aggregation needs at least one client")
+    run = SECURE_AGGREGATION.bind(
+        {"clients": [item.worker for item in inputs], "committee": list(committee)},
+        parallel=parallel,
+    )
+    run.state.update(
+        inputs={item.worker.id: item for item in inputs},
+        length=vector_length(template),
+        encoder=encoder or FixedPointEncoder(),
+    )
+    run.run()
+    state, weight = _unflatten(run.state.pop("total"), template)
+    return SecureAggregate(state, weight, dict(run.seconds), run)

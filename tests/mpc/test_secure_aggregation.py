@@ -1,0 +1,182 @@
+"""Secure aggregation: equals FedAvg, reveals only the sum, refuses tampered or replayed shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from fl.aggregation import weighted_average
+from fl.models import build_model, get_state
+from mpc.channel import SessionKey, open_sealed
+from mpc.errors import MPCError
+from mpc.ring import FixedPointEncoder
+from mpc.secure_aggregation import SecureInput, secure_average
+from workers.errors import RemoteError
+from workers.messages import PartyReply, decode_message
+from workers.party import Party, party_steps, tensor_from_bytes
+from workers.virtual import VirtualWorker
+
+
+class RecordingWorker(VirtualWorker):
+    """A virtual worker that keeps every reply the coordinator receives from it."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(worker_id)
+        self.replies: list[Any] = []
+
+    def _roundtrip(self, data: bytes) -> bytes:
+        reply = super()._roundtrip(data)
+        self.replies.append(decode_message(reply))
+        return reply
+
+
+def _states(count: int, model: str = "mlp") -> list[dict[str, torch.Tensor]]:
+    return [get_state(build_model(model, seed=i)) for i in range(count)]
+
+
+def _inputs(
+    workers: list[Any], states: list[dict[str, torch.Tensor]], weights: list[int]
+) -> list[SecureInput]:
+    return [SecureInput(w, w.send(s), n) for w, s, n in zip(workers, states, weights, strict=True)]
+
+
+@pytest.mark.parametrize(("clients", "committee"), [(2, 2), (5, 3), (4, 4)])
+def test_secure_average_equals_fedavg(clients: int, committee: int) -> None:
+    # Prepare
+    workers = [VirtualWorker(f"w{i}") for i in range(clients)]
+    states = _states(clients)
+    weights = [100 * (i + 1) + 7 for i in range(clients)]
+
+    # Execute
+    result = secure_average(_inputs(workers, states, weights), workers[:committee], states[0])
+
+    # Assert: within 1e-4 per weight (the issue's bound); in fact within n·2^-17.
+    expected = weighted_average(states, weights)
+    for key, value in expected.items():
+        assert result.state[key].dtype == value.dtype
+        assert (result.state[key] - value).abs().max().item() <= 1e-4
+    assert result.total_weight == sum(weights)
+    assert set(result.seconds) == {"keys", "share", "relay", "open"}
+    assert all(w.core._party.secret_count() == 0 for w in workers)  # session forgotten
+
+
+def test_coordinator_sees_ciphertexts_and_random_sum_shares_only() -> None:
+    # Prepare: one client's update is a constant the coordinator could recognise.
+    workers = [RecordingWorker(f"w{i}") for i in range(3)]
+    states = _states(3)
+    marker = {k: torch.full_like(v, 0.5) for k, v in states[0].items()}
+    states[0] = marker
+    encoded = FixedPointEncoder().encode(torch.tensor([0.5 * 11])).numpy().tobytes()
+
+    # Execute
+    secure_average(_inputs(workers, states, [11, 22, 33]), workers, states[0])
+
+    # Assert: no reply carries the client's encoded weighted values in the clear,
+    # and the sum shares look uniform (each bit set about half the time).
+    for worker in workers:
+        for reply in worker.replies:
+            if not isinstance(reply, PartyReply):
+                continue
+            for value in reply.values.values():
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, torch.Tensor):
+                        assert encoded * 4 not in item.numpy().tobytes()
+            share = reply.values.get("sum_share")
+            if isinstance(share, torch.Tensor):
+                bits = ((share.unsqueeze(1) >> torch.arange(64)) & 1).double().mean(0)
+                assert bits.sub(0.5).abs().max().item() < 0.02  # ~110k values: 6σ ≈ 0.009
+
+
+def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
+    """What each of 2 committee members decrypts from one client sharing ``update``."""
+    steps = party_steps()
+    client = Party("client", lambda _id: {"w": update})
+    members = [Party(f"m{i}", lambda _id: None) for i in range(2)]
+    for party in (client, *members):
+        steps["keygen"](party, {"session": "s"})
+    keys: list[SessionKey] = [m.secret("s/key") for m in members]
+    reply = steps["secagg.share"](
+        client,
+        {
+            "session": "s",
+            "state_id": "state",
+            "weight": 1,
+            "committee": ["m0", "m1"],
+            "public_keys": [tensor_from_bytes(k.public_bytes) for k in keys],
+            "lead": lead,
+            "fractional_bits": 16,
+        },
+    )
+    client_public = client.secret("s/key").public_bytes
+    opened = []
+    for member, key, sealed in zip(members, keys, reply["ciphertexts"], strict=True):
+        payload = open_sealed(
+            key,
+            client_public,
+            sealed.numpy().tobytes(),
+            session="s",
+            sender="client",
+            recipient=member.worker_id,
+            label="secagg/share",
+        )
+        opened.append(torch.frombuffer(bytearray(payload[1:]), dtype=torch.uint8))
+    return opened
+
+
+def test_a_single_member_receives_the_same_distribution_for_any_update() -> None:
+    # Prepare: two very different updates of 4,096 values.
+    zeros = torch.zeros(4096)
+    large = torch.full((4096,), 1000.0)
+
+    # Execute: member 0 gets a seed, member 1 the full share (update − stream).
+    views = {name: _member_view(update, lead=1) for name, update in (("0", zeros), ("L", large))}
+
+    # Assert: the seed is 32 random bytes and the full share's bits are fair coins
+    # either way, so neither view tells the two updates apart.
+    for seed, full in views.values():
+        assert seed.numel() == 32
+        words = torch.frombuffer(bytearray(full.numpy().tobytes()), dtype=torch.int64)
+        bits = ((words.unsqueeze(1) >> torch.arange(64)) & 1).double().mean(0)
+        assert bits.sub(0.5).abs().max().item() < 0.06  # 4,097 words: 6σ ≈ 0.047
+    assert not torch.equal(views["0"][1], views["L"][1])
+
+
+def test_tampered_or_replayed_share_is_refused_and_the_worker_goes_on() -> None:
+    # Prepare: run keygen and share by hand to get at a sealed share.
+    member, client = VirtualWorker("m"), VirtualWorker("c")
+    ptr = client.send({"w": torch.ones(8)})
+    public = {w.id: w.party_op("keygen", session="s")["public_key"] for w in (member, client)}
+    reply = client.party_op(
+        "secagg.share",
+        session="s",
+        state_id=ptr.id,
+        weight=2,
+        committee=["m", "c"],
+        public_keys=[public["m"], public["c"]],
+        lead=0,
+        fractional_bits=16,
+    )
+    sealed = reply["ciphertexts"][0].clone()
+    tampered = sealed.clone()
+    tampered[40] ^= 1
+    accept = {"session": "s", "sender": "c", "sender_public_key": public["c"], "length": 9}
+
+    # Execute / Assert: a flipped bit fails authentication; the real share is
+    # accepted once and refused when replayed; the worker still answers.
+    with pytest.raises(RemoteError, match="failed authentication"):
+        member.party_op("secagg.accept", ciphertext=tampered, **accept)
+    member.party_op("secagg.accept", ciphertext=sealed, **accept)
+    with pytest.raises(RemoteError, match="already counted"):
+        member.party_op("secagg.accept", ciphertext=sealed, **accept)
+    with pytest.raises(RemoteError, match="not registered"):
+        member.party_op("secagg.nonsense", session="s")
+    assert member.ping().worker_id == "m"
+
+
+def test_bad_committee_is_one_clear_error() -> None:
+    worker = VirtualWorker("w")
+    state = _states(1)[0]
+    with pytest.raises(MPCError, match="committee of >= 2"):
+        secure_average([SecureInput(worker, worker.send(state), 1)], [worker], state)

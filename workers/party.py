@@ -1,0 +1,200 @@
+"""A worker's MPC side: its vault of secrets and the registry of party steps.
+
+Multi-party protocols (``mpc.protocols``) drive workers through one request,
+:class:`~workers.messages.PartyOp`, naming a *party step*: a small function
+that runs on the worker, reads and writes the worker's :class:`Party` state and
+returns only what the protocol makes public — a public key, ciphertexts sealed
+for another worker, a share of a sum. Secrets (shares, private keys, MAC key
+shares) live in the party's vault, which ``GetObject`` cannot reach: a
+coordinator that follows the protocol sees what it must, and one that does
+not still cannot ask a worker for its shares.
+
+Steps are registered by name in modules listed in :func:`party_steps`; the
+worker runs nothing else (as with the op allowlist in ``workers.ops``). Each
+step validates its arguments with the ``arg_*`` helpers, so hostile input gets
+a ``bad_request`` reply and leaves the vault untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from mpc.channel import SessionKey
+from mpc.random import SecureRandom
+from workers.codec import Value
+from workers.errors import WorkerError
+
+__all__ = [
+    "MAX_SECRETS",
+    "Party",
+    "PartyError",
+    "PartyStep",
+    "arg_bytes",
+    "arg_int",
+    "arg_list",
+    "arg_str",
+    "arg_tensor",
+    "check_tensor",
+    "party_steps",
+    "session_arg",
+    "session_key",
+    "tensor_from_bytes",
+]
+
+MAX_SECRETS = 4096  # vault entries per worker: a bound on what a coordinator can make it hold
+
+
+class PartyError(WorkerError):
+    """A party step refused its input (answered as ``bad_request``)."""
+
+
+class Party:
+    """The MPC state of one worker: a vault of secrets, a CSPRNG, its stored objects."""
+
+    def __init__(self, worker_id: str, read_object: Callable[[str], Value]) -> None:
+        self.worker_id = worker_id
+        self.rng = SecureRandom()
+        self._read_object = read_object
+        self._vault: dict[str, Any] = {}
+
+    def read_object(self, obj_id: str) -> Value:
+        """An object from the worker's store — its own data and trained states included."""
+        return self._read_object(obj_id)
+
+    def keep(self, key: str, value: Any) -> None:
+        """Store a secret under ``key`` (replacing one of the same key)."""
+        if key not in self._vault and len(self._vault) >= MAX_SECRETS:
+            raise PartyError(f"vault of {self.worker_id!r} is full ({MAX_SECRETS} secrets)")
+        self._vault[key] = value
+
+    def secret(self, key: str) -> Any:
+        try:
+            return self._vault[key]
+        except KeyError:
+            raise PartyError(f"no secret {key!r} on {self.worker_id!r}") from None
+
+    def has(self, key: str) -> bool:
+        return key in self._vault
+
+    def forget(self, prefix: str) -> int:
+        """Drop every secret whose key starts with ``prefix``; returns how many."""
+        keys = [key for key in self._vault if key.startswith(prefix)]
+        for key in keys:
+            del self._vault[key]
+        return len(keys)
+
+    def secret_count(self) -> int:
+        return len(self._vault)
+
+
+PartyStep = Callable[[Party, Mapping[str, Value]], dict[str, Value]]
+
+
+@functools.cache
+def party_steps() -> Mapping[str, PartyStep]:
+    """Every registered party step by name (imported lazily: the step modules use ``mpc``)."""
+    from workers import inference_steps, secagg_steps
+
+    steps: dict[str, PartyStep] = {"forget": _forget, "keygen": _keygen}
+    for module in (secagg_steps, inference_steps):
+        overlap = set(steps) & set(module.STEPS)
+        assert not overlap, f"party steps registered twice: {overlap}"
+        steps.update(module.STEPS)
+    return steps
+
+
+def session_arg(args: Mapping[str, Value]) -> str:
+    """The ``session`` argument: the prefix of every vault key a protocol run uses."""
+    session = arg_str(args, "session", max_length=128)
+    if "/" in session:
+        raise PartyError("a session name may not contain '/'")
+    return session
+
+
+def session_key(party: Party, session: str) -> SessionKey:
+    """This party's X25519 key pair for ``session`` (made by the ``keygen`` step)."""
+    key = party.secret(f"{session}/key")
+    assert isinstance(key, SessionKey)
+    return key
+
+
+def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Make this party's X25519 key pair for the session and publish the public half."""
+    session = session_arg(args)
+    if party.has(f"{session}/key"):
+        raise PartyError(f"session {session!r} already has a key on {party.worker_id!r}")
+    key = SessionKey.generate()
+    party.keep(f"{session}/key", key)
+    return {"public_key": tensor_from_bytes(key.public_bytes)}
+
+
+def _forget(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Drop a session's secrets (the coordinator's clean-up after a protocol run)."""
+    prefix = session_arg(args)
+    return {"forgotten": party.forget(prefix + "/")}
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def _arg(args: Mapping[str, Value], name: str) -> Value:
+    try:
+        return args[name]
+    except KeyError:
+        raise PartyError(f"missing argument {name!r}") from None
+
+
+def arg_str(args: Mapping[str, Value], name: str, *, max_length: int = 256) -> str:
+    value = _arg(args, name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise PartyError(f"argument {name!r} must be a string of 1..{max_length} chars")
+    return value
+
+
+def arg_int(args: Mapping[str, Value], name: str, *, low: int, high: int) -> int:
+    value = _arg(args, name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PartyError(f"argument {name!r} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def arg_list(args: Mapping[str, Value], name: str, *, max_length: int = 4096) -> list[Value]:
+    value = _arg(args, name)
+    if not isinstance(value, list) or len(value) > max_length:
+        raise PartyError(f"argument {name!r} must be a list of at most {max_length} items")
+    return value
+
+
+def arg_tensor(
+    args: Mapping[str, Value], name: str, *, dtype: torch.dtype, ndim: int | None = None
+) -> torch.Tensor:
+    value = _arg(args, name)
+    return check_tensor(value, name, dtype=dtype, ndim=ndim)
+
+
+def check_tensor(
+    value: Value, name: str, *, dtype: torch.dtype, ndim: int | None = None
+) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dtype != dtype:
+        raise PartyError(f"{name!r} must be a {dtype} tensor")
+    if ndim is not None and value.ndim != ndim:
+        raise PartyError(f"{name!r} must have {ndim} dimensions, got {value.ndim}")
+    return value
+
+
+def arg_bytes(args: Mapping[str, Value], name: str) -> bytes:
+    """A byte string, sent as a 1-D uint8 tensor (the codec has no bytes type)."""
+    return arg_tensor(args, name, dtype=torch.uint8, ndim=1).numpy().tobytes()
+
+
+def tensor_from_bytes(data: bytes) -> torch.Tensor:
+    """Bytes as a 1-D uint8 tensor, the form in which they cross the wire."""
+    return (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if data
+        else torch.empty(0, dtype=torch.uint8)
+    )

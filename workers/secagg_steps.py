@@ -1,0 +1,170 @@
+"""Party steps of secure aggregation (the worker side of ``mpc.secure_aggregation``).
+
+A client secret-shares its sample-weighted update among a committee of k
+workers; each committee member adds up the shares it receives; the
+coordinator adds the k sums and learns only the total. Shares travel through
+the coordinator sealed for their recipient (``mpc.channel``).
+
+Share compression (as in Bonawitz et al. 2017's PRG-expanded masks): of a
+client's k additive shares, k − 1 are ChaCha20 streams, so the client sends
+their 32-byte seeds; only one share — the update minus the k − 1 streams — is
+a full vector. Which member gets the full one rotates with the client, so the
+committee's decryption work stays balanced. A client's cost is therefore one
+vector plus k − 1 seeds, flat in the number of workers.
+
+Vault keys, all under ``<session>/``: ``key`` (this party's X25519 pair, from
+the generic ``keygen`` step),
+``sum`` (the running int64 sum of received shares), ``from/<sender>``
+(a sender already counted, so a replayed share cannot be added twice).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+
+from mpc.channel import open_sealed, seal
+from mpc.random import SecureRandom
+from mpc.ring import FixedPointEncoder
+from workers.codec import Value
+from workers.party import (
+    Party,
+    PartyError,
+    PartyStep,
+    arg_bytes,
+    arg_int,
+    arg_list,
+    arg_str,
+    check_tensor,
+    session_arg,
+    session_key,
+    tensor_from_bytes,
+)
+
+__all__ = ["MAX_VECTOR", "STEPS", "flatten_update", "vector_length"]
+
+MAX_VECTOR = 1 << 28  # ring elements per shared vector: 2 GiB, far above any model here
+_SEED = b"S"  # payload kinds: a 32-byte ChaCha20 seed, or a full share
+_FULL = b"F"
+_SEED_BYTES = 32
+_LABEL = "secagg/share"
+
+
+def flatten_update(state: Mapping[str, torch.Tensor], weight: int) -> torch.Tensor:
+    """weight · (every floating tensor of ``state``, flattened in key order) ++ [weight], float64.
+
+    The coordinator unflattens the opened sum with the same key order (that of
+    the global state: both come from the same model), and divides by the last
+    element, the total weight.
+    """
+    parts = [
+        t.detach().reshape(-1).to(torch.float64) for t in state.values() if t.is_floating_point()
+    ]
+    flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+    return torch.cat([flat * float(weight), torch.tensor([float(weight)], dtype=torch.float64)])
+
+
+def vector_length(state: Mapping[str, torch.Tensor]) -> int:
+    """Length of :func:`flatten_update`'s vector for states shaped like ``state``."""
+    return sum(t.numel() for t in state.values() if t.is_floating_point()) + 1
+
+
+def _public_key(value: Value, name: str) -> bytes:
+    return check_tensor(value, name, dtype=torch.uint8, ndim=1).numpy().tobytes()
+
+
+def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Encode weight·update, split it into k additive shares, seal one per committee member.
+
+    args: session, state_id (this worker's trained state), weight (its sample
+    count), committee (member ids), public_keys (theirs, same order), lead
+    (index of the member that gets the full share), fractional_bits.
+    """
+    session = session_arg(args)
+    key = session_key(party, session)
+    state = party.read_object(arg_str(args, "state_id"))
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise PartyError("state_id must name a state dict of tensors")
+    weight = arg_int(args, "weight", low=1, high=2**31)
+    committee = [str(m) for m in arg_list(args, "committee", max_length=256)]
+    keys = arg_list(args, "public_keys", max_length=256)
+    if len(committee) < 2 or len(keys) != len(committee) or len(set(committee)) != len(committee):
+        raise PartyError("need >= 2 distinct committee members and one public key each")
+    lead = arg_int(args, "lead", low=0, high=len(committee) - 1)
+    encoder = FixedPointEncoder(arg_int(args, "fractional_bits", low=0, high=40))
+    secret = encoder.encode(flatten_update(state, weight))  # MPCError names an out-of-range value
+    full = secret.clone()
+    payloads: list[bytes] = []
+    for index in range(len(committee)):
+        if index == lead:
+            payloads.append(b"")  # filled in below, once every stream is subtracted
+            continue
+        seed = os.urandom(_SEED_BYTES)
+        full -= SecureRandom(seed).ring_elements(full.shape)  # int64: wraps mod 2^64
+        payloads.append(_SEED + seed)
+    payloads[lead] = _FULL + full.numpy().tobytes()
+    ciphertexts = [
+        tensor_from_bytes(
+            seal(
+                key,
+                _public_key(public, f"public_keys[{i}]"),
+                payload,
+                session=session,
+                sender=party.worker_id,
+                recipient=member,
+                label=_LABEL,
+            )
+        )
+        for i, (member, public, payload) in enumerate(zip(committee, keys, payloads, strict=True))
+    ]
+    return {"ciphertexts": ciphertexts, "length": int(secret.numel())}
+
+
+def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Open one client's sealed share and add it to this member's running sum."""
+    session = session_arg(args)
+    key = session_key(party, session)
+    sender = arg_str(args, "sender")
+    length = arg_int(args, "length", low=1, high=MAX_VECTOR)
+    if party.has(f"{session}/from/{sender}"):
+        raise PartyError(f"share from {sender!r} already counted in session {session!r}")
+    payload = open_sealed(
+        key,
+        arg_bytes(args, "sender_public_key"),
+        arg_bytes(args, "ciphertext"),
+        session=session,
+        sender=sender,
+        recipient=party.worker_id,
+        label=_LABEL,
+    )
+    kind, body = payload[:1], payload[1:]
+    if kind == _SEED and len(body) == _SEED_BYTES:
+        share = SecureRandom(body).ring_elements((length,))
+    elif kind == _FULL and len(body) == 8 * length:
+        share = torch.frombuffer(bytearray(body), dtype=torch.int64)
+    else:
+        raise PartyError(f"share from {sender!r} does not hold {length} ring elements")
+    total = party.secret(f"{session}/sum") if party.has(f"{session}/sum") else None
+    if total is not None and total.numel() != length:
+        raise PartyError(f"share from {sender!r} has length {length}, the sum {total.numel()}")
+    party.keep(f"{session}/sum", share if total is None else total + share)
+    party.keep(f"{session}/from/{sender}", True)
+    return {"received": 1}
+
+
+def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """This member's share of the sum (uniformly random on its own), and how many it added."""
+    session = session_arg(args)
+    total = party.secret(f"{session}/sum")
+    count = party.forget(f"{session}/from/")
+    party.forget(f"{session}/sum")
+    return {"sum_share": total, "count": count}
+
+
+STEPS: dict[str, PartyStep] = {
+    "secagg.share": _share,
+    "secagg.accept": _accept,
+    "secagg.reveal": _reveal,
+}
