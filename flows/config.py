@@ -195,6 +195,8 @@ class ExperimentConfig:
             raise ConfigError("secure aggregation needs --workers >= 2")
         if self.mac and not secure:
             raise ConfigError("--mac authenticates secure aggregation: add --aggregation secure")
+        if self.mac and self.workers < 3:
+            raise ConfigError("--mac needs --workers >= 3 (a committee of 2 and a dealer)")
         _check_choice("profile", self.profile, tuple(PROFILES))
         _check_min("workers", self.workers, 1)
         _check_min("rounds", self.rounds, 1)

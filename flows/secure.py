@@ -28,6 +28,7 @@ from flows.tasks import Client, RoundOutcome, StateDict
 from flows.timing import timed_body
 from mpc.errors import MPCError
 from mpc.secure_aggregation import SecureAggregate, SecureInput, secure_average
+from mpc.secure_aggregation_mac import secure_average_mac
 from workers.base import Worker
 from workers.errors import RemoteError
 
@@ -37,17 +38,27 @@ logger = logging.getLogger("fedsim.secure")
 _ATTEMPTS = 2
 
 
-def choose_committee(ids: Sequence[str], size: int, seed: int, round_index: int) -> list[str]:
-    """``size`` of ``ids`` (at least 2, at most all), drawn per round from the seed.
+def choose_committee(
+    ids: Sequence[str], size: int, seed: int, round_index: int, *, dealer: bool = False
+) -> tuple[list[str], str | None]:
+    """``size`` of ``ids`` (at least 2, at most all) and, with ``dealer``, one more
+    worker outside the committee to deal MAC keys and masks; drawn per round from
+    the seed.
 
     A fresh committee each round spreads the members' work and means no fixed
     set of k workers ever holds shares of every round.
     """
-    if len(ids) < 2:
-        raise MPCError(f"secure aggregation needs >= 2 clients in a round, got {len(ids)}")
+    needed = 3 if dealer else 2
+    if len(ids) < needed:
+        raise MPCError(
+            f"secure aggregation{' with --mac' if dealer else ''} needs >= {needed} clients "
+            f"in a round, got {len(ids)}"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([seed, round_index, 0x5EC]))
-    chosen = rng.choice(len(ids), size=min(size, len(ids)), replace=False)
-    return [ids[int(i)] for i in sorted(chosen)]
+    order = [int(i) for i in rng.permutation(len(ids))]
+    count = min(size, len(ids) - 1 if dealer else len(ids))
+    committee = [ids[i] for i in sorted(order[:count])]
+    return committee, (ids[order[count]] if dealer else None)
 
 
 def _alive(worker: Worker) -> bool:
@@ -72,8 +83,13 @@ def _attempt(
         for ptr, update in zip(outcome.remote_states, outcome.updates, strict=True)
     ]
     by_id = {item.worker.id: item.worker for item in inputs}
-    committee = choose_committee(list(by_id), cfg.committee, cfg.seed, round_index)
-    return secure_average(inputs, [by_id[i] for i in committee], template, parallel=parallel)
+    ids, dealer = choose_committee(
+        list(by_id), cfg.committee, cfg.seed, round_index, dealer=cfg.mac
+    )
+    committee = [by_id[i] for i in ids]
+    if dealer is not None:
+        return secure_average_mac(inputs, committee, by_id[dealer], template, parallel=parallel)
+    return secure_average(inputs, committee, template, parallel=parallel)
 
 
 @task(name="secure-aggregate", cache_policy=NO_CACHE)
@@ -97,7 +113,7 @@ def secure_aggregate_round(
             result = _attempt(cfg, outcome, template, round_index, parallel)
             break
         except (MPCError, RemoteError):
-            raise  # the protocol itself failed: never retried, never averaged
+            raise  # the protocol itself failed (e.g. the MAC check): never retried or averaged
         except FedsimError as exc:
             lost = [w for w in workers if not _alive(w)]
             if not lost or attempt == _ATTEMPTS:
@@ -118,9 +134,9 @@ def secure_aggregate_round(
             workers = [w for w in workers if w not in lost]
     seconds = result.seconds
     metrics = {
-        "sharing_seconds": seconds.get("keys", 0.0) + seconds.get("share", 0.0),
+        "sharing_seconds": sum(seconds.get(s, 0.0) for s in ("keys", "deal", "share", "input")),
         "relay_seconds": seconds.get("relay", 0.0),
-        "opening_seconds": seconds.get("open", 0.0),
+        "opening_seconds": seconds.get("open", 0.0) + seconds.get("check", 0.0),
         "secagg_seconds": sum(seconds.values()),
         "committee_size": float(len(result.run.workers("committee"))),
     }

@@ -39,7 +39,15 @@ from workers.base import Worker
 from workers.pointer import Pointer
 from workers.secagg_steps import vector_length
 
-__all__ = ["SECURE_AGGREGATION", "SecureAggregate", "SecureInput", "secure_average"]
+__all__ = [
+    "SECURE_AGGREGATION",
+    "SecureAggregate",
+    "SecureInput",
+    "exchange_keys",
+    "peer_key",
+    "secure_average",
+    "unflatten_average",
+]
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,9 @@ class SecureAggregate:
     run: ProtocolRun
 
 
-def _keys(run: ProtocolRun) -> None:
+def exchange_keys(run: ProtocolRun) -> None:
+    """Every bound worker makes a session key pair; the public halves go to ``run.state``."""
+
     def keygen(worker: Worker) -> bytes:
         public = worker.party_op("keygen", session=run.session)["public_key"]
         assert isinstance(public, torch.Tensor)
@@ -73,7 +83,8 @@ def _keys(run: ProtocolRun) -> None:
     )
 
 
-def _public(run: ProtocolRun, worker: Worker) -> torch.Tensor:
+def peer_key(run: ProtocolRun, worker: Worker) -> torch.Tensor:
+    """``worker``'s session public key, as the uint8 tensor party steps take."""
     data = run.state["public_keys"][worker.id]
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
@@ -93,7 +104,7 @@ def _share(run: ProtocolRun) -> None:
             state_id=state_id,
             weight=item.weight,
             committee=[m.id for m in committee],
-            public_keys=[_public(run, m) for m in committee],
+            public_keys=[peer_key(run, m) for m in committee],
             lead=position % len(committee),
             fractional_bits=run.state["encoder"].fractional_bits,
         )
@@ -118,7 +129,7 @@ def _relay(run: ProtocolRun) -> None:
                 "secagg.accept",
                 session=run.session,
                 sender=client.id,
-                sender_public_key=_public(run, client),
+                sender_public_key=peer_key(run, client),
                 ciphertext=ciphertexts[index],
                 length=run.state["length"],
             )
@@ -147,7 +158,7 @@ SECURE_AGGREGATION = Protocol(
     "secure-aggregation",
     roles=("clients", "committee"),
     steps=(
-        Step("keys", "clients", _keys),
+        Step("keys", "clients", exchange_keys),
         Step("share", "clients", _share),
         Step("relay", "committee", _relay),
         Step("open", "committee", _open),
@@ -155,7 +166,7 @@ SECURE_AGGREGATION = Protocol(
 )
 
 
-def _unflatten(
+def unflatten_average(
     total: torch.Tensor, template: Mapping[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], float]:
     weight = float(total[-1])
@@ -202,5 +213,5 @@ def secure_average(
         encoder=encoder or FixedPointEncoder(),
     )
     run.run()
-    state, weight = _unflatten(run.state.pop("total"), template)
+    state, weight = unflatten_average(run.state.pop("total"), template)
     return SecureAggregate(state, weight, dict(run.seconds), run)

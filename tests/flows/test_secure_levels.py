@@ -6,12 +6,17 @@ import os
 from typing import Any
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from fl.errors import ConfigError
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig, parse_levels
+from mpc.errors import MPCError
+from mpc.field import P
 from tests.flows.test_websocket_levels import SMALL, launched_workers
+from workers.codec import Value
+from workers.virtual import VirtualWorker
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -70,3 +75,43 @@ def test_secure_variants_parse_and_bad_ones_are_one_clear_error() -> None:
         ExperimentConfig(levels="2", mac=True)
     with pytest.raises(ConfigError, match="--committee must be >= 2"):
         ExperimentConfig(levels="2", aggregation="secure", committee=1)
+
+
+def test_mac_run_matches_plain_and_a_tampered_round_writes_no_model(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a --mac run, then the same run in which committee members alter
+    # one element of the share they reveal (a malicious worker).
+    cfg = ExperimentConfig(**{**SMALL, "workers": 3, "levels": "2,2:secure", "mac": True})
+    honest = benchmark_flow(cfg.to_dict())
+    original = VirtualWorker.party_op
+
+    def lying(self: VirtualWorker, op: str, **args: Value) -> dict[str, Value]:
+        values = original(self, op, **args)
+        if op == "secagg.mac.reveal":
+            share = values["sum_share"]
+            assert isinstance(share, torch.Tensor)
+            share = share.clone()
+            share[0] = (int(share[0]) + 1) % P
+            values = {**values, "sum_share": share}
+        return values
+
+    monkeypatch.setattr(VirtualWorker, "party_op", lying)
+
+    # Execute
+    with pytest.raises(MPCError, match="MAC check failed"):
+        benchmark_flow({**cfg.to_dict(), "levels": "2:secure"})
+
+    # Assert: the honest run equals plain FedAvg; the tampered level failed in its
+    # first round, before any model was evaluated.
+    plain, secure = honest["levels"]
+    assert secure["final_accuracy"] == pytest.approx(plain["final_accuracy"], abs=0.005)
+    client = MlflowClient()
+    failed = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("ws-test").experiment_id])
+        if r.info.run_name == "L2 federated (secure)" and r.info.status == "FAILED"
+    ]
+    assert len(failed) == 1
+    assert "test_accuracy" not in failed[0].data.metrics
+    assert failed[0].data.params["mac"] == "true"

@@ -1,0 +1,98 @@
+"""MAC-checked secure aggregation: equals FedAvg, and a member that alters its share is caught."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from fl.aggregation import weighted_average
+from fl.models import build_model, get_state
+from mpc.errors import MPCError
+from mpc.field import P
+from mpc.secure_aggregation import SecureInput
+from mpc.secure_aggregation_mac import secure_average_mac
+from workers.codec import Value
+from workers.virtual import VirtualWorker
+
+
+class LyingWorker(VirtualWorker):
+    """A committee member that adds ``delta`` to one element of what it reveals."""
+
+    def __init__(self, worker_id: str, *, step: str, delta: int, field: str = "sum_share") -> None:
+        super().__init__(worker_id)
+        self.step, self.delta, self.field = step, delta, field
+
+    def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+        values = super().party_op(op, **args)
+        if op == self.step:
+            value = values[self.field]
+            if isinstance(value, torch.Tensor):
+                value = value.clone()
+                value[3] = (int(value[3]) + self.delta) % P
+            else:
+                assert isinstance(value, int)
+                value = (value + self.delta) % P
+            values = {**values, self.field: value}
+        return values
+
+
+def _run(workers: list[Any], weights: list[int]) -> tuple[Any, dict[str, torch.Tensor]]:
+    states = [get_state(build_model("mlp", seed=i)) for i in range(len(workers))]
+    inputs = [
+        SecureInput(w, w.send(s), n) for w, s, n in zip(workers, states, weights, strict=True)
+    ]
+    result = secure_average_mac(inputs, workers[:-1], workers[-1], states[0])
+    return result, weighted_average(states, weights)
+
+
+def test_mac_secure_average_equals_fedavg() -> None:
+    # Prepare: four clients, a committee of three, the fourth deals.
+    workers = [VirtualWorker(f"w{i}") for i in range(4)]
+
+    # Execute
+    result, expected = _run(workers, [120, 80, 300, 5])
+
+    # Assert
+    for key, value in expected.items():
+        assert (result.state[key] - value).abs().max().item() <= 1e-4
+    assert result.total_weight == 505
+    assert {"deal", "input", "relay", "open", "check"} <= set(result.seconds)
+    assert all(w.core._party.secret_count() == 0 for w in workers)
+
+
+@pytest.mark.parametrize("delta", [1, 2**60, P - 1, 123456789123])
+def test_altered_sum_share_fails_the_mac_check(delta: int) -> None:
+    # Prepare: member w1 shifts one element of its share of the sum.
+    workers = [VirtualWorker("w0"), LyingWorker("w1", step="secagg.mac.reveal", delta=delta)]
+    workers += [VirtualWorker("w2"), VirtualWorker("w3")]
+
+    # Execute / Assert: the opening is refused, naming the check.
+    with pytest.raises(MPCError, match="MAC check failed"):
+        _run(workers, [10, 20, 30, 40])
+
+
+def test_a_member_cannot_fix_the_check_by_shifting_its_sigma() -> None:
+    # Prepare: w1 alters its share and also shifts σ by a guess.
+    class DoubleLiar(LyingWorker):
+        def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+            values = super().party_op(op, **args)
+            if op == "secagg.mac.check":
+                values = {**values, "sigma": (int(values["sigma"]) + 987654321) % P}  # type: ignore[call-overload]
+            return values
+
+    workers = [VirtualWorker("w0"), DoubleLiar("w1", step="secagg.mac.reveal", delta=5)]
+    workers += [VirtualWorker("w2"), VirtualWorker("w3")]
+
+    # Execute / Assert
+    with pytest.raises(MPCError, match="MAC check failed"):
+        _run(workers, [10, 20, 30, 40])
+
+
+def test_dealer_on_the_committee_is_refused() -> None:
+    workers = [VirtualWorker(f"w{i}") for i in range(3)]
+    state = get_state(build_model("mlp", seed=0))
+    inputs = [SecureInput(w, w.send(state), 1) for w in workers]
+    with pytest.raises(MPCError, match="may not sit on the committee"):
+        secure_average_mac(inputs, workers[:2], workers[0], state)

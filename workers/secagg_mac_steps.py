@@ -1,0 +1,258 @@
+"""Party steps of MAC-authenticated secure aggregation (``--mac``; ``mpc.secure_aggregation_mac``).
+
+SPDZ's input protocol (Damgård et al. 2012) over F_p, p = 2^61 − 1: a dealer
+gives client c a random mask r_c and the committee shares of r_c and α·r_c
+(α: a MAC key secret-shared among the committee); the client publishes
+ε_c = x_c − r_c to the committee only (sealed), and member j holds
+[x_c]_j = [r_c]_j (+ ε_c for member 0) and [αx_c]_j = [αr_c]_j + ε_c·α_j.
+Sums stay authenticated because MACs are linear. The opened total is then
+checked against the MAC shares (``mpc.mac.mac_check_share``): a member that
+alters its share by δ ≠ 0 passes only by guessing α·δ, probability ≈ 2^-60.
+
+As with plain secure aggregation, k − 1 members get PRG seeds for their
+dealer shares and one member (the *lead*) gets the explicit vectors.
+
+Vault keys under ``<session>/``: ``alpha`` (this member's α_j), ``x``, ``m``,
+``eps`` (running sums of value shares, MAC shares and published ε), ``from/<c>``
+(clients counted), ``opened`` (set once the member has revealed its share).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+
+import torch
+
+from mpc.channel import open_sealed, seal
+from mpc.field import (
+    P,
+    check_field,
+    field_add,
+    field_encode,
+    field_mul_scalar,
+    field_random,
+    field_sub,
+)
+from mpc.mac import mac_check_share, random_coefficients, share_mac_key
+from mpc.random import SecureRandom
+from workers.codec import Value
+from workers.party import (
+    Party,
+    PartyError,
+    PartyStep,
+    arg_bytes,
+    arg_int,
+    arg_list,
+    arg_str,
+    arg_tensor,
+    check_tensor,
+    session_arg,
+    session_key,
+    tensor_from_bytes,
+)
+from workers.secagg_steps import MAX_VECTOR, flatten_update
+
+__all__ = ["STEPS"]
+
+_SEED_BYTES = 32
+_SEEDS = b"S"  # seeds of this member's r and α·r shares
+_FULL = b"F"  # the lead's explicit r and α·r shares
+
+
+def _seal(
+    party: Party, session: str, peer: str, public: Value, payload: bytes, label: str
+) -> torch.Tensor:
+    key = session_key(party, session)
+    peer_public = check_tensor(public, "public key", dtype=torch.uint8, ndim=1).numpy().tobytes()
+    sealed = seal(
+        key,
+        peer_public,
+        payload,
+        session=session,
+        sender=party.worker_id,
+        recipient=peer,
+        label=label,
+    )
+    return tensor_from_bytes(sealed)
+
+
+def _open(
+    party: Party, session: str, args: Mapping[str, Value], sender: str, prefix: str, label: str
+) -> bytes:
+    return open_sealed(
+        session_key(party, session),
+        arg_bytes(args, f"{prefix}_public_key"),
+        arg_bytes(args, f"{prefix}_ciphertext"),
+        session=session,
+        sender=sender,
+        recipient=party.worker_id,
+        label=label,
+    )
+
+
+def _members(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
+    members = [str(m) for m in arg_list(args, "committee", max_length=256)]
+    keys = arg_list(args, "public_keys", max_length=256)
+    if len(members) < 2 or len(keys) != len(members) or len(set(members)) != len(members):
+        raise PartyError("need >= 2 distinct committee members and one public key each")
+    return members, keys
+
+
+# ------------------------------------------------------------------ dealer
+
+
+def _deal_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Dealer: draw the session's MAC key α and seal a share α_j for each member."""
+    session = session_arg(args)
+    members, keys = _members(args)
+    alpha, shares = share_mac_key(len(members), party.rng)
+    party.keep(f"{session}/alpha", alpha)
+    sealed = [
+        _seal(party, session, m, k, struct.pack("<q", s), "mac/alpha")
+        for m, k, s in zip(members, keys, shares, strict=True)
+    ]
+    return {"sealed": sealed}
+
+
+def _deal_mask(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Dealer: a mask r for one client (its seed sealed for the client), and shares of
+    r and α·r sealed for each member (seeds, or the explicit vectors for the lead)."""
+    session = session_arg(args)
+    alpha: int = party.secret(f"{session}/alpha")
+    members, keys = _members(args)
+    client = arg_str(args, "client")
+    length = arg_int(args, "length", low=1, high=MAX_VECTOR)
+    lead = arg_int(args, "lead", low=0, high=len(members) - 1)
+    seed = os.urandom(_SEED_BYTES)
+    r = field_random((length,), SecureRandom(seed))
+    m = field_mul_scalar(r, alpha)
+    payloads: list[bytes] = []
+    for index in range(len(members)):
+        if index == lead:
+            payloads.append(b"")
+            continue
+        seeds = os.urandom(2 * _SEED_BYTES)
+        r = field_sub(r, field_random((length,), SecureRandom(seeds[:_SEED_BYTES])))
+        m = field_sub(m, field_random((length,), SecureRandom(seeds[_SEED_BYTES:])))
+        payloads.append(_SEEDS + seeds)
+    payloads[lead] = _FULL + r.numpy().tobytes() + m.numpy().tobytes()
+    return {
+        "client_sealed": _seal(
+            party, session, client, _arg_key(args, "client_public_key"), seed, "mac/mask"
+        ),
+        "member_sealed": [
+            _seal(party, session, member, key, payload, f"mac/shares/{client}")
+            for member, key, payload in zip(members, keys, payloads, strict=True)
+        ],
+    }
+
+
+def _arg_key(args: Mapping[str, Value], name: str) -> Value:
+    return arg_tensor(args, name, dtype=torch.uint8, ndim=1)
+
+
+# ------------------------------------------------------------------ client
+
+
+def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Client: open the dealer's mask seed, publish ε = x − r to each member (sealed)."""
+    session = session_arg(args)
+    dealer = arg_str(args, "dealer")
+    seed = _open(party, session, args, dealer, "dealer", "mac/mask")
+    state = party.read_object(arg_str(args, "state_id"))
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise PartyError("state_id must name a state dict of tensors")
+    weight = arg_int(args, "weight", low=1, high=2**31)
+    bits = arg_int(args, "fractional_bits", low=0, high=32)
+    value = field_encode(flatten_update(state, weight), bits)
+    eps = field_sub(value, field_random(value.shape, SecureRandom(seed))).numpy().tobytes()
+    members, keys = _members(args)
+    sealed = [
+        _seal(party, session, m, k, eps, "mac/eps") for m, k in zip(members, keys, strict=True)
+    ]
+    return {"sealed": sealed, "length": int(value.numel())}
+
+
+# ------------------------------------------------------------------ committee
+
+
+def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    session = session_arg(args)
+    payload = _open(party, session, args, arg_str(args, "dealer"), "dealer", "mac/alpha")
+    if len(payload) != 8:
+        raise PartyError("a MAC key share is one field element")
+    (alpha,) = struct.unpack("<q", payload)
+    if not 0 <= alpha < P:
+        raise PartyError("MAC key share outside the field")
+    party.keep(f"{session}/alpha", alpha)
+    return {}
+
+
+def _vector(data: bytes, length: int, what: str) -> torch.Tensor:
+    if len(data) != 8 * length:
+        raise PartyError(f"{what} does not hold {length} field elements")
+    values = torch.frombuffer(bytearray(data), dtype=torch.int64)
+    check_field(values, what)
+    return values
+
+
+def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Member: add one client's authenticated input to the running sums."""
+    session = session_arg(args)
+    client, dealer = arg_str(args, "client"), arg_str(args, "dealer")
+    index = arg_int(args, "index", low=0, high=255)
+    length = arg_int(args, "length", low=1, high=MAX_VECTOR)
+    if party.has(f"{session}/from/{client}") or party.has(f"{session}/opened"):
+        raise PartyError(f"input of {client!r} already counted, or the sum already opened")
+    eps = _vector(_open(party, session, args, client, "client", "mac/eps"), length, "ε")
+    shares = _open(party, session, args, dealer, "dealer", f"mac/shares/{client}")
+    kind, body = shares[:1], shares[1:]
+    if kind == _SEEDS and len(body) == 2 * _SEED_BYTES:
+        r = field_random((length,), SecureRandom(body[:_SEED_BYTES]))
+        m = field_random((length,), SecureRandom(body[_SEED_BYTES:]))
+    elif kind == _FULL:
+        r = _vector(body[: 8 * length], length, "mask share")
+        m = _vector(body[8 * length :], length, "MAC share")
+    else:
+        raise PartyError(f"dealer shares for {client!r} are malformed")
+    for name, term in (("x", field_add(r, eps) if index == 0 else r), ("m", m), ("eps", eps)):
+        key = f"{session}/{name}"
+        party.keep(key, field_add(party.secret(key), term) if party.has(key) else term)
+    party.keep(f"{session}/from/{client}", True)
+    return {}
+
+
+def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Member: this member's share of the sum; its MAC share stays for the check."""
+    session = session_arg(args)
+    party.keep(f"{session}/opened", True)
+    return {"sum_share": party.secret(f"{session}/x"), "count": party.forget(f"{session}/from/")}
+
+
+def _check(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Member: σ_j = Σ_k ρ_k (m_j,k − α_j·y_k) for the opened sum y and coefficients ρ
+    drawn by the coordinator after the opening (from ``rho_seed``)."""
+    session = session_arg(args)
+    opened = arg_tensor(args, "opened", dtype=torch.int64, ndim=1)
+    alpha: int = party.secret(f"{session}/alpha")
+    mac = field_add(
+        party.secret(f"{session}/m"), field_mul_scalar(party.secret(f"{session}/eps"), alpha)
+    )
+    if opened.shape != mac.shape:
+        raise PartyError(f"opened sum has {opened.numel()} values, the MAC shares {mac.numel()}")
+    rho = random_coefficients(opened.numel(), SecureRandom(arg_bytes(args, "rho_seed")))
+    party.forget(f"{session}/")  # one check per session: no second chance with other ρ
+    return {"sigma": mac_check_share(opened, mac, alpha, rho)}
+
+
+STEPS: dict[str, PartyStep] = {
+    "secagg.mac.deal_key": _deal_key,
+    "secagg.mac.deal_mask": _deal_mask,
+    "secagg.mac.input": _input,
+    "secagg.mac.accept_key": _accept_key,
+    "secagg.mac.accept": _accept,
+    "secagg.mac.reveal": _reveal,
+    "secagg.mac.check": _check,
+}
