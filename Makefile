@@ -38,7 +38,7 @@ UP_ARGS ?=
 run: $(STAMP) data
 	@trap '$(BIN)/fedsim worker down --dir $(L5_DIR)' EXIT INT TERM; \
 		$(BIN)/fedsim worker up --dir $(L5_DIR) $(UP_ARGS) && \
-		$(BIN)/fedsim run --levels baseline,1,2,3,4,5 --workers-file $(L5_DIR)/workers.toml $(ARGS)
+		$(BIN)/fedsim run --levels baseline,1,2,2:secure,3,4,5,encrypted-eval --workers-file $(L5_DIR)/workers.toml $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -47,11 +47,16 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         table.add_column(header, justify="left" if header == "level" else "right", no_wrap=True)
     for s in result["levels"]:
         slowdown = s.get("slowdown_vs_baseline")
+        versus_plaintext = s.get("slowdown_vs_plaintext")
+        if versus_plaintext is not None:
+            shown = f"{versus_plaintext:.1f}× pt"  # encrypted vs plaintext inference
+        else:
+            shown = "—" if slowdown is None else f"{slowdown:.2f}×"
         table.add_row(
             s.get("run_name") or _RUN_NAMES.get(s["level"], s["level"]),
             f"{s['final_accuracy']:.2%}",
             f"{s['train_seconds']:.1f}",
-            "—" if slowdown is None else f"{slowdown:.2f}×",
+            shown,
             f"{s['prefect_seconds']:.2f}",
             f"{s['bytes_total'] / 1e6:.1f}",
         )

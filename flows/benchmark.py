@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from flows.config import ExperimentConfig, Level
+from flows.encrypted_eval import ENCRYPTED_EVAL_LEVEL, encrypted_eval_flow
 from flows.levels import baseline_flow, federated_flow, sequential_flow
 from flows.tracking import BenchmarkTracker
 from flows.websocket_levels import websocket_local_flow, websocket_remote_flow
@@ -45,6 +46,8 @@ def run_level(
         return websocket_local_flow(config, parent_run_id, baseline)
     if level.number == 5:
         return websocket_remote_flow(config, parent_run_id, baseline)
+    if level.number == ENCRYPTED_EVAL_LEVEL:
+        return encrypted_eval_flow(config, parent_run_id, baseline)
     raise ValueError(f"level {level.name} has no flow in this version")
 
 

@@ -40,7 +40,6 @@ class Level:
 
     number: int
     name: str
-    implemented: bool = True
     aggregation: str | None = None
 
     @property
@@ -72,7 +71,7 @@ LEVELS: tuple[Level, ...] = (
     Level(3, "decentralized"),
     Level(4, "websocket-local"),
     Level(5, "websocket-remote"),
-    Level(6, "encrypted-eval", implemented=False),
+    Level(6, "encrypted-eval"),
 )
 _BY_KEY: dict[str, Level] = {}
 for _level in LEVELS:
@@ -110,8 +109,6 @@ def parse_levels(spec: str, aggregation: str = "plain") -> tuple[Level, ...]:
         if level is None:
             valid = ", ".join(f"{lv.name}" for lv in LEVELS)
             raise ConfigError(f"unknown level {name!r}: choose from {valid} or 0-5")
-        if not level.implemented:
-            raise ConfigError(f"level {level.name!r} is not available in this version of fedsim")
         if suffix and suffix not in AGGREGATIONS:
             raise ConfigError(f"unknown aggregation {suffix!r} in level {key!r}: plain or secure")
         if suffix:

@@ -76,6 +76,9 @@ class LevelSummary:
     slowdown_vs_baseline: float | None = None
     prefect_seconds: float | None = None
     comm_seconds_mean: float = 0.0
+    # encrypted-eval only: its plaintext reference, timed in the same process
+    slowdown_vs_plaintext: float | None = None
+    plaintext_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,7 +218,7 @@ def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
     }
     if ctx.level.number == 0:
         summary.slowdown_vs_baseline = 1.0
-    elif ctx.baseline:
+    elif ctx.baseline and ctx.level.number <= 5:  # encrypted-eval trains no FedAvg rounds
         summary.slowdown_vs_baseline = slowdown(summary, ctx.baseline)
     if summary.slowdown_vs_baseline is not None:
         final["slowdown_vs_baseline"] = summary.slowdown_vs_baseline

@@ -16,7 +16,9 @@ from fedsim.cli import main
     ("argv", "fragment"),
     [
         (["run", "--levels", "1,9"], "unknown level '9'"),
-        (["run", "--levels", "encrypted-eval"], "not available"),
+        (["run", "--levels", "1:secure"], "applies to levels 2-5"),
+        (["run", "--mac"], "--mac authenticates secure aggregation"),
+        (["run", "--aggregation", "secure", "--committee", "1"], "--committee must be >= 2"),
         (["run", "--levels", "baseline,5"], "needs --workers-file"),
         (["run", "--min-workers", "11"], "more than --workers"),
         (["run", "--workers-file", "/nonexistent.toml", "--levels", "5"], "/nonexistent.toml"),

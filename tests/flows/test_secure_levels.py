@@ -115,3 +115,24 @@ def test_mac_run_matches_plain_and_a_tampered_round_writes_no_model(
     assert len(failed) == 1
     assert "test_accuracy" not in failed[0].data.metrics
     assert failed[0].data.params["mac"] == "true"
+
+
+def test_encrypted_eval_level_logs_both_accuracies(mlflow_uri: str) -> None:
+    # Prepare: a small test set; the level trains mpc-cnn itself.
+    cfg = ExperimentConfig(**{**SMALL, "levels": "encrypted-eval", "test_samples": 120})
+
+    # Execute
+    result = benchmark_flow(cfg.to_dict())
+
+    # Assert: encrypted predictions agree with plaintext ones (1 image of 120 at most,
+    # for the rare truncation error) and the MLflow run has the metrics.
+    (summary,) = result["levels"]
+    assert summary["run_name"] == "L6 encrypted-eval"
+    assert abs(summary["final_accuracy"] - summary["plaintext_accuracy"]) <= 1 / 120
+    run = _children(result["parent_run_id"])["L6 encrypted-eval"]
+    metrics = run.data.metrics
+    assert metrics["final_accuracy"] == summary["final_accuracy"]
+    assert metrics["plaintext_accuracy"] == summary["plaintext_accuracy"]
+    assert metrics["slowdown_vs_plaintext"] > 1
+    assert metrics["images_per_second"] > 0
+    assert run.data.tags["level"] == "encrypted-eval"
