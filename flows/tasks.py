@@ -217,12 +217,16 @@ def _train_client(
     """
     index, worker = client
     start = time.perf_counter()
+    secure = cfg.aggregation == "secure"
     state_ptr = worker.send(global_state)
     new_ptr, reply = worker.train(
-        cfg.model, state_ptr, train_config(cfg), seed=client_seed(cfg.seed, round_index, index)
+        cfg.model,
+        state_ptr,
+        train_config(cfg),
+        seed=client_seed(cfg.seed, round_index, index),
+        sealed=secure,
     )
     state_ptr.delete()
-    secure = cfg.aggregation == "secure"
     state = {} if secure else new_ptr.get()
     update = ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss)
     seconds = max(time.perf_counter() - start - reply.seconds, 0.0)

@@ -1,6 +1,15 @@
-"""Pure MPC library: ring Z/2^64 and fixed-point encoding (``ring``), a CSPRNG for
-shares (``random``), additive secret sharing (``sharing``), the crypto provider
-with Beaver triples (``provider``), Beaver multiplication and n-party truncation
-(``beaver``), fixed-point shared tensors (``shared``). Protocols over workers,
-secure aggregation and MACs come with issue 4. Imports neither Prefect, asyncio,
-websockets nor MLflow."""
+"""Secret-shared computation for fedsim.
+
+Pure arithmetic: the ring Z/2^64 and fixed-point encoding (``ring``), a CSPRNG
+for shares (``random``), additive secret sharing (``sharing``), the crypto
+provider with Beaver triples (``provider``), Beaver multiplication and n-party
+truncation (``beaver``), fixed-point shared tensors (``shared``), the prime
+field F_p with p = 2^61 − 1 (``field``) and SPDZ MACs over it (``mac``), and
+the pairwise X25519 + ChaCha20-Poly1305 channel (``channel``).
+
+Protocols over workers (``protocol``): secure aggregation (``secure_aggregation``,
+``secure_aggregation_mac``) and encrypted inference (``encrypted_inference``).
+They drive workers only through the ``workers.base.Worker`` interface, so they
+run unchanged on virtual and websocket workers. Nothing here imports Prefect,
+asyncio, websockets or MLflow.
+"""

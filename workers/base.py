@@ -127,8 +127,13 @@ class Worker(ABC):
         seed: int,
         x_id: Pointer | str = TRAIN_X_ID,
         y_id: Pointer | str = TRAIN_Y_ID,
+        sealed: bool = False,
     ) -> tuple[Pointer, TrainReply]:
-        """Train locally on the worker's data; returns a pointer to the new state dict."""
+        """Train locally on the worker's data; returns a pointer to the new state dict.
+
+        A ``sealed`` result can be consumed only by party steps (secure
+        aggregation): the worker refuses to send it back or compute on it.
+        """
 
     @abstractmethod
     def evaluate(
@@ -322,6 +327,7 @@ class MessageWorker(Worker):
         seed: int,
         x_id: Pointer | str = TRAIN_X_ID,
         y_id: Pointer | str = TRAIN_Y_ID,
+        sealed: bool = False,
     ) -> tuple[Pointer, TrainReply]:
         msg = Train(
             model,
@@ -331,6 +337,7 @@ class MessageWorker(Worker):
             dict(config.to_dict()),
             seed,
             self.new_id(),
+            sealed,
         )
         reply = self._request(msg, TrainReply)
         return Pointer(self, reply.result_id), reply

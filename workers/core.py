@@ -129,6 +129,9 @@ class WorkerCore:
         # The worker's own data: usable by Train and Evaluate only — never sent
         # back, deleted, or fed to an op whose result the coordinator could fetch.
         self._private = private
+        # Results of sealed training (secure aggregation): party steps may read them;
+        # the coordinator may free them but never read them or compute on them.
+        self._sealed: set[str] = set()
         self._objects: dict[str, Value] = {}
         self._plans: dict[str, Plan] = {}
         self._models: dict[str, nn.Module] = {}  # one module per model name, reused
@@ -245,6 +248,10 @@ class WorkerCore:
             raise _Failure(
                 "bad_request", f"{obj_id!r} is the worker's own data: train/evaluate only"
             )
+        if obj_id in self._sealed:
+            raise _Failure(
+                "bad_request", f"{obj_id!r} is sealed for secure aggregation: party steps only"
+            )
         return self._lookup(obj_id)
 
     def _lookup(self, obj_id: str) -> Value:
@@ -297,6 +304,7 @@ class WorkerCore:
             store = self._objects if obj_id in self._objects else self._plans
             if store.pop(obj_id, _MISSING) is not _MISSING:
                 freed.append(obj_id)
+                self._sealed.discard(obj_id)
         return Ack(tuple(freed))
 
     def _run_op(self, msg: RunOp) -> OpReply:
@@ -383,6 +391,8 @@ class WorkerCore:
         except Exception as exc:
             raise _Failure("train_failed", f"train: {type(exc).__name__}: {exc}") from None
         self._objects[msg.result_id] = get_state(model)  # copies: the module is reused
+        if msg.sealed:
+            self._sealed.add(msg.result_id)
         return TrainReply(
             msg.result_id, result.num_samples, result.steps, result.mean_loss, result.seconds
         )

@@ -50,7 +50,7 @@ __all__ = [
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: PartyOp/PartyReply, Train.sealed
 
 
 class Message:
@@ -159,7 +159,8 @@ class Train(Request):
     """Train ``model`` from the state under ``state_id`` on stored data; answered by TrainReply.
 
     ``config`` is ``TrainConfig.to_dict()``; ``seed`` seeds the local shuffling, so
-    the same request trains the same weights on any worker.
+    the same request trains the same weights on any worker. ``sealed`` keeps the
+    result from the coordinator (see ``WorkerCore``).
     """
 
     TAG: ClassVar[str] = "train"
@@ -170,6 +171,9 @@ class Train(Request):
     config: dict[str, Value]
     seed: int
     result_id: str
+    # Secure aggregation: the trained state may be read only by party steps (never
+    # sent back, never an op's input); the coordinator can still free it.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)

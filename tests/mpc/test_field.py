@@ -58,9 +58,9 @@ def test_arithmetic_on_every_pair_of_edge_values_matches_python() -> None:
 
 
 def test_mul_of_many_random_elements_matches_python() -> None:
-    # Prepare
+    # Prepare: more than one 2^16-element chunk, with a ragged last chunk.
     rng = SecureRandom(bytes(32))
-    a, b = field_random((20_000,), rng), field_random((20_000,), rng)
+    a, b = field_random((150_001,), rng), field_random((150_001,), rng)
 
     # Execute
     product = field_mul(a, b)
@@ -103,6 +103,20 @@ def test_mul_broadcasts_without_touching_its_inputs() -> None:
     # Assert
     assert table.tolist() == [[x * y % P for y in EDGES[:4]] for x in EDGES]
     assert torch.equal(column, before[0]) and torch.equal(row, before[1])
+
+
+def test_chunked_mul_broadcasts_like_the_unchunked_one() -> None:
+    # Prepare: a 300 × 300 outer product (90,000 > 2^16 elements) and a scalar.
+    rng = SecureRandom(bytes(range(1, 33)))
+    column, row = field_random((300, 1), rng), field_random((1, 300), rng)
+    scalar = torch.tensor(P - 1, dtype=torch.int64)
+
+    # Execute
+    table, negated = field_mul(column, row), field_mul(scalar, column.expand(300, 300))
+
+    # Assert
+    assert table.tolist() == [[x * y % P for y in row[0].tolist()] for x in column[:, 0].tolist()]
+    assert negated.tolist() == [[-x % P] * 300 for x in column[:, 0].tolist()]
 
 
 def test_sum_of_many_large_elements_does_not_overflow() -> None:

@@ -9,10 +9,12 @@ import torch
 
 from fl.aggregation import weighted_average
 from fl.models import build_model, get_state
+from fl.training import TrainConfig
 from mpc.channel import SessionKey, open_sealed
 from mpc.errors import MPCError
 from mpc.ring import FixedPointEncoder
 from mpc.secure_aggregation import SecureInput, secure_average
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError
 from workers.messages import PartyReply, decode_message
 from workers.party import Party, party_steps, tensor_from_bytes
@@ -180,3 +182,28 @@ def test_bad_committee_is_one_clear_error() -> None:
     state = _states(1)[0]
     with pytest.raises(MPCError, match="committee of >= 2"):
         secure_average([SecureInput(worker, worker.send(state), 1)], [worker], state)
+
+
+def test_sealed_training_result_reaches_party_steps_only() -> None:
+    # Prepare: two workers train sealed on a little data.
+    workers = [VirtualWorker(f"w{i}") for i in range(2)]
+    state = _states(1)[0]
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.1)
+    trained = []
+    for index, worker in enumerate(workers):
+        worker.send(torch.rand(16, 1, 28, 28), obj_id=TRAIN_X_ID)
+        worker.send(torch.randint(0, 10, (16,)), obj_id=TRAIN_Y_ID)
+        pointer, reply = worker.train("mlp", worker.send(state), config, seed=index, sealed=True)
+        trained.append(SecureInput(worker, pointer, reply.num_samples))
+
+    # Execute / Assert: the coordinator can neither fetch a sealed state nor compute
+    # on it; secure aggregation can; and the coordinator can still free it.
+    with pytest.raises(RemoteError, match="sealed for secure aggregation"):
+        workers[0].get(trained[0].state, delete=False)
+    with pytest.raises(RemoteError, match="sealed"):
+        workers[0].run_op("neg", trained[0].state)
+    result = secure_average(trained, workers, state)
+    assert result.total_weight == 32
+    sealed_id = trained[0].state.id if not isinstance(trained[0].state, str) else ""
+    workers[0].delete([trained[0].state])
+    assert sealed_id not in workers[0].core.object_ids()

@@ -118,7 +118,7 @@ def test_unknown_tag_is_rejected() -> None:
         ("delete", {"obj_ids": ["a", 2]}, "obj_ids"),
         ("run_op", {"op": "add", "args": [], "kwargs": [], "result_id": "r"}, "kwargs"),
         ("train", {"model": "m", "state_id": "s", "x_id": "x", "y_id": "y",
-                   "config": {}, "seed": 1.5, "result_id": "r"}, "seed"),
+                   "config": {}, "seed": 1.5, "result_id": "r", "sealed": False}, "seed"),
         ("evaluate", {"model": "m", "state_id": "s", "x_id": "x", "y_id": "y",
                       "batch_size": True}, "batch_size"),
         ("op_reply", {"result_id": "r", "shape": [2, "3"], "dtype": "float32"}, "shape"),
