@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ exit_on_sigterm()
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from fedsim.display import run_with_display  # noqa: E402
+from fl.models import build_model, get_state  # noqa: E402
 from flows.config import ExperimentConfig  # noqa: E402
+from mpc.secure_aggregation import SecureInput, secure_average  # noqa: E402
+from workers.virtual import VirtualWorker  # noqa: E402
 
 
 def _history(run_id: str, metric: str) -> list[float]:
@@ -65,6 +69,40 @@ def _row(summary: dict[str, Any], plain_round: float, plain_bytes: float, args: 
     )
 
 
+def scaling_table(counts: list[int]) -> list[str]:
+    """Protocol-only cost (no training) for n clients, committee of 3 vs all n."""
+    states = [get_state(build_model("cnn", seed=i)) for i in range(2)]
+    lines = [
+        "",
+        "Protocol alone (virtual workers, McMahan CNN states, no training): committee of 3 "
+        "vs sharing among all n.",
+        "",
+        "| clients n | committee k | protocol s | MB up per client | MB down per member |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n in counts:
+        for k in sorted({3, n}):
+            # Members separate from the clients, so each side's traffic is measured alone.
+            clients = [VirtualWorker(f"c{i}") for i in range(n)]
+            members = [VirtualWorker(f"m{j}") for j in range(k)]
+            inputs = [SecureInput(w, w.send(states[i % 2]), 100) for i, w in enumerate(clients)]
+            uploaded = [w.bytes_received for w in clients]
+            delivered = [w.bytes_sent for w in members]
+            start = time.perf_counter()
+            secure_average(inputs, members, states[0])
+            seconds = time.perf_counter() - start
+            client_mb = statistics.mean(
+                w.bytes_received - b for w, b in zip(clients, uploaded, strict=True)
+            )
+            member_mb = statistics.mean(
+                w.bytes_sent - b for w, b in zip(members, delivered, strict=True)
+            )
+            lines.append(
+                f"| {n} | {k} | {seconds:.2f} | {client_mb / 1e6:.1f} | {member_mb / 1e6:.1f} |"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=10)
@@ -93,6 +131,7 @@ def main() -> None:
         if summary is with_mac["levels"][0]:
             row = row.replace(summary["run_name"], summary["run_name"] + " + MAC", 1)
         lines.append(row)
+    lines += scaling_table([int(n) for n in args.scaling.split(",")])
     table = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
