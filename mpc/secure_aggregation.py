@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import torch
 
 from mpc.errors import MPCError
+from mpc.flatten import unflatten_average, vector_length
 from mpc.protocol import Protocol, ProtocolRun, Step
 from mpc.ring import FixedPointEncoder
 from mpc.sharing import reconstruct
 from workers.base import Worker
 from workers.pointer import Pointer
-from workers.secagg_steps import vector_length
 
 __all__ = [
     "SECURE_AGGREGATION",
@@ -46,7 +46,6 @@ __all__ = [
     "exchange_keys",
     "peer_key",
     "secure_average",
-    "unflatten_average",
 ]
 
 
@@ -164,25 +163,6 @@ SECURE_AGGREGATION = Protocol(
         Step("open", "committee", _open),
     ),
 )
-
-
-def unflatten_average(
-    total: torch.Tensor, template: Mapping[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], float]:
-    weight = float(total[-1])
-    if not weight > 0:
-        raise MPCError(f"opened total weight is {weight}: the shares do not add up")
-    average = total[:-1] / weight
-    state: dict[str, torch.Tensor] = {}
-    offset = 0
-    for name, ref in template.items():
-        if not ref.is_floating_point():
-            state[name] = ref.clone()  # counters are not averaged (as in weighted_average)
-            continue
-        chunk = average[offset : offset + ref.numel()]
-        state[name] = chunk.reshape(ref.shape).to(ref.dtype)
-        offset += ref.numel()
-    return state, weight
 
 
 def secure_average(

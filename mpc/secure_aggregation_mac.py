@@ -37,6 +37,7 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.field import P, field_decode
+from mpc.flatten import unflatten_average, vector_length
 from mpc.mac import reconstruct_field
 from mpc.protocol import Protocol, ProtocolRun, Step
 from mpc.secure_aggregation import (
@@ -44,10 +45,8 @@ from mpc.secure_aggregation import (
     SecureInput,
     exchange_keys,
     peer_key,
-    unflatten_average,
 )
 from workers.base import Worker
-from workers.secagg_steps import vector_length
 
 __all__ = ["SECURE_AGGREGATION_MAC", "secure_average_mac"]
 

@@ -35,6 +35,7 @@ from mpc.field import (
     field_random,
     field_sub,
 )
+from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.mac import mac_check_share, random_coefficients, share_mac_key
 from mpc.random import SecureRandom
 from workers.codec import Value
@@ -52,7 +53,6 @@ from workers.party import (
     session_key,
     tensor_from_bytes,
 )
-from workers.secagg_steps import MAX_VECTOR, flatten_update
 
 __all__ = ["STEPS"]
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import torch
 
 from mpc.channel import open_sealed, seal
+from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from workers.codec import Value
@@ -43,32 +44,12 @@ from workers.party import (
     tensor_from_bytes,
 )
 
-__all__ = ["MAX_VECTOR", "STEPS", "flatten_update", "vector_length"]
+__all__ = ["STEPS"]
 
-MAX_VECTOR = 1 << 28  # ring elements per shared vector: 2 GiB, far above any model here
 _SEED = b"S"  # payload kinds: a 32-byte ChaCha20 seed, or a full share
 _FULL = b"F"
 _SEED_BYTES = 32
 _LABEL = "secagg/share"
-
-
-def flatten_update(state: Mapping[str, torch.Tensor], weight: int) -> torch.Tensor:
-    """weight · (every floating tensor of ``state``, flattened in key order) ++ [weight], float64.
-
-    The coordinator unflattens the opened sum with the same key order (that of
-    the global state: both come from the same model), and divides by the last
-    element, the total weight.
-    """
-    parts = [
-        t.detach().reshape(-1).to(torch.float64) for t in state.values() if t.is_floating_point()
-    ]
-    flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
-    return torch.cat([flat * float(weight), torch.tensor([float(weight)], dtype=torch.float64)])
-
-
-def vector_length(state: Mapping[str, torch.Tensor]) -> int:
-    """Length of :func:`flatten_update`'s vector for states shaped like ``state``."""
-    return sum(t.numel() for t in state.values() if t.is_floating_point()) + 1
 
 
 def _public_key(value: Value, name: str) -> bytes:
