@@ -5,20 +5,22 @@ module then runs ``mpc.secure_aggregation`` over the clients that delivered,
 with a committee of ``--committee`` of them chosen per round from the seed,
 and hands the opened average to the loop as the round's global state.
 
-Workers that fail during the protocol (levels 4 and 5) are found by pinging,
-left out, and the protocol is run once more over the rest: their trained
-states are still on their workers, so nothing is retrained. A protocol error
-that is not a lost worker (a refused share, a failed MAC check) ends the run:
-no model is ever written from a corrupted sum.
+Workers that fail during the protocol (levels 4 and 5) before anything is
+opened are found by pinging, left out, and the protocol is run once more over
+the rest: their trained states are still on their workers, so nothing is
+retrained. A failure after the opening is never retried (two sums over
+different client sets would give away a client's update), and a protocol
+error that is not a lost worker (a refused share, a total weight that does not
+add up, a failed MAC check) ends the run without writing a model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from collections.abc import Sequence
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -36,17 +38,18 @@ __all__ = ["choose_committee", "secure_aggregate_round"]
 
 logger = logging.getLogger("fedsim.secure")
 _ATTEMPTS = 2
+_SYSTEM_RANDOM = secrets.SystemRandom()
 
 
 def choose_committee(
-    ids: Sequence[str], size: int, seed: int, round_index: int, *, dealer: bool = False
+    ids: Sequence[str], size: int, *, dealer: bool = False
 ) -> tuple[list[str], str | None]:
     """``size`` of ``ids`` (at least 2, at most all) and, with ``dealer``, one more
-    worker outside the committee to deal MAC keys and masks; drawn per round from
-    the seed.
+    worker outside the committee to deal MAC keys and masks.
 
-    A fresh committee each round spreads the members' work and means no fixed
-    set of k workers ever holds shares of every round.
+    Drawn afresh each round from the operating system's randomness, so no
+    worker knows ahead of time whether it will sit on the committee or deal
+    (the result does not depend on the choice: the opened sum is the same).
     """
     needed = 3 if dealer else 2
     if len(ids) < needed:
@@ -54,11 +57,10 @@ def choose_committee(
             f"secure aggregation{' with --mac' if dealer else ''} needs >= {needed} clients "
             f"in a round, got {len(ids)}"
         )
-    rng = np.random.default_rng(np.random.SeedSequence([seed, round_index, 0x5EC]))
-    order = [int(i) for i in rng.permutation(len(ids))]
+    order = _SYSTEM_RANDOM.sample(list(ids), len(ids))
     count = min(size, len(ids) - 1 if dealer else len(ids))
-    committee = [ids[i] for i in sorted(order[:count])]
-    return committee, (ids[order[count]] if dealer else None)
+    committee = sorted(order[:count], key=list(ids).index)
+    return committee, (order[count] if dealer else None)
 
 
 def _alive(worker: Worker) -> bool:
@@ -72,20 +74,14 @@ def _alive(worker: Worker) -> bool:
 
 
 def _attempt(
-    cfg: ExperimentConfig,
-    outcome: RoundOutcome,
-    template: StateDict,
-    round_index: int,
-    parallel: bool,
+    cfg: ExperimentConfig, outcome: RoundOutcome, template: StateDict, parallel: bool
 ) -> SecureAggregate:
     inputs = [
         SecureInput(ptr.worker, ptr, update.num_samples)
         for ptr, update in zip(outcome.remote_states, outcome.updates, strict=True)
     ]
     by_id = {item.worker.id: item.worker for item in inputs}
-    ids, dealer = choose_committee(
-        list(by_id), cfg.committee, cfg.seed, round_index, dealer=cfg.mac
-    )
+    ids, dealer = choose_committee(list(by_id), cfg.committee, dealer=cfg.mac)
     committee = [by_id[i] for i in ids]
     if dealer is not None:
         return secure_average_mac(inputs, committee, by_id[dealer], template, parallel=parallel)
@@ -110,7 +106,7 @@ def secure_aggregate_round(
     dropped = list(outcome.dropped)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            result = _attempt(cfg, outcome, template, round_index, parallel)
+            result = _attempt(cfg, outcome, template, parallel)
             break
         except (MPCError, RemoteError):
             raise  # the protocol itself failed (e.g. the MAC check): never retried or averaged

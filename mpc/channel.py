@@ -9,21 +9,24 @@ Machine Learning*, CCS 2017, §4:
 - each party makes a fresh X25519 key pair per protocol session and publishes
   the public key (through the coordinator);
 - sender and recipient both compute the X25519 shared secret and derive a
-  ChaCha20-Poly1305 key with HKDF-SHA256 over ``session | sender | recipient``;
-- every sealed message carries associated data naming the session, both ends
-  and its purpose, so a ciphertext cannot be replayed into another session,
-  redirected to another recipient or reused for another step.
+  ChaCha20-Poly1305 key with HKDF-SHA256, bound to the session, both ends and
+  both public keys (length-prefixed, so no two field lists collide);
+- every sealed message has a fresh random 96-bit nonce and carries associated
+  data naming the session, both ends, the step and the message's purpose, so a
+  ciphertext cannot be moved to another session, recipient or step. Replays
+  within one step are the steps' business: each counts a sender once.
 
 Public keys reach the parties through the coordinator, so this protects
 against a coordinator that is honest-but-curious (it relays faithfully but
 reads everything), the model of Bonawitz et al.'s semi-honest server. An
 actively malicious coordinator could substitute keys; defending against that
 needs the workers' long-term identities to sign their session keys — the TLS
-client certificates of level 5 are the natural anchor (left for later).
+certificates of level 5 are the natural anchor (not done yet).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -38,12 +41,16 @@ from mpc.errors import MPCError
 __all__ = ["PUBLIC_KEY_BYTES", "SessionKey", "open_sealed", "seal"]
 
 PUBLIC_KEY_BYTES = 32
-_INFO = b"fedsim pairwise channel v1"
-# One key per (session, sender, recipient) and one message per key and purpose:
-# the nonce can be fixed, because no (key, nonce) pair is ever used twice for
-# the same associated data; the purpose goes into the nonce to keep it distinct
-# across the few messages a pair exchanges within one session.
+_INFO = b"fedsim pairwise channel v2"
+# A fresh random nonce per message, sent in front of the ciphertext, so a
+# (key, nonce) pair is never reused even when a step runs twice; with far fewer
+# than 2^32 messages per key the chance of a collision stays below 2^-32.
 _NONCE_BYTES = 12
+
+
+def _encode(*fields: bytes) -> bytes:
+    """Fields with 4-byte length prefixes (ids may contain any character)."""
+    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class SessionKey:
         return self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def _aead(
-        self, peer_public: bytes, session: str, sender: str, recipient: str
+        self, peer_public: bytes, session: str, sender: str, recipient: str, *, sending: bool
     ) -> ChaCha20Poly1305:
         if len(peer_public) != PUBLIC_KEY_BYTES:
             raise MPCError(
@@ -71,19 +78,17 @@ class SessionKey:
             shared = self.private.exchange(X25519PublicKey.from_public_bytes(peer_public))
         except ValueError as exc:  # e.g. a low-order point: the exchange gives all zeros
             raise MPCError(f"bad X25519 public key: {exc}") from None
-        salt = f"{session}\x00{sender}\x00{recipient}".encode()
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_INFO).derive(shared)
+        ends = (self.public_bytes, peer_public) if sending else (peer_public, self.public_bytes)
+        info = _INFO + _encode(session.encode(), sender.encode(), recipient.encode(), *ends)
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
         return ChaCha20Poly1305(key)
 
 
-def _nonce(purpose: int) -> bytes:
+def _associated(session: str, sender: str, recipient: str, label: str, purpose: int) -> bytes:
     if not 0 <= purpose < 2**32:
         raise MPCError(f"message purpose must be in [0, 2**32), got {purpose}")
-    return purpose.to_bytes(_NONCE_BYTES, "little")
-
-
-def _associated(session: str, sender: str, recipient: str, label: str) -> bytes:
-    return f"fedsim\x00{session}\x00{sender}\x00{recipient}\x00{label}".encode()
+    fields = (session, sender, recipient, label)
+    return _encode(b"fedsim", *(f.encode() for f in fields), purpose.to_bytes(4, "big"))
 
 
 def seal(
@@ -100,10 +105,14 @@ def seal(
     """Encrypt and authenticate ``plaintext`` from ``sender`` (holding ``key``) for ``recipient``.
 
     ``label`` names the protocol step and ``purpose`` numbers the message within
-    it; the recipient must pass the same values to :func:`open_sealed`.
+    it; both are authenticated, so the recipient must pass the same values to
+    :func:`open_sealed`. Returns nonce ‖ ciphertext ‖ tag.
     """
-    aead = key._aead(peer_public, session, sender, recipient)
-    return aead.encrypt(_nonce(purpose), plaintext, _associated(session, sender, recipient, label))
+    aead = key._aead(peer_public, session, sender, recipient, sending=True)
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + aead.encrypt(
+        nonce, plaintext, _associated(session, sender, recipient, label, purpose)
+    )
 
 
 def open_sealed(
@@ -118,12 +127,11 @@ def open_sealed(
     purpose: int = 0,
 ) -> bytes:
     """Decrypt a :func:`seal`-ed message; MPCError if it was altered or is not for us."""
-    aead = key._aead(peer_public, session, sender, recipient)
+    aead = key._aead(peer_public, session, sender, recipient, sending=False)
+    nonce, body = ciphertext[:_NONCE_BYTES], ciphertext[_NONCE_BYTES:]
     try:
-        return aead.decrypt(
-            _nonce(purpose), ciphertext, _associated(session, sender, recipient, label)
-        )
-    except InvalidTag:
+        return aead.decrypt(nonce, body, _associated(session, sender, recipient, label, purpose))
+    except (InvalidTag, ValueError):  # ValueError: a nonce shorter than 12 bytes
         raise MPCError(
             f"ciphertext from {sender!r} to {recipient!r} ({label}) failed authentication: "
             "altered, replayed or not sealed for this recipient"

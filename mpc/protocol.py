@@ -25,18 +25,29 @@ from typing import Any, TypeVar
 from mpc.errors import MPCError
 from workers.base import Worker
 
-__all__ = ["Protocol", "ProtocolRun", "Step"]
+__all__ = ["Protocol", "ProtocolAborted", "ProtocolRun", "Step"]
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step of a protocol: ``run`` acts for the workers of ``role``."""
+    """One step of a protocol: ``run`` acts mainly for the workers of ``role``.
+
+    ``opens`` marks a step that reveals values (to the coordinator or the
+    parties): once such a step has begun, a failed run must not be repeated
+    over a subset of the inputs — two openings over different sets would give
+    away their difference (see :class:`ProtocolAborted`).
+    """
 
     name: str
     role: str
     run: Callable[[ProtocolRun], None]
+    opens: bool = False
+
+
+class ProtocolAborted(MPCError):
+    """A run failed after a value was opened: never retry it over other inputs."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +135,22 @@ class ProtocolRun:
 
     def run(self) -> ProtocolRun:
         """Run every step in order; always asks the workers to forget the session's secrets."""
+        opened = False
         try:
             for step in self.protocol.steps:
+                opened = opened or step.opens
                 start = time.perf_counter()
-                step.run(self)
+                try:
+                    step.run(self)
+                except MPCError:
+                    raise
+                except Exception as exc:
+                    if opened:
+                        raise ProtocolAborted(
+                            f"{self.protocol.name}: step {step.name!r} failed after values were "
+                            f"opened ({type(exc).__name__}: {exc}); the run is not repeated"
+                        ) from exc
+                    raise
                 self.seconds[step.name] = self.seconds.get(step.name, 0.0) + (
                     time.perf_counter() - start
                 )

@@ -12,16 +12,32 @@ usually drawn from the clients), over Z/2^64 with f fractional bits:
 4. ``open``   — each member returns s_j; the coordinator computes
    Σ_j s_j = Σ_c v_c and divides by the total weight Σ_c n_c.
 
-What each party sees: the coordinator, sealed ciphertexts and k sums that are
-uniformly random subject to adding up to the total; a member, for each client
-either a seed of a stream or the client's vector minus k − 1 streams it does
-not know — uniformly random either way. An individual update is revealed only
-if all k members pool their shares. A member that drops out loses the round's
-sum (k-of-k sharing; Bonawitz et al.'s threshold recovery is future work).
+What each party sees, when the coordinator follows the protocol (honest but
+curious, as Bonawitz et al.'s semi-honest server): the coordinator, sealed
+ciphertexts and k sums that are uniformly random subject to adding up to the
+total; a member, for each client either a seed of a stream or the client's
+vector minus k − 1 streams it does not know — uniformly random either way. An
+individual update is revealed only if all k members pool their shares. The
+workers also defend themselves against a coordinator that deviates: a
+trained state is sealed (the worker never sends it back or trains from it), a
+client shares once per session, a member counts each client once, refuses
+to reveal a sum of fewer than two shares and accepts nothing after revealing;
+and a run that fails after the opening is never repeated over fewer clients
+(``ProtocolAborted``), which would give away the difference. Not defended: a
+coordinator that substitutes session keys (see ``mpc.channel``), and a member
+that alters its share — the plain protocol only notices when the total weight
+comes out wrong; ``--mac`` (``mpc.secure_aggregation_mac``) detects it.
 
-Precision: each client's encoding rounds to 2^−(f+1), so the average is within
-n·2^−(f+1)/Σn_c of plain FedAvg (≈ 8·10⁻⁶ at f = 16) — far inside the 10⁻⁴
-the tests require.
+A member that drops out loses the round's sum (k-of-k sharing; Bonawitz et
+al.'s threshold recovery is future work).
+
+Precision and range: each client's encoding rounds to 2^−(f+1), so the average
+is within n·2^−(f+1)/Σn_c of plain FedAvg (≈ 8·10⁻⁶ at f = 16) — far inside
+the 10⁻⁴ the tests require; decoding to float64 keeps that while the sum is
+below 2^53·2^−f (≈ 1.4·10¹¹). Each client's weighted values must stay below
+2^62/(n·2^f) so that the sum of n cannot wrap around Z/2^64; a client refuses
+to share beyond that, and the coordinator checks the opened total weight
+against the sample counts it knows.
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from mpc.errors import MPCError
-from mpc.flatten import unflatten_average, vector_length
+from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.protocol import Protocol, ProtocolRun, Step
 from mpc.ring import FixedPointEncoder
 from mpc.sharing import reconstruct
@@ -102,6 +118,8 @@ def _share(run: ProtocolRun) -> None:
             session=run.session,
             state_id=state_id,
             weight=item.weight,
+            keys=run.state["keys"],
+            clients=len(run.workers("clients")),
             committee=[m.id for m in committee],
             public_keys=[peer_key(run, m) for m in committee],
             lead=position % len(committee),
@@ -160,7 +178,7 @@ SECURE_AGGREGATION = Protocol(
         Step("keys", "clients", exchange_keys),
         Step("share", "clients", _share),
         Step("relay", "committee", _relay),
-        Step("open", "committee", _open),
+        Step("open", "committee", _open, opens=True),
     ),
 )
 
@@ -181,8 +199,11 @@ def secure_average(
         raise MPCError(
             f"secure aggregation needs a committee of >= 2 workers, got {len(committee)}"
         )
-    if not inputs:
-        raise MPCError("secure aggregation needs at least one client")
+    if len(inputs) < 2:
+        raise MPCError(
+            f"secure aggregation needs >= 2 clients (one client's sum is its update), "
+            f"got {len(inputs)}"
+        )
     run = SECURE_AGGREGATION.bind(
         {"clients": [item.worker for item in inputs], "committee": list(committee)},
         parallel=parallel,
@@ -190,8 +211,10 @@ def secure_average(
     run.state.update(
         inputs={item.worker.id: item for item in inputs},
         length=vector_length(template),
+        keys=float_keys(template),
         encoder=encoder or FixedPointEncoder(),
     )
     run.run()
-    state, weight = unflatten_average(run.state.pop("total"), template)
+    expected = float(sum(item.weight for item in inputs))
+    state, weight = unflatten_average(run.state.pop("total"), template, expected)
     return SecureAggregate(state, weight, dict(run.seconds), run)

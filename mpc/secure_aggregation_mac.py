@@ -21,11 +21,22 @@ worker outside the committee, trusted like PySyft's crypto provider).
    opening), members return σ_j = Σ_k ρ_k(m_j,k − α_j·y_k), and Σσ_j must be 0.
 
 A failed check raises :class:`~mpc.errors.MPCError` naming it; the caller
-never sees the sum. The coordinator is the verifier here (it collects every
-σ_j before any is revealed to another party, so no member can adapt its σ to
-the others': the commitment round of SPDZ is not needed with a single honest
-verifier). Privacy is as for plain secure aggregation: ε_c travels sealed, so
-only a member colluding with the dealer could unmask it.
+never sees the sum, and the run is not retried (its steps ``open`` and
+``check`` are marked as opening). The coordinator is the verifier: it draws ρ
+after the opening and collects every σ_j before any party sees another's, so
+no member can adapt its σ to the others' (SPDZ's commitment round is not
+needed with a single honest verifier). Members also report a digest of each
+client's ε, so a client that sends different ε to different members is named
+instead of failing the check anonymously.
+
+Trust. The dealer is a trusted third party, as PySyft 0.2's crypto provider
+and CrypTen's TTP are: it knows α and every mask r_c, so it could shift an
+input undetected, and together with any one member (who sees ε_c) it could
+unmask x_c. fedsim draws the dealer at random among the round's workers
+outside the committee. What the MACs do guarantee: a committee member that
+alters its share of the sum, or the MAC share behind it, is caught except with
+probability ≈ 2^-60. Privacy against the coordinator is as for plain secure
+aggregation (ε_c, the masks and the key shares all travel sealed).
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.field import P, field_decode
-from mpc.flatten import unflatten_average, vector_length
+from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.mac import reconstruct_field
 from mpc.protocol import Protocol, ProtocolRun, Step
 from mpc.secure_aggregation import (
@@ -100,6 +111,8 @@ def _input(run: ProtocolRun) -> None:
             dealer_ciphertext=run.state["masks"][position]["client_sealed"],
             state_id=state_id,
             weight=item.weight,
+            keys=run.state["keys"],
+            clients=len(run.workers("clients")),
             fractional_bits=_FRACTIONAL_BITS,
             **members,
         )
@@ -116,8 +129,9 @@ def _input(run: ProtocolRun) -> None:
 
 def _relay(run: ProtocolRun) -> None:
     dealer = run.one("dealer")
+    clients = run.workers("clients")
 
-    def deliver(index: int) -> None:
+    def deliver(index: int) -> list[str]:
         member = run.workers("committee")[index]
         dealer_key = peer_key(run, dealer)
         member.party_op(
@@ -126,24 +140,35 @@ def _relay(run: ProtocolRun) -> None:
             dealer=dealer.id,
             dealer_public_key=dealer_key,
             dealer_ciphertext=run.state["alpha_sealed"][index],
+            **_committee_args(run),
         )
-        for position, client in enumerate(run.workers("clients")):
-            member.party_op(
+        digests = []
+        for position, client in enumerate(clients):
+            reply = member.party_op(
                 "secagg.mac.accept",
                 session=run.session,
                 client=client.id,
                 dealer=dealer.id,
-                index=index,
                 length=run.state["length"],
                 client_public_key=peer_key(run, client),
                 client_ciphertext=run.state["eps"][position][index],
                 dealer_public_key=dealer_key,
                 dealer_ciphertext=run.state["masks"][position]["member_sealed"][index],
             )
+            digests.append(str(reply["eps_digest"]))
+        return digests
 
-    run.each(list(range(len(run.workers("committee")))), deliver)
+    by_member = run.each(list(range(len(run.workers("committee")))), deliver)
     for key in ("eps", "masks", "alpha_sealed"):
         del run.state[key]
+    # Every member must hold the same ε from a client: one that sent different
+    # values would make the MAC check fail without saying who cheated.
+    for position, client in enumerate(clients):
+        if len({digests[position] for digests in by_member}) != 1:
+            raise MPCError(
+                f"client {client.id!r} sent different masked inputs to the committee "
+                "members; the round is aborted"
+            )
 
 
 def _open(run: ProtocolRun) -> None:
@@ -191,8 +216,8 @@ SECURE_AGGREGATION_MAC = Protocol(
         Step("deal", "dealer", _deal),
         Step("input", "clients", _input),
         Step("relay", "committee", _relay),
-        Step("open", "committee", _open),
-        Step("check", "committee", _check),
+        Step("open", "committee", _open, opens=True),
+        Step("check", "committee", _check, opens=True),
     ),
 )
 
@@ -214,8 +239,11 @@ def secure_average_mac(
         raise MPCError(
             f"the dealer {dealer.id!r} may not sit on the committee: it knows the MAC key"
         )
-    if not inputs:
-        raise MPCError("secure aggregation needs at least one client")
+    if len(inputs) < 2:
+        raise MPCError(
+            f"secure aggregation needs >= 2 clients (one client's sum is its update), "
+            f"got {len(inputs)}"
+        )
     run = SECURE_AGGREGATION_MAC.bind(
         {
             "clients": [item.worker for item in inputs],
@@ -225,8 +253,11 @@ def secure_average_mac(
         parallel=parallel,
     )
     run.state.update(
-        inputs={item.worker.id: item for item in inputs}, length=vector_length(template)
+        inputs={item.worker.id: item for item in inputs},
+        length=vector_length(template),
+        keys=float_keys(template),
     )
     run.run()
-    state, weight = unflatten_average(run.state.pop("total"), template)
+    expected = float(sum(item.weight for item in inputs))
+    state, weight = unflatten_average(run.state.pop("total"), template, expected)
     return SecureAggregate(state, weight, dict(run.seconds), run)

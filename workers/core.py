@@ -154,7 +154,7 @@ class WorkerCore:
             Evaluate: self._evaluate,
             PartyOp: self._party_op,
         }
-        self._party = Party(worker_id, self._lookup)
+        self._party = Party(worker_id, self._lookup, self._is_sealed)
 
     @classmethod
     def with_partition(
@@ -253,6 +253,9 @@ class WorkerCore:
                 "bad_request", f"{obj_id!r} is sealed for secure aggregation: party steps only"
             )
         return self._lookup(obj_id)
+
+    def _is_sealed(self, obj_id: str) -> bool:
+        return obj_id in self._sealed
 
     def _lookup(self, obj_id: str) -> Value:
         try:
@@ -355,7 +358,15 @@ class WorkerCore:
         return Ack(msg.result_ids)
 
     def _model(self, name: str, state_id: str) -> nn.Module:
-        """The cached module for ``name`` with the stored state ``state_id`` loaded."""
+        """The cached module for ``name`` with the stored state ``state_id`` loaded.
+
+        A sealed state is refused: training or evaluating from it would give the
+        coordinator a readable copy, or a model to query.
+        """
+        if state_id in self._sealed:
+            raise _Failure(
+                "bad_request", f"{state_id!r} is sealed for secure aggregation: party steps only"
+            )
         state = self._lookup(state_id)
         if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()

@@ -34,6 +34,7 @@ __all__ = [
     "PartyError",
     "PartyStep",
     "arg_bytes",
+    "arg_id",
     "arg_int",
     "arg_list",
     "arg_str",
@@ -55,15 +56,33 @@ class PartyError(WorkerError):
 class Party:
     """The MPC state of one worker: a vault of secrets, a CSPRNG, its stored objects."""
 
-    def __init__(self, worker_id: str, read_object: Callable[[str], Value]) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        read_object: Callable[[str], Value],
+        is_sealed: Callable[[str], bool] = lambda _id: False,
+    ) -> None:
         self.worker_id = worker_id
         self.rng = SecureRandom()
         self._read_object = read_object
+        self._is_sealed = is_sealed
         self._vault: dict[str, Any] = {}
 
-    def read_object(self, obj_id: str) -> Value:
-        """An object from the worker's store — its own data and trained states included."""
+    def read_object(self, obj_id: str, *, sealed: bool = False) -> Value:
+        """An object from the worker's store (its own data included).
+
+        A sealed training result (secure aggregation's input) is readable only
+        by a step that asks for it with ``sealed=True``; any other step gets a
+        PartyError, so no other protocol can be used to reach it.
+        """
+        if self._is_sealed(obj_id) and not sealed:
+            raise PartyError(f"{obj_id!r} is sealed for secure aggregation")
         return self._read_object(obj_id)
+
+    def require_room(self, keys: int) -> None:
+        """Fail now, before any write, if ``keys`` new secrets would not fit."""
+        if len(self._vault) + keys > MAX_SECRETS:
+            raise PartyError(f"vault of {self.worker_id!r} is full ({MAX_SECRETS} secrets)")
 
     def keep(self, key: str, value: Any) -> None:
         """Store a secret under ``key`` (replacing one of the same key)."""
@@ -79,6 +98,10 @@ class Party:
 
     def has(self, key: str) -> bool:
         return key in self._vault
+
+    def keys(self, prefix: str) -> list[str]:
+        """Vault keys starting with ``prefix``."""
+        return [key for key in self._vault if key.startswith(prefix)]
 
     def forget(self, prefix: str) -> int:
         """Drop every secret whose key starts with ``prefix``; returns how many."""
@@ -152,6 +175,15 @@ def arg_str(args: Mapping[str, Value], name: str, *, max_length: int = 256) -> s
     value = _arg(args, name)
     if not isinstance(value, str) or not 0 < len(value) <= max_length:
         raise PartyError(f"argument {name!r} must be a string of 1..{max_length} chars")
+    return value
+
+
+def arg_id(args: Mapping[str, Value], name: str) -> str:
+    """A worker id: no '/' (vault keys use it) and no NUL (length-prefixed elsewhere, but
+    an id is also shown in messages)."""
+    value = arg_str(args, name)
+    if "/" in value or "\x00" in value:
+        raise PartyError(f"argument {name!r} may not contain '/' or NUL")
     return value
 
 

@@ -19,6 +19,7 @@ Vault keys under ``<session>/``: ``alpha`` (this member's α_j), ``x``, ``m``,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ import torch
 
 from mpc.channel import open_sealed, seal
 from mpc.field import (
+    MAX_SUMMANDS,
     P,
     check_field,
     field_add,
@@ -44,6 +46,7 @@ from workers.party import (
     PartyError,
     PartyStep,
     arg_bytes,
+    arg_id,
     arg_int,
     arg_list,
     arg_str,
@@ -93,8 +96,8 @@ def _open(
 
 
 def _members(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
-    members = [str(m) for m in arg_list(args, "committee", max_length=256)]
-    keys = arg_list(args, "public_keys", max_length=256)
+    members = [arg_id({"id": m}, "id") for m in arg_list(args, "committee", max_length=64)]
+    keys = arg_list(args, "public_keys", max_length=64)
     if len(members) < 2 or len(keys) != len(members) or len(set(members)) != len(members):
         raise PartyError("need >= 2 distinct committee members and one public key each")
     return members, keys
@@ -106,6 +109,8 @@ def _members(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
 def _deal_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Dealer: draw the session's MAC key α and seal a share α_j for each member."""
     session = session_arg(args)
+    if party.has(f"{session}/alpha"):
+        raise PartyError(f"the MAC key of session {session!r} is already dealt")
     members, keys = _members(args)
     alpha, shares = share_mac_key(len(members), party.rng)
     party.keep(f"{session}/alpha", alpha)
@@ -122,9 +127,12 @@ def _deal_mask(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     alpha: int = party.secret(f"{session}/alpha")
     members, keys = _members(args)
-    client = arg_str(args, "client")
-    length = arg_int(args, "length", low=1, high=MAX_VECTOR)
+    client = arg_id(args, "client")
+    length = _session_length(party, session, arg_int(args, "length", low=1, high=MAX_VECTOR))
     lead = arg_int(args, "lead", low=0, high=len(members) - 1)
+    if party.has(f"{session}/dealt/{client}"):
+        raise PartyError(f"a mask for {client!r} is already dealt in session {session!r}")
+    party.keep(f"{session}/dealt/{client}", True)
     seed = os.urandom(_SEED_BYTES)
     r = field_random((length,), SecureRandom(seed))
     m = field_mul_scalar(r, alpha)
@@ -149,6 +157,15 @@ def _deal_mask(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     }
 
 
+def _session_length(party: Party, session: str, length: int) -> int:
+    """The session's vector length: fixed by its first use, then enforced."""
+    key = f"{session}/length"
+    if party.has(key) and party.secret(key) != length:
+        raise PartyError(f"session {session!r} has vectors of {party.secret(key)}, not {length}")
+    party.keep(key, length)
+    return length
+
+
 def _arg_key(args: Mapping[str, Value], name: str) -> Value:
     return arg_tensor(args, name, dtype=torch.uint8, ndim=1)
 
@@ -157,18 +174,26 @@ def _arg_key(args: Mapping[str, Value], name: str) -> Value:
 
 
 def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Client: open the dealer's mask seed, publish ε = x − r to each member (sealed)."""
+    """Client: open the dealer's mask seed, publish ε = x − r to each member (sealed).
+
+    Once per session: a second ε under the same mask would reveal x's difference.
+    """
     session = session_arg(args)
-    dealer = arg_str(args, "dealer")
+    if party.has(f"{session}/input"):
+        raise PartyError(f"{party.worker_id!r} already gave its input in session {session!r}")
+    dealer = arg_id(args, "dealer")
     seed = _open(party, session, args, dealer, "dealer", "mac/mask")
-    state = party.read_object(arg_str(args, "state_id"))
+    state = party.read_object(arg_str(args, "state_id"), sealed=True)
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise PartyError("state_id must name a state dict of tensors")
     weight = arg_int(args, "weight", low=1, high=2**31)
-    bits = arg_int(args, "fractional_bits", low=0, high=32)
-    value = field_encode(flatten_update(state, weight), bits)
-    eps = field_sub(value, field_random(value.shape, SecureRandom(seed))).numpy().tobytes()
+    arg_int(args, "clients", low=2, high=MAX_SUMMANDS)  # sums of more could pass p/2
+    layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
+    bits = arg_int(args, "fractional_bits", low=0, high=30)
+    value = field_encode(flatten_update(state, weight, layout), bits)
     members, keys = _members(args)
+    party.keep(f"{session}/input", True)
+    eps = field_sub(value, field_random(value.shape, SecureRandom(seed))).numpy().tobytes()
     sealed = [
         _seal(party, session, m, k, eps, "mac/eps") for m, k in zip(members, keys, strict=True)
     ]
@@ -179,14 +204,21 @@ def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 
 
 def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Member: take the dealer's MAC key share; fixes this member's place on the committee."""
     session = session_arg(args)
-    payload = _open(party, session, args, arg_str(args, "dealer"), "dealer", "mac/alpha")
+    if party.has(f"{session}/alpha"):
+        raise PartyError(f"a MAC key share for session {session!r} is already set")
+    members, _ = _members(args)
+    if party.worker_id not in members:
+        raise PartyError(f"{party.worker_id!r} is not on the committee")
+    payload = _open(party, session, args, arg_id(args, "dealer"), "dealer", "mac/alpha")
     if len(payload) != 8:
         raise PartyError("a MAC key share is one field element")
     (alpha,) = struct.unpack("<q", payload)
     if not 0 <= alpha < P:
         raise PartyError("MAC key share outside the field")
     party.keep(f"{session}/alpha", alpha)
+    party.keep(f"{session}/index", members.index(party.worker_id))
     return {}
 
 
@@ -199,36 +231,52 @@ def _vector(data: bytes, length: int, what: str) -> torch.Tensor:
 
 
 def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Member: add one client's authenticated input to the running sums."""
+    """Member: add one client's authenticated input to the running sums.
+
+    Returns a digest of the client's ε: every member must have received the
+    same ε, which the coordinator checks before opening (a client that sent
+    different ones is named, rather than failing the MAC check anonymously).
+    """
     session = session_arg(args)
-    client, dealer = arg_str(args, "client"), arg_str(args, "dealer")
-    index = arg_int(args, "index", low=0, high=255)
-    length = arg_int(args, "length", low=1, high=MAX_VECTOR)
+    client, dealer = arg_id(args, "client"), arg_id(args, "dealer")
+    index: int = party.secret(f"{session}/index")
+    length = _session_length(party, session, arg_int(args, "length", low=1, high=MAX_VECTOR))
     if party.has(f"{session}/from/{client}") or party.has(f"{session}/opened"):
         raise PartyError(f"input of {client!r} already counted, or the sum already opened")
-    eps = _vector(_open(party, session, args, client, "client", "mac/eps"), length, "ε")
+    party.require_room(4)
+    eps_bytes = _open(party, session, args, client, "client", "mac/eps")
+    eps = _vector(eps_bytes, length, "ε")
     shares = _open(party, session, args, dealer, "dealer", f"mac/shares/{client}")
     kind, body = shares[:1], shares[1:]
     if kind == _SEEDS and len(body) == 2 * _SEED_BYTES:
         r = field_random((length,), SecureRandom(body[:_SEED_BYTES]))
         m = field_random((length,), SecureRandom(body[_SEED_BYTES:]))
-    elif kind == _FULL:
+    elif kind == _FULL and len(body) == 16 * length:
         r = _vector(body[: 8 * length], length, "mask share")
         m = _vector(body[8 * length :], length, "MAC share")
     else:
         raise PartyError(f"dealer shares for {client!r} are malformed")
+    party.keep(f"{session}/from/{client}", True)
     for name, term in (("x", field_add(r, eps) if index == 0 else r), ("m", m), ("eps", eps)):
         key = f"{session}/{name}"
         party.keep(key, field_add(party.secret(key), term) if party.has(key) else term)
-    party.keep(f"{session}/from/{client}", True)
-    return {}
+    return {"eps_digest": hashlib.sha256(eps_bytes).hexdigest()}
 
 
 def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Member: this member's share of the sum; its MAC share stays for the check."""
+    """Member: this member's share of the sum; its MAC share stays for the check.
+
+    Refused for fewer than two inputs (the sum would be one client's update)
+    and, like every step after it, only once per session.
+    """
     session = session_arg(args)
+    if party.has(f"{session}/opened"):
+        raise PartyError(f"session {session!r} is already opened")
+    count = len(party.keys(f"{session}/from/"))
+    if count < 2:
+        raise PartyError(f"refusing to reveal a sum of {count} input(s): it would be an update")
     party.keep(f"{session}/opened", True)
-    return {"sum_share": party.secret(f"{session}/x"), "count": party.forget(f"{session}/from/")}
+    return {"sum_share": party.secret(f"{session}/x"), "count": count}
 
 
 def _check(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:

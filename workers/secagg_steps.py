@@ -35,6 +35,7 @@ from workers.party import (
     PartyError,
     PartyStep,
     arg_bytes,
+    arg_id,
     arg_int,
     arg_list,
     arg_str,
@@ -50,35 +51,58 @@ _SEED = b"S"  # payload kinds: a 32-byte ChaCha20 seed, or a full share
 _FULL = b"F"
 _SEED_BYTES = 32
 _LABEL = "secagg/share"
+MAX_COMMITTEE = 64
 
 
 def _public_key(value: Value, name: str) -> bytes:
     return check_tensor(value, name, dtype=torch.uint8, ndim=1).numpy().tobytes()
 
 
+def _committee(args: Mapping[str, Value]) -> tuple[list[str], list[bytes]]:
+    members = [
+        arg_id({"id": m}, "id") for m in arg_list(args, "committee", max_length=MAX_COMMITTEE)
+    ]
+    keys = arg_list(args, "public_keys", max_length=MAX_COMMITTEE)
+    if len(members) < 2 or len(keys) != len(members) or len(set(members)) != len(members):
+        raise PartyError("need >= 2 distinct committee members and one public key each")
+    return members, [_public_key(k, f"public_keys[{i}]") for i, k in enumerate(keys)]
+
+
 def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Encode weight·update, split it into k additive shares, seal one per committee member.
 
-    args: session, state_id (this worker's trained state), weight (its sample
-    count), committee (member ids), public_keys (theirs, same order), lead
-    (index of the member that gets the full share), fractional_bits.
+    args: session, state_id (this worker's sealed trained state), weight (its
+    sample count), keys (the global model's floating tensors, in order),
+    clients (how many clients the sum will hold), committee (member ids),
+    public_keys (theirs, same order), lead (the member that gets the full
+    share), fractional_bits. Once per session: sharing twice would give a
+    member two shares of one update.
     """
     session = session_arg(args)
     key = session_key(party, session)
-    state = party.read_object(arg_str(args, "state_id"))
+    if party.has(f"{session}/shared"):
+        raise PartyError(f"{party.worker_id!r} already shared its update in session {session!r}")
+    state = party.read_object(arg_str(args, "state_id"), sealed=True)
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise PartyError("state_id must name a state dict of tensors")
     weight = arg_int(args, "weight", low=1, high=2**31)
-    committee = [str(m) for m in arg_list(args, "committee", max_length=256)]
-    keys = arg_list(args, "public_keys", max_length=256)
-    if len(committee) < 2 or len(keys) != len(committee) or len(set(committee)) != len(committee):
-        raise PartyError("need >= 2 distinct committee members and one public key each")
-    lead = arg_int(args, "lead", low=0, high=len(committee) - 1)
-    encoder = FixedPointEncoder(arg_int(args, "fractional_bits", low=0, high=40))
-    secret = encoder.encode(flatten_update(state, weight))  # MPCError names an out-of-range value
+    clients = arg_int(args, "clients", low=2, high=1 << 20)
+    layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
+    members, public_keys = _committee(args)
+    lead = arg_int(args, "lead", low=0, high=len(members) - 1)
+    encoder = FixedPointEncoder(arg_int(args, "fractional_bits", low=0, high=30))
+    secret = encoder.encode(flatten_update(state, weight, layout))  # MPCError: out of range
+    # The sum of `clients` vectors must not wrap around Z/2^64: each gets 1/clients of it.
+    headroom = (1 << 62) // clients
+    if secret.numel() and int(secret.abs().max()) >= headroom:
+        raise PartyError(
+            f"weighted update exceeds ±{headroom / encoder.scale:g}, the range that keeps "
+            f"a sum of {clients} clients from wrapping around"
+        )
+    party.keep(f"{session}/shared", True)
     full = secret.clone()
     payloads: list[bytes] = []
-    for index in range(len(committee)):
+    for index in range(len(members)):
         if index == lead:
             payloads.append(b"")  # filled in below, once every stream is subtracted
             continue
@@ -90,7 +114,7 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         tensor_from_bytes(
             seal(
                 key,
-                _public_key(public, f"public_keys[{i}]"),
+                public,
                 payload,
                 session=session,
                 sender=party.worker_id,
@@ -98,19 +122,29 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
                 label=_LABEL,
             )
         )
-        for i, (member, public, payload) in enumerate(zip(committee, keys, payloads, strict=True))
+        for member, public, payload in zip(members, public_keys, payloads, strict=True)
     ]
     return {"ciphertexts": ciphertexts, "length": int(secret.numel())}
 
 
 def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Open one client's sealed share and add it to this member's running sum."""
+    """Open one client's sealed share and add it to this member's running sum.
+
+    The first share fixes the session's vector length; each sender counts once,
+    and nothing is accepted after the sum was revealed.
+    """
     session = session_arg(args)
+    if party.has(f"{session}/closed"):
+        raise PartyError(f"session {session!r} is closed: its sum was revealed")
     key = session_key(party, session)
-    sender = arg_str(args, "sender")
+    sender = arg_id(args, "sender")
     length = arg_int(args, "length", low=1, high=MAX_VECTOR)
     if party.has(f"{session}/from/{sender}"):
         raise PartyError(f"share from {sender!r} already counted in session {session!r}")
+    total = party.secret(f"{session}/sum") if party.has(f"{session}/sum") else None
+    if total is not None and total.numel() != length:
+        raise PartyError(f"share from {sender!r} has length {length}, the sum {total.numel()}")
+    party.require_room(2)
     payload = open_sealed(
         key,
         arg_bytes(args, "sender_public_key"),
@@ -127,20 +161,27 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         share = torch.frombuffer(bytearray(body), dtype=torch.int64)
     else:
         raise PartyError(f"share from {sender!r} does not hold {length} ring elements")
-    total = party.secret(f"{session}/sum") if party.has(f"{session}/sum") else None
-    if total is not None and total.numel() != length:
-        raise PartyError(f"share from {sender!r} has length {length}, the sum {total.numel()}")
-    party.keep(f"{session}/sum", share if total is None else total + share)
     party.keep(f"{session}/from/{sender}", True)
+    party.keep(f"{session}/sum", share if total is None else total + share)
     return {"received": 1}
 
 
 def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """This member's share of the sum (uniformly random on its own), and how many it added."""
+    """This member's share of the sum (uniformly random on its own), and how many it added.
+
+    Refused for fewer than two shares — the "sum" would be one client's update.
+    Closes the session: its key is dropped and no share is accepted after, so
+    a coordinator cannot replay old shares into a second, smaller sum.
+    """
     session = session_arg(args)
+    if party.has(f"{session}/closed"):
+        raise PartyError(f"session {session!r} is closed: its sum was revealed")
+    count = sum(1 for _ in party.keys(f"{session}/from/"))
+    if count < 2:
+        raise PartyError(f"refusing to reveal a sum of {count} share(s): it would be an update")
     total = party.secret(f"{session}/sum")
-    count = party.forget(f"{session}/from/")
-    party.forget(f"{session}/sum")
+    party.forget(f"{session}/")
+    party.keep(f"{session}/closed", True)
     return {"sum_share": total, "count": count}
 
 

@@ -12,6 +12,8 @@ from fl.models import build_model, get_state
 from fl.training import TrainConfig
 from mpc.channel import SessionKey, open_sealed
 from mpc.errors import MPCError
+from mpc.flatten import flatten_update, float_keys
+from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from mpc.secure_aggregation import SecureInput, secure_average
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
@@ -91,6 +93,43 @@ def test_coordinator_sees_ciphertexts_and_random_sum_shares_only() -> None:
                 assert bits.sub(0.5).abs().max().item() < 0.02  # ~110k values: 6σ ≈ 0.009
 
 
+def _reconstruct_from_relayed(ciphertexts: list[torch.Tensor], length: int) -> torch.Tensor | None:
+    """The coordinator's attack: read each relayed ciphertext as if it were the payload
+    (kind byte, then a seed or a vector) at the offsets a nonce could take."""
+    for offset in (0, 12):
+        total = torch.zeros(length, dtype=torch.int64)
+        for sealed in ciphertexts:
+            data = sealed.numpy().tobytes()[offset:]
+            if data[:1] == b"S" and len(data) >= 33:
+                total += SecureRandom(data[1:33]).ring_elements((length,))
+            elif data[:1] == b"F" and len(data) >= 1 + 8 * length:
+                total += torch.frombuffer(bytearray(data[1 : 1 + 8 * length]), dtype=torch.int64)
+            else:
+                break
+        else:
+            return total
+    return None
+
+
+def test_relayed_shares_cannot_be_read_by_the_coordinator() -> None:
+    # Prepare
+    workers = [RecordingWorker(f"w{i}") for i in range(3)]
+    states = _states(3)
+
+    # Execute
+    secure_average(_inputs(workers, states, [11, 22, 33]), workers, states[0])
+
+    # Assert: parsing what client 0 handed the coordinator as plaintext shares
+    # does not give its update back (it would, were the shares not encrypted).
+    (reply,) = [
+        r for r in workers[0].replies if isinstance(r, PartyReply) and "ciphertexts" in r.values
+    ]
+    length = int(reply.values["length"])
+    update = FixedPointEncoder().encode(flatten_update(states[0], 11, float_keys(states[0])))
+    guess = _reconstruct_from_relayed(reply.values["ciphertexts"], length)
+    assert guess is None or not torch.equal(guess, update)
+
+
 def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
     """What each of 2 committee members decrypts from one client sharing ``update``."""
     steps = party_steps()
@@ -105,6 +144,8 @@ def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
             "session": "s",
             "state_id": "state",
             "weight": 1,
+            "keys": ["w"],
+            "clients": 2,
             "committee": ["m0", "m1"],
             "public_keys": [tensor_from_bytes(k.public_bytes) for k in keys],
             "lead": lead,
@@ -155,6 +196,8 @@ def test_tampered_or_replayed_share_is_refused_and_the_worker_goes_on() -> None:
         session="s",
         state_id=ptr.id,
         weight=2,
+        keys=["w"],
+        clients=2,
         committee=["m", "c"],
         public_keys=[public["m"], public["c"]],
         lead=0,
@@ -175,6 +218,62 @@ def test_tampered_or_replayed_share_is_refused_and_the_worker_goes_on() -> None:
     with pytest.raises(RemoteError, match="not registered"):
         member.party_op("secagg.nonsense", session="s")
     assert member.ping().worker_id == "m"
+
+
+def _shared(
+    clients: list[VirtualWorker], member: VirtualWorker
+) -> tuple[dict[str, Any], list[Any]]:
+    """Keys for everyone, and each client's share sealed for ``member`` (a committee of 2
+    with the first client)."""
+    workers = [member, *clients]
+    public = {w.id: w.party_op("keygen", session="s")["public_key"] for w in workers}
+    sealed = []
+    for client in clients:
+        reply = client.party_op(
+            "secagg.share",
+            session="s",
+            state_id=client.send({"w": torch.ones(8)}, owned=False).id,
+            weight=2,
+            keys=["w"],
+            clients=len(clients),
+            committee=[member.id, clients[0].id],
+            public_keys=[public[member.id], public[clients[0].id]],
+            lead=0,
+            fractional_bits=16,
+        )
+        sealed.append(reply["ciphertexts"][0])
+    return public, sealed
+
+
+def test_a_revealed_session_accepts_nothing_more() -> None:
+    # Prepare: two clients share for one member.
+    member, clients = VirtualWorker("m"), [VirtualWorker("c0"), VirtualWorker("c1")]
+    public, sealed = _shared(clients, member)
+
+    def accept(position: int) -> None:
+        member.party_op(
+            "secagg.accept",
+            session="s",
+            sender=clients[position].id,
+            sender_public_key=public[clients[position].id],
+            ciphertext=sealed[position],
+            length=9,
+        )
+
+    # Execute / Assert: one share is not a sum; two are; after the reveal the
+    # session is closed, so an old share cannot be replayed into a smaller sum;
+    # and a client shares once per session.
+    accept(0)
+    with pytest.raises(RemoteError, match="refusing to reveal a sum of 1"):
+        member.party_op("secagg.reveal", session="s")
+    accept(1)
+    assert member.party_op("secagg.reveal", session="s")["count"] == 2
+    with pytest.raises(RemoteError, match="closed"):
+        accept(0)
+    with pytest.raises(RemoteError, match="closed"):
+        member.party_op("secagg.reveal", session="s")
+    with pytest.raises(RemoteError, match="already shared"):
+        clients[1].party_op("secagg.share", session="s")
 
 
 def test_bad_committee_is_one_clear_error() -> None:
@@ -202,6 +301,10 @@ def test_sealed_training_result_reaches_party_steps_only() -> None:
         workers[0].get(trained[0].state, delete=False)
     with pytest.raises(RemoteError, match="sealed"):
         workers[0].run_op("neg", trained[0].state)
+    with pytest.raises(RemoteError, match="sealed"):  # training from it would copy it
+        workers[0].train("mlp", trained[0].state, config, seed=0)
+    with pytest.raises(RemoteError, match="sealed"):
+        workers[0].evaluate("mlp", trained[0].state)
     result = secure_average(trained, workers, state)
     assert result.total_weight == 32
     sealed_id = trained[0].state.id if not isinstance(trained[0].state, str) else ""

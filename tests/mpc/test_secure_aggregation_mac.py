@@ -11,9 +11,11 @@ from fl.aggregation import weighted_average
 from fl.models import build_model, get_state
 from mpc.errors import MPCError
 from mpc.field import P
+from mpc.protocol import ProtocolAborted
 from mpc.secure_aggregation import SecureInput
 from mpc.secure_aggregation_mac import secure_average_mac
 from workers.codec import Value
+from workers.errors import WorkerError
 from workers.virtual import VirtualWorker
 
 
@@ -96,3 +98,32 @@ def test_dealer_on_the_committee_is_refused() -> None:
     inputs = [SecureInput(w, w.send(state), 1) for w in workers]
     with pytest.raises(MPCError, match="may not sit on the committee"):
         secure_average_mac(inputs, workers[:2], workers[0], state)
+
+
+class DyingWorker(VirtualWorker):
+    """A worker whose connection is lost when it reaches ``step``."""
+
+    def __init__(self, worker_id: str, *, step: str) -> None:
+        super().__init__(worker_id)
+        self.step = step
+
+    def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+        if op == self.step:
+            raise WorkerError(f"connection to {self.id!r} lost")
+        return super().party_op(op, **args)
+
+
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [("secagg.mac.accept", WorkerError), ("secagg.mac.check", ProtocolAborted)],
+)
+def test_a_lost_worker_is_retryable_only_before_the_opening(step: str, error: type) -> None:
+    # Prepare: member w1 is lost during the relay, or during the check (after the opening).
+    workers = [VirtualWorker("w0"), DyingWorker("w1", step=step), VirtualWorker("w2")]
+    workers.append(VirtualWorker("w3"))
+
+    # Execute / Assert: before the opening the worker error comes through as is (the
+    # round loop may retry without w1); after it the run is aborted for good, because
+    # a second sum over fewer clients would reveal the missing client's update.
+    with pytest.raises(error):
+        _run(workers, [10, 20, 30, 40])
