@@ -242,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_defaults()
     exit_on_sigterm()
     args = build_parser().parse_args(argv)
+    from fedsim.memory import tune_malloc
     from fl.errors import FedsimError
+
+    tune_malloc()  # large tensors (MPC shares, model states) reuse heap blocks
 
     try:
         if args.command == "run":

@@ -36,7 +36,7 @@ __all__ = ["ENCRYPTED_EVAL_LEVEL", "encrypted_eval_flow", "training_epochs"]
 
 ENCRYPTED_EVAL_LEVEL = 6
 _MAX_TRAIN_SAMPLES = 120_000
-BATCH_SIZE = 500  # images per encrypted batch: bounds the workers' memory (~0.5 GB)
+BATCH_SIZE = 250  # images per encrypted batch: every tensor < 32 MiB, every frame < 256 MiB
 
 
 def training_epochs(cfg: ExperimentConfig, train_size: int) -> int:
