@@ -77,7 +77,7 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.inference_layers import MPC_CNN
-from mpc.protocol import Protocol, ProtocolRun, Step
+from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
 from mpc.ring import DEFAULT_FRACTIONAL_BITS
 from workers.base import Worker
 from workers.codec import Value
@@ -123,30 +123,13 @@ def _timed(run: ProtocolRun, name: str, worker: Worker, op: str, **args: Value) 
     return reply
 
 
-def _key(run: ProtocolRun, role: str) -> torch.Tensor:
-    data: bytes = run.state["public_keys"][run.one(role).id]
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
 def _peers(run: ProtocolRun, *roles: str) -> dict[str, Value]:
     """The ``<role>`` (worker id) and ``<role>_key`` (public key) arguments for sealing."""
     args: dict[str, Value] = {}
     for role in roles:
         args[role] = run.one(role).id
-        args[f"{role}_key"] = _key(run, role)
+        args[f"{role}_key"] = run.public_key(run.one(role))
     return args
-
-
-def _keys(run: ProtocolRun) -> None:
-    def keygen(worker: Worker) -> bytes:
-        public = worker.party_op("keygen", session=run.session)["public_key"]
-        assert isinstance(public, torch.Tensor)
-        return public.numpy().tobytes()
-
-    workers = run.all_workers()
-    run.state["public_keys"] = dict(
-        zip([w.id for w in workers], run.each(workers, keygen), strict=True)
-    )
 
 
 def _setup(run: ProtocolRun) -> None:
@@ -265,7 +248,7 @@ ENCRYPTED_INFERENCE = Protocol(
     "encrypted-inference",
     roles=("data_owner", "model_owner", "dealer"),
     steps=(
-        Step("keys", "dealer", _keys),
+        Step("keys", "dealer", exchange_keys),
         Step("setup", "model_owner", _setup),
         Step("batches", "data_owner", _batches),
     ),

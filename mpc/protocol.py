@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
+
 from mpc.errors import MPCError
 from workers.base import Worker
 
-__all__ = ["Protocol", "ProtocolAborted", "ProtocolRun", "Step"]
+__all__ = ["Protocol", "ProtocolAborted", "ProtocolRun", "Step", "exchange_keys"]
 
 T = TypeVar("T")
 
@@ -125,6 +127,11 @@ class ProtocolRun:
             futures = [pool.submit(fn, item) for item in items]
         return [future.result() for future in futures]
 
+    def public_key(self, worker: Worker) -> torch.Tensor:
+        """``worker``'s session public key (from :func:`exchange_keys`), as party steps take it."""
+        data: bytes = self.state["public_keys"][worker.id]
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
     def all_workers(self) -> list[Worker]:
         """Every bound worker once, in role order."""
         seen: dict[str, Worker] = {}
@@ -167,3 +174,19 @@ class ProtocolRun:
             # Clean-up must not hide the error that ended the run.
             with contextlib.suppress(Exception):
                 worker.party_op("forget", session=self.session)
+
+
+def exchange_keys(run: ProtocolRun) -> None:
+    """A first step for protocols whose parties seal messages for each other: every
+    bound worker makes a session key pair (``mpc.channel``) and publishes the public half."""
+
+    def keygen(worker: Worker) -> bytes:
+        public = worker.party_op("keygen", session=run.session)["public_key"]
+        if not isinstance(public, torch.Tensor) or public.dtype != torch.uint8:
+            raise MPCError(f"{worker.id!r} returned no public key")
+        return public.numpy().tobytes()
+
+    workers = run.all_workers()
+    run.state["public_keys"] = dict(
+        zip([w.id for w in workers], run.each(workers, keygen), strict=True)
+    )

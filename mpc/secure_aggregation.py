@@ -49,7 +49,7 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.flatten import float_keys, unflatten_average, vector_length
-from mpc.protocol import Protocol, ProtocolRun, Step
+from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
 from mpc.ring import FixedPointEncoder
 from mpc.sharing import reconstruct
 from workers.base import Worker
@@ -59,8 +59,6 @@ __all__ = [
     "SECURE_AGGREGATION",
     "SecureAggregate",
     "SecureInput",
-    "exchange_keys",
-    "peer_key",
     "secure_average",
 ]
 
@@ -84,26 +82,6 @@ class SecureAggregate:
     run: ProtocolRun
 
 
-def exchange_keys(run: ProtocolRun) -> None:
-    """Every bound worker makes a session key pair; the public halves go to ``run.state``."""
-
-    def keygen(worker: Worker) -> bytes:
-        public = worker.party_op("keygen", session=run.session)["public_key"]
-        assert isinstance(public, torch.Tensor)
-        return public.numpy().tobytes()
-
-    workers = run.all_workers()
-    run.state["public_keys"] = dict(
-        zip([w.id for w in workers], run.each(workers, keygen), strict=True)
-    )
-
-
-def peer_key(run: ProtocolRun, worker: Worker) -> torch.Tensor:
-    """``worker``'s session public key, as the uint8 tensor party steps take."""
-    data = run.state["public_keys"][worker.id]
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
 def _share(run: ProtocolRun) -> None:
     committee = run.workers("committee")
     inputs: dict[str, SecureInput] = run.state["inputs"]
@@ -121,7 +99,7 @@ def _share(run: ProtocolRun) -> None:
             keys=run.state["keys"],
             clients=len(run.workers("clients")),
             committee=[m.id for m in committee],
-            public_keys=[peer_key(run, m) for m in committee],
+            public_keys=[run.public_key(m) for m in committee],
             lead=position % len(committee),
             fractional_bits=run.state["encoder"].fractional_bits,
         )
@@ -146,7 +124,7 @@ def _relay(run: ProtocolRun) -> None:
                 "secagg.accept",
                 session=run.session,
                 sender=client.id,
-                sender_public_key=peer_key(run, client),
+                sender_public_key=run.public_key(client),
                 ciphertext=ciphertexts[index],
                 length=run.state["length"],
             )

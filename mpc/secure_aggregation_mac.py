@@ -50,13 +50,8 @@ from mpc.errors import MPCError
 from mpc.field import P, field_decode
 from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.mac import reconstruct_field
-from mpc.protocol import Protocol, ProtocolRun, Step
-from mpc.secure_aggregation import (
-    SecureAggregate,
-    SecureInput,
-    exchange_keys,
-    peer_key,
-)
+from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
+from mpc.secure_aggregation import SecureAggregate, SecureInput
 from workers.base import Worker
 
 __all__ = ["SECURE_AGGREGATION_MAC", "secure_average_mac"]
@@ -68,7 +63,7 @@ def _committee_args(run: ProtocolRun) -> dict[str, object]:
     committee = run.workers("committee")
     return {
         "committee": [m.id for m in committee],
-        "public_keys": [peer_key(run, m) for m in committee],
+        "public_keys": [run.public_key(m) for m in committee],
     }
 
 
@@ -85,7 +80,7 @@ def _deal(run: ProtocolRun) -> None:
                 "secagg.mac.deal_mask",
                 session=run.session,
                 client=client.id,
-                client_public_key=peer_key(run, client),
+                client_public_key=run.public_key(client),
                 length=run.state["length"],
                 lead=position % len(run.workers("committee")),
                 **members,
@@ -107,7 +102,7 @@ def _input(run: ProtocolRun) -> None:
             "secagg.mac.input",
             session=run.session,
             dealer=dealer.id,
-            dealer_public_key=peer_key(run, dealer),
+            dealer_public_key=run.public_key(dealer),
             dealer_ciphertext=run.state["masks"][position]["client_sealed"],
             state_id=state_id,
             weight=item.weight,
@@ -133,7 +128,7 @@ def _relay(run: ProtocolRun) -> None:
 
     def deliver(index: int) -> list[str]:
         member = run.workers("committee")[index]
-        dealer_key = peer_key(run, dealer)
+        dealer_key = run.public_key(dealer)
         member.party_op(
             "secagg.mac.accept_key",
             session=run.session,
@@ -150,7 +145,7 @@ def _relay(run: ProtocolRun) -> None:
                 client=client.id,
                 dealer=dealer.id,
                 length=run.state["length"],
-                client_public_key=peer_key(run, client),
+                client_public_key=run.public_key(client),
                 client_ciphertext=run.state["eps"][position][index],
                 dealer_public_key=dealer_key,
                 dealer_ciphertext=run.state["masks"][position]["member_sealed"][index],

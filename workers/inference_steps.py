@@ -23,7 +23,6 @@ from typing import Any, cast
 
 import torch
 
-from mpc.channel import open_sealed, seal
 from mpc.inference_layers import (
     MPC_CNN,
     SEED_BYTES,
@@ -41,13 +40,13 @@ from workers.party import (
     Party,
     PartyError,
     PartyStep,
-    arg_bytes,
     arg_int,
     arg_list,
     arg_str,
     check_tensor,
+    open_from,
+    seal_for,
     session_arg,
-    session_key,
     tensor_from_bytes,
 )
 
@@ -108,35 +107,16 @@ def _wire(data: bytes) -> torch.Tensor:
 def _seal_for(
     party: Party, session: str, args: Mapping[str, Value], peer: str, data: bytes, nonce: int
 ) -> torch.Tensor:
-    key = session_key(party, session)
-    return _wire(
-        seal(
-            key,
-            arg_bytes(args, f"{peer}_key"),
-            data,
-            session=session,
-            sender=party.worker_id,
-            recipient=arg_str(args, peer),
-            label="infer",
-            purpose=nonce,
-        )
-    )
+    recipient, public = arg_str(args, peer), args.get(f"{peer}_key")
+    return _wire(seal_for(party, session, recipient, public, data, label="infer", purpose=nonce))
 
 
 def _open_from(
     party: Party, session: str, args: Mapping[str, Value], peer: str, data: Value, nonce: int
 ) -> bytes:
     ciphertext = _buffer(check_tensor(data, "sealed", dtype=torch.uint8, ndim=1))
-    return open_sealed(
-        session_key(party, session),
-        arg_bytes(args, f"{peer}_key"),
-        ciphertext,
-        session=session,
-        sender=arg_str(args, peer),
-        recipient=party.worker_id,
-        label="infer",
-        purpose=nonce,
-    )
+    sender, public = arg_str(args, peer), args.get(f"{peer}_key")
+    return open_from(party, session, sender, public, ciphertext, label="infer", purpose=nonce)
 
 
 def _ring(data: bytes, shape: Sequence[int], what: str) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from mpc.channel import SessionKey
+from mpc.channel import SessionKey, open_sealed, seal
 from mpc.random import SecureRandom
 from workers.codec import Value
 from workers.errors import WorkerError
@@ -40,7 +40,9 @@ __all__ = [
     "arg_str",
     "arg_tensor",
     "check_tensor",
+    "open_from",
     "party_steps",
+    "seal_for",
     "session_arg",
     "session_key",
     "tensor_from_bytes",
@@ -143,6 +145,56 @@ def session_key(party: Party, session: str) -> SessionKey:
     key = party.secret(f"{session}/key")
     assert isinstance(key, SessionKey)
     return key
+
+
+def _public_bytes(value: Value, what: str) -> bytes:
+    return check_tensor(value, what, dtype=torch.uint8, ndim=1).numpy().tobytes()
+
+
+def seal_for(
+    party: Party,
+    session: str,
+    recipient: str,
+    recipient_public: Value,
+    payload: bytes,
+    *,
+    label: str,
+    purpose: int = 0,
+) -> bytes:
+    """``payload`` sealed with this party's session key for ``recipient`` (``mpc.channel``)."""
+    return seal(
+        session_key(party, session),
+        _public_bytes(recipient_public, f"public key of {recipient!r}"),
+        payload,
+        session=session,
+        sender=party.worker_id,
+        recipient=recipient,
+        label=label,
+        purpose=purpose,
+    )
+
+
+def open_from(
+    party: Party,
+    session: str,
+    sender: str,
+    sender_public: Value,
+    ciphertext: bytes,
+    *,
+    label: str,
+    purpose: int = 0,
+) -> bytes:
+    """A message ``sender`` sealed for this party; MPCError if altered or misdirected."""
+    return open_sealed(
+        session_key(party, session),
+        _public_bytes(sender_public, f"public key of {sender!r}"),
+        ciphertext,
+        session=session,
+        sender=sender,
+        recipient=party.worker_id,
+        label=label,
+        purpose=purpose,
+    )
 
 
 def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:

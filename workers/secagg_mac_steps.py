@@ -26,7 +26,6 @@ from collections.abc import Mapping
 
 import torch
 
-from mpc.channel import open_sealed, seal
 from mpc.field import (
     MAX_SUMMANDS,
     P,
@@ -51,9 +50,9 @@ from workers.party import (
     arg_list,
     arg_str,
     arg_tensor,
-    check_tensor,
+    open_from,
+    seal_for,
     session_arg,
-    session_key,
     tensor_from_bytes,
 )
 
@@ -67,32 +66,15 @@ _FULL = b"F"  # the lead's explicit r and α·r shares
 def _seal(
     party: Party, session: str, peer: str, public: Value, payload: bytes, label: str
 ) -> torch.Tensor:
-    key = session_key(party, session)
-    peer_public = check_tensor(public, "public key", dtype=torch.uint8, ndim=1).numpy().tobytes()
-    sealed = seal(
-        key,
-        peer_public,
-        payload,
-        session=session,
-        sender=party.worker_id,
-        recipient=peer,
-        label=label,
-    )
-    return tensor_from_bytes(sealed)
+    return tensor_from_bytes(seal_for(party, session, peer, public, payload, label=label))
 
 
 def _open(
     party: Party, session: str, args: Mapping[str, Value], sender: str, prefix: str, label: str
 ) -> bytes:
-    return open_sealed(
-        session_key(party, session),
-        arg_bytes(args, f"{prefix}_public_key"),
-        arg_bytes(args, f"{prefix}_ciphertext"),
-        session=session,
-        sender=sender,
-        recipient=party.worker_id,
-        label=label,
-    )
+    ciphertext = arg_bytes(args, f"{prefix}_ciphertext")
+    public = args.get(f"{prefix}_public_key")
+    return open_from(party, session, sender, public, ciphertext, label=label)
 
 
 def _members(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:

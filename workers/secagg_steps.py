@@ -25,7 +25,6 @@ from collections.abc import Mapping
 
 import torch
 
-from mpc.channel import open_sealed, seal
 from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
@@ -40,6 +39,8 @@ from workers.party import (
     arg_list,
     arg_str,
     check_tensor,
+    open_from,
+    seal_for,
     session_arg,
     session_key,
     tensor_from_bytes,
@@ -54,18 +55,16 @@ _LABEL = "secagg/share"
 MAX_COMMITTEE = 64
 
 
-def _public_key(value: Value, name: str) -> bytes:
-    return check_tensor(value, name, dtype=torch.uint8, ndim=1).numpy().tobytes()
-
-
-def _committee(args: Mapping[str, Value]) -> tuple[list[str], list[bytes]]:
+def _committee(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
     members = [
         arg_id({"id": m}, "id") for m in arg_list(args, "committee", max_length=MAX_COMMITTEE)
     ]
     keys = arg_list(args, "public_keys", max_length=MAX_COMMITTEE)
     if len(members) < 2 or len(keys) != len(members) or len(set(members)) != len(members):
         raise PartyError("need >= 2 distinct committee members and one public key each")
-    return members, [_public_key(k, f"public_keys[{i}]") for i, k in enumerate(keys)]
+    for i, public in enumerate(keys):
+        check_tensor(public, f"public_keys[{i}]", dtype=torch.uint8, ndim=1)
+    return members, keys
 
 
 def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -79,7 +78,7 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     member two shares of one update.
     """
     session = session_arg(args)
-    key = session_key(party, session)
+    session_key(party, session)  # fails before anything is written if keygen did not run
     if party.has(f"{session}/shared"):
         raise PartyError(f"{party.worker_id!r} already shared its update in session {session!r}")
     state = party.read_object(arg_str(args, "state_id"), sealed=True)
@@ -111,17 +110,7 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         payloads.append(_SEED + seed)
     payloads[lead] = _FULL + full.numpy().tobytes()
     ciphertexts = [
-        tensor_from_bytes(
-            seal(
-                key,
-                public,
-                payload,
-                session=session,
-                sender=party.worker_id,
-                recipient=member,
-                label=_LABEL,
-            )
-        )
+        tensor_from_bytes(seal_for(party, session, member, public, payload, label=_LABEL))
         for member, public, payload in zip(members, public_keys, payloads, strict=True)
     ]
     return {"ciphertexts": ciphertexts, "length": int(secret.numel())}
@@ -136,7 +125,7 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     if party.has(f"{session}/closed"):
         raise PartyError(f"session {session!r} is closed: its sum was revealed")
-    key = session_key(party, session)
+    session_key(party, session)  # fails before anything is written if keygen did not run
     sender = arg_id(args, "sender")
     length = arg_int(args, "length", low=1, high=MAX_VECTOR)
     if party.has(f"{session}/from/{sender}"):
@@ -145,15 +134,8 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     if total is not None and total.numel() != length:
         raise PartyError(f"share from {sender!r} has length {length}, the sum {total.numel()}")
     party.require_room(2)
-    payload = open_sealed(
-        key,
-        arg_bytes(args, "sender_public_key"),
-        arg_bytes(args, "ciphertext"),
-        session=session,
-        sender=sender,
-        recipient=party.worker_id,
-        label=_LABEL,
-    )
+    sealed = arg_bytes(args, "ciphertext")
+    payload = open_from(party, session, sender, args.get("sender_public_key"), sealed, label=_LABEL)
     kind, body = payload[:1], payload[1:]
     if kind == _SEED and len(body) == _SEED_BYTES:
         share = SecureRandom(body).ring_elements((length,))
