@@ -29,12 +29,14 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from fedsim.display import run_with_display  # noqa: E402
 from fl.models import build_model, get_state  # noqa: E402
 from flows.config import ExperimentConfig  # noqa: E402
+from flows.tracking import tracking_uri  # noqa: E402
 from mpc.secure_aggregation import SecureInput, secure_average  # noqa: E402
 from workers.virtual import VirtualWorker  # noqa: E402
 
 
 def _history(run_id: str, metric: str) -> list[float]:
-    return [m.value for m in MlflowClient().get_metric_history(run_id, metric)]
+    client = MlflowClient(tracking_uri=tracking_uri())
+    return [m.value for m in client.get_metric_history(run_id, metric)]
 
 
 def _config(args: argparse.Namespace, levels: str, mac: bool) -> ExperimentConfig:
@@ -103,17 +105,44 @@ def scaling_table(counts: list[int]) -> list[str]:
     return lines
 
 
+def _stored(parent: str) -> list[dict[str, Any]]:
+    """The level summaries of a stored benchmark run, in run order."""
+    client = MlflowClient(tracking_uri=tracking_uri())
+    experiment = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    summaries = [
+        {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "final_accuracy": run.data.metrics["final_accuracy"],
+            "bytes_total": run.data.metrics["bytes_total"],
+            "start": run.info.start_time,
+        }
+        for run in runs
+    ]
+    return sorted(summaries, key=lambda summary: summary["start"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--train-samples", type=int, default=None)
+    parser.add_argument("--scaling", default="4,8,16", help="client counts for the protocol table")
+    parser.add_argument(
+        "--runs",
+        metavar="PARENT,PARENT",
+        help="rebuild the table from two stored benchmark runs (plain+secure, then MAC)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/secure_aggregation.md")
     )
     args = parser.parse_args()
-    first = run_with_display(_config(args, "2,2:secure", mac=False))
-    with_mac = run_with_display(_config(args, "2:secure", mac=True))
+    if args.runs:
+        first, with_mac = ({"levels": _stored(parent)} for parent in args.runs.split(","))
+    else:
+        first = run_with_display(_config(args, "2,2:secure", mac=False))
+        with_mac = run_with_display(_config(args, "2:secure", mac=True))
     plain = first["levels"][0]
     plain_round = statistics.mean(_history(plain["run_id"], "round_seconds"))
     lines = [
