@@ -15,18 +15,13 @@ so no AEAD nonce and no mask is ever used for two batches).
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Mapping
 
 import torch
 
 from mpc.inference_layers import (
-    MPC_CNN,
     SEED_BYTES,
-    Layer,
     activation_share,
     encode_model,
     expand,
@@ -36,6 +31,20 @@ from mpc.inference_layers import (
 )
 from mpc.ring import FixedPointEncoder
 from workers.codec import Value
+from workers.inference_wire import (
+    SLOTS,
+    batch_arg,
+    claim_batch,
+    encoder_arg,
+    layers_arg,
+    opened_from,
+    purpose,
+    ring_arg,
+    ring_from_bytes,
+    seal_to,
+    take_secret,
+    tensor_bytes,
+)
 from workers.party import (
     Party,
     PartyError,
@@ -43,107 +52,14 @@ from workers.party import (
     arg_int,
     arg_list,
     arg_str,
-    check_tensor,
-    open_from,
-    seal_for,
     session_arg,
-    tensor_from_bytes,
 )
 
-__all__ = ["MAX_BATCH", "MODELS", "STEPS", "purpose"]
+__all__ = ["STEPS"]
 
-MAX_BATCH = 4096  # images per batch: bounds what one request can make a party allocate
-MODELS: Mapping[str, tuple[Layer, ...]] = {"mpc-cnn": MPC_CNN}
-_SLOTS = 16  # sealed messages per batch and direction (≤ 1 + layers + activations)
 # ChaCha20 stream ids under one seed: layer i uses 4·i + kind.
 _A, _C, _S, _T = range(4)
 _B = 0  # weight masks: stream i of the setup seed for layer i
-
-
-def purpose(batch: int, slot: int) -> int:
-    """The AEAD nonce of message ``slot`` of batch ``batch`` (0 is the setup message)."""
-    return 1 + batch * _SLOTS + slot
-
-
-def _layers(args: Mapping[str, Value]) -> tuple[Layer, ...]:
-    name = arg_str(args, "model")
-    if name not in MODELS:
-        raise PartyError(f"no encrypted inference for model {name!r}")
-    return MODELS[name]
-
-
-def _encoder(args: Mapping[str, Value]) -> FixedPointEncoder:
-    return FixedPointEncoder(arg_int(args, "fractional_bits", low=8, high=24))
-
-
-def _batch(args: Mapping[str, Value]) -> tuple[int, int]:
-    return arg_int(args, "batch", low=0, high=2**24), arg_int(args, "count", low=1, high=MAX_BATCH)
-
-
-def _claim(party: Party, session: str, batch: int) -> None:
-    """Batch indices only grow: a batch's nonces and masks can never be dealt or used twice."""
-    last = party.secret(f"{session}/last") if party.has(f"{session}/last") else -1
-    if batch <= last:
-        raise PartyError(f"batch {batch} is not after batch {last} of session {session!r}")
-    party.keep(f"{session}/last", batch)
-
-
-def _buffer(tensor: torch.Tensor) -> bytes:
-    """A tensor's memory as a read-only buffer, without a copy.
-
-    The AEAD (``cryptography``) takes any buffer; typed ``bytes`` for ``mpc.channel``.
-    Saves one copy of up to ~100 MB per sealed or opened correction.
-    """
-    return cast(bytes, memoryview(tensor.contiguous().numpy()).cast("B"))  # type: ignore[arg-type]
-
-
-def _wire(data: bytes) -> torch.Tensor:
-    """Immutable bytes as a 1-D uint8 tensor without a copy (read-only: only ever encoded)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "non-writable buffer": nothing writes it
-        return torch.frombuffer(data, dtype=torch.uint8) if data else tensor_from_bytes(data)
-
-
-def _seal_for(
-    party: Party, session: str, args: Mapping[str, Value], peer: str, data: bytes, nonce: int
-) -> torch.Tensor:
-    recipient, public = arg_str(args, peer), args.get(f"{peer}_key")
-    return _wire(seal_for(party, session, recipient, public, data, label="infer", purpose=nonce))
-
-
-def _open_from(
-    party: Party, session: str, args: Mapping[str, Value], peer: str, data: Value, nonce: int
-) -> bytes:
-    ciphertext = _buffer(check_tensor(data, "sealed", dtype=torch.uint8, ndim=1))
-    sender, public = arg_str(args, peer), args.get(f"{peer}_key")
-    return open_from(party, session, sender, public, ciphertext, label="infer", purpose=nonce)
-
-
-def _ring(data: bytes, shape: Sequence[int], what: str) -> torch.Tensor:
-    """Opened bytes as an int64 tensor of ``shape`` (read-only memory: used as an operand only)."""
-    count = math.prod(shape)
-    if len(data) != 8 * count:
-        raise PartyError(f"{what} holds {len(data)} bytes, expected {8 * count}")
-    if not count:
-        return torch.zeros(tuple(shape), dtype=torch.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(data, dtype=torch.int64).reshape(tuple(shape))
-
-
-def _ring_arg(value: Value, name: str, shape: Sequence[int]) -> torch.Tensor:
-    tensor = check_tensor(value, name, dtype=torch.int64)
-    if tuple(tensor.shape) != tuple(shape):
-        raise PartyError(f"{name!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-    return tensor
-
-
-def _take(party: Party, key: str) -> Any:
-    """A one-time secret: read and drop it (a second use is refused)."""
-    value = party.secret(key)
-    party.forget(key)
-    return value
-
 
 # ------------------------------------------------------------------ dealer
 
@@ -151,12 +67,12 @@ def _take(party: Party, key: str) -> Any:
 def _deal_weights(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Draw the weight masks b (one per layer, kept all session); seal their seed for P1."""
     session = session_arg(args)
-    layers = _layers(args)
+    layers = layers_arg(args)
     if party.has(f"{session}/b"):
         raise PartyError(f"weight masks of session {session!r} were dealt already")
     seed = os.urandom(SEED_BYTES)
     party.keep(f"{session}/b", [expand(seed, 4 * i + _B, la.weight) for i, la in enumerate(layers)])
-    return {"sealed": _seal_for(party, session, args, "model_owner", seed, 0)}
+    return {"sealed": seal_to(party, session, args, "model_owner", seed, 0)}
 
 
 def _deal_batch(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -167,10 +83,10 @@ def _deal_batch(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     (from both seeds) and t = s² split as t0 (P0's seed) + t1 (sent to P1).
     """
     session = session_arg(args)
-    layers = _layers(args)
-    batch, count = _batch(args)
+    layers = layers_arg(args)
+    batch, count = batch_arg(args)
     masks: list[torch.Tensor] = party.secret(f"{session}/b")
-    _claim(party, session, batch)
+    claim_batch(party, session, batch)
     seed0, seed1 = os.urandom(SEED_BYTES), os.urandom(SEED_BYTES)
     corrections: list[bytes] = []
     for i, (layer, (in_shape, out_shape)) in enumerate(
@@ -178,17 +94,17 @@ def _deal_batch(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     ):
         c = ring_linear(layer, expand(seed0, 4 * i + _A, in_shape), masks[i])
         c -= expand(seed0, 4 * i + _C, out_shape)
-        corrections.append(_buffer(c))
+        corrections.append(tensor_bytes(c))
         if layer.activation:
             s = expand(seed0, 4 * i + _S, out_shape) + expand(seed1, 4 * i + _S, out_shape)
             t = s * s
             t -= expand(seed0, 4 * i + _T, out_shape)
-            corrections.append(_buffer(t))
+            corrections.append(tensor_bytes(t))
     to_p1 = [seed1, *corrections]
     return {
-        "to_data_owner": _seal_for(party, session, args, "data_owner", seed0, purpose(batch, 0)),
+        "to_data_owner": seal_to(party, session, args, "data_owner", seed0, purpose(batch, 0)),
         "to_model_owner": [
-            _seal_for(party, session, args, "model_owner", data, purpose(batch, j))
+            seal_to(party, session, args, "model_owner", data, purpose(batch, j))
             for j, data in enumerate(to_p1)
         ],
     }
@@ -200,13 +116,13 @@ def _deal_batch(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _setup_model(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Encode the plain model; open the masks b; publish the masked weights f = W − b for P0."""
     session = session_arg(args)
-    layers = _layers(args)
-    encoder = _encoder(args)
+    layers = layers_arg(args)
+    encoder = encoder_arg(args)
     state = party.read_object(arg_str(args, "state_id"))
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise PartyError("state_id must name a state dict of tensors")
     weights = encode_model(state, layers, encoder)  # MPCError if it is not this architecture
-    seed = _open_from(party, session, args, "dealer", args.get("sealed"), 0)
+    seed = opened_from(party, session, args, "dealer", args.get("sealed"), 0)
     if len(seed) != SEED_BYTES:
         raise PartyError("the dealer's mask seed has the wrong length")
     party.keep(f"{session}/weights", weights)
@@ -221,18 +137,18 @@ def _setup_model(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _prepare_model(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Open this batch's seed and corrections from the dealer; store P0's opened masks d0."""
     session = session_arg(args)
-    layers = _layers(args)
-    batch, count = _batch(args)
+    layers = layers_arg(args)
+    batch, count = batch_arg(args)
     prefix = f"{session}/batch/{batch}"
-    _claim(party, session, batch)
-    sealed = arg_list(args, "sealed", max_length=_SLOTS)
+    claim_batch(party, session, batch)
+    sealed = arg_list(args, "sealed", max_length=SLOTS)
     d0 = arg_list(args, "d0", max_length=len(layers))
     shapes = layer_shapes(layers, count)
     active = [i for i, la in enumerate(layers) if la.activation]
     if len(sealed) != 1 + len(layers) + len(active) or len(d0) != len(active):
         raise PartyError(f"batch {batch}: {len(sealed)} sealed items and {len(d0)} masked inputs")
     items = [
-        _open_from(party, session, args, "dealer", data, purpose(batch, j))
+        opened_from(party, session, args, "dealer", data, purpose(batch, j))
         for j, data in enumerate(sealed)
     ]
     seed, rest = items[0], iter(items[1:])
@@ -240,11 +156,11 @@ def _prepare_model(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError("the dealer's batch seed has the wrong length")
     opened = iter(d0)
     for i, (layer, (_, out_shape)) in enumerate(zip(layers, shapes, strict=True)):
-        party.keep(f"{prefix}/c/{i}", _ring(next(rest), out_shape, f"c1[{i}]"))
+        party.keep(f"{prefix}/c/{i}", ring_from_bytes(next(rest), out_shape, f"c1[{i}]"))
         if layer.activation:
-            party.keep(f"{prefix}/t/{i}", _ring(next(rest), out_shape, f"t1[{i}]"))
+            party.keep(f"{prefix}/t/{i}", ring_from_bytes(next(rest), out_shape, f"t1[{i}]"))
             party.keep(f"{prefix}/s/{i}", expand(seed, 4 * i + _S, out_shape))
-            party.keep(f"{prefix}/d0/{i}", _ring_arg(next(opened), f"d0[{i}]", out_shape))
+            party.keep(f"{prefix}/d0/{i}", ring_arg(next(opened), f"d0[{i}]", out_shape))
     party.keep(f"{prefix}/count", count)
     party.keep(f"{prefix}/next", 0)
     return {"prepared": batch}
@@ -257,7 +173,7 @@ def _linear(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     layer, P1's share of the logits sealed for P0.
     """
     session = session_arg(args)
-    layers = _layers(args)
+    layers = layers_arg(args)
     batch = arg_int(args, "batch", low=0, high=2**24)
     prefix = f"{session}/batch/{batch}"
     index = arg_int(args, "layer", low=0, high=len(layers) - 1)
@@ -266,24 +182,24 @@ def _linear(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     count = party.secret(f"{prefix}/count")
     layer = layers[index]
     in_shape, _ = layer_shapes(layers, count)[index]
-    e = _ring_arg(args.get("e"), "e", in_shape)
+    e = ring_arg(args.get("e"), "e", in_shape)
     weight, bias = party.secret(f"{session}/weights")[index]
     encoder: FixedPointEncoder = party.secret(f"{session}/encoder")
-    x = e if index == 0 else _take(party, f"{prefix}/x") + e
+    x = e if index == 0 else take_secret(party, f"{prefix}/x") + e
     z = ring_linear(layer, x, weight)
-    z += _take(party, f"{prefix}/c/{index}")
+    z += take_secret(party, f"{prefix}/c/{index}")
     z += bias
     y = truncate_share(z, encoder.fractional_bits, 1, inplace=True)
     if index == len(layers) - 1:
         party.forget(prefix + "/")
-        data = _buffer(y)
-        return {"sealed": _seal_for(party, session, args, "data_owner", data, purpose(batch, 0))}
+        data = tensor_bytes(y)
+        return {"sealed": seal_to(party, session, args, "data_owner", data, purpose(batch, 0))}
     if not layer.activation:
         raise PartyError(f"layer {layer.name} without activation is only supported last")
-    s = _take(party, f"{prefix}/s/{index}")
+    s = take_secret(party, f"{prefix}/s/{index}")
     d1 = y - s
-    d = d1 + _take(party, f"{prefix}/d0/{index}")
-    t = _take(party, f"{prefix}/t/{index}")
+    d = d1 + take_secret(party, f"{prefix}/d0/{index}")
+    t = take_secret(party, f"{prefix}/t/{index}")
     party.keep(
         f"{prefix}/x",
         activation_share(y, d, s, t, party=1, pool=layer.pool, encoder=encoder),
@@ -298,17 +214,17 @@ def _linear(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _setup_data(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Keep the masked weights f = W − b and the ids of this worker's test images and labels."""
     session = session_arg(args)
-    layers = _layers(args)
+    layers = layers_arg(args)
     masked = arg_list(args, "masked_weights", max_length=len(layers))
     if len(masked) != len(layers):
         raise PartyError(f"{len(masked)} masked weights for {len(layers)} layers")
     f = [
-        _ring_arg(m, f"masked_weights[{i}]", la.weight)
+        ring_arg(m, f"masked_weights[{i}]", la.weight)
         for i, (m, la) in enumerate(zip(masked, layers, strict=True))
     ]
     images, _ = _data(party, arg_str(args, "images_id"), arg_str(args, "labels_id"))
     party.keep(f"{session}/f", f)
-    party.keep(f"{session}/encoder", _encoder(args))
+    party.keep(f"{session}/encoder", encoder_arg(args))
     party.keep(f"{session}/data", (arg_str(args, "images_id"), arg_str(args, "labels_id")))
     return {"num_images": int(images.shape[0])}
 
@@ -327,15 +243,15 @@ def _prepare_data(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Expand this batch's seed; compute P0's (data-independent) linear shares and masked
     activation inputs d0 = y0 − s0 ahead of time, and publish d0 for P1."""
     session = session_arg(args)
-    layers = _layers(args)
-    batch, count = _batch(args)
+    layers = layers_arg(args)
+    batch, count = batch_arg(args)
     start = arg_int(args, "start", low=0, high=2**40)
     prefix = f"{session}/batch/{batch}"
-    _claim(party, session, batch)
+    claim_batch(party, session, batch)
     images, _ = _data(party, *party.secret(f"{session}/data"))
     if start + count > images.shape[0]:
         raise PartyError(f"images {start}..{start + count} exceed the {images.shape[0]} held")
-    seed = _open_from(party, session, args, "dealer", args.get("sealed"), purpose(batch, 0))
+    seed = opened_from(party, session, args, "dealer", args.get("sealed"), purpose(batch, 0))
     if len(seed) != SEED_BYTES:
         raise PartyError("the dealer's batch seed has the wrong length")
     f: list[torch.Tensor] = party.secret(f"{session}/f")
@@ -372,38 +288,38 @@ def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     images, _ = _data(party, *party.secret(f"{session}/data"))
     x = party.secret(f"{session}/encoder").encode(images[start : start + count])
     party.keep(f"{prefix}/next", 1)
-    return {"e": x - _take(party, f"{prefix}/a/0")}
+    return {"e": x - take_secret(party, f"{prefix}/a/0")}
 
 
 def _activate(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Activation of layer ``layer`` on P0 given P1's d1; publish the next masked input e."""
     session = session_arg(args)
-    layers = _layers(args)
+    layers = layers_arg(args)
     batch = arg_int(args, "batch", low=0, high=2**24)
     prefix = f"{session}/batch/{batch}"
     index = arg_int(args, "layer", low=0, high=len(layers) - 2)
     if party.secret(f"{prefix}/next") != index + 1 or not layers[index].activation:
         raise PartyError(f"batch {batch}: activation {index} is not the next step")
     _, count = party.secret(f"{prefix}/range")
-    d1 = _ring_arg(args.get("d"), "d", layer_shapes(layers, count)[index][1])
+    d1 = ring_arg(args.get("d"), "d", layer_shapes(layers, count)[index][1])
     encoder: FixedPointEncoder = party.secret(f"{session}/encoder")
     x = activation_share(
-        _take(party, f"{prefix}/y/{index}"),
-        _take(party, f"{prefix}/d0/{index}") + d1,
-        _take(party, f"{prefix}/s/{index}"),
-        _take(party, f"{prefix}/t/{index}"),
+        take_secret(party, f"{prefix}/y/{index}"),
+        take_secret(party, f"{prefix}/d0/{index}") + d1,
+        take_secret(party, f"{prefix}/s/{index}"),
+        take_secret(party, f"{prefix}/t/{index}"),
         party=0,
         pool=layers[index].pool,
         encoder=encoder,
     )
     party.keep(f"{prefix}/next", index + 2)
-    return {"e": x - _take(party, f"{prefix}/a/{index + 1}")}
+    return {"e": x - take_secret(party, f"{prefix}/a/{index + 1}")}
 
 
 def _output(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Open the logits (P0's share + P1's sealed share); report predictions and the hit count."""
     session = session_arg(args)
-    layers = _layers(args)
+    layers = layers_arg(args)
     batch = arg_int(args, "batch", low=0, high=2**24)
     prefix = f"{session}/batch/{batch}"
     last = len(layers) - 1
@@ -411,8 +327,8 @@ def _output(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"batch {batch}: the logits are not due yet")
     start, count = party.secret(f"{prefix}/range")
     y0: torch.Tensor = party.secret(f"{prefix}/y/{last}")
-    data = _open_from(party, session, args, "model_owner", args.get("sealed"), purpose(batch, 0))
-    y1 = _ring(data, y0.shape, "the model owner's logits share")
+    data = opened_from(party, session, args, "model_owner", args.get("sealed"), purpose(batch, 0))
+    y1 = ring_from_bytes(data, y0.shape, "the model owner's logits share")
     party.forget(prefix + "/")
     logits = party.secret(f"{session}/encoder").decode(y0 + y1)
     _, labels = _data(party, *party.secret(f"{session}/data"))
