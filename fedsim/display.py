@@ -18,6 +18,19 @@ __all__ = ["RichProgressSink", "run_with_display", "summary_table"]
 _RUN_NAMES = {level.name: level.run_name for level in LEVELS}
 
 
+def _label(run_name: str) -> str:
+    """A run name short enough for the 80-column table ("L5 ws-remote (secure)")."""
+    for long, short in (("websocket-", "ws-"), (" (secure)", " (sec)")):
+        if len(run_name) > 21:
+            run_name = run_name.replace(long, short)
+    return run_name
+
+
+def _megabytes(count: float) -> str:
+    megabytes = count / 1e6
+    return f"{megabytes:.1f}" if megabytes < 1000 else f"{megabytes:.0f}"
+
+
 class RichProgressSink(ProgressSink):
     """One progress bar per level, advanced per round with the latest accuracy."""
 
@@ -27,7 +40,7 @@ class RichProgressSink(ProgressSink):
 
     def level_started(self, level: str, rounds: int) -> None:
         self.tasks[level] = self.progress.add_task(
-            _RUN_NAMES.get(level, level), total=rounds, note=""
+            _label(_RUN_NAMES.get(level, level)), total=rounds, note=""
         )
 
     def round_finished(self, level: str, round_index: int, metrics: Mapping[str, float]) -> None:
@@ -53,12 +66,12 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         else:
             shown = "—" if slowdown is None else f"{slowdown:.2f}×"
         table.add_row(
-            s.get("run_name") or _RUN_NAMES.get(s["level"], s["level"]),
+            _label(s.get("run_name") or _RUN_NAMES.get(s["level"], s["level"])),
             f"{s['final_accuracy']:.2%}",
             f"{s['train_seconds']:.1f}",
             shown,
             f"{s['prefect_seconds']:.2f}",
-            f"{s['bytes_total'] / 1e6:.1f}",
+            _megabytes(s["bytes_total"]),
         )
     return table
 

@@ -110,3 +110,35 @@ def test_run_prints_table_and_exits_zero(tmp_path: Path) -> None:
     assert "×" in rows["L2 federated"] and "%" in rows["L2 federated"]
     assert "Traceback" not in proc.stderr
     assert "telemetry" not in proc.stderr.lower()
+
+
+def test_summary_table_fits_80_columns_with_every_level_name() -> None:
+    # Prepare: one row per level and secure variant, with wide numbers.
+    from rich.console import Console
+
+    from fedsim.display import summary_table
+    from flows.config import FEDAVG_LEVELS, LEVELS
+
+    names = [lv.run_name for lv in LEVELS]
+    names += [lv.with_aggregation("secure").run_name for lv in LEVELS if lv.number in FEDAVG_LEVELS]
+    rows = [
+        {
+            "run_name": name,
+            "level": "x",
+            "final_accuracy": 0.9999,
+            "train_seconds": 9999.9,
+            "slowdown_vs_baseline": 99.99,
+            "prefect_seconds": 99.99,
+            "bytes_total": 99_999e6,
+        }
+        for name in names
+    ]
+    console = Console(width=80, record=True)
+
+    # Execute
+    console.print(summary_table({"levels": rows}))
+
+    # Assert: nothing truncated ("…") and no line wider than 80 columns.
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
