@@ -203,7 +203,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_worker(sub)
+    _add_report(sub)
+    _add_serve(sub)
     return parser
+
+
+def _add_report(sub: Any) -> None:
+    report = sub.add_parser(
+        "report",
+        help="write the report of a benchmark run from MLflow",
+        description="Read a benchmark's runs from MLflow and write "
+        "DIR/<experiment>/<run>/report.md and a self-contained report.html.",
+    )
+    report.add_argument("--experiment", default="fedsim", help="MLflow experiment (default fedsim)")
+    report.add_argument("--run", dest="run_id", help="parent run id (default: the latest)")
+    report.add_argument("--out", default="reports", help="output folder (default reports/)")
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve the benchmark flow as a scheduled Prefect deployment",
+        description="Serve the fedsim benchmark flow on a Prefect server with a cron "
+        "schedule, until interrupted. Needs a reachable Prefect server (PREFECT_API_URL).",
+    )
+    serve.add_argument("--cron", default="0 2 * * *", help='cron schedule (default "0 2 * * *")')
+    serve.add_argument("--name", default="fedsim-nightly", help="deployment name")
+    serve.add_argument("--profile", choices=("quick", "full"), default="quick")
+    serve.add_argument("--levels", help="levels of each scheduled run (default: the profile's)")
+    serve.add_argument("--experiment", default="fedsim", help="MLflow experiment")
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -222,6 +250,18 @@ def _run(args: argparse.Namespace) -> int:
     preflight(cfg)  # data and partition problems: one line, before Prefect starts
     run_with_display(cfg)
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedsim.report_cli import write_report
+
+    return write_report(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fedsim.serve_cli import serve_deployment
+
+    return serve_deployment(args)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -252,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "worker":
             return _worker(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "serve":
+            return _serve(args)
     except FedsimError as error:
         print(f"fedsim: error: {error}", file=sys.stderr)
         return 1

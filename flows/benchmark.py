@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from fl.data import dataset_checksum
 from flows.config import ExperimentConfig, Level
 from flows.encrypted_eval import ENCRYPTED_EVAL_LEVEL, encrypted_eval_flow
 from flows.levels import baseline_flow, federated_flow, sequential_flow
@@ -65,8 +66,14 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     params = {k: str(v) for k, v in cfg.to_dict().items() if k not in ("tags", "levels")}
     params["levels"] = ",".join(level.key for level in cfg.level_list)
     parent = tracker.start_parent(f"benchmark {cfg.profile}", params, describe(cfg))
-    if cfg.tags:
-        tracker.set_tags(parent, cfg.tags)
+    tracker.set_tags(
+        parent,
+        {
+            **cfg.tags,
+            "fedsim.command": cfg.command(),
+            "dataset_checksum": dataset_checksum(cfg.dataset, cfg.data_dir),
+        },
+    )
     summaries: list[dict[str, Any]] = []
     baseline: dict[str, float] | None = None
     try:

@@ -9,6 +9,7 @@ logs the same names as params.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,6 +248,30 @@ class ExperimentConfig:
         if unknown:
             raise ConfigError(f"unknown experiment option(s): {', '.join(unknown)}")
         return cls(**data)
+
+    def command(self) -> str:
+        """The ``fedsim run`` command line that reproduces this config exactly.
+
+        Every option is spelled out (profile defaults included), so the command
+        means the same whatever the defaults of a later version are.
+        """
+        parts = ["fedsim run", f"--profile {self.profile}", f"--levels {self.levels}"]
+        for name in (
+            "dataset", "model", "workers", "rounds", "epochs", "batch_size", "lr",
+            "fraction", "partition", "aggregation", "committee", "seed", "experiment",
+            "min_workers",
+        ):  # fmt: skip
+            parts.append(f"--{name.replace('_', '-')} {getattr(self, name)}")
+        for name in ("train_samples", "test_samples"):
+            value = getattr(self, name)
+            parts.append(f"--{name.replace('_', '-')} {'all' if value is None else value}")
+        parts.append(f"--timeout {self.request_timeout:g}")
+        if self.mac:
+            parts.append("--mac")
+        for name in ("data_dir", "workers_file"):
+            if getattr(self, name) is not None:
+                parts.append(f"--{name.replace('_', '-')} {shlex.quote(getattr(self, name))}")
+        return " ".join(parts)
 
     def mlflow_params(self, level: Level) -> dict[str, str]:
         """Params of one level's MLflow run (names fixed by DESIGN.md)."""

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,27 @@ def test_summary_table_fits_80_columns_with_every_level_name() -> None:
     text = console.export_text()
     assert "…" not in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"levels": "baseline,2:secure,encrypted-eval", "mac": True, "workers": 3},
+        {"profile": "full", "train_samples": None, "data_dir": "/data dir", "fraction": 0.5},
+    ],
+)
+def test_logged_command_reproduces_the_config(options: dict[str, Any]) -> None:
+    # Prepare
+    import shlex
+
+    from fedsim.cli import _config_from_args, build_parser
+    from flows.config import ExperimentConfig
+
+    cfg = ExperimentConfig(**options)
+
+    # Execute: parse the command the parent run logs, as a user would paste it.
+    args = build_parser().parse_args(shlex.split(cfg.command())[1:])
+
+    # Assert
+    assert _config_from_args(args) == cfg
