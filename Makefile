@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: run test lint typecheck unit data install benchmark clean
+.PHONY: run test lint typecheck unit data chromium install benchmark clean ui
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml
 
 data:
 	@sh scripts/ensure_data.sh
+
+# Headless Chromium renders report.html in the report test (Debian's package).
+chromium:
+	@sh scripts/ensure_chromium.sh
 
 # Level 5 needs workers started independently of the coordinator: `make run`
 # starts them as TLS daemons on 127.0.0.2, 127.0.0.3, ... and stops them after.
@@ -47,7 +51,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) data
+unit: $(STAMP) data chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint typecheck unit

@@ -106,4 +106,6 @@ def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
         result: dict[str, Any] = benchmark_flow(cfg.to_dict())
     console.print(summary_table(result))
     console.print(f"MLflow parent run {result['parent_run_id']} in experiment {cfg.experiment!r}")
+    if result.get("report"):
+        console.print(f"report: {result['report']}", soft_wrap=True)
     return result

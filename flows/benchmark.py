@@ -56,7 +56,9 @@ def run_level(
 def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     """Run the chosen levels one after another and log each as a child run.
 
-    Returns ``{"parent_run_id": ..., "levels": [summary, ...]}``; each summary
+    Returns ``{"parent_run_id": ..., "levels": [summary, ...], "report": path}``
+    (``report``, the report.html path, is missing when the report could not be
+    written; a warning says why); each summary
     carries ``prefect_seconds``: the level's wall time spent in Prefect rather
     than in its own code (flow-run set-up and tear-down plus task-call
     overhead), measured around the level's subflow call.
@@ -96,4 +98,21 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
         tracker.finish(parent, status="FAILED")
         raise
     tracker.finish(parent)
-    return {"parent_run_id": parent, "levels": summaries}
+    result: dict[str, Any] = {"parent_run_id": parent, "levels": summaries}
+    # The report is a by-product: failing to write it must not lose the
+    # benchmark, whose runs are already in MLflow (`fedsim report` can retry).
+    # Imported here: matplotlib and pandas are only needed once the levels ran.
+    from flows.progress import emit_warning
+
+    try:
+        from flows.report import publish_report
+
+        files = publish_report(tracker.client, cfg.experiment, parent)
+    except Exception as error:
+        emit_warning(
+            f"report not written ({type(error).__name__}: {error}); "
+            f"retry with: fedsim report --experiment {cfg.experiment} --run {parent}"
+        )
+        return result
+    result["report"] = str(files.html.resolve())
+    return result

@@ -1,0 +1,398 @@
+"""The benchmark report: one parent MLflow run → report.md and a self-contained report.html.
+
+The report is what people hand around, so it is built only from what MLflow
+stored (never from in-memory results): ``fedsim report`` months later gives the
+same file as the one ``fedsim run`` wrote, byte for byte apart from the
+"Generated:" line. Everything else in it — numbers, plots, order — is a pure
+function of the stored runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fl.errors import ConfigError
+from flows.config import LEVELS
+from flows.report_plots import PLOTS, LevelSeries, write_plots
+from flows.tracking import tracking_uri
+
+__all__ = [
+    "REPORTS_DIR_ENV",
+    "ReportData",
+    "ReportFiles",
+    "artifact_key",
+    "build_report",
+    "find_parent_run",
+    "load_report_data",
+    "publish_report",
+    "render_html",
+    "render_markdown",
+    "reports_dir",
+]
+
+REPORTS_DIR_ENV = "FEDSIM_REPORTS_DIR"  # where `fedsim run` writes reports (default reports/)
+_NUMBERS = {level.name: level.number for level in LEVELS}
+_HISTORY = ("test_accuracy", "test_loss", "train_loss", "bytes_sent", "bytes_received")
+_VERSIONS = (
+    *("python_version", "version.torch", "version.prefect", "version.mlflow"),
+    *("version.torchvision", "version.numpy", "version.fedsim"),
+)
+_TEXT_COLUMNS = {"level", "aggregation", "robust aggregator"}  # left-aligned
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Where one report was written."""
+
+    directory: Path
+    markdown: Path
+    html: Path
+    images: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """What the report shows: the parent run, one row per level, the curves."""
+
+    experiment: str
+    parent: Run
+    levels: pd.DataFrame  # one row per child run, in report order
+    series: tuple[LevelSeries, ...]
+
+
+def reports_dir() -> Path:
+    """``$FEDSIM_REPORTS_DIR`` or ``reports/`` (git-ignored, DESIGN.md layout)."""
+    return Path(os.environ.get(REPORTS_DIR_ENV) or "reports")
+
+
+def artifact_key(experiment: str) -> str:
+    """Prefect artifact key (lowercase letters, digits, dashes) for ``experiment``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", experiment.lower()).strip("-")
+    return f"fedsim-report-{slug or 'experiment'}"
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    names = sorted(e.name for e in client.search_experiments(max_results=50))
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    raise ConfigError(
+        f"no MLflow experiment {experiment!r} at {client.tracking_uri}; existing: {shown or 'none'}"
+    )
+
+
+def find_parent_run(client: MlflowClient, experiment: str, run_id: str | None) -> Run:
+    """The parent run ``run_id`` of ``experiment``, or its latest benchmark run."""
+    experiment_id = _experiment_id(client, experiment)
+    if run_id is None:
+        query, latest = "tags.kind = 'benchmark'", ["attributes.start_time DESC"]
+        runs = client.search_runs([experiment_id], query, order_by=latest, max_results=1)
+        if not runs:
+            raise ConfigError(f"experiment {experiment!r} has no benchmark runs: run `fedsim run`")
+        return runs[0]
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} in experiment {experiment!r}") from None
+    if run.info.experiment_id != experiment_id:
+        raise ConfigError(f"run {run_id!r} is not in experiment {experiment!r}")
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if parent:
+        raise ConfigError(f"run {run_id!r} is a level run; pass its parent run {parent!r}")
+    return run
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    """step → value; a step logged twice keeps its latest value."""
+    metrics = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return {int(m.step): float(m.value) for m in metrics}
+
+
+def _level_number(run: Run) -> int:
+    number = _NUMBERS.get(run.data.tags.get("level", ""))
+    if number is not None:
+        return number
+    found = re.match(r"L(\d+)\b", run.info.run_name or "")
+    return int(found.group(1)) if found else 99
+
+
+def _level_record(client: MlflowClient, run: Run) -> tuple[dict[str, Any], LevelSeries]:
+    """One summary-table row and the curves of one child run."""
+    metrics, params = run.data.metrics, run.data.params
+    curves = {key: _history(client, run.info.run_id, key) for key in _HISTORY}
+    dropped = _history(client, run.info.run_id, "dropped_workers")
+    rounds = sorted(curves["test_accuracy"])
+    label = run.info.run_name or run.data.tags.get("level", run.info.run_id)
+    sent, received = curves["bytes_sent"], curves["bytes_received"]
+    record = {
+        "run_id": run.info.run_id,
+        "run_name": label,
+        "number": _level_number(run),
+        "secure": params.get("aggregation") == "secure",
+        "aggregation": params.get("aggregation", "none"),
+        "seed": params.get("seed"),
+        "final_accuracy": metrics.get("final_accuracy"),
+        "train_seconds": metrics.get("train_seconds"),
+        "slowdown_vs_baseline": metrics.get("slowdown_vs_baseline"),
+        "bytes_total": metrics.get("bytes_total"),
+        "dp_epsilon": metrics.get("dp_epsilon"),
+        "aggregator": params.get("aggregator"),
+        "dropped_workers": sum(dropped.values()) if dropped else None,
+        "slowdown_vs_plaintext": metrics.get("slowdown_vs_plaintext"),
+        "plaintext_accuracy": metrics.get("plaintext_accuracy"),
+    }
+    series = LevelSeries(
+        label=label,
+        rounds=rounds,
+        test_accuracy=[curves["test_accuracy"][r] for r in rounds],
+        test_loss=[curves["test_loss"].get(r, float("nan")) for r in rounds],
+        train_loss=[curves["train_loss"].get(r, float("nan")) for r in rounds],
+        bytes_per_round=[sent.get(r, 0.0) + received.get(r, 0.0) for r in rounds],
+        slowdown=metrics.get("slowdown_vs_baseline"),
+    )
+    return record, series
+
+
+def load_report_data(
+    experiment: str, parent_run_id: str | None, client: MlflowClient | None = None
+) -> ReportData:
+    """Read the parent run and its level runs from MLflow, in report order.
+
+    Order: level number, plain before secure, then run name — the order of
+    ``--levels`` after normalisation, independent of MLflow's search order.
+    """
+    client = client or MlflowClient(tracking_uri=tracking_uri())
+    parent = find_parent_run(client, experiment, parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        max_results=1000,
+    )
+    pairs = [_level_record(client, run) for run in children]
+    pairs.sort(key=lambda p: (p[0]["number"], p[0]["secure"], p[0]["run_name"], p[0]["run_id"]))
+    frame = pd.DataFrame.from_records([record for record, _ in pairs])
+    return ReportData(experiment, parent, frame, tuple(series for _, series in pairs))
+
+
+def _present(value: Any) -> bool:
+    return bool(pd.notna(value))  # None and NaN (pandas' missing float) are absent
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if _present(value) else "—"
+
+
+def _summary_rows(levels: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table; optional columns only where present."""
+    columns: list[tuple[str, str, str]] = [  # header, field, format spec
+        ("level", "run_name", "s"),
+        ("final accuracy", "final_accuracy", ".2%"),
+        ("training s", "train_seconds", ".2f"),
+        ("slowdown vs baseline", "slowdown_vs_baseline", ".2f"),
+        ("MB communicated", "megabytes", ".2f"),
+        ("aggregation", "aggregation", "s"),
+    ]
+    optional = [
+        ("DP ε", "dp_epsilon", ".3g"),
+        ("robust aggregator", "aggregator", "s"),
+        ("dropped workers", "dropped_workers", ".0f"),
+        ("enc-eval slowdown vs plaintext", "slowdown_vs_plaintext", ".1f"),
+        ("plaintext accuracy", "plaintext_accuracy", ".2%"),
+    ]
+    frame = levels.copy()
+    if frame.empty:
+        return [c[0] for c in columns], []
+    frame["megabytes"] = frame["bytes_total"].map(lambda b: b / 1e6 if _present(b) else None)
+    for header, name, spec in optional:
+        values = frame[name].tolist()
+        if name == "dropped_workers":
+            values = [v for v in values if _present(v) and v > 0]
+        if any(_present(v) for v in values):
+            columns.append((header, name, spec))
+    rows = []
+    for record in frame.to_dict("records"):
+        cells = [_fmt(record[name], spec) for _, name, spec in columns]
+        if _present(record["slowdown_vs_baseline"]):
+            cells[3] += "×"
+        if record["aggregation"] == "none":
+            cells[5] = "—"
+        rows.append(cells)
+    return [c[0] for c in columns], rows
+
+
+def _reproducibility(data: ReportData) -> list[tuple[str, str]]:
+    """Label → value pairs that pin down how to get these runs again."""
+    tags, params = data.parent.data.tags, data.parent.data.params
+    commit = tags.get("git_commit", "unknown")
+    items = [("git commit", f"{commit} (dirty: {tags.get('git_dirty', 'unknown')})")]
+    for key in _VERSIONS:
+        if key in tags:
+            items.append((key.removeprefix("version.").replace("_version", ""), tags[key]))
+    seeds = sorted({str(s) for s in data.levels.get("seed", pd.Series()).dropna()})
+    items.append(("seed(s)", ", ".join(seeds) or params.get("seed", "unknown")))
+    samples = f"{params.get('train_samples', '?')} train / {params.get('test_samples', '?')} test"
+    items.append(("dataset", f"{params.get('dataset', 'unknown')} ({samples} samples)"))
+    items.append(("dataset checksum (sha256)", tags.get("dataset_checksum", "unknown")))
+    items.append(("MLflow run", f"{data.parent.info.run_id} in experiment {data.experiment!r}"))
+    return items
+
+
+def _header(data: ReportData) -> tuple[str, str]:
+    info = data.parent.info
+    started = datetime.fromtimestamp(info.start_time / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+    title = f"fedsim report — {info.run_name or info.run_id}"
+    return title, f"Experiment {data.experiment!r}, run started {started} UTC, {info.status}."
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(data: ReportData, generated: str, *, images: bool = True) -> str:
+    """report.md; ``images=False`` leaves the plots out (the Prefect artifact)."""
+    title, subtitle = _header(data)
+    headers, rows = _summary_rows(data.levels)
+    lines = [f"# {title}", "", f"Generated: {generated}", "", subtitle, ""]
+    note = data.parent.data.tags.get("mlflow.note.content")
+    if note:
+        lines += [note, ""]
+    lines += ["## Summary", "", "| " + " | ".join(headers) + " |"]
+    lines.append("|" + "|".join(":---" if h in _TEXT_COLUMNS else "---:" for h in headers) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    lines.append("")
+    if images:
+        lines += ["## Plots", ""]
+        lines += [f"![{caption}]({name})\n" for name, caption in PLOTS.items()]
+    lines += ["## Reproducibility", ""]
+    lines += [f"- {label}: `{value}`" for label, value in _reproducibility(data)]
+    command = data.parent.data.tags.get("fedsim.command", "unknown (not logged by this version)")
+    lines += ["", "Reproduce with:", "", "```sh", command, "```", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; }
+h2 { border-bottom: 1px solid #ddd; margin-top: 1.8em; } .meta, figcaption { color: #555; }
+table { border-collapse: collapse; } tbody tr:nth-child(even) { background: #fafafa; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th { background: #f3f3f3; } .text { text-align: left; } dt { font-weight: 600; }
+figure img { max-width: 100%; height: auto; }
+pre { background: #f5f5f5; padding: 0.8em; white-space: pre-wrap; } dd { margin: 0 0 0.4em 1.2em; }
+"""
+
+
+def render_html(data: ReportData, generated: str, images: dict[str, bytes]) -> str:
+    """report.html: inline CSS, PNGs as data URIs — no file or network besides itself."""
+    esc = html.escape
+    title, subtitle = _header(data)
+    headers, rows = _summary_rows(data.levels)
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        '<head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="meta">Generated: {esc(generated)}</p>',
+        f'<p class="meta">{esc(subtitle)}</p>',
+    ]
+    note = data.parent.data.tags.get("mlflow.note.content")
+    if note:
+        out.append(f"<p>{esc(note)}</p>")
+    out += ["<h2>Summary</h2>", '<table id="summary">', "<thead><tr>"]
+    align = ["" if h not in _TEXT_COLUMNS else ' class="text"' for h in headers]
+    out += [f"<th{a}>{esc(h)}</th>" for a, h in zip(align, headers, strict=True)]
+    out += ["</tr></thead>", "<tbody>"]
+    for row in rows:
+        cells = (f"<td{a}>{esc(c)}</td>" for a, c in zip(align, row, strict=True))
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out += ["</tbody>", "</table>", "<h2>Plots</h2>"]
+    for name, caption in PLOTS.items():
+        encoded = base64.b64encode(images[name]).decode("ascii")
+        out.append(
+            f'<figure><img src="data:image/png;base64,{encoded}" alt="{esc(caption)}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>"
+        )
+    out += ["<h2>Reproducibility</h2>", "<dl>"]
+    for label, value in _reproducibility(data):
+        out.append(f"<dt>{esc(label)}</dt><dd><code>{esc(value)}</code></dd>")
+    command = data.parent.data.tags.get("fedsim.command", "unknown (not logged by this version)")
+    out += ["</dl>", "<p>Reproduce with:</p>", f'<pre id="command">{esc(command)}</pre>']
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def _safe(name: str) -> str:
+    """A path component for an experiment name (which may contain '/')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".") or "experiment"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _write(data: ReportData, out_dir: Path) -> ReportFiles:
+    directory = Path(out_dir) / _safe(data.experiment) / data.parent.info.run_id
+    directory.mkdir(parents=True, exist_ok=True)
+    pngs = write_plots(data.series, directory)
+    generated = _now()
+    markdown = directory / "report.md"
+    markdown.write_text(render_markdown(data, generated), encoding="utf-8")
+    page = directory / "report.html"
+    images = {name: path.read_bytes() for name, path in pngs.items()}
+    page.write_text(render_html(data, generated, images), encoding="utf-8")
+    return ReportFiles(directory, markdown, page, tuple(pngs.values()))
+
+
+def build_report(
+    experiment: str,
+    parent_run_id: str | None,
+    out_dir: Path,
+    *,
+    client: MlflowClient | None = None,
+) -> ReportFiles:
+    """Write ``out_dir/<experiment>/<run_id>/`` report.md, report.html and the PNGs.
+
+    ``parent_run_id=None`` reports the experiment's latest benchmark run.
+    """
+    return _write(load_report_data(experiment, parent_run_id, client), out_dir)
+
+
+def publish_report(
+    client: MlflowClient, experiment: str, parent_run_id: str, out_dir: Path | None = None
+) -> ReportFiles:
+    """Build the report, log it on the parent MLflow run, publish it to Prefect.
+
+    MLflow gets the files under ``report/`` of the parent run's artifacts; the
+    Prefect markdown artifact (attached to the current flow run) carries the
+    summary and the reproducibility block — Prefect cannot show the PNGs, so it
+    points to report.html instead.
+    """
+    from prefect.artifacts import create_markdown_artifact
+
+    data = load_report_data(experiment, parent_run_id, client)
+    files = _write(data, out_dir or reports_dir())
+    client.log_artifacts(parent_run_id, str(files.directory), artifact_path="report")
+    markdown = render_markdown(data, _now(), images=False)
+    markdown += f"\nFull report with plots: `{files.html.resolve()}`\n"
+    create_markdown_artifact(
+        key=artifact_key(experiment),
+        markdown=markdown,
+        description=f"fedsim benchmark report, MLflow run {parent_run_id}",
+    )
+    return files
