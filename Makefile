@@ -56,6 +56,15 @@ unit: $(STAMP) data chromium
 
 test: lint typecheck unit
 
+UI_PORT ?= 5000
+
+# MLflow UI over the project's store, loopback only: http://127.0.0.1:$(UI_PORT)
+ui: $(STAMP)
+	@mkdir -p mlruns/artifacts
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts \
+		--host 127.0.0.1 --port $(UI_PORT) --workers 1
+
 benchmark: $(STAMP) data
 	$(BIN)/python benchmarks/levels.py $(ARGS)
 

@@ -2,7 +2,7 @@
 
 Set at import, before any test module imports Prefect or MLflow (both read
 their settings then), so no test writes into the repository's ``mlruns/`` or
-the user's ``~/.prefect`` and ``~/.cache/fedsim``.
+``reports/``, or the user's ``~/.prefect`` and ``~/.cache/fedsim``.
 """
 
 from __future__ import annotations
@@ -20,5 +20,6 @@ atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_scratch / 'mlflow.db'}"
 os.environ["PREFECT_HOME"] = str(_scratch / "prefect")
 os.environ["FEDSIM_CACHE"] = str(_scratch / "cache")
+os.environ["FEDSIM_REPORTS_DIR"] = str(_scratch / "reports")  # inherited by served flow runs
 os.environ["FEDSIM_OFFLINE"] = "1"
 quiet_defaults()
