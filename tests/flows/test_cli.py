@@ -83,34 +83,50 @@ def test_missing_dataset_names_the_ways_to_get_it(tmp_path: Path) -> None:
     assert "--data-dir" in lines[0] and "FEDSIM_DATA" in lines[0]
 
 
-def test_run_prints_table_and_exits_zero(tmp_path: Path) -> None:
-    # Prepare: the real entry point, a private MLflow store and Prefect home.
+def test_run_twice_with_a_seed_prints_the_same_table_and_a_report(tmp_path: Path) -> None:
+    # Prepare: the real entry point, a private MLflow store, Prefect home and reports.
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "PREFECT_HOME": str(tmp_path / "prefect"),
+        "FEDSIM_REPORTS_DIR": str(tmp_path / "reports"),
         "COLUMNS": "120",
     }
     args = ["--levels", "baseline,2", "--model", "mlp", "--workers", "2", "--rounds", "1"]
     args += ["--train-samples", "400", "--test-samples", "200", "--experiment", "cli-test"]
+    args += ["--seed", "7"]
 
-    # Execute
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    # Execute: `fedsim run --seed 7` twice.
+    procs = [
+        subprocess.run(
+            [sys.executable, "-m", "fedsim", "run", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        for _ in range(2)
+    ]
 
-    # Assert
-    assert proc.returncode == 0, proc.stderr
-    rows = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if "│" in line}
-    assert set(rows) == {"L0 baseline", "L2 federated"}, proc.stdout
-    assert "1.00×" in rows["L0 baseline"]
-    assert "×" in rows["L2 federated"] and "%" in rows["L2 federated"]
-    assert "Traceback" not in proc.stderr
-    assert "telemetry" not in proc.stderr.lower()
+    # Assert: a table row per level, the same accuracies both times (the
+    # virtual level is bitwise reproducible), and a report that exists.
+    accuracies = []
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr
+        rows = {
+            line.split("│")[1].strip(): line.split("│")
+            for line in proc.stdout.splitlines()
+            if "│" in line
+        }
+        assert set(rows) == {"L0 baseline", "L2 federated"}, proc.stdout
+        assert "1.00×" in rows["L0 baseline"][4]
+        assert "%" in rows["L2 federated"][2]
+        accuracies.append(rows["L2 federated"][2].strip())
+        report = [line for line in proc.stdout.splitlines() if line.startswith("report: ")]
+        assert len(report) == 1 and Path(report[0].removeprefix("report: ").strip()).is_file()
+        assert "Traceback" not in proc.stderr
+        assert "telemetry" not in proc.stderr.lower()
+    assert accuracies[0] == accuracies[1]
 
 
 def test_summary_table_fits_80_columns_with_every_level_name() -> None:
