@@ -59,6 +59,7 @@ __all__ = [
     "SECURE_AGGREGATION",
     "SecureAggregate",
     "SecureInput",
+    "reveal_sum_shares",
     "secure_average",
 ]
 
@@ -133,20 +134,26 @@ def _relay(run: ProtocolRun) -> None:
     del run.state["sealed"]  # the coordinator keeps no ciphertext past the relay
 
 
-def _open(run: ProtocolRun) -> None:
+def reveal_sum_shares(run: ProtocolRun, step: str) -> list[torch.Tensor]:
+    """Each member's share of the sum (party step ``step``), checked to count every client."""
     clients = len(run.workers("clients"))
 
     def reveal(member: Worker) -> torch.Tensor:
-        reply = member.party_op("secagg.reveal", session=run.session)
+        reply = member.party_op(step, session=run.session)
         if reply["count"] != clients:
-            raise MPCError(f"{member.id!r} summed {reply['count']} shares, expected {clients}")
+            raise MPCError(f"{member.id!r} summed {reply['count']} inputs, expected {clients}")
         share = reply["sum_share"]
         if not isinstance(share, torch.Tensor) or share.dtype != torch.int64:
-            raise MPCError(f"{member.id!r} returned no int64 share")
+            raise MPCError(f"{member.id!r} returned no int64 share of the sum")
         return share
 
-    shares = run.each(list(run.workers("committee")), reveal)
-    run.state["total"] = run.state["encoder"].decode(reconstruct(shares))
+    return run.each(list(run.workers("committee")), reveal)
+
+
+def _open(run: ProtocolRun) -> None:
+    run.state["total"] = run.state["encoder"].decode(
+        reconstruct(reveal_sum_shares(run, "secagg.reveal"))
+    )
 
 
 SECURE_AGGREGATION = Protocol(

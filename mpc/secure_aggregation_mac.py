@@ -51,7 +51,7 @@ from mpc.field import P, field_decode
 from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.mac import reconstruct_field
 from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
-from mpc.secure_aggregation import SecureAggregate, SecureInput
+from mpc.secure_aggregation import SecureAggregate, SecureInput, reveal_sum_shares
 from workers.base import Worker
 
 __all__ = ["SECURE_AGGREGATION_MAC", "secure_average_mac"]
@@ -167,18 +167,7 @@ def _relay(run: ProtocolRun) -> None:
 
 
 def _open(run: ProtocolRun) -> None:
-    clients = len(run.workers("clients"))
-
-    def reveal(member: Worker) -> torch.Tensor:
-        reply = member.party_op("secagg.mac.reveal", session=run.session)
-        if reply["count"] != clients:
-            raise MPCError(f"{member.id!r} summed {reply['count']} inputs, expected {clients}")
-        share = reply["sum_share"]
-        if not isinstance(share, torch.Tensor) or share.dtype != torch.int64:
-            raise MPCError(f"{member.id!r} returned no field share")
-        return share
-
-    run.state["opened"] = reconstruct_field(run.each(list(run.workers("committee")), reveal))
+    run.state["opened"] = reconstruct_field(reveal_sum_shares(run, "secagg.mac.reveal"))
 
 
 def _check(run: ProtocolRun) -> None:

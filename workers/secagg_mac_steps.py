@@ -55,6 +55,7 @@ from workers.party import (
     session_arg,
     tensor_from_bytes,
 )
+from workers.secagg_steps import committee_arg
 
 __all__ = ["STEPS"]
 
@@ -77,14 +78,6 @@ def _open(
     return open_from(party, session, sender, public, ciphertext, label=label)
 
 
-def _members(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
-    members = [arg_id({"id": m}, "id") for m in arg_list(args, "committee", max_length=64)]
-    keys = arg_list(args, "public_keys", max_length=64)
-    if len(members) < 2 or len(keys) != len(members) or len(set(members)) != len(members):
-        raise PartyError("need >= 2 distinct committee members and one public key each")
-    return members, keys
-
-
 # ------------------------------------------------------------------ dealer
 
 
@@ -93,7 +86,7 @@ def _deal_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     if party.has(f"{session}/alpha"):
         raise PartyError(f"the MAC key of session {session!r} is already dealt")
-    members, keys = _members(args)
+    members, keys = committee_arg(args)
     alpha, shares = share_mac_key(len(members), party.rng)
     party.keep(f"{session}/alpha", alpha)
     sealed = [
@@ -108,7 +101,7 @@ def _deal_mask(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     r and α·r sealed for each member (seeds, or the explicit vectors for the lead)."""
     session = session_arg(args)
     alpha: int = party.secret(f"{session}/alpha")
-    members, keys = _members(args)
+    members, keys = committee_arg(args)
     client = arg_id(args, "client")
     length = _session_length(party, session, arg_int(args, "length", low=1, high=MAX_VECTOR))
     lead = arg_int(args, "lead", low=0, high=len(members) - 1)
@@ -173,7 +166,7 @@ def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
     bits = arg_int(args, "fractional_bits", low=0, high=30)
     value = field_encode(flatten_update(state, weight, layout), bits)
-    members, keys = _members(args)
+    members, keys = committee_arg(args)
     party.keep(f"{session}/input", True)
     eps = field_sub(value, field_random(value.shape, SecureRandom(seed))).numpy().tobytes()
     sealed = [
@@ -190,7 +183,7 @@ def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     if party.has(f"{session}/alpha"):
         raise PartyError(f"a MAC key share for session {session!r} is already set")
-    members, _ = _members(args)
+    members, _ = committee_arg(args)
     if party.worker_id not in members:
         raise PartyError(f"{party.worker_id!r} is not on the committee")
     payload = _open(party, session, args, arg_id(args, "dealer"), "dealer", "mac/alpha")

@@ -46,7 +46,7 @@ from workers.party import (
     tensor_from_bytes,
 )
 
-__all__ = ["STEPS"]
+__all__ = ["MAX_COMMITTEE", "STEPS", "committee_arg"]
 
 _SEED = b"S"  # payload kinds: a 32-byte ChaCha20 seed, or a full share
 _FULL = b"F"
@@ -55,7 +55,8 @@ _LABEL = "secagg/share"
 MAX_COMMITTEE = 64
 
 
-def _committee(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
+def committee_arg(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
+    """The ``committee`` ids and their ``public_keys``: >= 2 distinct members, a key each."""
     members = [
         arg_id({"id": m}, "id") for m in arg_list(args, "committee", max_length=MAX_COMMITTEE)
     ]
@@ -87,7 +88,7 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     weight = arg_int(args, "weight", low=1, high=2**31)
     clients = arg_int(args, "clients", low=2, high=1 << 20)
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
-    members, public_keys = _committee(args)
+    members, public_keys = committee_arg(args)
     lead = arg_int(args, "lead", low=0, high=len(members) - 1)
     encoder = FixedPointEncoder(arg_int(args, "fractional_bits", low=0, high=30))
     secret = encoder.encode(flatten_update(state, weight, layout))  # MPCError: out of range
