@@ -113,7 +113,8 @@ def _add_run(sub: Any) -> None:
     add("--partition", help="iid (default), dirichlet:ALPHA or shards:K")
     add(
         "--aggregation",
-        help="plain (default) or secure for levels 2-5 (one level: write 2:secure in --levels)",
+        help="plain (default), secure (secret sharing) or he (CKKS homomorphic encryption) "
+        "for levels 2-5 (one level: write 2:secure or 2:he in --levels)",
     )
     add(
         "--committee",

@@ -45,7 +45,8 @@ class Level:
 
     @property
     def run_name(self) -> str:
-        """MLflow child-run name: ``L<n> <name>``, plus `` (secure)`` for secure aggregation."""
+        """MLflow child-run name: ``L<n> <name>``, plus `` (secure)`` / `` (he)`` for
+        secret-shared / homomorphic aggregation."""
         suffix = f" ({self.aggregation})" if self.aggregation not in (None, "plain") else ""
         return f"L{self.number} {self.name}{suffix}"
 
@@ -81,7 +82,7 @@ for _level in LEVELS:
         _BY_KEY[str(_level.number)] = _level
 _BY_KEY["0"] = LEVELS[0]
 
-AGGREGATIONS: tuple[str, ...] = ("plain", "secure")
+AGGREGATIONS: tuple[str, ...] = ("plain", "secure", "he")
 FEDAVG_LEVELS = (2, 3, 4, 5)  # the levels whose rounds aggregate client updates
 
 
@@ -98,7 +99,7 @@ def parse_levels(spec: str, aggregation: str = "plain") -> tuple[Level, ...]:
     ``--aggregation`` option). The baseline always runs first when present,
     because every other level's slowdown is measured against it; the remaining
     order and duplicates are normalised so the same set of levels always gives
-    the same run (a plain variant before its secure one).
+    the same run (plain, then secure, then homomorphic aggregation).
     """
     keys = [part.strip().lower() for part in spec.split(",") if part.strip()]
     if not keys:
@@ -111,13 +112,16 @@ def parse_levels(spec: str, aggregation: str = "plain") -> tuple[Level, ...]:
             valid = ", ".join(f"{lv.name}" for lv in LEVELS)
             raise ConfigError(f"unknown level {name!r}: choose from {valid} or 0-5")
         if suffix and suffix not in AGGREGATIONS:
-            raise ConfigError(f"unknown aggregation {suffix!r} in level {key!r}: plain or secure")
+            raise ConfigError(
+                f"unknown aggregation {suffix!r} in level {key!r}: plain, secure or he"
+            )
         if suffix:
             level = level.with_aggregation(suffix)
         elif level.number in FEDAVG_LEVELS:
             level = level.with_aggregation(aggregation)
         chosen.add(level)
-    return tuple(sorted(chosen, key=lambda lv: (lv.number, lv.aggregation == "secure")))
+    order = {None: 0, "plain": 0, "secure": 1, "he": 2}
+    return tuple(sorted(chosen, key=lambda lv: (lv.number, order[lv.aggregation])))
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -189,8 +193,8 @@ class ExperimentConfig:
         _check_choice("model", self.model, tuple(MODELS))
         _check_min("committee", self.committee, 2)
         secure = [lv for lv in levels if lv.aggregation == "secure"]
-        if secure and self.workers < 2:
-            raise ConfigError("secure aggregation needs --workers >= 2")
+        if any(lv.aggregation in ("secure", "he") for lv in levels) and self.workers < 2:
+            raise ConfigError("secure and homomorphic aggregation need --workers >= 2")
         if self.mac and not secure:
             raise ConfigError("--mac authenticates secure aggregation: add --aggregation secure")
         if self.mac and self.workers < 3:

@@ -183,7 +183,7 @@ def _federated_rounds(
         if sequential:
             return ctx.meter.call(train_sequential_round, sampled, state, ctx.cfg, round_index)
         outcome = ctx.meter.call(train_federated_round, sampled, state, ctx.cfg, round_index)
-        if ctx.cfg.aggregation == "secure":
+        if ctx.cfg.aggregation in ("secure", "he"):
             outcome = ctx.meter.call(
                 secure_aggregate_round, ctx.cfg, sampled, outcome, state, round_index
             )

@@ -141,7 +141,7 @@ def _level_record(client: MlflowClient, run: Run) -> tuple[dict[str, Any], Level
         "run_id": run.info.run_id,
         "run_name": label,
         "number": _level_number(run),
-        "secure": params.get("aggregation") == "secure",
+        "secure": {"secure": 1, "he": 2}.get(params.get("aggregation", ""), 0),
         "aggregation": params.get("aggregation", "none"),
         "seed": params.get("seed"),
         "final_accuracy": metrics.get("final_accuracy"),

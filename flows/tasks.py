@@ -217,7 +217,7 @@ def _train_client(
     """
     index, worker = client
     start = time.perf_counter()
-    secure = cfg.aggregation == "secure"
+    secure = cfg.aggregation in ("secure", "he")  # the update stays sealed on the worker
     state_ptr = worker.send(global_state)
     new_ptr, reply = worker.train(
         cfg.model,

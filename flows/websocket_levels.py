@@ -64,7 +64,7 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
             )
         _check_min_workers(ctx, outcome, round_index)
         outcome = dataclasses.replace(outcome, dropped=dropped)
-        if ctx.cfg.aggregation == "secure":
+        if ctx.cfg.aggregation in ("secure", "he"):
             outcome = ctx.meter.call(
                 secure_aggregate_round, ctx.cfg, live, outcome, state, round_index, True
             )

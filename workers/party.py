@@ -122,10 +122,10 @@ PartyStep = Callable[[Party, Mapping[str, Value]], dict[str, Value]]
 @functools.cache
 def party_steps() -> Mapping[str, PartyStep]:
     """Every registered party step by name (imported lazily: the step modules use ``mpc``)."""
-    from workers import inference_steps, secagg_mac_steps, secagg_steps
+    from workers import he_steps, inference_steps, secagg_mac_steps, secagg_steps
 
     steps: dict[str, PartyStep] = {"forget": _forget, "keygen": _keygen}
-    for module in (secagg_steps, secagg_mac_steps, inference_steps):
+    for module in (secagg_steps, secagg_mac_steps, inference_steps, he_steps):
         overlap = set(steps) & set(module.STEPS)
         assert not overlap, f"party steps registered twice: {overlap}"
         steps.update(module.STEPS)

@@ -136,3 +136,21 @@ def test_encrypted_eval_level_logs_both_accuracies(mlflow_uri: str) -> None:
     assert metrics["slowdown_vs_plaintext"] > 1
     assert metrics["images_per_second"] > 0
     assert run.data.tags["level"] == "encrypted-eval"
+
+
+def test_he_level2_matches_plain_and_logs_its_costs(mlflow_uri: str) -> None:
+    # Prepare: CKKS aggregation of level 2 next to the plain run.
+    cfg = ExperimentConfig(**{**SMALL, "workers": 3, "levels": "2,2:he"})
+
+    # Execute
+    result = benchmark_flow(cfg.to_dict())
+
+    # Assert: the decrypted average is FedAvg's to ~1e-8; the he run logs its costs.
+    plain, he = result["levels"]
+    assert he["run_name"] == "L2 federated (he)"
+    assert he["final_accuracy"] == pytest.approx(plain["final_accuracy"], abs=0.005)
+    run = _children(result["parent_run_id"])["L2 federated (he)"]
+    assert run.data.params["aggregation"] == "he"
+    for metric in ("he_encrypt_seconds", "he_aggregate_seconds", "he_decrypt_seconds"):
+        assert run.data.metrics[metric] > 0
+    assert run.data.metrics["ciphertext_bytes"] > 3 * 199_210 * 8  # CKKS expands the update

@@ -1,0 +1,204 @@
+"""Homomorphic aggregation: clients encrypt, the coordinator adds ciphertexts it cannot read.
+
+Protocol (roles: ``clients`` hold trained states; ``key_holder`` is one of
+them), CKKS over TenSEAL (``mpc.he`` gives parameters and precision):
+
+1. ``keys``      — every client makes a session X25519 key pair (``mpc.channel``);
+2. ``context``   — the key holder makes a CKKS key, returns the public context
+   and, for each other client, the secret context sealed for it; the
+   coordinator relays the sealed contexts (``he.accept_key``: each client checks
+   the secret matches the public context's fingerprint);
+3. ``encrypt``   — client c encrypts n_c·w_c chunk-wise, a canary slot of 1.0 per
+   chunk; n_c comes back in the clear (the coordinator knows it from training);
+4. ``aggregate`` — the coordinator loads the ciphertexts with the *public*
+   context (no secret key) and adds them;
+5. ``decrypt``   — the key holder decrypts the sum once, after checking that
+   every canary equals the client count; the coordinator divides by Σ n_c.
+
+What each party sees, when the coordinator follows the protocol: the
+coordinator, the public context and ciphertexts (IND-CPA under RLWE), then the
+sum; a client other than the key holder, its own update and the key (it could
+decrypt ciphertexts, but never receives any); the key holder, the sum. Unlike
+secure aggregation, one party (the key holder) could decrypt any client's
+ciphertext if the coordinator gave it one: HE moves the trust from a committee
+to the key holder's refusal, which a coordinator holding the public key can
+bypass (it can encrypt canaries itself) — ``workers.he_steps`` says how much
+the key holder checks. A key holder that drops out loses the round.
+
+Results are checked, not trusted: ciphertexts under another key (fingerprint
+mismatch), of the wrong length or chunk count, or that do not load under the
+public context give an :class:`MPCError` before decryption; a ciphertext
+whose label lies about its key decrypts to canaries far from the count and
+the key holder refuses it, so a round never returns garbage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from mpc.errors import MPCError
+from mpc.flatten import float_keys, unflatten_average, vector_length
+from mpc.he import add_ciphertexts, chunk_count, fingerprint, load_context
+from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
+from mpc.secure_aggregation import SecureAggregate, SecureInput
+from workers.base import Worker
+
+__all__ = ["HE_AGGREGATION", "he_average"]
+
+
+def _bytes(value: object, what: str) -> bytes:
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.ndim != 1:
+        raise MPCError(f"{what} is not a byte string")
+    return value.numpy().tobytes()
+
+
+def _context(run: ProtocolRun) -> None:
+    holder = run.one("key_holder")
+    others = [c for c in run.workers("clients") if c.id != holder.id]
+    reply = holder.party_op(
+        "he.keygen",
+        session=run.session,
+        clients=[c.id for c in others],
+        public_keys=[run.public_key(c) for c in others],
+    )
+    public = _bytes(reply["public_context"], f"public context from {holder.id!r}")
+    if reply["fingerprint"] != fingerprint(public):
+        raise MPCError(f"{holder.id!r} sent a public context that does not match its fingerprint")
+    run.state["context"] = load_context(public, secret=False)  # the coordinator's: no secret key
+    run.state["fingerprint"] = fingerprint(public)
+    run.state["public_context_bytes"] = len(public)
+    sealed = reply["sealed"]
+    if not isinstance(sealed, list) or len(sealed) != len(others):
+        raise MPCError(f"{holder.id!r} did not seal one context for each of {len(others)} clients")
+
+    def deliver(index: int) -> None:
+        client = others[index]
+        answer = client.party_op(
+            "he.accept_key",
+            session=run.session,
+            sender=holder.id,
+            sender_public_key=run.public_key(holder),
+            sealed=sealed[index],
+            public_context=reply["public_context"],
+            fingerprint=run.state["fingerprint"],
+        )
+        if answer["fingerprint"] != run.state["fingerprint"]:
+            raise MPCError(f"{client.id!r} accepted a different CKKS context")
+
+    run.each(list(range(len(others))), deliver)
+
+
+def _encrypt(run: ProtocolRun) -> None:
+    inputs: dict[str, SecureInput] = run.state["inputs"]
+    length = run.state["length"]
+    clients = run.workers("clients")
+
+    def encrypt(client: Worker) -> list[bytes]:
+        item = inputs[client.id]
+        state_id = item.state if isinstance(item.state, str) else item.state._ref(client).obj_id
+        reply = client.party_op(
+            "he.encrypt",
+            session=run.session,
+            state_id=state_id,
+            weight=item.weight,
+            keys=run.state["keys"],
+            clients=len(clients),
+            fingerprint=run.state["fingerprint"],
+        )
+        if reply["fingerprint"] != run.state["fingerprint"]:
+            raise MPCError(
+                f"{client.id!r} encrypted under context {str(reply['fingerprint'])[:16]}…, "
+                f"the session's is {run.state['fingerprint'][:16]}…"
+            )
+        if reply["length"] != length:
+            raise MPCError(
+                f"{client.id!r} encrypted {reply['length']} values, the model has {length}"
+            )
+        if reply["weight"] != item.weight:
+            raise MPCError(f"{client.id!r} reports weight {reply['weight']}, trained {item.weight}")
+        chunks = reply["ciphertexts"]
+        if not isinstance(chunks, list) or len(chunks) != chunk_count(length):
+            raise MPCError(f"{client.id!r} sent no list of {chunk_count(length)} ciphertexts")
+        return [_bytes(c, f"ciphertext from {client.id!r}") for c in chunks]
+
+    ciphertexts = run.each(list(clients), encrypt)
+    run.state["ciphertexts"] = ciphertexts
+    run.state["ciphertext_bytes"] = {
+        c.id: sum(map(len, chunks)) for c, chunks in zip(clients, ciphertexts, strict=True)
+    }
+
+
+def _aggregate(run: ProtocolRun) -> None:
+    names = [repr(c.id) for c in run.workers("clients")]
+    run.state["sum"] = add_ciphertexts(run.state["context"], run.state.pop("ciphertexts"), names)
+
+
+def _decrypt(run: ProtocolRun) -> None:
+    holder = run.one("key_holder")
+    count = len(run.workers("clients"))
+    reply = holder.party_op(
+        "he.decrypt",
+        session=run.session,
+        ciphertexts=[torch.frombuffer(bytearray(c), dtype=torch.uint8) for c in run.state["sum"]],
+        length=run.state["length"],
+        count=count,
+        fingerprint=run.state["fingerprint"],
+    )
+    total = reply["sum"]
+    if not isinstance(total, torch.Tensor) or total.dtype != torch.float64:
+        raise MPCError(f"{holder.id!r} returned no float64 sum")
+    if reply["count"] != count or total.numel() != run.state["length"]:
+        raise MPCError(
+            f"{holder.id!r} decrypted {total.numel()} values of {reply['count']} clients"
+        )
+    run.state["total"] = total
+
+
+HE_AGGREGATION = Protocol(
+    "he-aggregation",
+    roles=("clients", "key_holder"),
+    steps=(
+        Step("keys", "clients", exchange_keys),
+        Step("context", "key_holder", _context),
+        Step("encrypt", "clients", _encrypt),
+        Step("aggregate", "clients", _aggregate),
+        Step("decrypt", "key_holder", _decrypt, opens=True),
+    ),
+)
+
+
+def he_average(
+    inputs: Sequence[SecureInput],
+    key_holder: Worker,
+    template: Mapping[str, torch.Tensor],
+    *,
+    parallel: bool = False,
+) -> SecureAggregate:
+    """Σ_c n_c·w_c / Σ_c n_c over the clients' states, the coordinator adding ciphertexts.
+
+    ``key_holder`` must be one of the clients' workers. The result's ``seconds``
+    has keys/context/encrypt/aggregate/decrypt; ``run.state`` keeps
+    ``ciphertext_bytes`` (per client id) and ``public_context_bytes``.
+    """
+    if len(inputs) < 2:
+        raise MPCError(
+            f"HE aggregation needs >= 2 clients (one client's sum is its update), got {len(inputs)}"
+        )
+    clients = [item.worker for item in inputs]
+    if key_holder.id not in {c.id for c in clients}:
+        raise MPCError(f"the key holder {key_holder.id!r} is not one of the clients")
+    holder = next(c for c in clients if c.id == key_holder.id)
+    run = HE_AGGREGATION.bind({"clients": clients, "key_holder": [holder]}, parallel=parallel)
+    run.state.update(
+        inputs={item.worker.id: item for item in inputs},
+        length=vector_length(template) - 1,  # floats only: the weights travel in the clear
+        keys=float_keys(template),
+    )
+    run.run()
+    expected = float(sum(item.weight for item in inputs))
+    total = torch.cat([run.state.pop("total"), torch.tensor([expected], dtype=torch.float64)])
+    del run.state["context"], run.state["sum"]
+    state, weight = unflatten_average(total, template, expected)
+    return SecureAggregate(state, weight, dict(run.seconds), run)

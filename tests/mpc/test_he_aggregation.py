@@ -1,0 +1,433 @@
+"""HE aggregation: equals FedAvg within CKKS precision; the coordinator cannot decrypt;
+bad ciphertexts and replays are refused with one clear error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fl.aggregation import weighted_average
+from fl.models import build_model, get_state
+from mpc.errors import MPCError
+from mpc.he import (
+    PARAMS,
+    SUM_ERROR_BOUND,
+    add_ciphertexts,
+    decrypt_sum,
+    encrypt_vector,
+    fingerprint,
+    load_context,
+    new_context,
+    public_context_bytes,
+)
+from mpc.he_aggregation import he_average
+from mpc.secure_aggregation import SecureInput
+from workers.auth import read_secret, write_secret
+from workers.codec import Value
+from workers.errors import RemoteError
+from workers.party import tensor_from_bytes
+from workers.virtual import VirtualWorker
+from workers.ws_client import WebsocketWorker
+
+# CKKS at Δ = 2^35 adds ≲ 1e-6 per slot to the weighted sum; divided by Σn ≥ 300
+# that is < 1e-8, so float32 rounding of the result dominates: 1e-6 is safe.
+AVERAGE_BOUND = 1e-6
+
+
+class TamperingWorker(VirtualWorker):
+    """A virtual worker whose ``he.encrypt`` reply the test can rewrite (a hostile path)."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(worker_id)
+        self.rewrite: Any = None
+
+    def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+        reply = super().party_op(op, **args)
+        if op == "he.encrypt" and self.rewrite is not None:
+            reply = self.rewrite(reply)
+        return reply
+
+
+def _states(count: int, model: str = "mlp") -> list[dict[str, torch.Tensor]]:
+    return [get_state(build_model(model, seed=i)) for i in range(count)]
+
+
+def _inputs(
+    workers: list[Any], states: list[dict[str, torch.Tensor]], weights: list[int]
+) -> list[SecureInput]:
+    return [SecureInput(w, w.send(s), n) for w, s, n in zip(workers, states, weights, strict=True)]
+
+
+def _run(workers: list[Any], states: list[dict[str, torch.Tensor]], weights: list[int]) -> Any:
+    return he_average(_inputs(workers, states, weights), workers[0], states[0])
+
+
+@pytest.fixture(scope="module")
+def states() -> list[dict[str, torch.Tensor]]:
+    return _states(3)
+
+
+def test_he_average_equals_fedavg(states: list[dict[str, torch.Tensor]]) -> None:
+    # Prepare
+    workers = [VirtualWorker(f"w{i}") for i in range(3)]
+    weights = [107, 207, 307]
+
+    # Execute
+    result = _run(workers, states, weights)
+
+    # Assert
+    expected = weighted_average(states, weights)
+    for key, value in expected.items():
+        assert result.state[key].dtype == value.dtype
+        assert (result.state[key] - value).abs().max().item() <= AVERAGE_BOUND
+    assert result.total_weight == sum(weights)
+    assert set(result.seconds) == {"keys", "context", "encrypt", "aggregate", "decrypt"}
+    sizes = result.run.state["ciphertext_bytes"]
+    assert set(sizes) == {"w0", "w1", "w2"} and min(sizes.values()) > 32 * 199_210
+    assert all(w.core._party.secret_count() == 0 for w in workers)  # session forgotten
+
+
+def test_ckks_sum_of_100_clients_is_within_the_stated_bound() -> None:
+    # Prepare: 100 clients' vectors of |x| <= 1e4 (the documented range).
+    context = new_context()
+    public = load_context(public_context_bytes(context), secret=False)
+    generator = torch.Generator().manual_seed(0)
+    values = [
+        (torch.rand(5000, generator=generator, dtype=torch.float64) * 2 - 1) * 1e4
+        for _ in range(100)
+    ]
+
+    # Execute
+    total = add_ciphertexts(public, [encrypt_vector(context, v) for v in values])
+    opened = decrypt_sum(context, total, length=5000, count=100)
+
+    # Assert
+    assert (opened - torch.stack(values).sum(0)).abs().max().item() <= SUM_ERROR_BOUND
+
+
+def test_the_coordinator_context_holds_no_secret_key() -> None:
+    # Prepare
+    context = new_context()
+    public = load_context(public_context_bytes(context), secret=False)
+    chunks = add_ciphertexts(public, [encrypt_vector(context, torch.ones(10))] * 2)
+
+    # Execute / Assert: the public context has no key, and decrypting with it fails.
+    assert not public.is_private() and not public.has_secret_key()
+    with pytest.raises(ValueError, match="secret"):
+        decrypt_sum(public, chunks, length=10, count=2)
+    with pytest.raises(MPCError, match="expected a public"):
+        load_context(context.serialize(save_secret_key=True), secret=False)
+
+
+def test_nothing_the_coordinator_receives_loads_as_a_secret_context(
+    states: list[dict[str, torch.Tensor]],
+) -> None:
+    # Prepare: record every byte string the workers hand the coordinator.
+    workers = [TamperingWorker(f"w{i}") for i in range(3)]
+    seen: list[bytes] = []
+
+    def record(value: Value) -> None:
+        if isinstance(value, list):
+            for item in value:
+                record(item)
+        elif isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
+            seen.append(value.numpy().tobytes())
+
+    for worker in workers:
+        original = worker.party_op
+
+        def recording(op: str, _original: Any = original, **args: Value) -> dict[str, Value]:
+            reply: dict[str, Value] = _original(op, **args)
+            for value in reply.values():
+                record(value)
+            return reply
+
+        worker.party_op = recording  # type: ignore[method-assign]
+
+    # Execute
+    _run(workers, states, [1, 2, 3])
+
+    # Assert: the public context is there, but no secret one (sealed contexts are
+    # ChaCha20-Poly1305 ciphertexts), and the run kept no context afterwards.
+    secret_loads = 0
+    for data in seen:
+        try:
+            load_context(data, secret=True)
+            secret_loads += 1
+        except MPCError:
+            pass
+    assert secret_loads == 0
+    assert len(seen) > 3 * 49
+
+
+def _hostile_round(rewrite: Any, states: list[dict[str, torch.Tensor]]) -> None:
+    workers = [TamperingWorker(f"w{i}") for i in range(3)]
+    workers[2].rewrite = rewrite
+    _run(workers, states, [10, 20, 30])
+
+
+def _flip_middle(reply: dict[str, Value]) -> dict[str, Value]:
+    chunks = list(reply["ciphertexts"])  # type: ignore[arg-type]
+    data = bytearray(chunks[0].numpy().tobytes())
+    data[len(data) // 2] ^= 0xFF
+    chunks[0] = tensor_from_bytes(bytes(data))
+    return {**reply, "ciphertexts": chunks}
+
+
+def _flip_header(reply: dict[str, Value]) -> dict[str, Value]:
+    chunks = list(reply["ciphertexts"])  # type: ignore[arg-type]
+    data = bytearray(chunks[0].numpy().tobytes())
+    data[10] ^= 0xFF
+    chunks[0] = tensor_from_bytes(bytes(data))
+    return {**reply, "ciphertexts": chunks}
+
+
+def _other_key(reply: dict[str, Value]) -> dict[str, Value]:
+    """Same parameters, same claimed fingerprint, but a key from another session."""
+    stranger = new_context()
+    length = int(reply["length"])  # type: ignore[arg-type]
+    chunks = encrypt_vector(stranger, torch.zeros(length, dtype=torch.float64))
+    return {**reply, "ciphertexts": [tensor_from_bytes(c) for c in chunks]}
+
+
+def _other_fingerprint(reply: dict[str, Value]) -> dict[str, Value]:
+    return {**reply, "fingerprint": fingerprint(public_context_bytes(new_context()))}
+
+
+def _short(reply: dict[str, Value]) -> dict[str, Value]:
+    return {**reply, "length": int(reply["length"]) - 1}  # type: ignore[arg-type]
+
+
+def _missing_chunk(reply: dict[str, Value]) -> dict[str, Value]:
+    return {**reply, "ciphertexts": list(reply["ciphertexts"])[:-1]}  # type: ignore[arg-type]
+
+
+def _foreign_params(reply: dict[str, Value]) -> dict[str, Value]:
+    import tenseal as ts
+
+    other = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 40])
+    other.global_scale = 2.0**20
+    chunks = list(reply["ciphertexts"])  # type: ignore[arg-type]
+    chunks[0] = tensor_from_bytes(ts.ckks_vector(other, [1.0] * 10).serialize())
+    return {**reply, "ciphertexts": chunks}
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "error"),
+    [
+        (_flip_middle, "canary|not a ciphertext"),
+        (_flip_header, "not a ciphertext of this context"),
+        (_other_key, "canary"),
+        (_other_fingerprint, "encrypted under context"),
+        (_short, "encrypted 199209 values, the model has 199210"),
+        (_missing_chunk, "no list of 49 ciphertexts"),
+        (_foreign_params, "not a ciphertext of this context"),
+    ],
+)
+def test_bad_ciphertexts_give_one_clear_error(
+    rewrite: Any, error: str, states: list[dict[str, torch.Tensor]]
+) -> None:
+    with pytest.raises((MPCError, RemoteError), match=error):
+        _hostile_round(rewrite, states)
+
+
+def _setup_session(workers: list[VirtualWorker], state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Run keys + context + encrypt by hand; returns what the coordinator holds."""
+    from mpc.flatten import float_keys
+
+    session = "s1"
+    publics = [w.party_op("keygen", session=session)["public_key"] for w in workers]
+    holder, others = workers[0], workers[1:]
+    reply = holder.party_op(
+        "he.keygen", session=session, clients=[w.id for w in others], public_keys=publics[1:]
+    )
+    for w, sealed in zip(others, reply["sealed"], strict=True):  # type: ignore[arg-type]
+        w.party_op(
+            "he.accept_key",
+            session=session,
+            sender=holder.id,
+            sender_public_key=publics[0],
+            sealed=sealed,
+            public_context=reply["public_context"],
+            fingerprint=reply["fingerprint"],
+        )
+    encrypted = [
+        w.party_op(
+            "he.encrypt",
+            session=session,
+            state_id=w.send(state)._ref(w).obj_id,
+            weight=5,
+            keys=float_keys(state),
+            clients=len(workers),
+            fingerprint=reply["fingerprint"],
+        )
+        for w in workers
+    ]
+    public = load_context(reply["public_context"].numpy().tobytes(), secret=False)  # type: ignore[union-attr]
+    return {"session": session, "fp": reply["fingerprint"], "public": public, "enc": encrypted}
+
+
+def _bytes_of(reply: dict[str, Value]) -> list[bytes]:
+    return [c.numpy().tobytes() for c in reply["ciphertexts"]]  # type: ignore[union-attr]
+
+
+def test_key_holder_refuses_a_single_client_or_a_second_decrypt() -> None:
+    # Prepare
+    workers = [VirtualWorker(f"k{i}") for i in range(2)]
+    state = {"w": torch.linspace(-1, 1, 5000)}
+    held = _setup_session(workers, state)
+    one = add_ciphertexts(held["public"], [_bytes_of(held["enc"][0])])
+    both = add_ciphertexts(held["public"], [_bytes_of(r) for r in held["enc"]])
+
+    def decrypt(worker: VirtualWorker, chunks: list[bytes], count: int) -> dict[str, Value]:
+        return worker.party_op(
+            "he.decrypt",
+            session=held["session"],
+            ciphertexts=[tensor_from_bytes(c) for c in chunks],
+            length=5000,
+            count=count,
+            fingerprint=held["fp"],
+        )
+
+    # Execute / Assert: count 1 is refused outright; one client's ciphertext passed
+    # off as a sum of 2 fails the canary — and closes the session, so even the
+    # genuine sum is refused after.
+    with pytest.raises(RemoteError, match="must be an integer in"):
+        decrypt(workers[0], one, 1)
+    with pytest.raises(RemoteError, match="not the key holder"):
+        decrypt(workers[1], both, 2)
+    with pytest.raises(RemoteError, match="canary"):
+        decrypt(workers[0], one, 2)
+    with pytest.raises(RemoteError, match="closed"):
+        decrypt(workers[0], both, 2)
+
+
+def test_key_holder_decrypts_a_genuine_sum_once() -> None:
+    # Prepare
+    workers = [VirtualWorker(f"k{i}") for i in range(2)]
+    state = {"w": torch.linspace(-1, 1, 5000)}
+    held = _setup_session(workers, state)
+    both = add_ciphertexts(held["public"], [_bytes_of(r) for r in held["enc"]])
+    args = {
+        "session": held["session"],
+        "ciphertexts": [tensor_from_bytes(c) for c in both],
+        "length": 5000,
+        "count": 2,
+        "fingerprint": held["fp"],
+    }
+
+    # Execute
+    total = workers[0].party_op("he.decrypt", **args)["sum"]
+
+    # Assert
+    assert isinstance(total, torch.Tensor)
+    assert (total - 10 * state["w"].double()).abs().max().item() < 1e-5
+    with pytest.raises(RemoteError, match="closed"):
+        workers[0].party_op("he.decrypt", **args)
+
+
+def test_a_client_encrypts_once_and_checks_the_key() -> None:
+    # Prepare
+    workers = [VirtualWorker(f"k{i}") for i in range(2)]
+    state = {"w": torch.ones(10)}
+    held = _setup_session(workers, state)
+
+    # Execute / Assert
+    with pytest.raises(RemoteError, match="already encrypted"):
+        workers[1].party_op(
+            "he.encrypt",
+            session=held["session"],
+            state_id="x",
+            weight=1,
+            keys=["w"],
+            clients=2,
+            fingerprint=held["fp"],
+        )
+
+
+def test_a_client_refuses_a_public_context_that_does_not_match_the_secret() -> None:
+    # Prepare
+    workers = [VirtualWorker(f"k{i}") for i in range(2)]
+    publics = [w.party_op("keygen", session="s")["public_key"] for w in workers]
+    reply = workers[0].party_op(
+        "he.keygen", session="s", clients=[workers[1].id], public_keys=publics[1:]
+    )
+    forged = public_context_bytes(new_context())
+
+    # Execute / Assert: a coordinator that swaps in its own public context is caught.
+    with pytest.raises(RemoteError, match="contexts do not match"):
+        workers[1].party_op(
+            "he.accept_key",
+            session="s",
+            sender=workers[0].id,
+            sender_public_key=publics[0],
+            sealed=reply["sealed"][0],  # type: ignore[index]
+            public_context=tensor_from_bytes(forged),
+            fingerprint=fingerprint(forged),
+        )
+
+
+def test_values_beyond_the_ckks_range_are_refused() -> None:
+    # Prepare: weight × value beyond max_abs_sum / (2·clients).
+    workers = [VirtualWorker(f"w{i}") for i in range(2)]
+    states = [{"w": torch.full((4,), 10.0)} for _ in range(2)]
+    weight = int(PARAMS.max_abs_sum / 4 / 10) + 1
+
+    # Execute / Assert
+    with pytest.raises(RemoteError, match="range that keeps a CKKS sum"):
+        _run(workers, states, [weight, 1])
+
+
+# ------------------------------------------------------------------ websocket
+
+
+def test_he_average_over_websocket_worker_processes(
+    tmp_path: Path, states: list[dict[str, torch.Tensor]]
+) -> None:
+    # Prepare: three worker processes on loopback.
+    token = tmp_path / "token"
+    write_secret(token)
+    processes: list[subprocess.Popen[str]] = []
+    workers: list[WebsocketWorker] = []
+    try:
+        for i in range(3):
+            command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", f"h{i}"]
+            command += ["--host", "127.0.0.1", "--port", "0", "--token-file", str(token)]
+            command += ["--threads", "1"]
+            with (tmp_path / f"h{i}.log").open("w") as log:
+                processes.append(
+                    subprocess.Popen(
+                        command,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                        text=True,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
+        for i, process in enumerate(processes):
+            assert process.stdout is not None
+            port = json.loads(process.stdout.readline())["port"]
+            url = f"ws://127.0.0.1:{port}"
+            workers.append(WebsocketWorker(f"h{i}", url, secret=read_secret(token), timeout=60))
+        weights = [11, 22, 33]
+
+        # Execute
+        result = he_average(_inputs(workers, states, weights), workers[1], states[0], parallel=True)
+
+        # Assert
+        expected = weighted_average(states, weights)
+        for key, value in expected.items():
+            assert (result.state[key] - value).abs().max().item() <= AVERAGE_BOUND
+    finally:
+        for worker in workers:
+            worker.close()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
