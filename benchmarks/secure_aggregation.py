@@ -1,7 +1,9 @@
-"""Benchmark: what secure aggregation (and its SPDZ MACs) adds to a FedAvg round.
+"""Benchmark: what secure aggregation (with and without SPDZ MACs) and CKKS
+homomorphic aggregation add to a FedAvg round.
 
-One benchmark run (real Prefect flows, MLflow) of level 2 with plain and with
-secure aggregation, then one of level 2 with ``--mac``; all on the full
+One benchmark run (real Prefect flows, MLflow) of level 2 with plain, secure
+and homomorphic (``he``) aggregation and level 4 with ``he`` (encryption in parallel
+worker processes), then one of level 2 with ``--mac``; all on the full
 Fashion-MNIST training set, McMahan CNN (1.7 M parameters), 10 workers, E=2,
 a committee of 3. The overhead of a round is its secure-aggregation protocol
 time (``secagg_seconds``, logged per round) over the plain level's mean round
@@ -59,9 +61,10 @@ def _config(args: argparse.Namespace, levels: str, mac: bool) -> ExperimentConfi
 
 def _row(summary: dict[str, Any], plain_round: float, plain_bytes: float, args: Any) -> str:
     rounds = _history(summary["run_id"], "round_seconds")
-    protocol = _history(summary["run_id"], "secagg_seconds") or [0.0]
-    sharing = _history(summary["run_id"], "sharing_seconds") or [0.0]
-    opening = _history(summary["run_id"], "opening_seconds") or [0.0]
+    run = summary["run_id"]
+    protocol = _history(run, "secagg_seconds") or _history(run, "he_seconds") or [0.0]
+    sharing = _history(run, "sharing_seconds") or _history(run, "he_encrypt_seconds") or [0.0]
+    opening = _history(run, "opening_seconds") or _history(run, "he_decrypt_seconds") or [0.0]
     extra_mb = (summary["bytes_total"] - plain_bytes) / 1e6 / (args.rounds * args.workers)
     return (
         f"| {summary['run_name']} | {summary['final_accuracy']:.2%} | "
@@ -141,7 +144,7 @@ def main() -> None:
     if args.runs:
         first, with_mac = ({"levels": _stored(parent)} for parent in args.runs.split(","))
     else:
-        first = run_with_display(_config(args, "2,2:secure", mac=False))
+        first = run_with_display(_config(args, "2,2:secure,2:he,4:he", mac=False))
         with_mac = run_with_display(_config(args, "2:secure", mac=True))
     plain = first["levels"][0]
     plain_round = statistics.mean(_history(plain["run_id"], "round_seconds"))
@@ -151,11 +154,11 @@ def main() -> None:
         f"B=32, committee of 3, seed 0; 2 cores; {dt.date.today().isoformat()}. "
         "Overhead = protocol seconds per round / plain round seconds, same invocation.",
         "",
-        "| level | test accuracy | round s | protocol s / round | sharing s | opening s | "
-        "overhead | extra MB / client / round |",
+        "| level | test accuracy | round s | protocol s / round | sharing / encrypting s | "
+        "opening / decrypting s | overhead | extra MB / client / round |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for summary in (plain, first["levels"][1], with_mac["levels"][0]):
+    for summary in (*first["levels"], with_mac["levels"][0]):
         row = _row(summary, plain_round, plain["bytes_total"], args)
         if summary is with_mac["levels"][0]:
             row = row.replace(summary["run_name"], summary["run_name"] + " + MAC", 1)
