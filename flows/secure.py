@@ -1,9 +1,11 @@
-"""Secure aggregation inside the round loop (``--aggregation secure``, levels 2-5).
+"""Encrypted aggregation inside the round loop (``--aggregation secure|he``, levels 2-5).
 
-The round trains as usual but leaves each trained state on its worker; this
-module then runs ``mpc.secure_aggregation`` over the clients that delivered,
-with a committee of ``--committee`` of them chosen per round from the seed,
-and hands the opened average to the loop as the round's global state.
+The round trains as usual but leaves each trained state sealed on its worker;
+this module then runs, over the clients that delivered, either secure
+aggregation (``mpc.secure_aggregation``, with ``--mac`` its SPDZ variant) with
+a committee of ``--committee`` of them drawn at random each round, or CKKS
+aggregation (``mpc.he_aggregation``) with a key holder drawn at random, and
+hands the opened average to the loop as the round's global state.
 
 Workers that fail during the protocol (levels 4 and 5) before anything is
 opened are found by pinging, left out, and the protocol is run once more over
