@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,14 +14,12 @@ from fl.training import TrainConfig, train_local
 from mpc.encrypted_inference import EncryptedEvalResult, encrypted_evaluate
 from mpc.errors import MPCError
 from mpc.ring import FixedPointEncoder
-from workers.auth import read_secret, write_secret
+from tests.worker_processes import worker_processes
 from workers.base import Worker
 from workers.codec import Value
 from workers.errors import RemoteError
 from workers.virtual import VirtualWorker
-from workers.ws_client import WebsocketWorker
 
-HOST = "127.0.0.1"
 LOGIT_TOLERANCE = 2e-3  # fixed point f = 16 through 4 layers: measured ≈ 1e-4
 
 
@@ -264,41 +258,10 @@ def test_a_replayed_step_is_refused_so_no_mask_is_used_twice(
 
 
 @pytest.fixture(scope="module")
-def ws_parties(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
-    tmp = tmp_path_factory.mktemp("infer-ws")
-    token = tmp / "token"
-    write_secret(token)
-    processes: list[subprocess.Popen[str]] = []
-    clients: list[WebsocketWorker] = []
-    try:
-        roles = ("data_owner", "model_owner", "dealer")
-        for role in roles:
-            command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", role]
-            command += ["--host", HOST, "--port", "0", "--token-file", str(token)]
-            command += ["--threads", "1"]
-            with Path(tmp / f"{role}.log").open("w") as log:
-                processes.append(
-                    subprocess.Popen(
-                        command,
-                        stdout=subprocess.PIPE,
-                        stderr=log,
-                        text=True,
-                        stdin=subprocess.DEVNULL,
-                    )
-                )
-        for role, process in zip(roles, processes, strict=True):
-            assert process.stdout is not None
-            ready = json.loads(process.stdout.readline())
-            url = f"ws://{HOST}:{ready['port']}"
-            clients.append(WebsocketWorker(role, url, secret=read_secret(token), timeout=60))
-        yield dict(zip(roles, clients, strict=True))
-    finally:
-        for client in clients:
-            client.close()
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
+def ws_parties() -> Iterator[dict[str, Worker]]:
+    roles = ("data_owner", "model_owner", "dealer")
+    with worker_processes(len(roles)) as workers:
+        yield dict(zip(roles, workers, strict=True))
 
 
 def test_predictions_equal_plaintext_over_websocket_workers(

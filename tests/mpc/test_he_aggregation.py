@@ -3,10 +3,6 @@ bad ciphertexts and replays are refused with one clear error."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,12 +24,11 @@ from mpc.he import (
 )
 from mpc.he_aggregation import he_average
 from mpc.secure_aggregation import SecureInput
-from workers.auth import read_secret, write_secret
+from tests.worker_processes import worker_processes
 from workers.codec import Value
 from workers.errors import RemoteError
 from workers.party import tensor_from_bytes
 from workers.virtual import VirtualWorker
-from workers.ws_client import WebsocketWorker
 
 # CKKS at Δ = 2^35 adds ≲ 1e-6 per slot to the weighted sum; divided by Σn ≥ 300
 # that is < 1e-8, so float32 rounding of the result dominates: 1e-6 is safe.
@@ -387,47 +382,15 @@ def test_values_beyond_the_ckks_range_are_refused() -> None:
 # ------------------------------------------------------------------ websocket
 
 
-def test_he_average_over_websocket_worker_processes(
-    tmp_path: Path, states: list[dict[str, torch.Tensor]]
-) -> None:
+def test_he_average_over_websocket_worker_processes(states: list[dict[str, torch.Tensor]]) -> None:
     # Prepare: three worker processes on loopback.
-    token = tmp_path / "token"
-    write_secret(token)
-    processes: list[subprocess.Popen[str]] = []
-    workers: list[WebsocketWorker] = []
-    try:
-        for i in range(3):
-            command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", f"h{i}"]
-            command += ["--host", "127.0.0.1", "--port", "0", "--token-file", str(token)]
-            command += ["--threads", "1"]
-            with (tmp_path / f"h{i}.log").open("w") as log:
-                processes.append(
-                    subprocess.Popen(
-                        command,
-                        stdout=subprocess.PIPE,
-                        stderr=log,
-                        text=True,
-                        stdin=subprocess.DEVNULL,
-                    )
-                )
-        for i, process in enumerate(processes):
-            assert process.stdout is not None
-            port = json.loads(process.stdout.readline())["port"]
-            url = f"ws://127.0.0.1:{port}"
-            workers.append(WebsocketWorker(f"h{i}", url, secret=read_secret(token), timeout=60))
+    with worker_processes(3) as workers:
         weights = [11, 22, 33]
 
         # Execute
         result = he_average(_inputs(workers, states, weights), workers[1], states[0], parallel=True)
 
-        # Assert
-        expected = weighted_average(states, weights)
-        for key, value in expected.items():
-            assert (result.state[key] - value).abs().max().item() <= AVERAGE_BOUND
-    finally:
-        for worker in workers:
-            worker.close()
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
+    # Assert
+    expected = weighted_average(states, weights)
+    for key, value in expected.items():
+        assert (result.state[key] - value).abs().max().item() <= AVERAGE_BOUND
