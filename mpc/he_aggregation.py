@@ -97,11 +97,10 @@ def _encrypt(run: ProtocolRun) -> None:
 
     def encrypt(client: Worker) -> list[bytes]:
         item = inputs[client.id]
-        state_id = item.state if isinstance(item.state, str) else item.state._ref(client).obj_id
         reply = client.party_op(
             "he.encrypt",
             session=run.session,
-            state_id=state_id,
+            state_id=item.state_id,
             weight=item.weight,
             keys=run.state["keys"],
             clients=len(clients),

@@ -72,6 +72,11 @@ class SecureInput:
     state: Pointer | str
     weight: int
 
+    @property
+    def state_id(self) -> str:
+        """The id of the trained state on ``worker`` (checked to live there)."""
+        return self.state if isinstance(self.state, str) else self.state._ref(self.worker).obj_id
+
 
 @dataclass(frozen=True)
 class SecureAggregate:
@@ -91,11 +96,10 @@ def _share(run: ProtocolRun) -> None:
     def share(position: int) -> list[torch.Tensor]:
         client = run.workers("clients")[position]
         item = inputs[client.id]
-        state_id = item.state if isinstance(item.state, str) else item.state._ref(client).obj_id
         reply = client.party_op(
             "secagg.share",
             session=run.session,
-            state_id=state_id,
+            state_id=item.state_id,
             weight=item.weight,
             keys=run.state["keys"],
             clients=len(run.workers("clients")),

@@ -97,14 +97,13 @@ def _input(run: ProtocolRun) -> None:
     def contribute(position: int) -> list[torch.Tensor]:
         client = run.workers("clients")[position]
         item = inputs[client.id]
-        state_id = item.state if isinstance(item.state, str) else item.state._ref(client).obj_id
         reply = client.party_op(
             "secagg.mac.input",
             session=run.session,
             dealer=dealer.id,
             dealer_public_key=run.public_key(dealer),
             dealer_ciphertext=run.state["masks"][position]["client_sealed"],
-            state_id=state_id,
+            state_id=item.state_id,
             weight=item.weight,
             keys=run.state["keys"],
             clients=len(run.workers("clients")),
