@@ -5,31 +5,33 @@ them), CKKS over TenSEAL (``mpc.he`` gives parameters and precision):
 
 1. ``keys``      — every client makes a session X25519 key pair (``mpc.channel``);
 2. ``context``   — the key holder makes a CKKS key, returns the public context
-   and, for each other client, the secret context sealed for it; the
-   coordinator relays the sealed contexts (``he.accept_key``: each client checks
-   the secret matches the public context's fingerprint);
-3. ``encrypt``   — client c encrypts n_c·w_c chunk-wise, a canary slot of 1.0 per
-   chunk; n_c comes back in the clear (the coordinator knows it from training);
-4. ``aggregate`` — the coordinator loads the ciphertexts with the *public*
-   context (no secret key) and adds them;
+   (parameters only, no key), the key id and, for each other client, the
+   secret context sealed for it; the coordinator relays the sealed contexts
+   (``he.accept_key``: each client checks the key id);
+3. ``encrypt``   — client c encrypts n_c·w_c chunk-wise with the secret key,
+   each chunk ending in c's keyed canaries; n_c comes back in the clear (the
+   coordinator knows it from training);
+4. ``aggregate`` — the coordinator loads the ciphertexts with the public
+   context (no key) and adds them;
 5. ``decrypt``   — the key holder decrypts the sum once, after checking that
-   every canary equals the client count; the coordinator divides by Σ n_c.
+   every chunk's canaries are those of all the clients, once each; the
+   coordinator divides by Σ n_c.
 
 What each party sees, when the coordinator follows the protocol: the
-coordinator, the public context and ciphertexts (IND-CPA under RLWE), then the
+coordinator, the parameters and ciphertexts (IND-CPA under RLWE), then the
 sum; a client other than the key holder, its own update and the key (it could
 decrypt ciphertexts, but never receives any); the key holder, the sum. Unlike
 secure aggregation, one party (the key holder) could decrypt any client's
 ciphertext if the coordinator gave it one: HE moves the trust from a committee
-to the key holder's refusal, which a coordinator holding the public key can
-bypass (it can encrypt canaries itself) — ``workers.he_steps`` says how much
-the key holder checks. A key holder that drops out loses the round.
+to the key holder's refusal, which rests on the keyed canaries
+(``workers.he_steps`` says how much the key holder checks). A key holder that
+drops out loses the round.
 
-Results are checked, not trusted: ciphertexts under another key (fingerprint
-mismatch), of the wrong length or chunk count, or that do not load under the
-public context give an :class:`MPCError` before decryption; a ciphertext
-whose label lies about its key decrypts to canaries far from the count and
-the key holder refuses it, so a round never returns garbage.
+Results are checked, not trusted: ciphertexts under another key id, of the
+wrong length or chunk count, or that do not load under the public context give
+an :class:`MPCError` before decryption; a ciphertext whose label lies about its
+key decrypts to canaries far from the expected ones and the key holder refuses
+it, so a round never returns garbage.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.flatten import float_keys, unflatten_average, vector_length
-from mpc.he import add_ciphertexts, chunk_count, fingerprint, load_context
+from mpc.he import add_ciphertexts, chunk_count, load_context
 from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
 from mpc.secure_aggregation import SecureAggregate, SecureInput
 from workers.base import Worker
@@ -64,10 +66,11 @@ def _context(run: ProtocolRun) -> None:
         public_keys=[run.public_key(c) for c in others],
     )
     public = _bytes(reply["public_context"], f"public context from {holder.id!r}")
-    if reply["fingerprint"] != fingerprint(public):
-        raise MPCError(f"{holder.id!r} sent a public context that does not match its fingerprint")
-    run.state["context"] = load_context(public, secret=False)  # the coordinator's: no secret key
-    run.state["fingerprint"] = fingerprint(public)
+    kid = reply["key_id"]
+    if not isinstance(kid, str) or len(kid) != 64:
+        raise MPCError(f"{holder.id!r} sent no key id")
+    run.state["context"] = load_context(public, secret=False)  # the coordinator's: no key
+    run.state["key_id"] = kid
     run.state["public_context_bytes"] = len(public)
     sealed = reply["sealed"]
     if not isinstance(sealed, list) or len(sealed) != len(others):
@@ -82,9 +85,9 @@ def _context(run: ProtocolRun) -> None:
             sender_public_key=run.public_key(holder),
             sealed=sealed[index],
             public_context=reply["public_context"],
-            fingerprint=run.state["fingerprint"],
+            key_id=run.state["key_id"],
         )
-        if answer["fingerprint"] != run.state["fingerprint"]:
+        if answer["key_id"] != run.state["key_id"]:
             raise MPCError(f"{client.id!r} accepted a different CKKS context")
 
     run.each(list(range(len(others))), deliver)
@@ -104,12 +107,12 @@ def _encrypt(run: ProtocolRun) -> None:
             weight=item.weight,
             keys=run.state["keys"],
             clients=len(clients),
-            fingerprint=run.state["fingerprint"],
+            key_id=run.state["key_id"],
         )
-        if reply["fingerprint"] != run.state["fingerprint"]:
+        if reply["key_id"] != run.state["key_id"]:
             raise MPCError(
-                f"{client.id!r} encrypted under context {str(reply['fingerprint'])[:16]}…, "
-                f"the session's is {run.state['fingerprint'][:16]}…"
+                f"{client.id!r} encrypted under key {str(reply['key_id'])[:16]}…, "
+                f"the session's is {run.state['key_id'][:16]}…"
             )
         if reply["length"] != length:
             raise MPCError(
@@ -143,7 +146,7 @@ def _decrypt(run: ProtocolRun) -> None:
         ciphertexts=[torch.frombuffer(bytearray(c), dtype=torch.uint8) for c in run.state["sum"]],
         length=run.state["length"],
         count=count,
-        fingerprint=run.state["fingerprint"],
+        key_id=run.state["key_id"],
     )
     total = reply["sum"]
     if not isinstance(total, torch.Tensor) or total.dtype != torch.float64:

@@ -3,29 +3,29 @@
 One designated client, the *key holder*, makes a CKKS key (``mpc.he``) and
 sends the secret context to each other client sealed over the authenticated
 worker channel (``mpc.channel``, relayed by the coordinator, who cannot read
-it); the coordinator gets only the public context. Every client encrypts its
-sample-weighted update; the coordinator adds the ciphertexts; the key holder
-decrypts the sum once.
+it); the coordinator gets only the parameters, no key. Every client encrypts
+its sample-weighted update with the secret key and its keyed canaries; the
+coordinator adds the ciphertexts; the key holder decrypts the sum once.
 
 The sample count n_c travels in the clear next to the ciphertexts: the
 coordinator already knows it from the client's training reply, so encrypting
 it would hide nothing (and the plain total lets it check the opened sum).
 
-What the key holder defends against: it decrypts once per session, only a
-sum whose canaries say it holds exactly as many clients as it gave the key to
-(>= 2), and only ciphertexts under its own key. What it cannot defend against:
-the coordinator holds the public key, so it can encrypt canaries (or zeros)
-itself and pass one client's ciphertext plus its own as a "sum of c" — HE
-alone cannot tell a genuine sum from that; secure aggregation's committee
-(``mpc.secure_aggregation``), where no single party holds a key, can. Nor
-does it defend against a key holder that colludes with the coordinator: it
-could decrypt any client's ciphertext.
+What the key holder defends against: it decrypts once per session, and only a
+sum whose keyed canaries equal those of exactly the clients it gave the key to
+(>= 2), each once — so not one client's ciphertext, a partial sum, a sum under
+another key, or a client's ciphertext added to itself. The coordinator holds
+no key, so it cannot encrypt anything of its own. What it cannot defend
+against: CKKS malleability beyond integer combinations (see ``mpc.he``), and a
+key holder that colludes with the coordinator — it could decrypt any client's
+ciphertext. Secure aggregation (``mpc.secure_aggregation``), where no single
+party holds a key, covers both.
 
 Vault keys, all under ``<session>/``: ``key`` (the X25519 pair, from the
 generic ``keygen`` step), ``he/context`` (the CKKS context with its secret key),
-``he/fingerprint``, ``he/holder`` (on the key holder: how many clients hold the
-key), ``he/encrypted`` (this client has encrypted), ``he/closed`` (the sum was
-decrypted; nothing more in this session).
+``he/key-id``, ``he/clients`` (on the key holder: the ids of all clients that
+hold the key), ``he/encrypted`` (this client has encrypted), ``he/closed`` (the
+sum was decrypted; nothing more in this session).
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from mpc.errors import MPCError
 from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.he import (
     PARAMS,
+    canaries,
     chunk_count,
     decrypt_sum,
     encrypt_vector,
-    fingerprint,
+    key_id,
     load_context,
     new_context,
     public_context_bytes,
@@ -93,8 +94,8 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Make the session's CKKS key; seal the secret context for every other client.
 
     args: session, clients (the other clients' ids), public_keys (their session
-    X25519 keys, same order). Returns the public context, its fingerprint and
-    one sealed secret context per other client.
+    X25519 keys, same order). Returns the public context (parameters, no key),
+    the key id and one sealed secret context per other client.
     """
     session = _open_session(party, args)
     if party.has(f"{session}/he/context"):
@@ -107,33 +108,32 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError("the key holder cannot be one of the other clients")
     party.require_room(3)
     context = new_context()
-    public = public_context_bytes(context)
     secret = secret_context_bytes(context)
     sealed = [
         tensor_from_bytes(seal_for(party, session, client, key, secret, label=_LABEL))
         for client, key in zip(others, keys, strict=True)
     ]
     party.keep(f"{session}/he/context", context)
-    party.keep(f"{session}/he/fingerprint", fingerprint(public))
-    party.keep(f"{session}/he/holder", len(others) + 1)
+    party.keep(f"{session}/he/key-id", key_id(context))
+    party.keep(f"{session}/he/clients", sorted([party.worker_id, *others]))
     return {
-        "public_context": tensor_from_bytes(public),
-        "fingerprint": fingerprint(public),
+        "public_context": tensor_from_bytes(public_context_bytes(context)),
+        "key_id": key_id(context),
         "sealed": sealed,
     }
 
 
 def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Open the key holder's sealed secret context; check it matches the public one.
+    """Open the key holder's sealed secret context; check it is the key the coordinator names.
 
     args: session, sender (the key holder), sender_public_key, sealed,
-    public_context (as the coordinator holds it), fingerprint.
+    public_context (as the coordinator holds it: same parameters), key_id.
     """
     session = _open_session(party, args)
     if party.has(f"{session}/he/context"):
         raise PartyError(f"session {session!r} already has a CKKS key on {party.worker_id!r}")
     sender = arg_id(args, "sender")
-    claimed = arg_str(args, "fingerprint", max_length=64)
+    claimed = arg_str(args, "key_id", max_length=64)
     public = arg_bytes(args, "public_context")
     secret = open_from(
         party,
@@ -145,28 +145,27 @@ def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     )
     try:
         context = load_context(secret, secret=True)
+        load_context(public, secret=False)  # the coordinator's parameters are the same
     except MPCError as exc:
-        raise PartyError(f"sealed context from {sender!r}: {exc}") from None
-    mine = fingerprint(public_context_bytes(context))
-    if not mine == claimed == fingerprint(public):
+        raise PartyError(f"contexts from {sender!r} and the coordinator: {exc}") from None
+    mine = key_id(context)
+    if mine != claimed:
         raise PartyError(
-            f"the secret context from {sender!r} has fingerprint {mine[:16]}…, the public "
-            f"context {fingerprint(public)[:16]}…, claimed {claimed[:16]}…: contexts do not match"
+            f"the secret context from {sender!r} has key id {mine[:16]}…, the coordinator "
+            f"names {claimed[:16]}…: keys do not match"
         )
     party.require_room(2)
     party.keep(f"{session}/he/context", context)
-    party.keep(f"{session}/he/fingerprint", mine)
-    return {"fingerprint": mine}
+    party.keep(f"{session}/he/key-id", mine)
+    return {"key_id": mine}
 
 
 def _session_context(party: Party, session: str, args: Mapping[str, Value]) -> object:
-    claimed = arg_str(args, "fingerprint", max_length=64)
+    claimed = arg_str(args, "key_id", max_length=64)
     context = party.secret(f"{session}/he/context")
-    mine = party.secret(f"{session}/he/fingerprint")
+    mine = party.secret(f"{session}/he/key-id")
     if claimed != mine:
-        raise PartyError(
-            f"context fingerprint {claimed[:16]}… is not this session's key ({mine[:16]}…)"
-        )
+        raise PartyError(f"key id {claimed[:16]}… is not this session's key ({mine[:16]}…)")
     return context
 
 
@@ -176,7 +175,7 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     args: session, state_id, weight (sample count n, returned in the clear —
     the coordinator knows it already), keys (the global model's floating tensors
     in order), clients (how many the sum will hold: bounds the value range),
-    fingerprint (the context the coordinator expects). Once per session: two
+    key_id (the key the coordinator expects). Once per session: two
     ciphertexts of one update would let a coordinator subtract rounds' sums.
     """
     session = _open_session(party, args)
@@ -198,10 +197,11 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
             f"range that keeps a CKKS sum of {clients} clients decryptable"
         )
     party.keep(f"{session}/he/encrypted", True)
-    chunks = encrypt_vector(context, values)
+    marks = canaries(context, party.worker_id, chunk_count(values.numel()))
+    chunks = encrypt_vector(context, values, marks)
     return {
         "ciphertexts": [tensor_from_bytes(c) for c in chunks],
-        "fingerprint": party.secret(f"{session}/he/fingerprint"),
+        "key_id": party.secret(f"{session}/he/key-id"),
         "length": int(values.numel()),
         "weight": weight,
     }
@@ -210,26 +210,30 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _decrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Decrypt the summed ciphertexts (the key holder only, once per session).
 
-    args: session, ciphertexts, length, count (clients in the sum), fingerprint.
+    args: session, ciphertexts, length, count (clients in the sum), key_id.
     ``count`` must equal the clients this holder gave the key to (>= 2) and
-    every chunk's canary must decrypt to it, so neither a single client's
-    ciphertext nor a partial sum is opened — unless the coordinator forged
-    canaries with the public key (see the module docstring).
+    every chunk's canaries must decrypt to the sum of those clients' keyed
+    canaries, so neither a single client's ciphertext, a partial sum, nor a
+    repeated client is opened.
     """
     session = _open_session(party, args)
-    if not party.has(f"{session}/he/holder"):
+    if not party.has(f"{session}/he/clients"):
         raise PartyError(f"{party.worker_id!r} is not the key holder of session {session!r}")
     context = _session_context(party, session, args)
-    holders = int(party.secret(f"{session}/he/holder"))
+    holders = [str(c) for c in party.secret(f"{session}/he/clients")]
     count = arg_int(args, "count", low=2, high=MAX_CLIENTS)
-    if count != holders:
-        raise PartyError(f"refusing to decrypt a sum of {count} clients: {holders} hold the key")
+    if count != len(holders):
+        raise PartyError(
+            f"refusing to decrypt a sum of {count} clients: {len(holders)} hold the key"
+        )
     length = arg_int(args, "length", low=1, high=MAX_VECTOR)
     chunks = _chunks_arg(args, "ciphertexts", length)
     party.forget(f"{session}/he/")  # one decryption per session, even if this one fails
     party.keep(f"{session}/he/closed", True)
+    expected = sum(canaries(context, c, len(chunks)) for c in holders)
+    assert isinstance(expected, torch.Tensor)
     try:
-        total = decrypt_sum(context, chunks, length=length, count=count)
+        total = decrypt_sum(context, chunks, length=length, expected=expected)
     except MPCError as exc:
         raise PartyError(str(exc)) from None
     return {"sum": total, "count": count}

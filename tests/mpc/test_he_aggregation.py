@@ -12,12 +12,15 @@ from fl.aggregation import weighted_average
 from fl.models import build_model, get_state
 from mpc.errors import MPCError
 from mpc.he import (
+    CANARY_SLOTS,
     PARAMS,
     SUM_ERROR_BOUND,
     add_ciphertexts,
+    canaries,
+    chunk_count,
     decrypt_sum,
     encrypt_vector,
-    fingerprint,
+    key_id,
     load_context,
     new_context,
     public_context_bytes,
@@ -98,9 +101,13 @@ def test_ckks_sum_of_100_clients_is_within_the_stated_bound() -> None:
         for _ in range(100)
     ]
 
+    marks = [canaries(context, f"c{i}", chunk_count(5000)) for i in range(100)]
+
     # Execute
-    total = add_ciphertexts(public, [encrypt_vector(context, v) for v in values])
-    opened = decrypt_sum(context, total, length=5000, count=100)
+    total = add_ciphertexts(
+        public, [encrypt_vector(context, v, m) for v, m in zip(values, marks, strict=True)]
+    )
+    opened = decrypt_sum(context, total, length=5000, expected=sum(marks))  # type: ignore[arg-type]
 
     # Assert
     assert (opened - torch.stack(values).sum(0)).abs().max().item() <= SUM_ERROR_BOUND
@@ -110,12 +117,18 @@ def test_the_coordinator_context_holds_no_secret_key() -> None:
     # Prepare
     context = new_context()
     public = load_context(public_context_bytes(context), secret=False)
-    chunks = add_ciphertexts(public, [encrypt_vector(context, torch.ones(10))] * 2)
+    marks = canaries(context, "c", 1)
+    chunks = add_ciphertexts(public, [encrypt_vector(context, torch.ones(10), marks)] * 2)
 
-    # Execute / Assert: the public context has no key, and decrypting with it fails.
+    # Execute / Assert: the public context has no key: it can neither decrypt nor
+    # encrypt (so the coordinator cannot make ciphertexts of its own).
     assert not public.is_private() and not public.has_secret_key()
     with pytest.raises(ValueError, match="secret"):
-        decrypt_sum(public, chunks, length=10, count=2)
+        decrypt_sum(public, chunks, length=10, expected=2 * marks)
+    with pytest.raises(ValueError, match="encryption"):
+        import tenseal as ts
+
+        ts.ckks_vector(public, [1.0])
     with pytest.raises(MPCError, match="expected a public"):
         load_context(context.serialize(save_secret_key=True), secret=False)
 
@@ -184,15 +197,16 @@ def _flip_header(reply: dict[str, Value]) -> dict[str, Value]:
 
 
 def _other_key(reply: dict[str, Value]) -> dict[str, Value]:
-    """Same parameters, same claimed fingerprint, but a key from another session."""
+    """Same parameters, same claimed key id, but a key from another session."""
     stranger = new_context()
     length = int(reply["length"])  # type: ignore[arg-type]
-    chunks = encrypt_vector(stranger, torch.zeros(length, dtype=torch.float64))
+    marks = canaries(stranger, "w2", chunk_count(length))
+    chunks = encrypt_vector(stranger, torch.zeros(length, dtype=torch.float64), marks)
     return {**reply, "ciphertexts": [tensor_from_bytes(c) for c in chunks]}
 
 
-def _other_fingerprint(reply: dict[str, Value]) -> dict[str, Value]:
-    return {**reply, "fingerprint": fingerprint(public_context_bytes(new_context()))}
+def _other_key_id(reply: dict[str, Value]) -> dict[str, Value]:
+    return {**reply, "key_id": key_id(new_context())}
 
 
 def _short(reply: dict[str, Value]) -> dict[str, Value]:
@@ -216,10 +230,10 @@ def _foreign_params(reply: dict[str, Value]) -> dict[str, Value]:
 @pytest.mark.parametrize(
     ("rewrite", "error"),
     [
-        (_flip_middle, "canary|not a ciphertext"),
+        (_flip_middle, "canaries are off|not a ciphertext"),
         (_flip_header, "not a ciphertext of this context"),
-        (_other_key, "canary"),
-        (_other_fingerprint, "encrypted under context"),
+        (_other_key, "canaries are off"),
+        (_other_key_id, "encrypted under key"),
         (_short, "encrypted 199209 values, the model has 199210"),
         (_missing_chunk, "no list of 49 ciphertexts"),
         (_foreign_params, "not a ciphertext of this context"),
@@ -250,7 +264,7 @@ def _setup_session(workers: list[VirtualWorker], state: dict[str, torch.Tensor])
             sender_public_key=publics[0],
             sealed=sealed,
             public_context=reply["public_context"],
-            fingerprint=reply["fingerprint"],
+            key_id=reply["key_id"],
         )
     encrypted = [
         w.party_op(
@@ -260,12 +274,12 @@ def _setup_session(workers: list[VirtualWorker], state: dict[str, torch.Tensor])
             weight=5,
             keys=float_keys(state),
             clients=len(workers),
-            fingerprint=reply["fingerprint"],
+            key_id=reply["key_id"],
         )
         for w in workers
     ]
     public = load_context(reply["public_context"].numpy().tobytes(), secret=False)  # type: ignore[union-attr]
-    return {"session": session, "fp": reply["fingerprint"], "public": public, "enc": encrypted}
+    return {"session": session, "fp": reply["key_id"], "public": public, "enc": encrypted}
 
 
 def _bytes_of(reply: dict[str, Value]) -> list[bytes]:
@@ -287,17 +301,17 @@ def test_key_holder_refuses_a_single_client_or_a_second_decrypt() -> None:
             ciphertexts=[tensor_from_bytes(c) for c in chunks],
             length=5000,
             count=count,
-            fingerprint=held["fp"],
+            key_id=held["fp"],
         )
 
     # Execute / Assert: count 1 is refused outright; one client's ciphertext passed
-    # off as a sum of 2 fails the canary — and closes the session, so even the
+    # off as a sum of 2 fails the canaries — and closes the session, so even the
     # genuine sum is refused after.
     with pytest.raises(RemoteError, match="must be an integer in"):
         decrypt(workers[0], one, 1)
     with pytest.raises(RemoteError, match="not the key holder"):
         decrypt(workers[1], both, 2)
-    with pytest.raises(RemoteError, match="canary"):
+    with pytest.raises(RemoteError, match="canaries are off"):
         decrypt(workers[0], one, 2)
     with pytest.raises(RemoteError, match="closed"):
         decrypt(workers[0], both, 2)
@@ -314,7 +328,7 @@ def test_key_holder_decrypts_a_genuine_sum_once() -> None:
         "ciphertexts": [tensor_from_bytes(c) for c in both],
         "length": 5000,
         "count": 2,
-        "fingerprint": held["fp"],
+        "key_id": held["fp"],
     }
 
     # Execute
@@ -342,29 +356,89 @@ def test_a_client_encrypts_once_and_checks_the_key() -> None:
             weight=1,
             keys=["w"],
             clients=2,
-            fingerprint=held["fp"],
+            key_id=held["fp"],
         )
 
 
-def test_a_client_refuses_a_public_context_that_does_not_match_the_secret() -> None:
+def test_key_holder_refuses_a_client_added_to_itself() -> None:
+    """A + A has the canaries of 2 clients' worth of A, not those of A and B."""
     # Prepare
+    workers = [VirtualWorker(f"k{i}") for i in range(2)]
+    state = {"w": torch.linspace(-1, 1, 5000)}
+    held = _setup_session(workers, state)
+    doubled = add_ciphertexts(held["public"], [_bytes_of(held["enc"][1])] * 2)
+
+    # Execute / Assert
+    with pytest.raises(RemoteError, match="canaries are off"):
+        workers[0].party_op(
+            "he.decrypt",
+            session=held["session"],
+            ciphertexts=[tensor_from_bytes(c) for c in doubled],
+            length=5000,
+            count=2,
+            key_id=held["fp"],
+        )
+
+
+def test_keyed_canaries_depend_on_key_and_client_and_are_in_range() -> None:
+    # Prepare
+    context, other = new_context(), new_context()
+    copy = load_context(context.serialize(save_secret_key=True, save_public_key=False), secret=True)
+
+    # Execute
+    a, a_again, b, a_other = (
+        canaries(context, "a", 3),
+        canaries(copy, "a", 3),
+        canaries(context, "b", 3),
+        canaries(other, "a", 3),
+    )
+
+    # Assert: every key holder computes the same canaries; other clients and keys differ.
+    assert a.shape == (3, CANARY_SLOTS) and a.dtype == torch.float64
+    assert torch.equal(a, a_again) and key_id(context) == key_id(copy)
+    assert not torch.equal(a, b) and not torch.equal(a, a_other)
+    assert float(a.min()) >= 1.0 and float(a.max()) < 256.0
+
+
+@pytest.mark.parametrize(
+    ("swap", "error"),
+    [
+        ("key_id", "keys do not match"),
+        ("public_context", "expected N=8192"),
+    ],
+)
+def test_a_client_refuses_a_key_or_parameters_the_coordinator_swapped(
+    swap: str, error: str
+) -> None:
+    # Prepare
+    import tenseal as ts
+
     workers = [VirtualWorker(f"k{i}") for i in range(2)]
     publics = [w.party_op("keygen", session="s")["public_key"] for w in workers]
     reply = workers[0].party_op(
         "he.keygen", session="s", clients=[workers[1].id], public_keys=publics[1:]
     )
-    forged = public_context_bytes(new_context())
+    small = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 40])
+    small.global_scale = 2.0**20
+    forged: dict[str, Value] = {
+        "key_id": key_id(new_context()),
+        "public_context": tensor_from_bytes(public_context_bytes(small)),
+    }
 
-    # Execute / Assert: a coordinator that swaps in its own public context is caught.
-    with pytest.raises(RemoteError, match="contexts do not match"):
+    # Execute / Assert: a coordinator that names another key or other parameters is caught.
+    args: dict[str, Value] = {
+        "public_context": reply["public_context"],
+        "key_id": reply["key_id"],
+        swap: forged[swap],
+    }
+    with pytest.raises(RemoteError, match=error):
         workers[1].party_op(
             "he.accept_key",
             session="s",
             sender=workers[0].id,
             sender_public_key=publics[0],
             sealed=reply["sealed"][0],  # type: ignore[index]
-            public_context=tensor_from_bytes(forged),
-            fingerprint=fingerprint(forged),
+            **args,
         )
 
 
