@@ -126,8 +126,9 @@ def _add_run(sub: Any) -> None:
         action="store_true",
         help="secure aggregation with SPDZ MACs: a tampered share aborts the round",
     )
+    _add_defence(add)
     add("--seed", type=_non_negative_int, help="seed of everything random (default 0)")
-    add("--profile", choices=("quick", "full"), default="quick", help="defaults preset")
+    add("--profile", choices=tuple(PROFILES), default="quick", help="defaults preset")
     add(
         "--train-samples",
         type=_samples,
@@ -148,6 +149,32 @@ def _add_run(sub: Any) -> None:
         metavar="SECONDS",
         type=_float,
         help="seconds one worker request may take before the worker is dropped (default 600)",
+    )
+
+
+def _add_defence(add: Any) -> None:
+    """Robust aggregation, simulated attackers and differential privacy (levels 2-5)."""
+    add(
+        "--aggregator",
+        help="fedavg (default), median, trimmed-mean:BETA, krum:F or multi-krum:F:M",
+    )
+    add("--attack", help="none (default), label-flip, sign-flip, noise, scale or alie")
+    add("--attackers", type=_non_negative_int, help="how many clients attack (default 0)")
+    add("--dp", help="none (default), client (DP-FedAvg) or sample (DP-SGD with Opacus)")
+    add("--dp-noise", type=_float, help="DP noise multiplier z (default 1.0)")
+    add("--dp-clip", type=_float, help="DP clip norm S: of updates or per sample (default 1.0)")
+    add("--dp-delta", type=_float, help="DP δ (default 1e-5)")
+    add(
+        "--dp-target-epsilon",
+        type=_float,
+        help="privacy budget: training stops before a round would exceed this ε",
+    )
+    add(
+        "--dp-adaptive-clip",
+        dest="dp_adaptive_quantile",
+        metavar="QUANTILE",
+        type=_float,
+        help="client DP: clip to this quantile of update norms (Andrew et al. 2021)",
     )
 
 
@@ -222,6 +249,8 @@ def _add_report(sub: Any) -> None:
 
 
 def _add_serve(sub: Any) -> None:
+    from flows.config import PROFILES
+
     serve = sub.add_parser(
         "serve",
         help="serve the benchmark flow as a scheduled Prefect deployment",
@@ -230,7 +259,7 @@ def _add_serve(sub: Any) -> None:
     )
     serve.add_argument("--cron", default="0 2 * * *", help='cron schedule (default "0 2 * * *")')
     serve.add_argument("--name", default="fedsim-nightly", help="deployment name")
-    serve.add_argument("--profile", choices=("quick", "full"), default="quick")
+    serve.add_argument("--profile", choices=tuple(PROFILES), default="quick")
     serve.add_argument("--levels", help="levels of each scheduled run (default: the profile's)")
     serve.add_argument("--experiment", default="fedsim", help="MLflow experiment")
 

@@ -34,6 +34,14 @@ class TrainConfig:
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
+    # Client-level DP (DP-FedAvg, fl.privacy): after training, the round's update
+    # (trained − start) is projected onto the L2 ball of this radius, on the worker,
+    # before it is sent or secret-shared. 0 = off.
+    update_clip: float = 0.0
+    # Sample-level DP (DP-SGD with Opacus, fl.dp_training): per-sample clip norm S
+    # and noise multiplier z. dp_clip 0 = plain SGD.
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -47,6 +55,10 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
+        for name in ("update_clip", "dp_clip", "dp_noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be finite and >= 0, got {value}")
 
     def to_dict(self) -> dict[str, float | int]:
         """JSON-safe form for the wire."""
@@ -105,11 +117,49 @@ def train_local(
     of ``config.batch_size`` (the last one partial). The optimizer is fresh per
     call, so momentum does not carry over between federated rounds — the usual
     FedAvg client. Same weights + data + config + generator state → bitwise
-    identical weights on CPU.
+    identical weights on CPU. With ``dp_clip`` the loop is DP-SGD instead
+    (:mod:`fl.dp_training`); with ``update_clip`` the update is clipped after.
     """
     n = len(data)
     if n == 0:
         raise DataError("cannot train on an empty dataset")
+    start_state = _floating_copy(model) if config.update_clip > 0 else None
+    if config.dp_clip > 0:
+        from fl.dp_training import train_local_dp  # Opacus is only loaded when used
+        from fl.privacy import DPConfig, PrivacyAccountant
+
+        dp = DPConfig(mode="sample", noise_multiplier=config.dp_noise, clip=config.dp_clip)
+        # The coordinator accounts for every client from public sizes (flows.defence).
+        result = train_local_dp(model, data, config, dp, generator, PrivacyAccountant())
+    else:
+        result = _train_sgd(model, data, config, generator)
+    if start_state is not None:
+        _clip_model_update(model, start_state, config.update_clip)
+    return result
+
+
+def _floating_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: t.detach().clone() for k, t in model.state_dict().items() if t.is_floating_point()}
+
+
+def _clip_model_update(model: nn.Module, start: dict[str, torch.Tensor], clip: float) -> None:
+    """Project the model's move away from ``start`` onto the L2 ball of radius ``clip``."""
+    current = model.state_dict()
+    deltas = [(current[k].double() - t.double()).reshape(-1) for k, t in start.items()]
+    norm = float(torch.linalg.vector_norm(torch.cat(deltas))) if deltas else 0.0
+    if norm <= clip:
+        return
+    factor = clip / norm
+    with torch.no_grad():
+        for key, t in start.items():
+            moved = t.double() + (current[key].double() - t.double()) * factor
+            current[key].copy_(moved.to(t.dtype))
+
+
+def _train_sgd(
+    model: nn.Module, data: Split, config: TrainConfig, generator: torch.Generator
+) -> TrainResult:
+    n = len(data)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,

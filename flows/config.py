@@ -17,6 +17,7 @@ from fl.data import DATASETS, load_split
 from fl.errors import ConfigError
 from fl.models import MODELS
 from fl.partition import parse_partition, partition_indices
+from flows.defence import check_defence
 
 __all__ = [
     "AGGREGATIONS",
@@ -138,6 +139,21 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train_samples": 8_000,
         "test_samples": 2_000,
     },
+    # Byzantine robustness (benchmarks/robustness.py): 10 IID clients of which 2
+    # flip the sign of their updates; pick the defence with --aggregator, the
+    # attack with --attack / --attackers (--attack none --attackers 0: clean).
+    "robustness": {
+        "levels": "2",
+        "workers": 10,
+        "rounds": 5,
+        "epochs": 1,
+        "batch_size": 32,
+        "lr": 0.05,
+        "train_samples": 12_000,
+        "test_samples": 2_000,
+        "attack": "sign-flip",
+        "attackers": 2,
+    },
     # The whole dataset: the setting of the README's benchmark table.
     "full": {
         "levels": "baseline,1,2,3",
@@ -171,6 +187,17 @@ class ExperimentConfig:
     # workers) and SPDZ MACs on every share (malicious-secure opening).
     committee: int = 3
     mac: bool = False
+    # Robustness and privacy (flows.defence): the aggregator of FedAvg levels,
+    # simulated attackers, and differential privacy at client or sample level.
+    aggregator: str = "fedavg"
+    attack: str = "none"
+    attackers: int = 0
+    dp: str = "none"
+    dp_noise: float = 1.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+    dp_target_epsilon: float | None = None
+    dp_adaptive_quantile: float | None = None
     seed: int = 0
     profile: str = "quick"
     train_samples: int | None = 8_000
@@ -230,6 +257,7 @@ class ExperimentConfig:
             raise ConfigError("level 5 (websocket-remote) needs --workers-file")
         if not self.experiment.strip():
             raise ConfigError("--experiment must not be empty")
+        check_defence(self, levels)
 
     @property
     def level_list(self) -> tuple[Level, ...]:
@@ -262,14 +290,23 @@ class ExperimentConfig:
         parts = ["fedsim run", f"--profile {self.profile}", f"--levels {self.levels}"]
         for name in (
             "dataset", "model", "workers", "rounds", "epochs", "batch_size", "lr",
-            "fraction", "partition", "aggregation", "committee", "seed", "experiment",
-            "min_workers",
+            "fraction", "partition", "aggregation", "committee", "aggregator", "attack",
+            "attackers", "dp", "seed", "experiment", "min_workers",
         ):  # fmt: skip
             parts.append(f"--{name.replace('_', '-')} {getattr(self, name)}")
         for name in ("train_samples", "test_samples"):
             value = getattr(self, name)
             parts.append(f"--{name.replace('_', '-')} {'all' if value is None else value}")
         parts.append(f"--timeout {self.request_timeout:g}")
+        if self.dp != "none":
+            parts.append(
+                f"--dp-noise {self.dp_noise!r} --dp-clip {self.dp_clip!r} "
+                f"--dp-delta {self.dp_delta!r}"
+            )
+            for name in ("dp_target_epsilon", "dp_adaptive_quantile"):
+                if getattr(self, name) is not None:
+                    option = "dp-adaptive-clip" if name == "dp_adaptive_quantile" else name
+                    parts.append(f"--{option.replace('_', '-')} {getattr(self, name)!r}")
         if self.mac:
             parts.append("--mac")
         for name in ("data_dir", "workers_file"):
@@ -279,28 +316,52 @@ class ExperimentConfig:
 
     def mlflow_params(self, level: Level) -> dict[str, str]:
         """Params of one level's MLflow run (names fixed by DESIGN.md)."""
-        return {
-            "level": level.name,
-            "dataset": self.dataset,
-            "model": self.model,
-            "partition": self.partition,
-            "workers": str(self.workers),
-            "rounds": str(self.rounds),
-            "epochs": str(self.epochs),
-            "batch_size": str(self.batch_size),
-            "lr": str(self.lr),
-            "fraction": str(self.fraction),
-            "seed": str(self.seed),
-            "aggregation": self.aggregation if level.number in FEDAVG_LEVELS else "none",
-            "profile": self.profile,
-            "train_samples": str(self.train_samples or "all"),
-            "test_samples": str(self.test_samples or "all"),
-        } | self._secure_params(level)
+        return (
+            {
+                "level": level.name,
+                "dataset": self.dataset,
+                "model": self.model,
+                "partition": self.partition,
+                "workers": str(self.workers),
+                "rounds": str(self.rounds),
+                "epochs": str(self.epochs),
+                "batch_size": str(self.batch_size),
+                "lr": str(self.lr),
+                "fraction": str(self.fraction),
+                "seed": str(self.seed),
+                "aggregation": self.aggregation if level.number in FEDAVG_LEVELS else "none",
+                "profile": self.profile,
+                "train_samples": str(self.train_samples or "all"),
+                "test_samples": str(self.test_samples or "all"),
+            }
+            | self._secure_params(level)
+            | self._defence_params(level)
+        )
 
     def _secure_params(self, level: Level) -> dict[str, str]:
         if level.number not in FEDAVG_LEVELS or self.aggregation != "secure":
             return {}
         return {"committee": str(self.committee), "mac": str(self.mac).lower()}
+
+    def _defence_params(self, level: Level) -> dict[str, str]:
+        """Aggregator, attack and DP params of a FedAvg level (DESIGN.md: "+ dp/robust")."""
+        if level.number not in FEDAVG_LEVELS:
+            return {}
+        params = {
+            "aggregator": self.aggregator,
+            "attack": self.attack,
+            "attackers": str(self.attackers),
+            "dp": self.dp,
+        }
+        if self.dp != "none":
+            params |= {
+                "dp_noise": str(self.dp_noise),
+                "dp_clip": str(self.dp_clip),
+                "dp_delta": str(self.dp_delta),
+                "dp_target_epsilon": str(self.dp_target_epsilon),
+                "dp_adaptive_quantile": str(self.dp_adaptive_quantile),
+            }
+        return params
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

@@ -11,7 +11,7 @@ own MLflow child run under the benchmark's parent run, and returns a summary.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,8 +21,10 @@ from prefect import flow
 from fl.aggregation import ClientUpdate, FedAvg, Strategy
 from fl.data import Split
 from fl.models import get_state, set_state
+from fl.privacy import BudgetExceeded
 from flows import progress
 from flows.config import ExperimentConfig, Level, level_for
+from flows.defence import Defence
 from flows.secure import secure_aggregate_round
 from flows.tasks import (
     RoundOutcome,
@@ -97,6 +99,13 @@ class LevelContext:
     meter: OrchestrationMeter = field(default_factory=OrchestrationMeter)
     strategy: Strategy = field(default_factory=FedAvg)
     started: float = field(default_factory=time.perf_counter)
+    # FedAvg levels: robust aggregation, attacks and DP (flows.defence).
+    defence: Defence | None = None
+
+    def defend(self, worker_ids: Sequence[str]) -> None:
+        """Aggregate with the configured aggregator, attackers and DP from now on."""
+        self.defence = Defence(self.cfg, worker_ids)
+        self.strategy = self.defence.strategy
 
 
 RoundFn = Callable[[StateDict, int], RoundOutcome]
@@ -111,10 +120,12 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
     progress.emit_level_started(ctx.level.run_name, cfg.rounds)
     evaluation = None
     for round_index in range(1, cfg.rounds + 1):
+        if not _within_budget(ctx, round_index):
+            break
         start = time.perf_counter()
         outcome = round_fn(state, round_index)
         if outcome.global_state is not None:  # opened by secure aggregation
-            state = outcome.global_state
+            state = _opened(ctx, state, outcome)
         elif outcome.aggregated:
             state = dict(outcome.updates[0].state)
         else:
@@ -137,11 +148,13 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
             "dropped_workers": float(len(outcome.dropped)),
             "comm_seconds": outcome.comm_seconds,
             **outcome.metrics,
+            **(ctx.defence.after_round(outcome.updates) if ctx.defence else {}),
         }
         ctx.tracker.log_metrics(ctx.run_id, metrics, step=round_index)
         accuracies.append(evaluation.accuracy)
         progress.emit_round(ctx.level.run_name, round_index, metrics)
-    assert evaluation is not None  # rounds >= 1 is validated by ExperimentConfig
+    if evaluation is None:  # the privacy budget allowed no round: the initial model
+        evaluation = meter.call(evaluate_state, model, state, test)
     return LevelSummary(
         level=ctx.level.name,
         number=ctx.level.number,
@@ -155,6 +168,27 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         accuracies=accuracies,
         comm_seconds_mean=comm_seconds / cfg.rounds,
     )
+
+
+def _within_budget(ctx: LevelContext, round_index: int) -> bool:
+    """False, with a warning and an MLflow tag, if the round would exceed the DP budget."""
+    if ctx.defence is None:
+        return True
+    try:
+        ctx.defence.before_round(round_index)
+    except BudgetExceeded as exc:
+        progress.emit_warning(f"{ctx.level.run_name}: {exc}")
+        ctx.tracker.set_tags(ctx.run_id, {"dp_stopped": str(exc)})
+        return False
+    return True
+
+
+def _opened(ctx: LevelContext, state: StateDict, outcome: RoundOutcome) -> StateDict:
+    """The average secure aggregation opened, with client-level DP noise if configured."""
+    assert outcome.global_state is not None
+    if ctx.defence is None:
+        return outcome.global_state
+    return ctx.defence.opened(state, outcome.global_state, len(outcome.updates))
 
 
 def _baseline_rounds(ctx: LevelContext, train: Split) -> RoundFn:
@@ -223,6 +257,8 @@ def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
     if summary.slowdown_vs_baseline is not None:
         final["slowdown_vs_baseline"] = summary.slowdown_vs_baseline
     ctx.tracker.log_metrics(ctx.run_id, final, step=ctx.cfg.rounds)
+    if ctx.defence is not None and ctx.defence.flags:
+        ctx.tracker.log_json(ctx.run_id, ctx.defence.flags, "flags.json")
     ctx.tracker.finish(ctx.run_id)
     progress.emit_level_finished(ctx.level.run_name, final)
     # Everything from entering the flow function to here is fedsim's own time
@@ -273,6 +309,8 @@ def _federated_body(
     else:
         workers = meter.call(launch_virtual_workers, ctx.cfg, train=None, shards=None)
     setup_bytes = sum(w.bytes_sent + w.bytes_received for w in workers)
+    if not sequential:
+        ctx.defend([w.id for w in workers])
     try:
         rounds = _federated_rounds(ctx, workers, sequential=sequential)
         return run_rounds(ctx, test, rounds, setup_bytes)

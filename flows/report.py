@@ -19,14 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fl.errors import ConfigError
-from flows.config import LEVELS
-from flows.report_plots import PLOTS, LevelSeries, write_plots
-from flows.tracking import tracking_uri
+from flows.report_data import ReportData, find_parent_run, load_report_data
+from flows.report_plots import PLOTS, write_plots
 
 __all__ = [
     "REPORTS_DIR_ENV",
@@ -43,13 +39,11 @@ __all__ = [
 ]
 
 REPORTS_DIR_ENV = "FEDSIM_REPORTS_DIR"  # where `fedsim run` writes reports (default reports/)
-_NUMBERS = {level.name: level.number for level in LEVELS}
-_HISTORY = ("test_accuracy", "test_loss", "train_loss", "bytes_sent", "bytes_received")
 _VERSIONS = (
     *("python_version", "version.torch", "version.prefect", "version.mlflow"),
     *("version.torchvision", "version.numpy", "version.fedsim"),
 )
-_TEXT_COLUMNS = {"level", "aggregation", "robust aggregator"}  # left-aligned
+_TEXT_COLUMNS = {"level", "aggregation", "robust aggregator", "attack"}  # left-aligned
 
 
 @dataclass(frozen=True)
@@ -62,16 +56,6 @@ class ReportFiles:
     images: tuple[Path, ...]
 
 
-@dataclass(frozen=True)
-class ReportData:
-    """What the report shows: the parent run, one row per level, the curves."""
-
-    experiment: str
-    parent: Run
-    levels: pd.DataFrame  # one row per child run, in report order
-    series: tuple[LevelSeries, ...]
-
-
 def reports_dir() -> Path:
     """``$FEDSIM_REPORTS_DIR`` or ``reports/`` (git-ignored, DESIGN.md layout)."""
     return Path(os.environ.get(REPORTS_DIR_ENV) or "reports")
@@ -81,110 +65,6 @@ def artifact_key(experiment: str) -> str:
     """Prefect artifact key (lowercase letters, digits, dashes) for ``experiment``."""
     slug = re.sub(r"[^a-z0-9]+", "-", experiment.lower()).strip("-")
     return f"fedsim-report-{slug or 'experiment'}"
-
-
-def _experiment_id(client: MlflowClient, experiment: str) -> str:
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return str(found.experiment_id)
-    names = sorted(e.name for e in client.search_experiments(max_results=50))
-    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-    raise ConfigError(
-        f"no MLflow experiment {experiment!r} at {client.tracking_uri}; existing: {shown or 'none'}"
-    )
-
-
-def find_parent_run(client: MlflowClient, experiment: str, run_id: str | None) -> Run:
-    """The parent run ``run_id`` of ``experiment``, or its latest benchmark run."""
-    experiment_id = _experiment_id(client, experiment)
-    if run_id is None:
-        query, latest = "tags.kind = 'benchmark'", ["attributes.start_time DESC"]
-        runs = client.search_runs([experiment_id], query, order_by=latest, max_results=1)
-        if not runs:
-            raise ConfigError(f"experiment {experiment!r} has no benchmark runs: run `fedsim run`")
-        return runs[0]
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"no MLflow run {run_id!r} in experiment {experiment!r}") from None
-    if run.info.experiment_id != experiment_id:
-        raise ConfigError(f"run {run_id!r} is not in experiment {experiment!r}")
-    parent = run.data.tags.get("mlflow.parentRunId")
-    if parent:
-        raise ConfigError(f"run {run_id!r} is a level run; pass its parent run {parent!r}")
-    return run
-
-
-def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
-    """step → value; a step logged twice keeps its latest value."""
-    metrics = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-    return {int(m.step): float(m.value) for m in metrics}
-
-
-def _level_number(run: Run) -> int:
-    number = _NUMBERS.get(run.data.tags.get("level", ""))
-    if number is not None:
-        return number
-    found = re.match(r"L(\d+)\b", run.info.run_name or "")
-    return int(found.group(1)) if found else 99
-
-
-def _level_record(client: MlflowClient, run: Run) -> tuple[dict[str, Any], LevelSeries]:
-    """One summary-table row and the curves of one child run."""
-    metrics, params = run.data.metrics, run.data.params
-    curves = {key: _history(client, run.info.run_id, key) for key in _HISTORY}
-    dropped = _history(client, run.info.run_id, "dropped_workers")
-    rounds = sorted(curves["test_accuracy"])
-    label = run.info.run_name or run.data.tags.get("level", run.info.run_id)
-    sent, received = curves["bytes_sent"], curves["bytes_received"]
-    record = {
-        "run_id": run.info.run_id,
-        "run_name": label,
-        "number": _level_number(run),
-        "secure": {"secure": 1, "he": 2}.get(params.get("aggregation", ""), 0),
-        "aggregation": params.get("aggregation", "none"),
-        "seed": params.get("seed"),
-        "final_accuracy": metrics.get("final_accuracy"),
-        "train_seconds": metrics.get("train_seconds"),
-        "slowdown_vs_baseline": metrics.get("slowdown_vs_baseline"),
-        "bytes_total": metrics.get("bytes_total"),
-        "dp_epsilon": metrics.get("dp_epsilon"),
-        "aggregator": params.get("aggregator"),
-        "dropped_workers": sum(dropped.values()) if dropped else None,
-        "slowdown_vs_plaintext": metrics.get("slowdown_vs_plaintext"),
-        "plaintext_accuracy": metrics.get("plaintext_accuracy"),
-    }
-    series = LevelSeries(
-        label=label,
-        rounds=rounds,
-        test_accuracy=[curves["test_accuracy"][r] for r in rounds],
-        test_loss=[curves["test_loss"].get(r, float("nan")) for r in rounds],
-        train_loss=[curves["train_loss"].get(r, float("nan")) for r in rounds],
-        bytes_per_round=[sent.get(r, 0.0) + received.get(r, 0.0) for r in rounds],
-        slowdown=metrics.get("slowdown_vs_baseline"),
-    )
-    return record, series
-
-
-def load_report_data(
-    experiment: str, parent_run_id: str | None, client: MlflowClient | None = None
-) -> ReportData:
-    """Read the parent run and its level runs from MLflow, in report order.
-
-    Order: level number, plain before secure, then run name — the order of
-    ``--levels`` after normalisation, independent of MLflow's search order.
-    """
-    client = client or MlflowClient(tracking_uri=tracking_uri())
-    parent = find_parent_run(client, experiment, parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        max_results=1000,
-    )
-    pairs = [_level_record(client, run) for run in children]
-    pairs.sort(key=lambda p: (p[0]["number"], p[0]["secure"], p[0]["run_name"], p[0]["run_id"]))
-    frame = pd.DataFrame.from_records([record for record, _ in pairs])
-    return ReportData(experiment, parent, frame, tuple(series for _, series in pairs))
 
 
 def _present(value: Any) -> bool:
@@ -208,6 +88,8 @@ def _summary_rows(levels: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     optional = [
         ("DP ε", "dp_epsilon", ".3g"),
         ("robust aggregator", "aggregator", "s"),
+        ("attack", "attack", "s"),
+        ("flag recall", "flag_recall", ".2f"),
         ("dropped workers", "dropped_workers", ".0f"),
         ("enc-eval slowdown vs plaintext", "slowdown_vs_plaintext", ".1f"),
         ("plaintext accuracy", "plaintext_accuracy", ".2%"),
@@ -220,6 +102,8 @@ def _summary_rows(levels: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         values = frame[name].tolist()
         if name == "dropped_workers":
             values = [v for v in values if _present(v) and v > 0]
+        if name == "aggregator":  # shown when some level is not plain FedAvg
+            values = [v for v in values if v != "fedavg"]
         if any(_present(v) for v in values):
             columns.append((header, name, spec))
     rows = []

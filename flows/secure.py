@@ -79,8 +79,9 @@ def _alive(worker: Worker) -> bool:
 def _attempt(
     cfg: ExperimentConfig, outcome: RoundOutcome, template: StateDict, parallel: bool
 ) -> SecureAggregate:
+    # Client-level DP averages clipped updates with weight 1 each (flows.defence).
     inputs = [
-        SecureInput(ptr.worker, ptr, update.num_samples)
+        SecureInput(ptr.worker, ptr, 1 if cfg.dp == "client" else update.num_samples)
         for ptr, update in zip(outcome.remote_states, outcome.updates, strict=True)
     ]
     by_id = {item.worker.id: item.worker for item in inputs}

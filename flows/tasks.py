@@ -8,6 +8,7 @@ would cost more than the work itself (and would pickle them).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -21,12 +22,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import ClientUpdate, Strategy
+from fl.attacks import flip_labels
 from fl.data import Split, load_split
 from fl.errors import FedsimError
 from fl.models import build_model, get_state, set_state
 from fl.partition import parse_partition, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
 from flows.config import ExperimentConfig
+from flows.defence import poisoned_indices
 from flows.timing import timed_body
 from workers.auth import read_secret
 from workers.base import Worker
@@ -66,7 +69,23 @@ def client_seed(seed: int, round_index: int, client_index: int) -> int:
 
 
 def train_config(cfg: ExperimentConfig) -> TrainConfig:
+    """Local SGD settings of the baseline and level 1 (the clean references)."""
     return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
+
+
+def client_train_config(cfg: ExperimentConfig) -> TrainConfig:
+    """A FedAvg client's settings: plus its side of DP (flows.defence).
+
+    Client-level DP clips the update on the worker (with a fixed clip; an
+    adaptive one lives on the coordinator); sample-level DP trains with DP-SGD.
+    """
+    fixed_clip = cfg.dp == "client" and cfg.dp_adaptive_quantile is None
+    return dataclasses.replace(
+        train_config(cfg),
+        update_clip=cfg.dp_clip if fixed_clip else 0.0,
+        dp_clip=cfg.dp_clip if cfg.dp == "sample" else 0.0,
+        dp_noise=cfg.dp_noise if cfg.dp == "sample" else 0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,7 @@ def launch_virtual_workers(
     training data never passes through the coordinator (level 3).
     """
     workers: list[Worker] = []
+    poisoned = poisoned_indices(cfg)  # simulated label-flipping attackers
     for index in range(cfg.workers):
         worker_id = f"worker-{index}"
         if train is None or shards is None:
@@ -132,11 +152,14 @@ def launch_virtual_workers(
                 index=index,
                 seed=cfg.seed,
                 limit=cfg.train_samples,
+                label_flip=index in poisoned,
             )
             workers.append(VirtualWorker(worker_id, core=core))
             continue
         worker = VirtualWorker(worker_id)
         shard = train.subset(shards[index])
+        if index in poisoned:
+            shard = flip_labels(shard)
         worker.send(shard.x, obj_id=TRAIN_X_ID)
         worker.send(shard.y, obj_id=TRAIN_Y_ID)
         workers.append(worker)
@@ -166,7 +189,7 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
         return check_partition(client, expected)
 
     connectors = [functools.partial(connector, i, spec) for i, spec in enumerate(specs)]
-    return Fleet(connectors, min_live=cfg.min_workers)
+    return Fleet(connectors, [spec.worker_id for spec in specs], min_live=cfg.min_workers)
 
 
 @task(name="launch-worker-processes", cache_policy=NO_CACHE)
@@ -222,7 +245,7 @@ def _train_client(
     new_ptr, reply = worker.train(
         cfg.model,
         state_ptr,
-        train_config(cfg),
+        client_train_config(cfg),
         seed=client_seed(cfg.seed, round_index, index),
         sealed=secure,
     )

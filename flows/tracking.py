@@ -114,5 +114,9 @@ class BenchmarkTracker:
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_json(self, run_id: str, data: object, name: str) -> None:
+        """``data`` as the JSON artifact ``name`` of the run."""
+        self.client.log_dict(run_id, data, name)
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

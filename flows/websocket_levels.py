@@ -91,6 +91,7 @@ def _fleet_body(
     try:
         fleet = start()
         setup_bytes = sum(w.bytes_sent + w.bytes_received for w in fleet.clients)
+        ctx.defend(fleet.ids)
         return run_rounds(ctx, test, _fleet_rounds(ctx, fleet), setup_bytes)
     finally:
         stop()  # every process / connection, also on failure and Ctrl-C

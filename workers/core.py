@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fl.attacks import flip_labels
 from fl.data import Split, load_partition
 from fl.errors import FedsimError
 from fl.models import build_model, get_state, set_state
@@ -168,12 +169,14 @@ class WorkerCore:
         index: int,
         seed: int,
         limit: int | None = None,
+        label_flip: bool = False,
     ) -> WorkerCore:
         """A worker holding its own training partition under TRAIN_X_ID / TRAIN_Y_ID.
 
         This is level 3's "decentralized" set-up: the worker loads the data
         itself, so training data never passes through the coordinator. The
         partition equals what a coordinator would compute with the same arguments.
+        ``label_flip`` simulates a data-poisoning client (``fl.attacks``).
         """
         split = load_partition(
             dataset,
@@ -184,6 +187,8 @@ class WorkerCore:
             seed=seed,
             limit=limit,
         )
+        if label_flip:
+            split = flip_labels(split)
         description = partition_descriptor(dataset, partition, index, num_partitions, seed, limit)
         return cls(
             worker_id,

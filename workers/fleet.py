@@ -126,12 +126,18 @@ def check_partition(worker: WebsocketWorker, expected: str) -> WebsocketWorker:
 class Fleet:
     """Clients by index; dead connections are re-dialled before each round."""
 
-    def __init__(self, connectors: Sequence[Connect], *, min_live: int | None = None) -> None:
+    def __init__(
+        self, connectors: Sequence[Connect], ids: Sequence[str], *, min_live: int | None = None
+    ) -> None:
         """Connect to every worker now; ``min_live`` of them must answer (default: all).
 
-        A worker that cannot be reached is left for the rounds to re-dial; one
-        that answers with the wrong data (ConfigError) fails the start at once.
+        ``ids`` are the workers' ids, by position, whether reachable or not. A
+        worker that cannot be reached is left for the rounds to re-dial; one that
+        answers with the wrong data (ConfigError) fails the start at once.
         """
+        if len(ids) != len(connectors):
+            raise ValueError(f"{len(ids)} worker ids for {len(connectors)} connectors")
+        self.ids = tuple(ids)
         self._connectors = list(connectors)
         self._clients: list[WebsocketWorker | None] = [None] * len(connectors)
         needed = len(connectors) if min_live is None else min_live

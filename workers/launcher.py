@@ -167,7 +167,7 @@ class LocalWorkerPool:
                     _connect, process.worker_id, url, secret, self.request_timeout, data
                 )
             )
-        self.fleet = Fleet(connectors)
+        self.fleet = Fleet(connectors, [process.worker_id for process in self.processes])
         return self.fleet
 
     def _wait_ready(self, process: _Process, deadline: float) -> int:

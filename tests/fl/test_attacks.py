@@ -197,11 +197,12 @@ def test_flip_labels_rejects_out_of_range_labels() -> None:
         flip_labels(Split(torch.zeros(1, 1, 28, 28), torch.tensor([10])))
 
 
-def test_poison_split_flips_only_label_flip_attackers() -> None:
+def test_poison_split_flips_only_data_attackers() -> None:
     split = Split(torch.zeros(2, 1, 28, 28), torch.tensor([0, 3]))
     spec = parse_attack("label-flip", 1)
     assert poison_split(spec, ("b",), "b", split).y.tolist() == [9, 6]
     assert poison_split(spec, ("b",), "a", split) is split
+    assert poison_split(parse_attack("scale", 1), ("b",), "b", split).y.tolist() == [9, 6]
     assert poison_split(parse_attack("sign-flip", 1), ("b",), "b", split) is split
 
 
@@ -214,16 +215,19 @@ def attacked(kind: str, **params: float) -> AttackedStrategy:
 
 
 def test_sign_flip_attacker_moves_fedavg_as_hand_computed() -> None:
-    # Prepare: Δ_b = [2, 0] → −Δ_b → b sends [−1, 1]; FedAvg = ([2, 3] + [−1, 1])/2 = [0.5, 2].
-    # h: Δ_b = 1.0 → b sends −0.5; FedAvg = (1.0 − 0.5)/2 = 0.25.
+    # Prepare: κ = 1: Δ_b = [2, 0] → −Δ_b → b sends [−1, 1]; FedAvg = ([2, 3] + [−1, 1])/2
+    # = [0.5, 2]. h: Δ_b = 1.0 → b sends −0.5; FedAvg = (1.0 − 0.5)/2 = 0.25.
+    # Default κ = 4: b sends [1, 1] − 4·[2, 0] = [−7, 1]; FedAvg = [−2.5, 2].
     glob, updates = tiny_round()
     honest_a = updates[0]
 
     # Execute
-    result = attacked("sign-flip").aggregate(glob, updates)
+    result = attacked("sign-flip", sign_factor=1.0).aggregate(glob, updates)
+    default = attacked("sign-flip").aggregate(glob, updates)
 
     # Assert
     assert torch.equal(result["w"], torch.tensor([0.5, 2.0]))
+    assert torch.equal(default["w"], torch.tensor([-2.5, 2.0]))
     assert result["h"].dtype == torch.float16 and result["h"].item() == 0.25
     assert result["n"].dtype == torch.int64 and result["n"].item() == 7
     assert list(result) == ["w", "h", "n"]

@@ -167,6 +167,15 @@ def test_summary_table_fits_80_columns_with_every_level_name() -> None:
         {},
         {"levels": "baseline,2:secure,encrypted-eval", "mac": True, "workers": 3},
         {"profile": "full", "train_samples": None, "data_dir": "/data dir", "fraction": 0.5},
+        {
+            "profile": "robustness",
+            "aggregator": "trimmed-mean:0.2",
+            "attack": "alie",
+            "attackers": 2,
+        },
+        {"levels": "2", "dp": "client", "dp_noise": 0.7, "dp_target_epsilon": 4.0},
+        {"levels": "2", "dp": "client", "dp_clip": 0.3, "dp_adaptive_quantile": 0.5},
+        {"levels": "2", "dp": "sample", "dp_delta": 1e-6, "attack": "label-flip", "attackers": 1},
     ],
 )
 def test_logged_command_reproduces_the_config(options: dict[str, Any]) -> None:
