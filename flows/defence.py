@@ -95,6 +95,8 @@ def check_defence(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
     """One clear ConfigError for an aggregator, attack or DP setting the run cannot honour."""
     if cfg.dp not in DP_CHOICES:
         raise ConfigError(f"--dp {cfg.dp!r} is not one of: {', '.join(DP_CHOICES)}")
+    if cfg.dp == "none" and (cfg.dp_target_epsilon, cfg.dp_adaptive_quantile) != (None, None):
+        raise ConfigError("--dp-target-epsilon and --dp-adaptive-clip need --dp client or sample")
     robust = parse_aggregator(cfg.aggregator).spec != "fedavg"
     attack = parse_attack(cfg.attack, cfg.attackers)
     dp = dp_config(cfg)

@@ -24,7 +24,7 @@ from fl.models import get_state, set_state
 from fl.privacy import BudgetExceeded
 from flows import progress
 from flows.config import ExperimentConfig, Level, level_for
-from flows.defence import Defence
+from flows.defence import Defence, poisoned_indices
 from flows.secure import secure_aggregate_round
 from flows.tasks import (
     RoundOutcome,
@@ -302,12 +302,18 @@ def _federated_body(
 ) -> LevelSummary:
     meter = ctx.meter
     test = meter.call(load_test_set, ctx.cfg)
+    # Level 1 is a clean reference: attacks and defences apply to FedAvg levels.
+    poisoned = frozenset() if sequential else poisoned_indices(ctx.cfg)
     if coordinator_splits:
         train = meter.call(load_train_set, ctx.cfg)
         shards = meter.call(partition_train_set, ctx.cfg, train.y)
-        workers = meter.call(launch_virtual_workers, ctx.cfg, train=train, shards=shards)
+        workers = meter.call(
+            launch_virtual_workers, ctx.cfg, train=train, shards=shards, poisoned=poisoned
+        )
     else:
-        workers = meter.call(launch_virtual_workers, ctx.cfg, train=None, shards=None)
+        workers = meter.call(
+            launch_virtual_workers, ctx.cfg, train=None, shards=None, poisoned=poisoned
+        )
     setup_bytes = sum(w.bytes_sent + w.bytes_received for w in workers)
     if not sequential:
         ctx.defend([w.id for w in workers])

@@ -29,7 +29,6 @@ from fl.models import build_model, get_state, set_state
 from fl.partition import parse_partition, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
 from flows.config import ExperimentConfig
-from flows.defence import poisoned_indices
 from flows.timing import timed_body
 from workers.auth import read_secret
 from workers.base import Worker
@@ -130,16 +129,20 @@ def partition_train_set(cfg: ExperimentConfig, labels: torch.Tensor) -> list[tor
 @task(name="launch-workers", cache_policy=NO_CACHE)
 @timed_body
 def launch_virtual_workers(
-    cfg: ExperimentConfig, *, train: Split | None, shards: Sequence[torch.Tensor] | None
+    cfg: ExperimentConfig,
+    *,
+    train: Split | None,
+    shards: Sequence[torch.Tensor] | None,
+    poisoned: frozenset[int] = frozenset(),
 ) -> list[Worker]:
     """Start ``cfg.workers`` virtual workers and give each its training data.
 
     With ``train`` and ``shards`` the coordinator sends each worker its shard
     (levels 1 and 2); without, each worker loads its own partition and the
-    training data never passes through the coordinator (level 3).
+    training data never passes through the coordinator (level 3). Workers in
+    ``poisoned`` are simulated data attackers: they train on flipped labels.
     """
     workers: list[Worker] = []
-    poisoned = poisoned_indices(cfg)  # simulated label-flipping attackers
     for index in range(cfg.workers):
         worker_id = f"worker-{index}"
         if train is None or shards is None:

@@ -13,7 +13,12 @@ from fl.errors import ConfigError
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.defence import Defence, attacker_indices
-from flows.tasks import client_train_config
+from flows.tasks import (
+    client_train_config,
+    launch_virtual_workers,
+    load_train_set,
+    partition_train_set,
+)
 from tests.flows.test_websocket_levels import SMALL
 from workers.core import TRAIN_Y_ID, WorkerCore
 
@@ -44,6 +49,8 @@ def _history(run_id: str, metric: str) -> list[float]:
         ({"levels": "2", "dp": "central"}, "--dp 'central' is not one of"),
         ({"levels": "2", "dp": "client", "aggregator": "median"}, "use --aggregator fedavg"),
         ({"levels": "2", "dp": "client", "dp_clip": 0.0}, "clip norm must be > 0"),
+        ({"levels": "2", "dp_target_epsilon": 3.0}, "need --dp client or sample"),
+        ({"levels": "2", "dp": "sample", "dp_adaptive_quantile": 0.5}, "needs dp mode 'client'"),
         (
             {"levels": "2:secure", "dp": "client", "dp_adaptive_quantile": 0.5},
             "needs each client's update norm",
@@ -91,6 +98,22 @@ def test_a_label_flipping_worker_holds_flipped_labels() -> None:
     y_poisoned = poisoned._objects[TRAIN_Y_ID]
     assert isinstance(y_honest, torch.Tensor) and isinstance(y_poisoned, torch.Tensor)
     assert torch.equal(y_poisoned, 9 - y_honest)
+
+
+def test_coordinator_split_flips_only_the_poisoned_workers_shards() -> None:
+    # Prepare
+    cfg = ExperimentConfig(**{**SMALL, "workers": 4, "levels": "2"})
+    train = load_train_set.fn(cfg)
+    shards = partition_train_set.fn(cfg, train.y)
+
+    # Execute
+    workers = launch_virtual_workers.fn(cfg, train=train, shards=shards, poisoned=frozenset({2}))
+
+    # Assert
+    for index, worker in enumerate(workers):
+        labels = worker.core._objects[TRAIN_Y_ID]
+        expected = train.y[shards[index]]
+        assert torch.equal(labels, 9 - expected if index == 2 else expected)
 
 
 def test_client_dp_settings_reach_the_workers_training_config() -> None:
