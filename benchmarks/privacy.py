@@ -17,6 +17,8 @@ import datetime as dt
 import warnings
 from pathlib import Path
 
+from table import write_table
+
 from fedsim.cli import exit_on_sigterm, quiet_defaults
 
 quiet_defaults()
@@ -88,10 +90,7 @@ def main() -> None:
         shown = f"{reached:.2f}" if reached is not None else "—"
         lines.append(f"| {target:g} | {z:.3f} | {shown} | {accuracy:.2%} |")
         print("\n".join(lines), flush=True)
-    table = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(table)
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from table import write_table
+
 from fedsim.cli import exit_on_sigterm, quiet_defaults
 
 quiet_defaults()
@@ -90,10 +92,7 @@ def main() -> None:
         cells = [_format(_cell(args, attack, aggregator)) for aggregator in aggregators]
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
         print("\n".join(lines), flush=True)
-    table = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(table)
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from table import write_table
+
 from fedsim.cli import exit_on_sigterm, quiet_defaults
 
 quiet_defaults()
@@ -164,10 +166,7 @@ def main() -> None:
             row = row.replace(summary["run_name"], summary["run_name"] + " + MAC", 1)
         lines.append(row)
     lines += scaling_table([int(n) for n in args.scaling.split(",")])
-    table = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(table)
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from table import write_table
+
 from fl.models import build_model, get_state
 from workers.auth import read_secret, write_secret
 from workers.base import Worker
@@ -92,10 +94,7 @@ def main() -> None:
         lines.append(
             f"| {label} | {seconds * 1e3:.1f} | {moved / 1e6:.2f} | {moved / seconds / 1e6:.0f} |"
         )
-    table = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(table)
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

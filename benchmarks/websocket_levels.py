@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from table import write_table
+
 from fedsim.cli import exit_on_sigterm, quiet_defaults
 
 quiet_defaults()
@@ -85,10 +87,7 @@ def main() -> None:
                 f"{s['train_seconds']:.1f} | {s['slowdown_vs_baseline']:.3f}× | "
                 f"{'—' if comm is None else f'{comm:.2f}'} | {s['bytes_total'] / 1e6:.0f} |"
             )
-    table = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(table)
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":
