@@ -12,15 +12,7 @@ from fl.errors import ConfigError
 from fl.models import get_state
 from fl.privacy import DPConfig, PrivacyAccountant
 from fl.training import TrainConfig, evaluate
-
-
-def separable_split(n: int = 64, seed: int = 0) -> Split:
-    """Ten classes, each a fixed random 28×28 prototype plus small noise."""
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.randn(10, 1, 28, 28, generator=g)
-    y = torch.arange(n) % 10
-    x = prototypes[y] + 0.3 * torch.randn(n, 1, 28, 28, generator=g)
-    return Split(x, y)
+from tests.fl.synthetic import separable_split
 
 
 def small_cnn(seed: int = 0) -> nn.Sequential:
@@ -46,7 +38,7 @@ def test_sample_rate_and_steps_follow_opacus_conventions() -> None:
 
 def test_train_local_dp_records_steps_and_leaves_the_model_unwrapped() -> None:
     # Prepare
-    data, model = separable_split(), small_cnn()
+    data, model = separable_split(64), small_cnn()
     keys = list(small_cnn().state_dict())
     accountant = PrivacyAccountant()
     config = TrainConfig(epochs=2, batch_size=8, lr=0.1)
@@ -71,7 +63,7 @@ def test_train_local_dp_records_steps_and_leaves_the_model_unwrapped() -> None:
 
 
 def test_train_local_dp_is_reproducible_with_the_generator() -> None:
-    data, config = separable_split(), TrainConfig(epochs=1, batch_size=16, lr=0.1)
+    data, config = separable_split(64), TrainConfig(epochs=1, batch_size=16, lr=0.1)
     states = []
     for _ in range(2):
         model = small_cnn()
@@ -153,7 +145,7 @@ def test_train_local_dp_needs_sample_mode() -> None:
     with pytest.raises(ConfigError, match="mode 'sample'"):
         train_local_dp(
             small_cnn(),
-            separable_split(),
+            separable_split(64),
             TrainConfig(epochs=1, batch_size=8, lr=0.1),
             dp,
             torch.Generator(),

@@ -12,15 +12,7 @@ from fl.data import Split
 from fl.errors import ConfigError, DataError
 from fl.models import get_state
 from fl.training import TrainConfig, evaluate, train_local
-
-
-def separable_split(n: int = 200, seed: int = 0) -> Split:
-    """Ten classes, each a fixed random 28×28 prototype plus small noise."""
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.randn(10, 1, 28, 28, generator=g)
-    y = torch.arange(n) % 10
-    x = prototypes[y] + 0.3 * torch.randn(n, 1, 28, 28, generator=g)
-    return Split(x, y)
+from tests.fl.synthetic import separable_split
 
 
 def linear_model(seed: int = 0) -> nn.Sequential:
