@@ -269,6 +269,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     from flows.config import PROFILES, ExperimentConfig
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "profile")}
+    if given.get("attack") == "none":  # `--attack none` means no attackers, whatever the profile
+        given.setdefault("attackers", 0)
     return ExperimentConfig(**{**PROFILES[args.profile], "profile": args.profile, **given})
 
 

@@ -192,3 +192,17 @@ def test_logged_command_reproduces_the_config(options: dict[str, Any]) -> None:
 
     # Assert
     assert _config_from_args(args) == cfg
+
+
+def test_robustness_profile_attacks_and_attack_none_means_a_clean_run() -> None:
+    from fedsim.cli import _config_from_args, build_parser
+
+    parse = build_parser().parse_args
+    attacked = _config_from_args(parse(["run", "--profile", "robustness"]))
+    clean = _config_from_args(parse(["run", "--profile", "robustness", "--attack", "none"]))
+    defended = _config_from_args(
+        parse(["run", "--profile", "robustness", "--aggregator", "krum:2"])
+    )
+    assert (attacked.attack, attacked.attackers, attacked.workers) == ("sign-flip", 2, 10)
+    assert (clean.attack, clean.attackers) == ("none", 0)
+    assert defended.aggregator == "krum:2" and defended.attackers == 2
