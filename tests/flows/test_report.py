@@ -191,8 +191,9 @@ def _synthetic_benchmark() -> str:
     levels = [  # run name, level tag, params, final metrics
         ("L6 encrypted-eval", "encrypted-eval", {}, {"slowdown_vs_plaintext": 30.5,
          "plaintext_accuracy": 0.8}),
-        ("L2 federated (secure)", "federated", {"aggregation": "secure", "aggregator": "median"},
-         {"dp_epsilon": 1.5, "slowdown_vs_baseline": 1.25}),
+        ("L2 federated (secure)", "federated", {"aggregation": "secure", "aggregator": "median",
+         "attack": "label-flip", "attackers": "2"}, {"dp_epsilon": 1.5,
+         "slowdown_vs_baseline": 1.25}),
         ("L2 federated", "federated", {"aggregation": "plain"}, {"slowdown_vs_baseline": 1.05}),
         ("L0 baseline", "baseline", {"aggregation": "none"}, {"slowdown_vs_baseline": 1.0}),
     ]  # fmt: skip
@@ -206,6 +207,8 @@ def _synthetic_benchmark() -> str:
             )
             per_round = dict(test_accuracy=accuracy, test_loss=loss, train_loss=loss + 0.2)
             per_round |= dict(bytes_sent=1e6, bytes_received=2e6, dropped_workers=float(dropped))
+            if "secure" in run_name:
+                per_round["flag_recall"] = step / 2  # mean over rounds: 0.75
             tracker.log_metrics(run, per_round, step=step)
         totals = {"final_accuracy": 0.7, "train_seconds": 2.0, "bytes_total": 6e6}
         tracker.log_metrics(run, totals | final, step=2)
@@ -223,15 +226,18 @@ def test_levels_in_order_with_optional_columns(mlflow_uri: str, tmp_path: Path) 
 
     # Assert: level number, plain before secure; optional columns where present.
     header = markdown.split("## Summary", 1)[1].split("\n")[2]
-    for column in ("DP ε", "robust aggregator", "dropped workers", "enc-eval slowdown"):
+    for column in (
+        "DP ε", "robust aggregator", "attack", "flag recall", "dropped workers",
+        "enc-eval slowdown",
+    ):  # fmt: skip
         assert column in header
     rows = [[cell.strip() for cell in row.split("|")[1:-1]] for row in _summary_rows(markdown)]
     assert [row[0] for row in rows] == [
         "L0 baseline", "L2 federated", "L2 federated (secure)", "L6 encrypted-eval",
     ]  # fmt: skip
     secure, encrypted = rows[2], rows[3]
-    assert secure[1:] == ["70.00%", "2.00", "1.25×", "6.00", "secure", "1.5", "median", "1", "—",
-                          "—"]  # fmt: skip
+    assert secure[1:] == ["70.00%", "2.00", "1.25×", "6.00", "secure", "1.5", "median",
+                          "label-flip ×2", "0.75", "1", "—", "—"]  # fmt: skip
     assert encrypted[3] == "—" and encrypted[-2:] == ["30.5", "80.00%"]
     assert "`3`" in markdown and "`c0ffee`" in markdown and "fedsim run --seed 3" in markdown
 
