@@ -247,18 +247,20 @@ def _check_round(global_state: Mapping[str, torch.Tensor], updates: Sequence[Cli
 
 def _deltas(
     global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
-) -> torch.Tensor:
-    """(n, d) float64: each client's floating tensors minus the global's, all finite."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, d) float64 updates (client minus global) and the (n,) mask of all-finite rows."""
     _, matrix = stack_updates(global_state, [u.state for u in updates])
-    finite = torch.isfinite(matrix).all(dim=1).tolist()  # (n,)
-    bad = [u.client_id for u, ok in zip(updates, finite, strict=True) if not ok]
-    if bad:
-        raise ConfigError(f"clients {bad} sent non-finite updates")
-    return matrix
+    return matrix, torch.isfinite(matrix).all(dim=1)
 
 
 class ScoredStrategy(Strategy):
-    """A Strategy that leaves a :class:`RobustReport` in ``last_report`` after ``aggregate``."""
+    """A Strategy that leaves a :class:`RobustReport` in ``last_report`` after ``aggregate``.
+
+    A client whose update holds NaN or ±inf (a Byzantine client can send
+    anything; a diverged one does) is never averaged by a robust aggregator: it
+    scores +inf, is flagged, and the centre is taken over the finite updates.
+    If none is finite the global model is kept for the round.
+    """
 
     spec: str  # the ``--aggregator`` string that parse_aggregator maps to this strategy
 
@@ -267,9 +269,16 @@ class ScoredStrategy(Strategy):
         self.last_report: RobustReport | None = None
 
     def _report(
-        self, updates: Sequence[ClientUpdate], matrix: torch.Tensor, centre: torch.Tensor
+        self,
+        updates: Sequence[ClientUpdate],
+        matrix: torch.Tensor,
+        finite: torch.Tensor,
+        centre: torch.Tensor | None,
     ) -> None:
-        scores = suspicion_scores(matrix, centre)  # (n,)
+        """Scores of the finite rows against ``centre``; the others (or all, without one) +inf."""
+        scores = torch.full((len(updates),), math.inf, dtype=_F64)  # (n,)
+        if centre is not None:
+            scores[finite] = suspicion_scores(matrix[finite], centre)
         ids = [u.client_id for u in updates]
         self.last_report = RobustReport(
             scores={cid: float(s) for cid, s in zip(ids, scores.tolist(), strict=True)},
@@ -283,20 +292,26 @@ class ScoredStrategy(Strategy):
         updates: Sequence[ClientUpdate],
         centre_of: Callable[[torch.Tensor], torch.Tensor],
     ) -> dict[str, torch.Tensor]:
-        """Flatten the updates to (n, d), take ``centre_of`` them (d,), report, unflatten."""
+        """Flatten the updates to (n, d), take ``centre_of`` the finite ones (d,), report."""
         self.last_report = None  # never leave a stale report behind an error
         _check_round(global_state, updates)
-        matrix = _deltas(global_state, updates)
-        centre = centre_of(matrix)
-        self._report(updates, matrix, centre)
-        return unstack_update(global_state, floating_keys(global_state), centre, updates[0].state)
+        matrix, finite = _deltas(global_state, updates)
+        if not bool(finite.any()):
+            self._report(updates, matrix, finite, None)
+            return {k: t.detach().clone() for k, t in global_state.items()}
+        centre = centre_of(matrix[finite])
+        self._report(updates, matrix, finite, centre)
+        first = updates[int(finite.nonzero()[0])].state
+        return unstack_update(global_state, floating_keys(global_state), centre, first)
 
 
 class ScoredFedAvg(FedAvg, ScoredStrategy):
     """FedAvg (McMahan et al. 2017), unchanged, plus a report centred on the weighted mean.
 
     Lets a run without a robust aggregator still show how suspicious each client
-    looks, on the same scale as the robust strategies.
+    looks, on the same scale as the robust strategies. The average is FedAvg's
+    even when an update is not finite (FedAvg has no defence: the model becomes
+    NaN); the report's centre is the weighted mean of the finite updates.
     """
 
     spec = "fedavg"
@@ -308,9 +323,12 @@ class ScoredFedAvg(FedAvg, ScoredStrategy):
         self.last_report = None
         result = super().aggregate(global_state, updates)
         _check_round(global_state, updates)
-        matrix = _deltas(global_state, updates)  # (n, d)
-        w = torch.tensor([float(u.num_samples) for u in updates], dtype=_F64)  # (n,)
-        self._report(updates, matrix, (w[:, None] * matrix).sum(dim=0) / w.sum())
+        matrix, finite = _deltas(global_state, updates)  # (n, d), (n,)
+        centre = None
+        if bool(finite.any()):
+            w = torch.tensor([float(u.num_samples) for u in updates], dtype=_F64)[finite]
+            centre = (w[:, None] * matrix[finite]).sum(dim=0) / w.sum()
+        self._report(updates, matrix, finite, centre)
         return result
 
 

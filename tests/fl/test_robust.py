@@ -277,10 +277,49 @@ def test_strategy_rejects_bad_rounds() -> None:
         Median().aggregate(g, round_with_b(n=torch.tensor(2)))
     with pytest.raises(ConfigError, match=r"client 'b' 'w' is \(3,\)"):
         Median().aggregate(g, round_with_b(w=torch.ones(3)))
-    with pytest.raises(ConfigError, match=r"\['b'\] sent non-finite"):
-        Median().aggregate(g, round_with_b(w=torch.tensor([1.0, float("nan")])))
     with pytest.raises(ConfigError, match="distinct client ids"):
         Median().aggregate(g, [ClientUpdate("a", ok, 1, 0.0), ClientUpdate("a", ok, 1, 0.0)])
+
+
+@pytest.mark.parametrize("spec", ["median", "trimmed-mean:0.2", "krum:1", "multi-krum:1:3"])
+def test_a_non_finite_update_is_flagged_and_left_out_never_a_crash(spec: str) -> None:
+    # Prepare: five honest clients near w = 1, one sends NaN, one +inf.
+    g = {"w": torch.zeros(2)}
+    honest = [
+        ClientUpdate(f"h{i}", {"w": torch.tensor([1.0, 1.0 + i / 100])}, 1, 0.0) for i in range(5)
+    ]
+    bad = [
+        ClientUpdate("nan", {"w": torch.tensor([float("nan"), 1.0])}, 1, 0.0),
+        ClientUpdate("inf", {"w": torch.tensor([1.0, float("inf")])}, 1, 0.0),
+    ]
+    strategy = parse_aggregator(spec)
+
+    # Execute
+    result = strategy.aggregate(g, honest + bad)
+
+    # Assert: the aggregate comes from the honest updates only.
+    assert bool(torch.isfinite(result["w"]).all())
+    assert 1.0 <= float(result["w"][1]) <= 1.04 and float(result["w"][0]) == 1.0
+    assert strategy.last_report is not None
+    assert {"nan", "inf"} <= set(strategy.last_report.flagged)
+    assert strategy.last_report.scores["nan"] == math.inf
+
+
+def test_all_non_finite_keeps_the_global_model_and_fedavg_averages_as_fedavg_does() -> None:
+    # Prepare
+    g = {"w": torch.ones(2)}
+    nan = [ClientUpdate(f"c{i}", {"w": torch.full((2,), float("nan"))}, 1, 0.0) for i in range(3)]
+    median, fedavg = Median(), ScoredFedAvg()
+
+    # Execute
+    kept = median.aggregate(g, nan)
+    averaged = fedavg.aggregate(g, [*nan[:1], ClientUpdate("ok", {"w": torch.zeros(2)}, 1, 0.0)])
+
+    # Assert: the median keeps the model; FedAvg has no defence (NaN) but still reports.
+    assert torch.equal(kept["w"], g["w"])
+    assert median.last_report is not None and len(median.last_report.flagged) == 3
+    assert bool(torch.isnan(averaged["w"]).all())
+    assert fedavg.last_report is not None and fedavg.last_report.flagged == ("c0",)
 
 
 @pytest.mark.parametrize(
