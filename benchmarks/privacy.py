@@ -1,13 +1,13 @@
 """Benchmark: client-level DP-FedAvg accuracy against ε (100 clients, fraction 0.1).
 
-For each target ε, the noise multiplier z that reaches it after ``--rounds``
-rounds at sampling rate q = 0.1 and δ = 1e-5 comes from Opacus
+For each number of rounds R and target ε, the noise multiplier z that reaches
+ε after R rounds at sampling rate q = 0.1 and δ = 1e-5 comes from Opacus
 (``get_noise_multiplier``, RDP); the run then trains with ``--dp client`` and
 that z, and logs the ε the accountant actually reports. A run without DP, same
 seed and clients, is the reference row. Every row is a real ``fedsim run``
 (Prefect flow, MLflow runs) at level 2.
 
-    .venv/bin/python benchmarks/privacy.py [--rounds 30] [--epsilons 1,4,8]
+    .venv/bin/python benchmarks/privacy.py [--rounds 10,30] [--epsilons 1,4,8]
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from flows.tracking import tracking_uri  # noqa: E402
 DELTA = 1e-5
 
 
-def _run(args: argparse.Namespace, **dp: object) -> tuple[float, float | None]:
+def _run(args: argparse.Namespace, rounds: int, **dp: object) -> tuple[float, float | None]:
     cfg = ExperimentConfig(
         levels="2",
         model=args.model,
         workers=100,
         fraction=0.1,
-        rounds=args.rounds,
+        rounds=rounds,
         epochs=1,
         batch_size=32,
         lr=args.lr,
@@ -57,9 +57,23 @@ def _run(args: argparse.Namespace, **dp: object) -> tuple[float, float | None]:
     return level["final_accuracy"], epsilon
 
 
+def _noise_for(target: float, rounds: int) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus: "optimal order is the largest alpha"
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target,
+                target_delta=DELTA,
+                sample_rate=0.1,
+                steps=rounds,
+                accountant="rdp",
+            )
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", default="10,30", help="round counts, comma-separated")
     parser.add_argument("--epsilons", default="1,4,8")
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--lr", type=float, default=0.1)
@@ -68,28 +82,21 @@ def main() -> None:
     args = parser.parse_args()
     lines = [
         f"Fashion-MNIST (all 60,000 train, 10,000 test), {args.model}, 100 IID clients, "
-        f"fraction 0.1 (10 per round), R={args.rounds} × E=1, B=32, lr {args.lr}, "
-        f"update clip S={args.clip}, δ={DELTA:g}, seed 0; {dt.date.today().isoformat()}.",
+        f"fraction 0.1 (10 per round), E=1, B=32, lr {args.lr}, update clip S={args.clip}, "
+        f"δ={DELTA:g}, seed 0; {dt.date.today().isoformat()}.",
         "",
-        "| target ε | noise z | ε reached (Opacus RDP) | test accuracy |",
-        "|---:|---:|---:|---:|",
+        "| rounds | target ε | noise z | ε reached (Opacus RDP) | test accuracy |",
+        "|---:|---:|---:|---:|---:|",
     ]
-    accuracy, _ = _run(args)
-    lines.append(f"| no DP | — | — | {accuracy:.2%} |")
-    for target in (float(e) for e in args.epsilons.split(",")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Opacus: "optimal order is the largest alpha"
-            z = get_noise_multiplier(
-                target_epsilon=target,
-                target_delta=DELTA,
-                sample_rate=0.1,
-                steps=args.rounds,
-                accountant="rdp",
-            )
-        accuracy, reached = _run(args, dp="client", dp_noise=z, dp_clip=args.clip)
-        shown = f"{reached:.2f}" if reached is not None else "—"
-        lines.append(f"| {target:g} | {z:.3f} | {shown} | {accuracy:.2%} |")
-        print("\n".join(lines), flush=True)
+    for rounds in (int(r) for r in args.rounds.split(",")):
+        accuracy, _ = _run(args, rounds)
+        lines.append(f"| {rounds} | no DP | — | — | {accuracy:.2%} |")
+        for target in (float(e) for e in args.epsilons.split(",")):
+            z = _noise_for(target, rounds)
+            accuracy, reached = _run(args, rounds, dp="client", dp_noise=z, dp_clip=args.clip)
+            shown = f"{reached:.2f}" if reached is not None else "—"
+            lines.append(f"| {rounds} | {target:g} | {z:.3f} | {shown} | {accuracy:.2%} |")
+            print("\n".join(lines), flush=True)
     write_table(lines, args.out)
 
 

@@ -250,6 +250,9 @@ class DPFedAvg(Strategy):
             ):
                 raise ConfigError(f"non-floating tensor {key!r} differs between clients")
         keys, deltas = stack_updates(global_state, [u.state for u in updates])
+        # A non-finite update (a diverged or hostile client) counts as no update:
+        # zero is inside the clip ball, so the sensitivity and the denominator hold.
+        deltas[~torch.isfinite(deltas).all(dim=1)] = 0.0
         mean, norms = dp_mean(deltas, self.clip, self.dp.noise_multiplier, self.generator)
         self.last_clip, self.last_norms = self.clip, norms
         result = unstack_update(global_state, keys, mean, updates[0].state)

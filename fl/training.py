@@ -143,16 +143,22 @@ def _floating_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _clip_model_update(model: nn.Module, start: dict[str, torch.Tensor], clip: float) -> None:
-    """Project the model's move away from ``start`` onto the L2 ball of radius ``clip``."""
+    """Project the model's move away from ``start`` onto the L2 ball of radius ``clip``.
+
+    A move that is not finite (training diverged) becomes no move at all: the
+    sensitivity bound holds whatever happened, and no NaN reaches the sum.
+    """
     current = model.state_dict()
     deltas = [(current[k].double() - t.double()).reshape(-1) for k, t in start.items()]
     norm = float(torch.linalg.vector_norm(torch.cat(deltas))) if deltas else 0.0
     if norm <= clip:
         return
-    factor = clip / norm
     with torch.no_grad():
         for key, t in start.items():
-            moved = t.double() + (current[key].double() - t.double()) * factor
+            if not math.isfinite(norm):  # NaN · 0 is NaN: put the start back instead
+                current[key].copy_(t)
+                continue
+            moved = t.double() + (current[key].double() - t.double()) * (clip / norm)
             current[key].copy_(moved.to(t.dtype))
 
 

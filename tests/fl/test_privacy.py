@@ -258,3 +258,19 @@ def test_epsilon_after_with_prv_is_close_to_rdp_and_z0_is_infinite() -> None:
     prv = epsilon_after(1000, 1.0, 0.01, 1e-5, mechanism="prv")
     assert 0.5 * rdp < prv <= rdp  # PRV is tighter than the RDP conversion
     assert epsilon_after(1, 0.0, 0.5, 1e-5) == math.inf
+
+
+def test_dp_fedavg_counts_a_non_finite_update_as_no_update() -> None:
+    # Prepare: one client diverged to NaN, one moved by [3, 4] (norm 5, clipped to 1).
+    global_state = {"w": torch.zeros(2)}
+    updates = [
+        ClientUpdate("nan", {"w": torch.tensor([float("nan"), 1.0])}, 1, 0.0),
+        ClientUpdate("ok", {"w": torch.tensor([3.0, 4.0])}, 1, 0.0),
+    ]
+    strategy = DPFedAvg(DPConfig(mode="client", noise_multiplier=0.0, clip=1.0))
+
+    # Execute
+    result = strategy.aggregate(global_state, updates)
+
+    # Assert: (0 + [0.6, 0.8]) / 2
+    assert torch.allclose(result["w"], torch.tensor([0.3, 0.4]))

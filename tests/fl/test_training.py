@@ -151,3 +151,23 @@ def test_train_config_dict_round_trip_through_json() -> None:
 def test_train_config_from_dict_rejects(d: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TrainConfig.from_dict(d)
+
+
+def test_update_clip_projects_the_move_and_a_diverged_move_becomes_none() -> None:
+    # Prepare
+    data = separable_split()
+    model = linear_model()
+    start = {k: t.clone() for k, t in model.state_dict().items()}
+    clipped = TrainConfig(epochs=1, batch_size=10, lr=0.5, update_clip=0.01)
+    diverging = TrainConfig(epochs=1, batch_size=10, lr=1e38, update_clip=0.01)
+
+    # Execute
+    train_local(model, data, clipped, torch.Generator().manual_seed(0))
+    moved = {k: t.clone() for k, t in model.state_dict().items()}
+    train_local(model, data, diverging, torch.Generator().manual_seed(0))
+
+    # Assert: the move has norm 0.01; the diverged round leaves the model where it was.
+    norm = torch.sqrt(sum(((moved[k] - start[k]).double() ** 2).sum() for k in start))
+    assert float(norm) == pytest.approx(0.01, rel=1e-4)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, moved[key])
