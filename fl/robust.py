@@ -18,50 +18,39 @@ state, call them, and unflatten the result.
 Robust aggregators are unweighted: weights are the clients' self-reported sample
 counts, so an attacker could claim a huge count and dominate any weighted rule.
 
-Detection: after each ``aggregate`` every strategy here leaves a
-:class:`RobustReport` in ``last_report``. A client's suspicion score is the L2
-distance of its update to the aggregate (the robust centre) divided by the
-median of those distances, so honest clients score about 1; clients scoring
-above ``threshold`` are flagged. The rule is the same for every aggregator
-(Krum could instead flag "not selected") so that scores are comparable across
-aggregators. Detection only reports: excluding updates is the aggregator's job.
+Detection (:mod:`fl.detection`): after each ``aggregate`` every strategy here
+leaves a :class:`~fl.detection.RobustReport` in ``last_report``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
 
 from fl.aggregation import ClientUpdate, FedAvg, Strategy
+from fl.detection import DEFAULT_THRESHOLD, RobustReport, check_threshold, flag, suspicion_scores
 from fl.errors import ConfigError
 from fl.updates import floating_keys, stack_updates, unstack_update
 
 __all__ = [
     "ACCEPTED_SPECS",
-    "DEFAULT_THRESHOLD",
     "Krum",
     "Median",
     "MultiKrum",
-    "RobustReport",
     "ScoredFedAvg",
     "ScoredStrategy",
     "TrimmedMean",
     "coordinate_median",
-    "flag",
-    "flag_quality",
     "krum",
     "krum_scores",
     "multi_krum",
     "parse_aggregator",
-    "suspicion_scores",
     "trimmed_mean",
 ]
 
-DEFAULT_THRESHOLD = 2.0
 ACCEPTED_SPECS = "fedavg, median, trimmed-mean:BETA, krum:F, multi-krum:F:M"
 _F64 = torch.float64
 
@@ -165,64 +154,7 @@ def multi_krum(updates: torch.Tensor, f: int, m: int) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in chosen))
 
 
-def suspicion_scores(updates: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """‖u_i − centre‖₂ / median_j ‖u_j − centre‖₂: (n, d), (d,) -> (n,).
-
-    Normalising by the median distance makes the score scale-free, about 1 for
-    honest clients whatever the model size or learning rate. If more than half
-    the updates sit exactly on the centre the median is 0: those score 0 and any
-    other update scores +inf.
-    """
-    x = _check_matrix(updates)
-    if centre.shape != (x.shape[1],) or not bool(torch.isfinite(centre).all()):
-        raise ConfigError(
-            f"centre must be finite with shape ({x.shape[1]},), got {tuple(centre.shape)}"
-        )
-    dist: torch.Tensor = torch.linalg.vector_norm(x - centre.to(_F64), dim=1)  # (n,)
-    med = coordinate_median(dist.unsqueeze(1))[0]
-    if med > 0:
-        return dist / float(med)
-    return torch.where(dist > 0, torch.full_like(dist, math.inf), torch.zeros_like(dist))
-
-
-def _check_threshold(threshold: float) -> float:
-    if not threshold > 0:  # also rejects NaN; +inf means "never flag"
-        raise ConfigError(f"suspicion threshold must be > 0, got {threshold}")
-    return float(threshold)
-
-
-def flag(scores: torch.Tensor, threshold: float) -> tuple[int, ...]:
-    """Indices (ascending) of the scores strictly above ``threshold``."""
-    _check_threshold(threshold)
-    if scores.dim() != 1:
-        raise ConfigError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
-    return tuple(int(i) for i in (scores > threshold).nonzero().flatten())
-
-
-def flag_quality(flagged: Collection[str], attackers: Collection[str]) -> tuple[float, float]:
-    """(precision, recall) of the flagged set against the true attackers.
-
-    Conventions for empty sets: precision is 1.0 when nothing is flagged (no
-    honest client was accused), recall is 1.0 when there are no attackers
-    (nothing was missed). So a quiet round without attackers scores (1.0, 1.0),
-    and missing every attacker shows as recall 0.0, not as low precision.
-    """
-    hits = len(set(flagged) & set(attackers))
-    precision = hits / len(set(flagged)) if flagged else 1.0
-    recall = hits / len(set(attackers)) if attackers else 1.0
-    return precision, recall
-
-
 # --------------------------------------------------------------------------- strategies
-
-
-@dataclass(frozen=True)
-class RobustReport:
-    """One round's detection result: suspicion score per client id and the flagged ids."""
-
-    scores: dict[str, float]
-    flagged: tuple[str, ...]
-    centre_name: str
 
 
 def _check_round(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> None:
@@ -265,7 +197,7 @@ class ScoredStrategy(Strategy):
     spec: str  # the ``--aggregator`` string that parse_aggregator maps to this strategy
 
     def __init__(self, *, threshold: float = DEFAULT_THRESHOLD) -> None:
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_threshold(threshold)
         self.last_report: RobustReport | None = None
 
     def _report(

@@ -50,11 +50,12 @@ from fl.attacks import (
     parse_attack,
 )
 from fl.data import load_split
+from fl.detection import flag_quality
 from fl.dp_training import dp_sample_rate, dp_steps_per_epoch
 from fl.errors import ConfigError
 from fl.partition import parse_partition, partition_indices
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget, gaussian_sum_noise
-from fl.robust import flag_quality, parse_aggregator
+from fl.robust import parse_aggregator
 from fl.updates import stack_updates, unstack_update
 
 if TYPE_CHECKING:

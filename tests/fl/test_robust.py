@@ -10,22 +10,19 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fl.aggregation import ClientUpdate, FedAvg
+from fl.detection import RobustReport, flag, flag_quality, suspicion_scores
 from fl.errors import ConfigError
 from fl.robust import (
     Krum,
     Median,
     MultiKrum,
-    RobustReport,
     ScoredFedAvg,
     TrimmedMean,
     coordinate_median,
-    flag,
-    flag_quality,
     krum,
     krum_scores,
     multi_krum,
     parse_aggregator,
-    suspicion_scores,
     trimmed_mean,
 )
 
