@@ -7,18 +7,13 @@ import torch
 
 from fl.errors import ConfigError
 from fl.updates import stack_updates, unstack_update
+from tests.fl.test_attacks import tiny_round as attack_round
 
 
 def tiny_round() -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Global w = [1, 1], h = [0.5] (float16), counter n = 7; two client states."""
-    glob = {
-        "w": torch.tensor([1.0, 1.0]),
-        "h": torch.tensor([0.5], dtype=torch.float16),
-        "n": torch.tensor(7),
-    }
-    a = {"w": torch.tensor([2.0, 3.0]), "h": torch.tensor([1.0], dtype=torch.float16)}
-    b = {"w": torch.tensor([3.0, 1.0]), "h": torch.tensor([1.5], dtype=torch.float16)}
-    return glob, [{**a, "n": torch.tensor(7)}, {**b, "n": torch.tensor(9)}]
+    """test_attacks' round as states; the second client's counter moved on to 9."""
+    glob, updates = attack_round()
+    return glob, [dict(updates[0].state), {**updates[1].state, "n": torch.tensor(9)}]
 
 
 def test_stack_updates_is_state_minus_global_and_unstack_inverts_it() -> None:
