@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fl.aggregation import ClientUpdate, Strategy
+from fl.aggregation import ClientUpdate, FedAvg, Strategy
 from fl.attacks import (
     DATA_ATTACKS,
     UPDATE_ATTACKS,
@@ -168,6 +168,9 @@ class Defence:
         strategy: Strategy
         if self.dp is not None and self.dp.mode == "client":
             strategy = DPFedAvg(self.dp, seed=cfg.seed)
+        elif cfg.aggregator == "fedavg" and cfg.attack == "none":
+            # A clean FedAvg run: no suspicion scores, so no (n, d) matrix per round.
+            strategy = FedAvg()
         else:
             strategy = parse_aggregator(cfg.aggregator)
         if cfg.attack in UPDATE_ATTACKS:

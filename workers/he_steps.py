@@ -113,12 +113,13 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         tensor_from_bytes(seal_for(party, session, client, key, secret, label=_LABEL))
         for client, key in zip(others, keys, strict=True)
     ]
+    kid = key_id(context)
     party.keep(f"{session}/he/context", context)
-    party.keep(f"{session}/he/key-id", key_id(context))
+    party.keep(f"{session}/he/key-id", kid)
     party.keep(f"{session}/he/clients", sorted([party.worker_id, *others]))
     return {
         "public_context": tensor_from_bytes(public_context_bytes(context)),
-        "key_id": key_id(context),
+        "key_id": kid,
         "sealed": sealed,
     }
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from fl.aggregation import weighted_average
-from fl.models import build_model, get_state
 from mpc.errors import MPCError
 from mpc.he import (
     CANARY_SLOTS,
@@ -26,7 +25,7 @@ from mpc.he import (
     public_context_bytes,
 )
 from mpc.he_aggregation import he_average
-from mpc.secure_aggregation import SecureInput
+from tests.mpc.secure_inputs import model_states, secure_inputs
 from tests.worker_processes import worker_processes
 from workers.codec import Value
 from workers.errors import RemoteError
@@ -52,23 +51,13 @@ class TamperingWorker(VirtualWorker):
         return reply
 
 
-def _states(count: int, model: str = "mlp") -> list[dict[str, torch.Tensor]]:
-    return [get_state(build_model(model, seed=i)) for i in range(count)]
-
-
-def _inputs(
-    workers: list[Any], states: list[dict[str, torch.Tensor]], weights: list[int]
-) -> list[SecureInput]:
-    return [SecureInput(w, w.send(s), n) for w, s, n in zip(workers, states, weights, strict=True)]
-
-
 def _run(workers: list[Any], states: list[dict[str, torch.Tensor]], weights: list[int]) -> Any:
-    return he_average(_inputs(workers, states, weights), workers[0], states[0])
+    return he_average(secure_inputs(workers, states, weights), workers[0], states[0])
 
 
 @pytest.fixture(scope="module")
 def states() -> list[dict[str, torch.Tensor]]:
-    return _states(3)
+    return model_states(3)
 
 
 def test_he_average_equals_fedavg(states: list[dict[str, torch.Tensor]]) -> None:
@@ -462,7 +451,9 @@ def test_he_average_over_websocket_worker_processes(states: list[dict[str, torch
         weights = [11, 22, 33]
 
         # Execute
-        result = he_average(_inputs(workers, states, weights), workers[1], states[0], parallel=True)
+        result = he_average(
+            secure_inputs(workers, states, weights), workers[1], states[0], parallel=True
+        )
 
     # Assert
     expected = weighted_average(states, weights)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fl.aggregation import weighted_average
-from fl.models import build_model, get_state
 from fl.training import TrainConfig
 from mpc.channel import SessionKey, open_sealed
 from mpc.errors import MPCError
@@ -16,6 +15,7 @@ from mpc.flatten import flatten_update, float_keys
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from mpc.secure_aggregation import SecureInput, secure_average
+from tests.mpc.secure_inputs import model_states, secure_inputs
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError
 from workers.messages import PartyReply, decode_message
@@ -36,25 +36,15 @@ class RecordingWorker(VirtualWorker):
         return reply
 
 
-def _states(count: int, model: str = "mlp") -> list[dict[str, torch.Tensor]]:
-    return [get_state(build_model(model, seed=i)) for i in range(count)]
-
-
-def _inputs(
-    workers: list[Any], states: list[dict[str, torch.Tensor]], weights: list[int]
-) -> list[SecureInput]:
-    return [SecureInput(w, w.send(s), n) for w, s, n in zip(workers, states, weights, strict=True)]
-
-
 @pytest.mark.parametrize(("clients", "committee"), [(2, 2), (5, 3), (4, 4)])
 def test_secure_average_equals_fedavg(clients: int, committee: int) -> None:
     # Prepare
     workers = [VirtualWorker(f"w{i}") for i in range(clients)]
-    states = _states(clients)
+    states = model_states(clients)
     weights = [100 * (i + 1) + 7 for i in range(clients)]
 
     # Execute
-    result = secure_average(_inputs(workers, states, weights), workers[:committee], states[0])
+    result = secure_average(secure_inputs(workers, states, weights), workers[:committee], states[0])
 
     # Assert: within 1e-4 per weight (the bound); in fact within n·2^-17.
     expected = weighted_average(states, weights)
@@ -69,13 +59,13 @@ def test_secure_average_equals_fedavg(clients: int, committee: int) -> None:
 def test_coordinator_sees_ciphertexts_and_random_sum_shares_only() -> None:
     # Prepare: one client's update is a constant the coordinator could recognise.
     workers = [RecordingWorker(f"w{i}") for i in range(3)]
-    states = _states(3)
+    states = model_states(3)
     marker = {k: torch.full_like(v, 0.5) for k, v in states[0].items()}
     states[0] = marker
     encoded = FixedPointEncoder().encode(torch.tensor([0.5 * 11])).numpy().tobytes()
 
     # Execute
-    secure_average(_inputs(workers, states, [11, 22, 33]), workers, states[0])
+    secure_average(secure_inputs(workers, states, [11, 22, 33]), workers, states[0])
 
     # Assert: no reply carries the client's encoded weighted values in the clear,
     # and the sum shares look uniform (each bit set about half the time).
@@ -114,10 +104,10 @@ def _reconstruct_from_relayed(ciphertexts: list[torch.Tensor], length: int) -> t
 def test_relayed_shares_cannot_be_read_by_the_coordinator() -> None:
     # Prepare
     workers = [RecordingWorker(f"w{i}") for i in range(3)]
-    states = _states(3)
+    states = model_states(3)
 
     # Execute
-    secure_average(_inputs(workers, states, [11, 22, 33]), workers, states[0])
+    secure_average(secure_inputs(workers, states, [11, 22, 33]), workers, states[0])
 
     # Assert: parsing what client 0 handed the coordinator as plaintext shares
     # does not give its update back (it would, were the shares not encrypted).
@@ -278,7 +268,7 @@ def test_a_revealed_session_accepts_nothing_more() -> None:
 
 def test_bad_committee_is_one_clear_error() -> None:
     worker = VirtualWorker("w")
-    state = _states(1)[0]
+    state = model_states(1)[0]
     with pytest.raises(MPCError, match="committee of >= 2"):
         secure_average([SecureInput(worker, worker.send(state), 1)], [worker], state)
 
@@ -286,7 +276,7 @@ def test_bad_committee_is_one_clear_error() -> None:
 def test_sealed_training_result_reaches_party_steps_only() -> None:
     # Prepare: two workers train sealed on a little data.
     workers = [VirtualWorker(f"w{i}") for i in range(2)]
-    state = _states(1)[0]
+    state = model_states(1)[0]
     config = TrainConfig(epochs=1, batch_size=8, lr=0.1)
     trained = []
     for index, worker in enumerate(workers):
