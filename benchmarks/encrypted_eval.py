@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.memory import tune_malloc
+from workers.memory import tune_malloc
 from fl.data import load_split
 from fl.models import build_model, get_state
 from fl.training import TrainConfig, train_local

@@ -150,6 +150,37 @@ def _add_run(sub: Any) -> None:
         type=_float,
         help="seconds one worker request may take before the worker is dropped (default 600)",
     )
+    _add_engine(add)
+
+
+def _add_engine(add: Any) -> None:
+    """Where and in how many tasks a round's clients train (flows.engine)."""
+    add(
+        "--task-runner",
+        help="local (default: clients train in this process) or dask (level 3's clients "
+        "train on a Dask cluster through prefect-dask)",
+    )
+    add(
+        "--dask-address",
+        metavar="tcp://HOST:PORT",
+        help="scheduler of an existing Dask cluster (default: a LocalCluster on 127.0.0.1)",
+    )
+    add(
+        "--dask-workers",
+        type=_positive_int,
+        help="processes of the LocalCluster started when no --dask-address is given (default 2)",
+    )
+    add(
+        "--round-tasks",
+        type=_positive_int,
+        help="Prefect tasks a round's sampled clients are batched into (default 2)",
+    )
+    add(
+        "--client-threads",
+        type=_positive_int,
+        help="torch threads for each client's local training (default: torch's own; on a "
+        "LocalCluster, cores / --dask-workers)",
+    )
 
 
 def _add_defence(add: Any) -> None:
@@ -314,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_defaults()
     exit_on_sigterm()
     args = build_parser().parse_args(argv)
-    from fedsim.memory import tune_malloc
+    from workers.memory import tune_malloc
     from fl.errors import FedsimError
 
     tune_malloc()  # large tensors (MPC shares, model states) reuse heap blocks

@@ -23,7 +23,7 @@ import torch
 
 from fl.errors import ConfigError
 
-__all__ = ["ClientUpdate", "FedAvg", "Strategy", "weighted_average"]
+__all__ = ["ClientUpdate", "FedAvg", "Strategy", "WeightedSum", "weighted_average"]
 
 
 def _check_weights(weights: Sequence[float]) -> float:
@@ -53,36 +53,117 @@ def _check_same_layout(states: Sequence[Mapping[str, torch.Tensor]]) -> None:
                 )
 
 
-def weighted_average(
-    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
-) -> dict[str, torch.Tensor]:
-    """Σᵢ wᵢ·stateᵢ / Σᵢ wᵢ, key by key.
+class WeightedSum:
+    """A running Σᵢ wᵢ·stateᵢ and Σᵢ wᵢ: FedAvg without holding the states.
+
+    A round with thousands of sampled clients cannot keep every client model
+    alive until the end of the round; folding each update into one float64
+    accumulator as it arrives keeps memory at one model whatever the count.
+    Sums computed apart (one per batch of clients, possibly on other machines)
+    combine with :meth:`merge`. Folding the same states in the same order gives
+    the same bits as :func:`weighted_average`, which is built on this class.
 
     Accumulates in float64 (averaging many float32 models in float32 loses low
     bits and makes the result depend on client order) and casts back to each
     tensor's dtype. Non-floating tensors (counters such as BatchNorm's
-    ``num_batches_tracked``) cannot be averaged: they are taken from the first
-    state if all states agree, else ConfigError.
+    ``num_batches_tracked``) cannot be averaged: they are kept from the first
+    state and every later state must agree (else ConfigError).
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # float64 Σ w·x, or the kept counter
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None:
+        """Fold ``weight · state`` into the sum."""
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ConfigError(f"aggregation weights must be finite and >= 0, got {weight}")
+        self._check_layout(state)
+        for key, tensor in state.items():
+            if not tensor.is_floating_point():
+                self._keep_counter(key, tensor)
+            elif self.count == 0:
+                self.sums[key] = torch.zeros(tensor.shape, dtype=torch.float64)
+                self.sums[key].add_(tensor, alpha=float(weight))
+            else:
+                # float32 → float64 is exact and happens element by element:
+                # no float64 copy of the state is made.
+                self.sums[key].add_(tensor, alpha=float(weight))
+        self.total += float(weight)
+        self.count += 1
+
+    def merge(self, other: WeightedSum) -> None:
+        """Add a sum computed apart (another batch of clients) into this one."""
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.sums = {k: t.clone() for k, t in other.sums.items()}
+        else:
+            self._check_layout(other.sums, floating_as=torch.float64)
+            for key, tensor in other.sums.items():
+                if tensor.is_floating_point():
+                    self.sums[key].add_(tensor)
+                else:
+                    self._keep_counter(key, tensor)
+        self.total += other.total
+        self.count += other.count
+
+    def average(self, dtypes: Mapping[str, torch.dtype]) -> dict[str, torch.Tensor]:
+        """Σ w·x / Σ w, each tensor cast to ``dtypes[key]`` (the model's own dtypes)."""
+        if self.count == 0:
+            raise ConfigError("no state was added to the weighted sum")
+        if self.total <= 0:
+            raise ConfigError(f"aggregation weights must have a positive sum, got {self.total}")
+        return {
+            key: (t.div(self.total).to(dtypes[key]) if t.is_floating_point() else t.clone())
+            for key, t in self.sums.items()
+        }
+
+    def _keep_counter(self, key: str, tensor: torch.Tensor) -> None:
+        if self.count == 0:
+            self.sums[key] = tensor.clone()
+        elif not torch.equal(self.sums[key], tensor):
+            raise ConfigError(f"non-floating tensor {key!r} differs between states")
+
+    def _check_layout(
+        self, state: Mapping[str, torch.Tensor], floating_as: torch.dtype | None = None
+    ) -> None:
+        """Every state must have the first state's keys and shapes (and dtype kinds)."""
+        if self.count == 0:
+            return
+        if set(state) != set(self.sums):
+            diff = sorted(set(state) ^ set(self.sums))
+            raise ConfigError(f"state {self.count} has different keys than state 0: {diff}")
+        for key, ref in self.sums.items():
+            t = state[key]
+            if t.shape != ref.shape or t.is_floating_point() != ref.is_floating_point():
+                raise ConfigError(
+                    f"state {self.count} {key!r} is {tuple(t.shape)} {t.dtype}, "
+                    f"state 0 has {tuple(ref.shape)}"
+                )
+            if floating_as is not None and t.is_floating_point() and t.dtype != floating_as:
+                raise ConfigError(f"partial sum {key!r} is {t.dtype}, expected {floating_as}")
+
+
+def weighted_average(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """Σᵢ wᵢ·stateᵢ / Σᵢ wᵢ, key by key, in float64 (see :class:`WeightedSum`).
+
+    Every state must have the first state's keys, shapes and dtypes (else ConfigError).
     """
     if len(states) == 0 or len(states) != len(weights):
         raise ConfigError(
             f"need >= 1 state and one weight per state, got {len(states)} states "
             f"and {len(weights)} weights"
         )
-    total = _check_weights(weights)
+    _check_weights(weights)
     _check_same_layout(states)
-    result: dict[str, torch.Tensor] = {}
-    for key, ref in states[0].items():
-        if not ref.is_floating_point():
-            if any(not torch.equal(s[key], ref) for s in states[1:]):
-                raise ConfigError(f"non-floating tensor {key!r} differs between states")
-            result[key] = ref.clone()
-            continue
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for state, w in zip(states, weights, strict=True):
-            acc.add_(state[key].to(torch.float64), alpha=float(w))
-        result[key] = acc.div_(total).to(ref.dtype)
-    return result
+    acc = WeightedSum()
+    for state, weight in zip(states, weights, strict=True):
+        acc.add(state, weight)
+    return acc.average({key: t.dtype for key, t in states[0].items()})
 
 
 @dataclass(frozen=True)
@@ -99,6 +180,9 @@ class Strategy(ABC):
     """How a round picks its clients and combines their updates."""
 
     name: ClassVar[str]
+    # True when ``aggregate`` is FedAvg's weighted mean, so that a round may fold
+    # each update into a WeightedSum as it arrives instead of holding them all.
+    streaming: ClassVar[bool] = False
 
     def sample_clients(
         self, client_ids: Sequence[str], fraction: float, generator: torch.Generator
@@ -132,6 +216,7 @@ class FedAvg(Strategy):
     """Federated Averaging (McMahan et al. 2017): average weighted by client sample count."""
 
     name: ClassVar[str] = "fedavg"
+    streaming: ClassVar[bool] = True
 
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]

@@ -263,9 +263,24 @@ def load_partition(
     """
     if not 0 <= index < num_partitions:
         raise ConfigError(f"partition index {index} out of range for {num_partitions} partitions")
-    split = load_split(dataset, train=True, data_dir=data_dir, limit=limit)
-    parts = partition_indices(parse_partition(partition), split.y, num_partitions, seed)
+    root = resolve_data_root(dataset, data_dir)
+    split = load_split(dataset, train=True, data_dir=root, limit=limit)
+    parts = _partitions(str(root), dataset, partition, num_partitions, seed, limit)
     return split.subset(parts[index])
+
+
+@functools.lru_cache(maxsize=4)
+def _partitions(
+    root: str, dataset: str, partition: str, num_partitions: int, seed: int, limit: int | None
+) -> tuple[torch.Tensor, ...]:
+    """Every client's indices, computed once per process for all of its virtual workers.
+
+    Partitioners split the whole label vector at once, so a thousand workers each
+    asking for their own part would otherwise repeat the whole split a thousand
+    times. The tuple is shared: callers index it and never mutate the tensors.
+    """
+    split = load_split(dataset, train=True, data_dir=root, limit=limit)
+    return tuple(partition_indices(parse_partition(partition), split.y, num_partitions, seed))
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,6 +10,7 @@ from prefect import flow
 from fl.data import dataset_checksum
 from flows.config import ExperimentConfig, Level
 from flows.encrypted_eval import ENCRYPTED_EVAL_LEVEL, encrypted_eval_flow
+from flows.engine import dask_task_runner
 from flows.levels import baseline_flow, federated_flow, sequential_flow
 from flows.tracking import BenchmarkTracker
 from flows.websocket_levels import websocket_local_flow, websocket_remote_flow
@@ -41,6 +42,10 @@ def run_level(
         return baseline_flow(config, parent_run_id, baseline)
     if level.number == 1:
         return sequential_flow(config, parent_run_id, baseline)
+    if level.number == 3 and config.get("task_runner") == "dask":
+        cfg = ExperimentConfig.from_dict(config)
+        runner = dask_task_runner(cfg, _prefect_api_url())
+        return federated_flow.with_options(task_runner=runner)(config, 3, parent_run_id, baseline)
     if level.number in (2, 3):
         return federated_flow(config, level.number, parent_run_id, baseline)
     if level.number == 4:
@@ -50,6 +55,14 @@ def run_level(
     if level.number == ENCRYPTED_EVAL_LEVEL:
         return encrypted_eval_flow(config, parent_run_id, baseline)
     raise ValueError(f"level {level.name} has no flow in this version")
+
+
+def _prefect_api_url() -> str | None:
+    """The Prefect API this process reports to (a temporary server's, if none is set)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
 
 
 @flow(name="fedsim-benchmark", log_prints=False)

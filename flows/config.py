@@ -18,6 +18,7 @@ from fl.errors import ConfigError
 from fl.models import MODELS
 from fl.partition import parse_partition, partition_indices
 from flows.defence import check_defence
+from flows.engine import check_engine
 
 __all__ = [
     "AGGREGATIONS",
@@ -210,6 +211,15 @@ class ExperimentConfig:
     workers_file: str | None = None
     min_workers: int = 1
     request_timeout: float = 600.0
+    # Client training engine (flows.engine): the Prefect task runner of level 3
+    # (local or dask), the Dask scheduler (None: a LocalCluster of dask_workers
+    # processes), how many tasks a round's clients are batched into, and torch
+    # threads per client's training (None: torch's default).
+    task_runner: str = "local"
+    dask_address: str | None = None
+    dask_workers: int = 2
+    round_tasks: int = 2
+    client_threads: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -258,6 +268,7 @@ class ExperimentConfig:
         if not self.experiment.strip():
             raise ConfigError("--experiment must not be empty")
         check_defence(self, levels)
+        check_engine(self, levels)
 
     @property
     def level_list(self) -> tuple[Level, ...]:
@@ -291,7 +302,8 @@ class ExperimentConfig:
         for name in (
             "dataset", "model", "workers", "rounds", "epochs", "batch_size", "lr",
             "fraction", "partition", "aggregation", "committee", "aggregator", "attack",
-            "attackers", "dp", "seed", "experiment", "min_workers",
+            "attackers", "dp", "seed", "experiment", "min_workers", "task_runner",
+            "round_tasks",
         ):  # fmt: skip
             parts.append(f"--{name.replace('_', '-')} {getattr(self, name)}")
         for name in ("train_samples", "test_samples"):
@@ -307,9 +319,13 @@ class ExperimentConfig:
                 if getattr(self, name) is not None:
                     option = "dp-adaptive-clip" if name == "dp_adaptive_quantile" else name
                     parts.append(f"--{option.replace('_', '-')} {getattr(self, name)!r}")
+        if self.task_runner == "dask":
+            parts.append(f"--dask-workers {self.dask_workers}")
+        if self.client_threads is not None:
+            parts.append(f"--client-threads {self.client_threads}")
         if self.mac:
             parts.append("--mac")
-        for name in ("data_dir", "workers_file"):
+        for name in ("data_dir", "workers_file", "dask_address"):
             if getattr(self, name) is not None:
                 parts.append(f"--{name.replace('_', '-')} {shlex.quote(getattr(self, name))}")
         return " ".join(parts)
@@ -334,9 +350,23 @@ class ExperimentConfig:
                 "train_samples": str(self.train_samples or "all"),
                 "test_samples": str(self.test_samples or "all"),
             }
+            | self._engine_params(level)
             | self._secure_params(level)
             | self._defence_params(level)
         )
+
+    def _engine_params(self, level: Level) -> dict[str, str]:
+        if level.number not in (2, 3):
+            return {}
+        params = {"round_tasks": str(self.round_tasks), "task_runner": "local"}
+        if level.number == 3 and self.task_runner == "dask":
+            params |= {
+                "task_runner": "dask",
+                "dask_address": self.dask_address or f"LocalCluster({self.dask_workers})",
+            }
+        if self.client_threads is not None:
+            params["client_threads"] = str(self.client_threads)
+        return params
 
     def _secure_params(self, level: Level) -> dict[str, str]:
         if level.number not in FEDAVG_LEVELS or self.aggregation != "secure":

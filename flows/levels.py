@@ -23,6 +23,7 @@ from fl.data import Split
 from fl.models import get_state, set_state
 from fl.privacy import BudgetExceeded
 from flows import progress
+from flows.client_rounds import train_live_batches, train_spec_batches, with_round_metrics
 from flows.config import ExperimentConfig, Level, level_for
 from flows.defence import Defence, poisoned_indices
 from flows.secure import secure_aggregate_round
@@ -37,12 +38,12 @@ from flows.tasks import (
     load_train_set,
     partition_train_set,
     train_centralized,
-    train_federated_round,
     train_sequential_round,
 )
 from flows.timing import OrchestrationMeter
 from flows.tracking import BenchmarkTracker
 from workers.base import Worker
+from workers.model_pool import ModelPool
 
 __all__ = [
     "LevelContext",
@@ -101,6 +102,10 @@ class LevelContext:
     started: float = field(default_factory=time.perf_counter)
     # FedAvg levels: robust aggregation, attacks and DP (flows.defence).
     defence: Defence | None = None
+    # The modules every virtual worker of the level borrows (workers.model_pool).
+    models: ModelPool = field(default_factory=ModelPool)
+    # Indices of the clients each round sampled, logged as clients.json.
+    sampled: list[list[int]] = field(default_factory=list)
 
     def defend(self, worker_ids: Sequence[str]) -> None:
         """Aggregate with the configured aggregator, attackers and DP from now on."""
@@ -207,23 +212,51 @@ def _baseline_rounds(ctx: LevelContext, train: Split) -> RoundFn:
 def _federated_rounds(
     ctx: LevelContext, workers: list[Worker], *, sequential: bool = False
 ) -> RoundFn:
-    """Rounds over in-process virtual workers (levels 1-3), one client after another."""
+    """Rounds over in-process virtual workers (levels 1-3), batched into few tasks."""
     sampler = torch.Generator().manual_seed(ctx.cfg.seed)
     by_id = {w.id: (index, w) for index, w in enumerate(workers)}
 
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = ctx.strategy.sample_clients(list(by_id), ctx.cfg.fraction, sampler)
         sampled = [by_id[client_id] for client_id in chosen]
+        ctx.sampled.append([index for index, _ in sampled])
         if sequential:
             return ctx.meter.call(train_sequential_round, sampled, state, ctx.cfg, round_index)
-        outcome = ctx.meter.call(train_federated_round, sampled, state, ctx.cfg, round_index)
+        outcome, stats = train_live_batches(
+            ctx.meter, sampled, state, ctx.cfg, round_index, stream=_streams(ctx),
+            models=ctx.models,
+        )  # fmt: skip
         if ctx.cfg.aggregation in ("secure", "he"):
             outcome = ctx.meter.call(
                 secure_aggregate_round, ctx.cfg, sampled, outcome, state, round_index
             )
-        return outcome
+        return with_round_metrics(outcome, stats)
 
     return round_fn
+
+
+def _spec_rounds(ctx: LevelContext, ids: list[str], poisoned: frozenset[int]) -> RoundFn:
+    """Level 3 with plain aggregation: clients exist only while their batch trains,
+    materialised from their partition descriptors in this process or on Dask."""
+    sampler = torch.Generator().manual_seed(ctx.cfg.seed)
+    index_of = {worker_id: index for index, worker_id in enumerate(ids)}
+    on_dask = ctx.cfg.task_runner == "dask"
+
+    def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
+        chosen = [index_of[c] for c in ctx.strategy.sample_clients(ids, ctx.cfg.fraction, sampler)]
+        ctx.sampled.append(chosen)
+        specs = [(index, index in poisoned) for index in chosen]
+        outcome, stats = train_spec_batches(
+            ctx.meter, specs, state, ctx.cfg, round_index, stream=_streams(ctx), on_dask=on_dask
+        )
+        return with_round_metrics(outcome, stats)
+
+    return round_fn
+
+
+def _streams(ctx: LevelContext) -> bool:
+    """Whether rounds fold updates into FedAvg's sum as they arrive (flows.client_rounds)."""
+    return ctx.strategy.streaming and ctx.cfg.aggregation == "plain"
 
 
 def slowdown(summary: LevelSummary, baseline: dict[str, float]) -> float:
@@ -259,6 +292,9 @@ def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
     ctx.tracker.log_metrics(ctx.run_id, final, step=ctx.cfg.rounds)
     if ctx.defence is not None and ctx.defence.flags:
         ctx.tracker.log_json(ctx.run_id, ctx.defence.flags, "flags.json")
+    if ctx.sampled:
+        rounds = [{"round": r, "clients": c} for r, c in enumerate(ctx.sampled, start=1)]
+        ctx.tracker.log_json(ctx.run_id, rounds, "clients.json")
     ctx.tracker.finish(ctx.run_id)
     progress.emit_level_finished(ctx.level.run_name, final)
     # Everything from entering the flow function to here is fedsim's own time
@@ -304,16 +340,24 @@ def _federated_body(
     test = meter.call(load_test_set, ctx.cfg)
     # Level 1 is a clean reference: attacks and defences apply to FedAvg levels.
     poisoned = frozenset() if sequential else poisoned_indices(ctx.cfg)
+    if not coordinator_splits and not sequential and ctx.cfg.aggregation == "plain":
+        # No client is kept between rounds: a round materialises the ones it samples.
+        ids = [f"worker-{index}" for index in range(ctx.cfg.workers)]
+        ctx.defend(ids)
+        return run_rounds(ctx, test, _spec_rounds(ctx, ids, poisoned), 0)
+    train = shards = None
     if coordinator_splits:
         train = meter.call(load_train_set, ctx.cfg)
         shards = meter.call(partition_train_set, ctx.cfg, train.y)
-        workers = meter.call(
-            launch_virtual_workers, ctx.cfg, train=train, shards=shards, poisoned=poisoned
-        )
-    else:
-        workers = meter.call(
-            launch_virtual_workers, ctx.cfg, train=None, shards=None, poisoned=poisoned
-        )
+    workers = meter.call(
+        launch_virtual_workers,
+        ctx.cfg,
+        train=train,
+        shards=shards,
+        poisoned=poisoned,
+        models=ctx.models,
+    )
+    del train, shards  # the workers hold their own copies of their shards
     setup_bytes = sum(w.bytes_sent + w.bytes_received for w in workers)
     if not sequential:
         ctx.defend([w.id for w in workers])

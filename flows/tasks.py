@@ -21,7 +21,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fl.aggregation import ClientUpdate, Strategy
+from fl.aggregation import ClientUpdate, Strategy, WeightedSum
 from fl.attacks import flip_labels
 from fl.data import Split, load_split
 from fl.errors import FedsimError
@@ -31,10 +31,11 @@ from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_lo
 from flows.config import ExperimentConfig
 from flows.timing import timed_body
 from workers.auth import read_secret
-from workers.base import Worker
+from workers.base import Broadcast, Worker
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore, partition_descriptor
 from workers.fleet import Fleet, RemoteWorkerSpec, check_partition, load_fleet_file
 from workers.launcher import LocalWorkerPool, WorkerSpec, threads_per_worker
+from workers.model_pool import ModelPool
 from workers.pointer import Pointer
 from workers.virtual import VirtualWorker
 from workers.ws_client import WebsocketWorker
@@ -100,6 +101,11 @@ class RoundOutcome:
     # Clients that were sampled but did not deliver an update (websocket levels).
     dropped: tuple[int, ...] = ()
     comm_seconds: float = 0.0
+    # Seconds the clients spent in their local training loops (summed).
+    compute_seconds: float = 0.0
+    # Streamed FedAvg: the updates were folded into this sum as they arrived and
+    # carry no state (``flows.client_rounds``).
+    partial: WeightedSum | None = None
     # Secure aggregation: the trained states stay on the workers (one pointer per
     # update, same order) until the protocol opens their sum as ``global_state``.
     remote_states: tuple[Pointer, ...] = ()
@@ -134,6 +140,7 @@ def launch_virtual_workers(
     train: Split | None,
     shards: Sequence[torch.Tensor] | None,
     poisoned: frozenset[int] = frozenset(),
+    models: ModelPool | None = None,
 ) -> list[Worker]:
     """Start ``cfg.workers`` virtual workers and give each its training data.
 
@@ -141,7 +148,10 @@ def launch_virtual_workers(
     (levels 1 and 2); without, each worker loads its own partition and the
     training data never passes through the coordinator (level 3). Workers in
     ``poisoned`` are simulated data attackers: they train on flipped labels.
+    All workers borrow their modules from ``models`` (one pool for the run), so
+    the process holds no model per client.
     """
+    models = models if models is not None else ModelPool()
     workers: list[Worker] = []
     for index in range(cfg.workers):
         worker_id = f"worker-{index}"
@@ -156,10 +166,11 @@ def launch_virtual_workers(
                 seed=cfg.seed,
                 limit=cfg.train_samples,
                 label_flip=index in poisoned,
+                models=models,
             )
             workers.append(VirtualWorker(worker_id, core=core))
             continue
-        worker = VirtualWorker(worker_id)
+        worker = VirtualWorker(worker_id, core=WorkerCore(worker_id, models=models))
         shard = train.subset(shards[index])
         if index in poisoned:
             shard = flip_labels(shard)
@@ -231,20 +242,28 @@ def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
     return sum(w.bytes_sent for _, w in clients), sum(w.bytes_received for _, w in clients)
 
 
+@dataclass(frozen=True)
+class ClientResult:
+    """One client's round as the coordinator saw it."""
+
+    update: ClientUpdate
+    comm_seconds: float  # outside the worker's training loop: transfer, (de)coding, waiting
+    compute_seconds: float  # inside it
+    sealed: Pointer | None  # secure aggregation: the trained state, left on the worker
+
+
 def _train_client(
-    client: Client, global_state: StateDict, cfg: ExperimentConfig, round_index: int
-) -> tuple[ClientUpdate, float, Pointer | None]:
+    client: Client, global_state: Broadcast, cfg: ExperimentConfig, round_index: int
+) -> ClientResult:
     """One client's round: receive the global model, train locally, send the update back.
 
-    Also returns the seconds spent outside the worker's training loop (encoding,
-    transfer, decoding, waiting): the client's communication cost this round.
     Under secure aggregation the trained state stays on the worker: the update
     has no state and the pointer to it is returned instead.
     """
     index, worker = client
     start = time.perf_counter()
     secure = cfg.aggregation in ("secure", "he")  # the update stays sealed on the worker
-    state_ptr = worker.send(global_state)
+    state_ptr = worker.send_broadcast(global_state)
     new_ptr, reply = worker.train(
         cfg.model,
         state_ptr,
@@ -256,7 +275,43 @@ def _train_client(
     state = {} if secure else new_ptr.get()
     update = ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss)
     seconds = max(time.perf_counter() - start - reply.seconds, 0.0)
-    return update, seconds, new_ptr if secure else None
+    return ClientResult(update, seconds, reply.seconds, new_ptr if secure else None)
+
+
+def train_clients_in_turn(
+    clients: Sequence[Client],
+    global_state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+    stream: bool,
+) -> RoundOutcome:
+    """Clients one after another; with ``stream`` each update is folded into a
+    WeightedSum as it arrives and dropped, so the round holds one model, not one per client."""
+    sent0, received0 = _traffic(clients)
+    partial = WeightedSum() if stream else None
+    updates, sealed, comm, compute = [], [], 0.0, 0.0
+    broadcast = Broadcast.of(global_state)  # encoded once for the batch
+    for client in clients:
+        result = _train_client(client, broadcast, cfg, round_index)
+        update = result.update
+        if partial is not None:
+            partial.add(update.state, float(update.num_samples))
+            update = dataclasses.replace(update, state={})
+        updates.append(update)
+        comm += result.comm_seconds
+        compute += result.compute_seconds
+        if result.sealed is not None:
+            sealed.append(result.sealed)
+    sent1, received1 = _traffic(clients)
+    return RoundOutcome(
+        updates,
+        sent1 - sent0,
+        received1 - received0,
+        comm_seconds=comm,
+        compute_seconds=compute,
+        partial=partial,
+        remote_states=tuple(sealed),
+    )
 
 
 @task(name="train-round", cache_policy=NO_CACHE)
@@ -267,34 +322,29 @@ def train_federated_round(
     cfg: ExperimentConfig,
     round_index: int,
     parallel: bool = False,
+    stream: bool = False,
 ) -> RoundOutcome:
     """Send the global model to each sampled worker, train there, fetch the update.
 
     With ``parallel`` (worker processes), every client trains at once: one
     thread per client waits on its socket while the processes compute. Updates
     are returned in client order either way, so aggregation is deterministic.
+    ``stream`` (in turn only) folds FedAvg's sum as updates arrive.
     """
-    sent0, received0 = _traffic(clients)
     if not parallel:
-        results = [_train_client(c, global_state, cfg, round_index) for c in clients]
-        sent1, received1 = _traffic(clients)
-        return RoundOutcome(
-            [update for update, _, _ in results],
-            sent1 - sent0,
-            received1 - received0,
-            comm_seconds=sum(seconds for _, seconds, _ in results),
-            remote_states=tuple(ptr for _, _, ptr in results if ptr is not None),
-        )
+        return train_clients_in_turn(clients, global_state, cfg, round_index, stream)
+    sent0, received0 = _traffic(clients)
+    broadcast = Broadcast.of(global_state)
     pool = ThreadPoolExecutor(max_workers=max(len(clients), 1))
     try:
         futures = [
-            pool.submit(_train_client, client, global_state, cfg, round_index) for client in clients
+            pool.submit(_train_client, client, broadcast, cfg, round_index) for client in clients
         ]
         wait(futures)
     finally:
         # On Ctrl-C, return at once: stopping the workers unblocks the threads.
         pool.shutdown(wait=False, cancel_futures=True)
-    updates, dropped, comm, remote = [], [], [], []
+    results, dropped = [], []
     for (index, worker), future in zip(clients, futures, strict=True):
         error = future.exception()
         if isinstance(error, FedsimError):
@@ -305,20 +355,17 @@ def train_federated_round(
         elif error is not None:
             raise error
         else:
-            update, seconds, ptr = future.result()
-            updates.append(update)
-            comm.append(seconds)
-            if ptr is not None:
-                remote.append(ptr)
+            results.append(future.result())
     sent1, received1 = _traffic(clients)
     # In parallel, the round waits for its slowest client: report the largest.
     return RoundOutcome(
-        updates,
+        [r.update for r in results],
         sent1 - sent0,
         received1 - received0,
         dropped=tuple(dropped),
-        comm_seconds=max(comm, default=0.0),
-        remote_states=tuple(remote),
+        comm_seconds=max((r.comm_seconds for r in results), default=0.0),
+        compute_seconds=sum(r.compute_seconds for r in results),
+        remote_states=tuple(r.sealed for r in results if r.sealed is not None),
     )
 
 

@@ -18,6 +18,7 @@ import itertools
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -52,11 +53,30 @@ from workers.messages import (
 from workers.plan import Plan
 from workers.pointer import PlanPointer, Pointer
 
-__all__ = ["DELETE_BATCH_SIZE", "MessageWorker", "Worker"]
+__all__ = ["DELETE_BATCH_SIZE", "Broadcast", "MessageWorker", "Worker"]
 
 DELETE_BATCH_SIZE = 64
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 R = TypeVar("R", bound=Reply)
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """One value encoded once, to be stored on many workers under one id.
+
+    Encoding a 1.7 M-parameter state copies it into a frame; a round that hands
+    the global model to a hundred clients pays that once instead of a hundred
+    times. The frame is an ordinary PutObject: each worker decodes and checks it
+    as any other request, and each counts its bytes.
+    """
+
+    obj_id: str
+    frame: bytes
+
+    @classmethod
+    def of(cls, value: Value) -> Broadcast:
+        obj_id = f"broadcast:{secrets.token_hex(8)}"
+        return cls(obj_id, PutObject(obj_id, value).encode())
 
 
 class Worker(ABC):
@@ -96,6 +116,10 @@ class Worker(ABC):
         names: a named object (``TRAIN_X_ID``...) is a well-known handle that
         other requests refer to by name, not a temporary.
         """
+
+    @abstractmethod
+    def send_broadcast(self, broadcast: Broadcast) -> Pointer:
+        """Store a :class:`Broadcast`'s value; the pointer frees it when dropped."""
 
     @abstractmethod
     def get(self, ptr_or_id: Pointer | str, *, delete: bool = True) -> Value:
@@ -230,17 +254,19 @@ class MessageWorker(Worker):
         return self._exchange(msg, expect)
 
     def _exchange(self, msg: Request, expect: type[R]) -> R:
-        data = msg.encode()
+        return self._exchange_frame(msg.encode(), msg.TAG, expect)
+
+    def _exchange_frame(self, data: bytes, tag: str, expect: type[R]) -> R:
         self.bytes_sent += len(data)
         self.messages_sent += 1
-        self.message_counts[msg.TAG] += 1
+        self.message_counts[tag] += 1
         reply_bytes = self._roundtrip(data)
         self.bytes_received += len(reply_bytes)
         reply = decode_message(reply_bytes)
         if isinstance(reply, ErrorReply):
             raise RemoteError(reply.code, reply.message)
         if not isinstance(reply, expect):
-            raise ProtocolError(f"{reply.TAG!r} is no answer to {msg.TAG!r}")
+            raise ProtocolError(f"{reply.TAG!r} is no answer to {tag!r}")
         return reply
 
     def _wire(self, value: Any) -> Any:
@@ -267,6 +293,15 @@ class MessageWorker(Worker):
             shape, dtype = tuple(value.shape), _DTYPE_NAMES.get(value.dtype)
             return Pointer(self, obj_id, shape=shape, dtype=dtype, owned=owned)
         return Pointer(self, obj_id, owned=owned)
+
+    def send_broadcast(self, broadcast: Broadcast) -> Pointer:
+        """Store a value encoded once for many workers (same id on each); owned."""
+        if self._closed:
+            raise WorkerError(f"worker {self.id!r} is closed")
+        if len(self._pending_deletes) >= self.delete_batch_size:
+            self.delete(())
+        self._exchange_frame(broadcast.frame, PutObject.TAG, Ack)
+        return Pointer(self, broadcast.obj_id, owned=True)
 
     def get(self, ptr_or_id: Pointer | str, *, delete: bool = True) -> Value:
         reply = self._request(GetObject(self._id_of(ptr_or_id), delete), ObjectReply)

@@ -14,7 +14,8 @@ store, so a failed request leaves every stored object in place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 from fl.attacks import flip_labels
 from fl.data import Split, load_partition
 from fl.errors import FedsimError
-from fl.models import build_model, get_state, set_state
+from fl.models import get_state, set_state
 from fl.training import TrainConfig, evaluate, train_local
 from mpc.errors import MPCError
 from workers.codec import DTYPES, Ref, Value, check_value
@@ -53,6 +54,7 @@ from workers.messages import (
     TrainReply,
     decode_message,
 )
+from workers.model_pool import ModelPool
 from workers.ops import OPS, apply_op
 from workers.party import Party, PartyError, party_steps
 from workers.plan import Plan
@@ -124,6 +126,7 @@ class WorkerCore:
         objects: Mapping[str, object] | None = None,
         data_description: str = "",
         private: frozenset[str] = frozenset(),
+        models: ModelPool | None = None,
     ) -> None:
         self._worker_id = worker_id
         self.data_description = data_description
@@ -135,7 +138,8 @@ class WorkerCore:
         self._sealed: set[str] = set()
         self._objects: dict[str, Value] = {}
         self._plans: dict[str, Plan] = {}
-        self._models: dict[str, nn.Module] = {}  # one module per model name, reused
+        # Modules are borrowed per request; virtual workers of one run share a pool.
+        self._models = models if models is not None else ModelPool()
         for obj_id, value in (objects or {}).items():
             try:
                 self._new_id(obj_id)
@@ -170,13 +174,15 @@ class WorkerCore:
         seed: int,
         limit: int | None = None,
         label_flip: bool = False,
+        models: ModelPool | None = None,
     ) -> WorkerCore:
         """A worker holding its own training partition under TRAIN_X_ID / TRAIN_Y_ID.
 
         This is level 3's "decentralized" set-up: the worker loads the data
         itself, so training data never passes through the coordinator. The
         partition equals what a coordinator would compute with the same arguments.
-        ``label_flip`` simulates a data-poisoning client (``fl.attacks``).
+        ``label_flip`` simulates a data-poisoning client (``fl.attacks``);
+        ``models`` is the pool its modules are borrowed from (default: its own).
         """
         split = load_partition(
             dataset,
@@ -195,6 +201,7 @@ class WorkerCore:
             objects={TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y},
             data_description=description,
             private=frozenset({TRAIN_X_ID, TRAIN_Y_ID}),
+            models=models,
         )
 
     @property
@@ -362,8 +369,9 @@ class WorkerCore:
         self._objects.update(zip(msg.result_ids, checked, strict=True))
         return Ack(msg.result_ids)
 
-    def _model(self, name: str, state_id: str) -> nn.Module:
-        """The cached module for ``name`` with the stored state ``state_id`` loaded.
+    @contextmanager
+    def _model(self, name: str, state_id: str) -> Iterator[nn.Module]:
+        """A pooled module for ``name`` with the stored state ``state_id`` loaded.
 
         A sealed state is refused: training or evaluating from it would give the
         coordinator a readable copy, or a model to query.
@@ -377,13 +385,13 @@ class WorkerCore:
             isinstance(v, torch.Tensor) for v in state.values()
         ):
             raise _Failure("bad_request", f"{state_id!r} is not a state dict of tensors")
-        try:
-            model = self._models[name] if name in self._models else build_model(name)
-            set_state(model, state)  # copies into the module: the stored state is untouched
-        except FedsimError as exc:
-            raise _Failure("bad_request", str(exc)) from None
-        self._models[name] = model
-        return model
+        with ExitStack() as stack:
+            try:
+                model = stack.enter_context(self._models.lease(name))
+                set_state(model, state)  # copies into the module: the stored state is untouched
+            except FedsimError as exc:
+                raise _Failure("bad_request", str(exc)) from None
+            yield model
 
     def _split(self, x_id: str, y_id: str) -> Split:
         x, y = self._tensor(x_id, "data"), self._tensor(y_id, "labels")
@@ -400,13 +408,13 @@ class WorkerCore:
             generator = torch.Generator().manual_seed(msg.seed)
         except (FedsimError, RuntimeError) as exc:
             raise _Failure("bad_request", f"train: {exc}") from None
-        model = self._model(msg.model, msg.state_id)
-        data = self._split(msg.x_id, msg.y_id)
-        try:
-            result = train_local(model, data, config, generator)
-        except Exception as exc:
-            raise _Failure("train_failed", f"train: {type(exc).__name__}: {exc}") from None
-        self._objects[msg.result_id] = get_state(model)  # copies: the module is reused
+        with self._model(msg.model, msg.state_id) as model:
+            data = self._split(msg.x_id, msg.y_id)
+            try:
+                result = train_local(model, data, config, generator)
+            except Exception as exc:
+                raise _Failure("train_failed", f"train: {type(exc).__name__}: {exc}") from None
+            self._objects[msg.result_id] = get_state(model)  # copies: the module is lent
         if msg.sealed:
             self._sealed.add(msg.result_id)
         return TrainReply(
@@ -416,12 +424,12 @@ class WorkerCore:
     def _evaluate(self, msg: Evaluate) -> EvalReply:
         if msg.batch_size < 1:
             raise _Failure("bad_request", f"batch size must be >= 1, got {msg.batch_size}")
-        model = self._model(msg.model, msg.state_id)
-        data = self._split(msg.x_id, msg.y_id)
-        try:
-            result = evaluate(model, data, batch_size=msg.batch_size)
-        except Exception as exc:
-            raise _Failure("train_failed", f"evaluate: {type(exc).__name__}: {exc}") from None
+        with self._model(msg.model, msg.state_id) as model:
+            data = self._split(msg.x_id, msg.y_id)
+            try:
+                result = evaluate(model, data, batch_size=msg.batch_size)
+            except Exception as exc:
+                raise _Failure("train_failed", f"evaluate: {type(exc).__name__}: {exc}") from None
         return EvalReply(result.loss, result.accuracy, result.num_samples)
 
     def _party_op(self, msg: PartyOp) -> PartyReply:

@@ -36,6 +36,13 @@ from fedsim.cli import main
         (["run", "--test-samples", "20000"], "20000"),
         (["run", "--partition", "shards:5000"], "shard"),
         (["run", "--seed", "99999999999999999999"], "--seed"),
+        (["run", "--task-runner", "ray"], "--task-runner 'ray'"),
+        (["run", "--task-runner", "dask", "--levels", "2,3"], "run L2 federated without it"),
+        (["run", "--task-runner", "dask", "--levels", "3:secure"], "needs --aggregation plain"),
+        (["run", "--dask-address", "tcp://127.0.0.1:8786"], "needs --task-runner dask"),
+        (["run", "--task-runner", "dask", "--dask-address", "localhost"], "scheduler address"),
+        (["run", "--levels", "4", "--workers", "100"], "one process per worker"),
+        (["run", "--round-tasks", "0"], "must be >= 1"),
         (["fly"], "invalid choice"),
     ],
 )
@@ -176,6 +183,9 @@ def test_summary_table_fits_80_columns_with_every_level_name() -> None:
         {"levels": "2", "dp": "client", "dp_noise": 0.7, "dp_target_epsilon": 4.0},
         {"levels": "2", "dp": "client", "dp_clip": 0.3, "dp_adaptive_quantile": 0.5},
         {"levels": "2", "dp": "sample", "dp_delta": 1e-6, "attack": "label-flip", "attackers": 1},
+        {"levels": "baseline,3", "task_runner": "dask", "dask_workers": 3, "round_tasks": 6},
+        {"levels": "3", "task_runner": "dask", "dask_address": "tcp://10.0.0.5:8786"},
+        {"levels": "2", "workers": 1000, "fraction": 0.1, "client_threads": 1},
     ],
 )
 def test_logged_command_reproduces_the_config(options: dict[str, Any]) -> None:

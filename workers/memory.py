@@ -1,4 +1,4 @@
-"""Process-wide memory settings for fedsim's own processes (the CLI and worker servers)."""
+"""Process-wide memory settings for processes that run fedsim (CLI, workers, Dask workers)."""
 
 from __future__ import annotations
 

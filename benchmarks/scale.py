@@ -1,0 +1,167 @@
+"""Benchmark: many simulated clients, in process and on a 2-process Dask LocalCluster.
+
+Each cell is one real ``fedsim run --levels 3`` in its own process (Prefect flow,
+MLflow runs): full Fashion-MNIST, the McMahan CNN, E=1, with ``--workers``
+clients of which ``--fraction`` train per round, for ``--rounds`` rounds; once
+with ``--task-runner local`` and once with ``--task-runner dask`` (LocalCluster of
+2 processes). The baseline (centralized PyTorch, one epoch) runs in the same
+invocation, first; slowdown compares seconds per trained sample with it.
+
+Columns:
+
+- *s / client*: training seconds per sampled client (rounds' wall time over
+  clients × rounds).
+- *overhead ms / client*: core-seconds per sampled client beyond the clients'
+  own training loops — ``(train_seconds × 2 − Σ client training seconds) /
+  clients``, the 2 being the batches training at once — i.e. model transfer,
+  (de)coding, FedAvg folding, Prefect and Dask, and idle cores.
+- *orchestration*: Prefect's share of the level's wall time (flow set-up and
+  task-call overhead, measured by the flow on every run).
+- *peak MB*: the largest resident memory of the whole process tree (the CLI,
+  Prefect's temporary API server, Dask's scheduler and workers), sampled every
+  0.1 s; shared library pages count once per process.
+
+    .venv/bin/python benchmarks/scale.py [--rounds 2] [--cells 1000:0.01,1000:0.1,1000:1,100:0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from table import write_table
+
+from fedsim.cli import quiet_defaults
+
+quiet_defaults()
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from flows.tracking import tracking_uri  # noqa: E402
+
+EXPERIMENT = "fedsim-scale-benchmark"
+FEDSIM = str(Path(sys.executable).with_name("fedsim"))
+PARENT = re.compile(r"MLflow parent run ([0-9a-f]{32})")
+
+
+class PeakTreeMemory:
+    """Samples the summed RSS of a process and its descendants in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            total = 0
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_cell(options: list[str]) -> dict[str, Any]:
+    """One ``fedsim run`` in a child process; its level summary, metrics and peak memory."""
+    command = [FEDSIM, "run", "--profile", "full", "--epochs", "1", "--experiment", EXPERIMENT]
+    start = time.perf_counter()
+    child = subprocess.Popen(command + options, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    memory = PeakTreeMemory(child.pid)
+    output, _ = child.communicate()
+    peak = memory.stop()
+    wall = time.perf_counter() - start
+    text = output.decode(errors="replace")
+    match = PARENT.search(text)
+    if child.returncode != 0 or match is None:
+        raise SystemExit(f"fedsim run {' '.join(options)} failed:\n{text[-3000:]}")
+    client = MlflowClient(tracking_uri())
+    parent = client.get_run(match.group(1))
+    [run] = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{match.group(1)}'"
+    )
+
+    def total(key: str) -> float:
+        return sum(m.value for m in client.get_metric_history(run.info.run_id, key))
+
+    metrics = run.data.metrics
+    return {
+        "command_seconds": wall,
+        "peak_mb": peak / 2**20,
+        "train_seconds": metrics["train_seconds"],
+        "wall_seconds": metrics["wall_seconds"],
+        "prefect_seconds": metrics.get("prefect_seconds", 0.0),
+        "samples": metrics["samples_trained"],
+        "accuracy": metrics["final_accuracy"],
+        "compute_seconds": total("client_compute_seconds"),
+        "clients": total("clients_sampled"),
+        "model_copies": max(m.value for m in client.get_metric_history(run.info.run_id, "model_copies")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cells", default="1000:0.01,1000:0.1,1000:1,100:0.1")
+    parser.add_argument("--engines", default="local,dask")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.md"))
+    args = parser.parse_args()
+
+    print("baseline: centralized, one epoch over the full training set", flush=True)
+    base = run_cell(["--levels", "baseline", "--rounds", "1"])
+    per_sample = base["train_seconds"] / base["samples"]
+    lines = [
+        f"# Scale: many clients ({dt.date.today()}, `benchmarks/scale.py --rounds {args.rounds}`)",
+        "",
+        f"Full Fashion-MNIST, McMahan CNN, E=1, B=32, level 3. Baseline: {base['train_seconds']:.1f} s "
+        f"for one centralized epoch ({per_sample * 1e3:.3f} ms per sample), "
+        f"peak {base['peak_mb']:.0f} MB.",
+        "",
+        "| engine | clients | per round | s / client | overhead ms / client | orchestration "
+        "| peak MB | models | slowdown | accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cell in args.cells.split(","):
+        workers, fraction = cell.split(":")
+        for engine in args.engines.split(","):
+            print(f"{engine}: {workers} clients, fraction {fraction}", flush=True)
+            r = run_cell(
+                ["--levels", "3", "--workers", workers, "--fraction", fraction,
+                 "--rounds", str(args.rounds), "--task-runner", engine]
+            )  # fmt: skip
+            clients = r["clients"]
+            overhead = (r["train_seconds"] * 2 - r["compute_seconds"]) / clients
+            slowdown = (r["train_seconds"] / r["samples"]) / per_sample
+            lines.append(
+                f"| {engine} | {workers} | {clients / args.rounds:.0f} "
+                f"| {r['train_seconds'] / clients:.3f} | {overhead * 1e3:.1f} "
+                f"| {r['prefect_seconds'] / r['wall_seconds']:.1%} | {r['peak_mb']:.0f} "
+                f"| {r['model_copies']:.0f} | {slowdown:.2f}× | {r['accuracy']:.2%} |"
+            )
+            print(lines[-1], flush=True)
+    write_table(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""WeightedSum: FedAvg folded one update at a time, and sums computed apart merged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fl.aggregation import FedAvg, WeightedSum, weighted_average
+from fl.errors import ConfigError
+from fl.robust import ScoredFedAvg
+
+
+def random_states(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "w": torch.randn(4, 3, generator=g),
+            "b": torch.randn(3, generator=g, dtype=torch.float64),
+            "steps": torch.tensor(7),
+        }
+        for _ in range(n)
+    ]
+
+
+def test_split_sums_merged_equal_numpy_float64_reference() -> None:
+    # Prepare: 7 states cut into batches of 3, 3 and 1, summed apart.
+    states = random_states(7)
+    weights = [float(w) for w in (60, 61, 59, 60, 1, 200, 3)]
+    parts = []
+    for batch in ((0, 1, 2), (3, 4, 5), (6,)):
+        part = WeightedSum()
+        for i in batch:
+            part.add(states[i], weights[i])
+        parts.append(part)
+
+    # Execute
+    total = WeightedSum()
+    for part in parts:
+        total.merge(part)
+    result = total.average({k: t.dtype for k, t in states[0].items()})
+
+    # Assert: an independent float64 numpy weighted mean, cast back per dtype.
+    for key in ("w", "b"):
+        stacked = np.stack([s[key].double().numpy() for s in states])
+        expected = np.array(weights)[:, None, None] * stacked.reshape(7, -1, stacked.shape[-1])
+        expected = expected.sum(0).reshape(stacked.shape[1:]) / sum(weights)
+        assert result[key].dtype == states[0][key].dtype
+        np.testing.assert_allclose(result[key].double().numpy(), expected, rtol=1e-6)
+    assert torch.equal(result["steps"], torch.tensor(7))
+    assert total.count == 7 and total.total == sum(weights)
+
+
+def test_folding_in_order_is_bitwise_weighted_average() -> None:
+    states = random_states(5, seed=1)
+    weights = [3.0, 1.0, 4.0, 1.0, 5.0]
+    acc = WeightedSum()
+    for state, weight in zip(states, weights, strict=True):
+        acc.add(state, weight)
+    folded = acc.average({k: t.dtype for k, t in states[0].items()})
+    reference = weighted_average(states, weights)
+    assert all(torch.equal(folded[k], reference[k]) for k in reference)
+
+
+def test_layout_mismatches_and_bad_weights_are_config_errors() -> None:
+    state = random_states(1)[0]
+    acc = WeightedSum()
+    acc.add(state, 1.0)
+    with pytest.raises(ConfigError, match="different keys"):
+        acc.add({"w": state["w"]}, 1.0)
+    with pytest.raises(ConfigError, match="'w' is"):
+        acc.add({**state, "w": torch.zeros(2, 2)}, 1.0)
+    with pytest.raises(ConfigError, match="differs"):
+        acc.add({**state, "steps": torch.tensor(8)}, 1.0)
+    with pytest.raises(ConfigError, match="finite"):
+        acc.add(state, float("nan"))
+    with pytest.raises(ConfigError, match="no state"):
+        WeightedSum().average({})
+    zero = WeightedSum()
+    zero.add(state, 0.0)
+    with pytest.raises(ConfigError, match="positive sum"):
+        zero.average({k: t.dtype for k, t in state.items()})
+
+
+def test_only_plain_fedavg_streams() -> None:
+    # ScoredFedAvg reports per-client scores: it needs every update, not a sum.
+    assert FedAvg.streaming and not ScoredFedAvg.streaming

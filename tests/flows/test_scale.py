@@ -1,0 +1,121 @@
+"""Many clients: bounded model copies, seeded sampling, and the Dask engine equal to in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from flows import client_rounds
+from flows.benchmark import benchmark_flow
+from flows.config import ExperimentConfig
+from flows.tracking import tracking_uri
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+# A thousand clients of two samples each: one batch of SGD per client and round.
+THOUSAND: dict[str, Any] = {
+    "levels": "2,3",
+    "model": "mlp",
+    "workers": 1000,
+    "fraction": 0.1,
+    "rounds": 2,
+    "epochs": 1,
+    "batch_size": 2,
+    "lr": 0.05,
+    "train_samples": 2000,
+    "test_samples": 200,
+    "experiment": "scale-test",
+}
+
+
+def level_runs(parent_run_id: str) -> dict[str, Any]:
+    client = MlflowClient(tracking_uri())
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
+    return {run.data.tags["level"]: run for run in runs}
+
+
+def history(run_id: str, key: str) -> list[float]:
+    metrics = MlflowClient(tracking_uri()).get_metric_history(run_id, key)
+    return [m.value for m in sorted(metrics, key=lambda m: m.step)]
+
+
+def sampled_sets(run_id: str, tmp_path: Path) -> list[list[int]]:
+    path = MlflowClient(tracking_uri()).download_artifacts(run_id, "clients.json", str(tmp_path))
+    return [entry["clients"] for entry in json.loads(Path(path).read_text())]
+
+
+def reference_samples(seed: int, clients: int, per_round: int, rounds: int) -> list[list[int]]:
+    """McMahan et al.'s sampling without replacement, drawn straight from torch."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        sorted(int(i) for i in torch.randperm(clients, generator=generator)[:per_round])
+        for _ in range(rounds)
+    ]
+
+
+def test_thousand_clients_hold_models_for_running_batches_only(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    # Prepare
+    cfg = ExperimentConfig(**THOUSAND)
+
+    # Execute
+    result = benchmark_flow(cfg.to_dict())
+    again = benchmark_flow(cfg.to_dict())
+    other_seed = benchmark_flow({**cfg.to_dict(), "seed": 1, "levels": "3"})
+
+    # Assert: 100 of 1,000 clients each round, in 2 batches; the modules built
+    # never exceed the batches running at once (2), far below the sampled 100.
+    runs = level_runs(result["parent_run_id"])
+    for level in ("federated", "decentralized"):
+        run_id = runs[level].info.run_id
+        assert history(run_id, "clients_sampled") == [100.0, 100.0]
+        copies = history(run_id, "model_copies")
+        assert all(1 <= c <= cfg.round_tasks for c in copies), copies
+        assert all(m > 0 for m in history(run_id, "memory_mb"))
+    # The sampled sets follow the seed: torch's draw, the same twice, another seed differs.
+    decentralized = runs["decentralized"].info.run_id
+    expected = reference_samples(0, 1000, 100, 2)
+    assert sampled_sets(decentralized, tmp_path / "a") == expected
+    assert sampled_sets(runs["federated"].info.run_id, tmp_path / "b") == expected
+    repeat = level_runs(again["parent_run_id"])["decentralized"].info.run_id
+    assert sampled_sets(repeat, tmp_path / "c") == expected
+    assert history(repeat, "test_loss") == history(decentralized, "test_loss")
+    seed1 = level_runs(other_seed["parent_run_id"])["decentralized"].info.run_id
+    assert sampled_sets(seed1, tmp_path / "d") == reference_samples(1, 1000, 100, 2)
+    assert sampled_sets(seed1, tmp_path / "d") != expected
+
+
+def test_local_cluster_run_equals_in_process_run(mlflow_uri: str, tmp_path: Path) -> None:
+    # Prepare: one torch thread per client's training on both engines.
+    base = {**THOUSAND, "levels": "3", "workers": 40, "fraction": 0.5, "batch_size": 8}
+    base |= {"train_samples": 800, "client_threads": 1}
+    in_process = ExperimentConfig(**base)
+    on_dask = ExperimentConfig(**base, task_runner="dask", dask_workers=2)
+
+    # Execute
+    local = benchmark_flow(in_process.to_dict())
+    built_here = client_rounds._PROCESS_MODELS.built
+    dask = benchmark_flow(on_dask.to_dict())
+
+    # Assert: bit-identical per-round losses and accuracies and the same clients,
+    # and no client of the Dask run trained in this process.
+    local_run = level_runs(local["parent_run_id"])["decentralized"]
+    dask_run = level_runs(dask["parent_run_id"])["decentralized"]
+    assert dask_run.data.params["task_runner"] == "dask"
+    assert local_run.data.params["task_runner"] == "local"
+    # (bytes_received differs by a few bytes: replies carry timings as JSON floats.)
+    for key in ("test_loss", "test_accuracy", "train_loss", "bytes_sent"):
+        assert history(dask_run.info.run_id, key) == history(local_run.info.run_id, key), key
+    assert sampled_sets(dask_run.info.run_id, tmp_path / "dask") == sampled_sets(
+        local_run.info.run_id, tmp_path / "local"
+    )
+    assert client_rounds._PROCESS_MODELS.built == built_here

@@ -1,0 +1,87 @@
+"""ModelPool: modules lent per request, so workers do not each hold a model."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from fl.errors import ConfigError
+from fl.models import MLP2NN, build_model, get_state
+from fl.training import TrainConfig
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore
+from workers.model_pool import ModelPool
+from workers.virtual import VirtualWorker
+
+
+def live_modules(cls: type[nn.Module]) -> int:
+    """Modules of exactly ``cls`` alive in this process (after a full collection)."""
+    gc.collect()
+    return sum(type(o) is cls for o in gc.get_objects())
+
+
+def test_sequential_leases_reuse_one_module_and_drop_gradients() -> None:
+    pool = ModelPool()
+    with pool.lease("mlp") as first:
+        first(torch.zeros(2, 1, 28, 28)).sum().backward()
+        assert any(p.grad is not None for p in first.parameters())
+    with pool.lease("mlp") as second:
+        assert second is first
+        assert all(p.grad is None for p in second.parameters())
+    assert pool.built == 1 and pool.lent == 0 and pool.peak_lent == 1
+
+
+def test_concurrent_leases_get_distinct_modules() -> None:
+    pool = ModelPool()
+    inside = threading.Barrier(3)
+    seen: list[nn.Module] = []
+
+    def borrow() -> None:
+        with pool.lease("mlp") as module:
+            seen.append(module)
+            inside.wait(timeout=10)  # all three hold a module at once
+
+    threads = [threading.Thread(target=borrow) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert len({id(m) for m in seen}) == 3
+    assert pool.built == 3 and pool.peak_lent == 3 and pool.lent == 0
+
+
+def test_unknown_model_is_a_config_error_and_lends_nothing() -> None:
+    pool = ModelPool()
+    with pytest.raises(ConfigError, match="unknown model"), pool.lease("resnet"):
+        pass
+    assert pool.built == 0 and pool.lent == 0
+
+
+def test_many_workers_sharing_a_pool_hold_one_model() -> None:
+    # Prepare: 50 virtual workers with 4 samples each, one shared pool.
+    pool = ModelPool()
+    g = torch.Generator().manual_seed(0)
+    workers = []
+    for index in range(50):
+        worker = VirtualWorker(f"w{index}", core=WorkerCore(f"w{index}", models=pool))
+        worker.send(torch.randn(4, 1, 28, 28, generator=g), obj_id=TRAIN_X_ID)
+        worker.send(torch.randint(0, 10, (4,), generator=g), obj_id=TRAIN_Y_ID)
+        workers.append(worker)
+    start = get_state(build_model("mlp", seed=0))
+    before = live_modules(MLP2NN)
+
+    # Execute: every worker trains once.
+    for index, worker in enumerate(workers):
+        state = worker.send(start)
+        trained, _ = worker.train(
+            "mlp", state, TrainConfig(epochs=1, batch_size=2, lr=0.1), seed=index
+        )
+        trained.get()
+
+    # Assert: one module was built and lent in turn; no worker kept its own.
+    after = live_modules(MLP2NN)
+    assert pool.built == 1 and pool.peak_lent == 1
+    assert after - before == 1
