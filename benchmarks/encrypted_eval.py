@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from workers.memory import tune_malloc
 from fl.data import load_split
 from fl.models import build_model, get_state
 from fl.training import TrainConfig, train_local
 from mpc.encrypted_inference import encrypted_evaluate
 from mpc.inference_layers import reference_forward
+from workers.memory import tune_malloc
 from workers.virtual import VirtualWorker
 
 

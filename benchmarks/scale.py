@@ -116,7 +116,9 @@ def run_cell(options: list[str]) -> dict[str, Any]:
         "accuracy": metrics["final_accuracy"],
         "compute_seconds": total("client_compute_seconds"),
         "clients": total("clients_sampled"),
-        "model_copies": max(m.value for m in client.get_metric_history(run.info.run_id, "model_copies")),
+        "model_copies": max(
+            m.value for m in client.get_metric_history(run.info.run_id, "model_copies")
+        ),
     }
 
 
@@ -134,8 +136,8 @@ def main() -> None:
     lines = [
         f"# Scale: many clients ({dt.date.today()}, `benchmarks/scale.py --rounds {args.rounds}`)",
         "",
-        f"Full Fashion-MNIST, McMahan CNN, E=1, B=32, level 3. Baseline: {base['train_seconds']:.1f} s "
-        f"for one centralized epoch ({per_sample * 1e3:.3f} ms per sample), "
+        "Full Fashion-MNIST, McMahan CNN, E=1, B=32, level 3. "
+        f"Baseline: {base['train_seconds']:.1f} s for one centralized epoch ({per_sample * 1e3:.3f} ms per sample), "
         f"peak {base['peak_mb']:.0f} MB.",
         "",
         "| engine | clients | per round | s / client | overhead ms / client | orchestration "

@@ -345,8 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_defaults()
     exit_on_sigterm()
     args = build_parser().parse_args(argv)
-    from workers.memory import tune_malloc
     from fl.errors import FedsimError
+    from workers.memory import tune_malloc
 
     tune_malloc()  # large tensors (MPC shares, model states) reuse heap blocks
 
