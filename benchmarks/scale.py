@@ -137,7 +137,8 @@ def main() -> None:
         f"# Scale: many clients ({dt.date.today()}, `benchmarks/scale.py --rounds {args.rounds}`)",
         "",
         "Full Fashion-MNIST, McMahan CNN, E=1, B=32, level 3. "
-        f"Baseline: {base['train_seconds']:.1f} s for one centralized epoch ({per_sample * 1e3:.3f} ms per sample), "
+        f"Baseline: {base['train_seconds']:.1f} s for one centralized epoch "
+        f"({per_sample * 1e3:.3f} ms per sample), "
         f"peak {base['peak_mb']:.0f} MB.",
         "",
         "| engine | clients | per round | s / client | overhead ms / client | orchestration "
