@@ -117,7 +117,8 @@ def run_cell(options: list[str]) -> dict[str, Any]:
         "compute_seconds": total("client_compute_seconds"),
         "clients": total("clients_sampled"),
         "model_copies": max(
-            m.value for m in client.get_metric_history(run.info.run_id, "model_copies")
+            (m.value for m in client.get_metric_history(run.info.run_id, "model_copies")),
+            default=0.0,
         ),
     }
 

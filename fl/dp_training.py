@@ -22,11 +22,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.nn import functional as F
 
@@ -34,6 +32,9 @@ from fl.data import Split
 from fl.errors import ConfigError, DataError
 from fl.privacy import DPConfig, PrivacyAccountant
 from fl.training import TrainConfig, TrainResult
+
+if TYPE_CHECKING:  # Opacus (~60 MB resident) is imported when DP-SGD runs, not before
+    from opacus import GradSampleModule
 
 __all__ = ["dp_sample_rate", "dp_steps_per_epoch", "train_local_dp"]
 
@@ -85,6 +86,10 @@ def train_local_dp(
     floating-point attacks) is left off, which a deployment must not do.
     ``mean_loss`` is the mean loss over the examples the batches drew.
     """
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
     if dp.mode != "sample":
         raise ConfigError(f"DP-SGD local training needs dp mode 'sample', got {dp.mode!r}")
     n = len(data)

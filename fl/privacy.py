@@ -27,14 +27,16 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-from opacus.accountants import IAccountant, create_accountant
 
 from fl.aggregation import ClientUpdate, Strategy
 from fl.errors import ConfigError, FedsimError
 from fl.updates import stack_updates, unstack_update
+
+if TYPE_CHECKING:  # Opacus (~60 MB resident) is imported by runs that use DP only
+    from opacus.accountants import IAccountant
 
 __all__ = [
     "ACCOUNTANTS",
@@ -306,6 +308,8 @@ class PrivacyAccountant:
             raise ConfigError(
                 f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {mechanism!r}"
             )
+        from opacus.accountants import create_accountant
+
         self.mechanism = mechanism
         self.opacus: IAccountant = create_accountant(mechanism)
 

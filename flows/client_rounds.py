@@ -30,6 +30,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import ClientUpdate, WeightedSum
+from fl.data import load_partition
 from fl.errors import ConfigError
 from flows.config import ExperimentConfig
 from flows.engine import dask_client_threads
@@ -47,6 +48,7 @@ __all__ = [
     "BatchStats",
     "client_batches",
     "combine",
+    "prepare_spec_clients",
     "train_client_batch",
     "train_client_specs",
     "train_live_batches",
@@ -231,6 +233,39 @@ def train_client_batch(
     start = time.perf_counter()
     outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
     return outcome, time.perf_counter() - start
+
+
+def prepare_clients_body(config: dict[str, Any]) -> int:
+    """Read the dataset and every client's partition indices into this process's caches."""
+    tune_malloc()
+    cfg = ExperimentConfig.from_dict(config)
+    load_partition(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        partition=cfg.partition,
+        num_partitions=cfg.workers,
+        index=0,
+        seed=cfg.seed,
+        limit=cfg.train_samples,
+    )
+    return os.getpid()
+
+
+prepare_clients = task(name="prepare-clients", cache_policy=NO_CACHE)(prepare_clients_body)
+
+
+def prepare_spec_clients(meter: OrchestrationMeter, cfg: ExperimentConfig) -> set[int]:
+    """Level 3's set-up when no client is resident: each process that will train
+    clients (this one, or each Dask worker: one task per batch) loads the data
+    before round 1, as launching resident workers does, so rounds time rounds.
+    Returns the processes that did."""
+    count = cfg.round_tasks if cfg.task_runner == "dask" else 1
+    start = time.perf_counter()
+    futures = [prepare_clients.submit(cfg.to_dict()) for _ in range(count)]
+    pids = {future.result() for future in futures}
+    wall = time.perf_counter() - start
+    _account(meter, wall, BatchStats(body_seconds=[wall]), count)
+    return pids
 
 
 def train_client_specs_body(

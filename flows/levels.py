@@ -23,7 +23,12 @@ from fl.data import Split
 from fl.models import get_state, set_state
 from fl.privacy import BudgetExceeded
 from flows import progress
-from flows.client_rounds import train_live_batches, train_spec_batches, with_round_metrics
+from flows.client_rounds import (
+    prepare_spec_clients,
+    train_live_batches,
+    train_spec_batches,
+    with_round_metrics,
+)
 from flows.config import ExperimentConfig, Level, level_for
 from flows.defence import Defence, poisoned_indices
 from flows.secure import secure_aggregate_round
@@ -344,6 +349,7 @@ def _federated_body(
         # No client is kept between rounds: a round materialises the ones it samples.
         ids = [f"worker-{index}" for index in range(ctx.cfg.workers)]
         ctx.defend(ids)
+        prepare_spec_clients(meter, ctx.cfg)
         return run_rounds(ctx, test, _spec_rounds(ctx, ids, poisoned), 0)
     train = shards = None
     if coordinator_splits:

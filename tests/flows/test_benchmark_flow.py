@@ -70,8 +70,8 @@ TASK_CALLS = {
     "sequential": 4 + 2 * 2,  # load test, load train, partition, launch; train + evaluate
     # ... 2 client batches (--round-tasks 2, FedAvg folded inside them) + evaluate
     "federated": 4 + 2 * 3,
-    # load test (each round's batches materialise clients that load their own data)
-    "decentralized": 1 + 2 * 3,
+    # load test, prepare clients (read the data where the batches will run)
+    "decentralized": 2 + 2 * 3,
 }
 
 
