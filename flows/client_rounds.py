@@ -160,10 +160,12 @@ def train_live_batches(
     """The round's batches over this process's virtual workers (levels 2-3), as tasks
     on the flow's thread-pool task runner: they train at once, sharing the cores."""
     batches = client_batches(clients, cfg.round_tasks)
-    with _torch_threads(cfg.client_threads or _threads_per_batch(len(batches))):
+    threads = cfg.client_threads or _threads_per_batch(len(batches))
+    with _torch_threads(threads):
         start = time.perf_counter()
         futures = [
-            train_client_batch.submit(batch, state, cfg, round_index, stream) for batch in batches
+            train_client_batch.submit(batch, state, cfg, round_index, stream, threads)
+            for batch in batches
         ]
         results = [future.result() for future in futures]
         wall = time.perf_counter() - start
@@ -192,14 +194,14 @@ def train_spec_batches(
     frame = encode_frame(_STATE_TAG, dict(state))
     config = cfg.to_dict()
     batches = client_batches(specs, cfg.round_tasks)
-    # Torch's thread count is per process: set here for this process's task
-    # threads, or by each task in its own Dask worker process.
-    in_task = dask_client_threads(cfg) if on_dask else None
-    local = None if on_dask else cfg.client_threads or _threads_per_batch(len(batches))
-    with _torch_threads(local):
+    if on_dask:
+        threads = dask_client_threads(cfg)
+    else:
+        threads = cfg.client_threads or _threads_per_batch(len(batches))
+    with _torch_threads(None if on_dask else threads):
         start = time.perf_counter()
         futures = [
-            train_client_specs.submit(batch, frame, config, round_index, stream, in_task)
+            train_client_specs.submit(batch, frame, config, round_index, stream, threads)
             for batch in batches
         ]
         results = [_decode_result(future.result()) for future in futures]
@@ -227,10 +229,16 @@ def _account(meter: OrchestrationMeter, wall: float, stats: BatchStats, tasks: i
 
 @task(name="train-client-batch", cache_policy=NO_CACHE)
 def train_client_batch(
-    clients: list[Client], state: StateDict, cfg: ExperimentConfig, round_index: int, stream: bool
+    clients: list[Client],
+    state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+    stream: bool,
+    threads: int,
 ) -> tuple[RoundOutcome, float]:
     """One batch of this process's virtual workers, in turn; with its body's seconds."""
     start = time.perf_counter()
+    _set_thread_count(threads)
     outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
     return outcome, time.perf_counter() - start
 
@@ -307,8 +315,9 @@ def train_client_specs_body(
             models=_PROCESS_MODELS,
         )
         clients.append((index, VirtualWorker(worker_id, core=core)))
-    with _torch_threads(threads):
-        outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
+    if threads is not None:
+        _set_thread_count(threads)
+    outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
     body = time.perf_counter() - start
     return _encode_result(outcome, body, os.getpid(), _PROCESS_MODELS.built)
 
@@ -370,6 +379,17 @@ def _decode_result(frame: bytes) -> tuple[RoundOutcome, float, int, int]:
         partial=partial,
     )
     return outcome, float(body), int(pid), int(built)
+
+
+def _set_thread_count(threads: int) -> None:
+    """Torch's intra-op threads for the work of the calling thread.
+
+    OpenMP keeps the count per thread: a task-runner thread created earlier
+    keeps the count it started with unless it sets its own, which would make a
+    client's float sums depend on which thread trained it. Every concurrent
+    batch asks for the same count, so setting it from each is no race.
+    """
+    torch.set_num_threads(threads)
 
 
 @contextmanager
