@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from flows import client_rounds
+from flows import client_tasks
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.tracking import tracking_uri
@@ -103,7 +103,7 @@ def test_local_cluster_run_equals_in_process_run(mlflow_uri: str, tmp_path: Path
 
     # Execute
     local = benchmark_flow(in_process.to_dict())
-    built_here = client_rounds._PROCESS_MODELS.built
+    built_here = client_tasks.PROCESS_MODELS.built
     dask = benchmark_flow(on_dask.to_dict())
 
     # Assert: bit-identical per-round losses and accuracies and the same clients,
@@ -118,4 +118,4 @@ def test_local_cluster_run_equals_in_process_run(mlflow_uri: str, tmp_path: Path
     assert sampled_sets(dask_run.info.run_id, tmp_path / "dask") == sampled_sets(
         local_run.info.run_id, tmp_path / "local"
     )
-    assert client_rounds._PROCESS_MODELS.built == built_here
+    assert client_tasks.PROCESS_MODELS.built == built_here

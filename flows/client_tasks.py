@@ -1,0 +1,212 @@
+"""The tasks that train a batch of clients, in this process or on a Dask worker.
+
+``flows.client_rounds`` cuts a round into batches and submits these tasks to the
+level flow's task runner. :func:`train_client_batch` trains resident virtual
+workers (this process only); :func:`train_client_specs` materialises level-3
+clients from their partition descriptors wherever it runs and answers with one
+codec frame — the batch's partial FedAvg sum or its updates — so that no tensor
+crosses to or from a Dask worker pickled. :func:`prepare_clients` reads the data
+into a process's caches before round 1.
+
+Dask pickles a task's function by reference (module and name): the task objects
+below are built from functions of other names, so that the names resolve to the
+functions themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fl.aggregation import ClientUpdate, WeightedSum
+from fl.data import load_partition
+from flows.config import ExperimentConfig
+from flows.tasks import Client, RoundOutcome, StateDict, train_clients_in_turn
+from workers.codec import decode_frame, encode_frame
+from workers.core import WorkerCore
+from workers.errors import ProtocolError
+from workers.memory import tune_malloc
+from workers.model_pool import ModelPool
+from workers.virtual import VirtualWorker
+
+__all__ = [
+    "PROCESS_MODELS",
+    "STATE_TAG",
+    "ClientSpec",
+    "decode_result",
+    "prepare_clients",
+    "train_client_batch",
+    "train_client_specs",
+]
+
+# A level-3 client to materialise: its index among all clients and whether it
+# is a simulated label-flipping attacker.
+ClientSpec = tuple[int, bool]
+STATE_TAG = "fedsim.global-state"
+_RESULT_TAG = "fedsim.batch-result"
+# Modules of the clients materialised in this process (a Dask worker, or this
+# one): one pool for every batch it runs, not one model per client.
+PROCESS_MODELS = ModelPool()
+
+
+@task(name="train-client-batch", cache_policy=NO_CACHE)
+def train_client_batch(
+    clients: list[Client],
+    state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+    stream: bool,
+    threads: int,
+) -> tuple[RoundOutcome, float]:
+    """One batch of this process's virtual workers, in turn; with its body's seconds."""
+    start = time.perf_counter()
+    _set_thread_count(threads)
+    outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
+    return outcome, time.perf_counter() - start
+
+
+def prepare_clients_body(config: dict[str, Any]) -> int:
+    """Read the dataset and every client's partition indices into this process's caches."""
+    tune_malloc()
+    cfg = ExperimentConfig.from_dict(config)
+    load_partition(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        partition=cfg.partition,
+        num_partitions=cfg.workers,
+        index=0,
+        seed=cfg.seed,
+        limit=cfg.train_samples,
+    )
+    return os.getpid()
+
+
+prepare_clients = task(name="prepare-clients", cache_policy=NO_CACHE)(prepare_clients_body)
+
+
+def train_client_specs_body(
+    specs: list[ClientSpec],
+    state_frame: bytes,
+    config: dict[str, Any],
+    round_index: int,
+    stream: bool,
+    threads: int | None,
+) -> bytes:
+    """A batch of level-3 clients wherever it runs: materialise, train, fold, encode.
+
+    Each client loads its partition from the dataset location this process sees
+    (cached per process), exactly as level 3's workers do; the clients are dropped
+    after the batch and only the pooled modules stay.
+    """
+    start = time.perf_counter()
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: every freed
+    # model-sized block would go back to the kernel and fault in again (measured:
+    # local training 1.7x slower). Keep them in the heap, as fedsim's CLI does.
+    tune_malloc()
+    cfg = ExperimentConfig.from_dict(config)
+    tag, state = decode_frame(state_frame)
+    if tag != STATE_TAG or not isinstance(state, dict):
+        raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
+    clients: list[Client] = []
+    for index, poisoned in specs:
+        worker_id = f"worker-{index}"
+        core = WorkerCore.with_partition(
+            worker_id,
+            dataset=cfg.dataset,
+            data_dir=cfg.data_dir,
+            partition=cfg.partition,
+            num_partitions=cfg.workers,
+            index=index,
+            seed=cfg.seed,
+            limit=cfg.train_samples,
+            label_flip=poisoned,
+            models=PROCESS_MODELS,
+        )
+        clients.append((index, VirtualWorker(worker_id, core=core)))
+    if threads is not None:
+        _set_thread_count(threads)
+    outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
+    body = time.perf_counter() - start
+    return _encode_result(outcome, body, os.getpid(), PROCESS_MODELS.built)
+
+
+train_client_specs = task(name="train-client-specs", cache_policy=NO_CACHE)(train_client_specs_body)
+
+
+def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> bytes:
+    partial = outcome.partial
+    value = {
+        "updates": [
+            {
+                "client_id": u.client_id,
+                "state": dict(u.state),
+                "num_samples": u.num_samples,
+                "train_loss": u.train_loss,
+            }
+            for u in outcome.updates
+        ],
+        "partial": None
+        if partial is None
+        else {"sums": partial.sums, "total": partial.total, "count": partial.count},
+        "bytes": [outcome.bytes_sent, outcome.bytes_received],
+        "seconds": [outcome.comm_seconds, outcome.compute_seconds, body],
+        "process": [pid, built],
+    }
+    return encode_frame(_RESULT_TAG, value)
+
+
+def decode_result(frame: bytes) -> tuple[RoundOutcome, float, int, int]:
+    """A batch result back from Dask; ProtocolError if it is not one."""
+    tag, value = decode_frame(frame)
+    if tag != _RESULT_TAG or not isinstance(value, dict):
+        raise ProtocolError(f"expected a {_RESULT_TAG} frame, got {tag!r}")
+    try:
+        updates = [
+            ClientUpdate(
+                str(u["client_id"]), _tensors(u["state"]), int(u["num_samples"]),
+                float(u["train_loss"]),
+            )
+            for u in value["updates"]
+        ]  # fmt: skip
+        partial = None
+        if value["partial"] is not None:
+            partial = WeightedSum()
+            partial.sums = _tensors(value["partial"]["sums"])
+            partial.total = float(value["partial"]["total"])
+            partial.count = int(value["partial"]["count"])
+        sent, received = value["bytes"]
+        comm, compute, body = value["seconds"]
+        pid, built = value["process"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed batch result: {type(exc).__name__}: {exc}") from None
+    outcome = RoundOutcome(
+        updates,
+        int(sent),
+        int(received),
+        comm_seconds=float(comm),
+        compute_seconds=float(compute),
+        partial=partial,
+    )
+    return outcome, float(body), int(pid), int(built)
+
+
+def _tensors(value: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(value, dict) or not all(isinstance(t, torch.Tensor) for t in value.values()):
+        raise TypeError("expected a map of tensors")
+    return dict(value)
+
+
+def _set_thread_count(threads: int) -> None:
+    """Torch's intra-op threads for the work of the calling thread.
+
+    OpenMP keeps the count per thread: a task-runner thread created earlier
+    keeps the count it started with unless it sets its own, which would make a
+    client's float sums depend on which thread trained it. Every concurrent
+    batch asks for the same count, so setting it from each is no race.
+    """
+    torch.set_num_threads(threads)

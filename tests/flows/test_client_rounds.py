@@ -1,0 +1,84 @@
+"""Batching, merging and the batch-result frame of flows.client_rounds / client_tasks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fl.aggregation import ClientUpdate, WeightedSum, weighted_average
+from fl.errors import ConfigError
+from flows.client_rounds import client_batches, combine
+from flows.client_tasks import _encode_result, decode_result
+from flows.tasks import RoundOutcome
+from workers.codec import encode_frame
+from workers.errors import ProtocolError
+
+
+@given(st.lists(st.integers(), max_size=60), st.integers(min_value=1, max_value=12))
+def test_batches_cover_the_clients_in_order_and_near_equal(items: list[int], count: int) -> None:
+    batches = client_batches(items, count)
+    assert [x for batch in batches for x in batch] == items
+    assert len(batches) == min(count, len(items))
+    sizes = [len(b) for b in batches]
+    assert not sizes or max(sizes) - min(sizes) <= 1
+
+
+def test_zero_batches_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="round tasks"):
+        client_batches([1, 2], 0)
+
+
+def states(n: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(3)
+    return [
+        {"w": torch.randn(3, 2, generator=g), "b": torch.randn(2, generator=g)} for _ in range(n)
+    ]
+
+
+def streamed(batch: list[dict[str, torch.Tensor]], weights: list[float]) -> RoundOutcome:
+    partial = WeightedSum()
+    for state, weight in zip(batch, weights, strict=True):
+        partial.add(state, weight)
+    updates = [ClientUpdate(f"c{i}", {}, int(w), 0.5) for i, w in enumerate(weights)]
+    return RoundOutcome(updates, 10, 20, compute_seconds=1.0, partial=partial)
+
+
+def test_combined_batches_average_like_fedavg() -> None:
+    # Prepare: 5 clients in batches of 3 and 2.
+    s = states(5)
+    weights = [2.0, 3.0, 1.0, 4.0, 5.0]
+    parts = [streamed(s[:3], weights[:3]), streamed(s[3:], weights[3:])]
+
+    # Execute
+    outcome = combine(parts, s[0])
+
+    # Assert
+    assert outcome.global_state is not None
+    expected = weighted_average(s, weights)
+    for key in expected:
+        torch.testing.assert_close(outcome.global_state[key], expected[key], rtol=1e-6, atol=1e-7)
+    assert len(outcome.updates) == 5 and outcome.bytes_sent == 20 and outcome.compute_seconds == 2
+
+
+def test_batch_result_frame_round_trips_and_rejects_garbage() -> None:
+    # Prepare
+    part = streamed(states(2), [1.0, 2.0])
+    plain = RoundOutcome([ClientUpdate("c9", states(1)[0], 7, 0.25)], 1, 2)
+
+    # Execute
+    back, body, pid, built = decode_result(_encode_result(part, 1.5, 42, 2))
+    back_plain, *_ = decode_result(_encode_result(plain, 0.1, 1, 1))
+
+    # Assert: sums bit for bit, metadata, and the unstreamed update's state.
+    assert back.partial is not None and part.partial is not None
+    assert all(torch.equal(back.partial.sums[k], part.partial.sums[k]) for k in part.partial.sums)
+    assert (back.partial.total, back.partial.count) == (3.0, 2)
+    assert (body, pid, built) == (1.5, 42, 2)
+    assert [u.num_samples for u in back.updates] == [1, 2]
+    assert torch.equal(back_plain.updates[0].state["w"], plain.updates[0].state["w"])
+    with pytest.raises(ProtocolError, match=r"expected a fedsim\.batch-result"):
+        decode_result(encode_frame("other", {}))
+    with pytest.raises(ProtocolError, match="malformed batch result"):
+        decode_result(encode_frame("fedsim.batch-result", {"updates": [{"state": 3}]}))
