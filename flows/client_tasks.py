@@ -100,8 +100,8 @@ def train_client_specs_body(
     """A batch of level-3 clients wherever it runs: materialise, train, fold, encode.
 
     Each client loads its partition from the dataset location this process sees
-    (cached per process), exactly as level 3's workers do; the clients are dropped
-    after the batch and only the pooled modules stay.
+    (cached per process), exactly as level 3's workers do, when its turn comes,
+    and is dropped after it: only the pooled modules stay.
     """
     start = time.perf_counter()
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: every freed
@@ -112,22 +112,7 @@ def train_client_specs_body(
     tag, state = decode_frame(state_frame)
     if tag != STATE_TAG or not isinstance(state, dict):
         raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
-    clients: list[Client] = []
-    for index, poisoned in specs:
-        worker_id = f"worker-{index}"
-        core = WorkerCore.with_partition(
-            worker_id,
-            dataset=cfg.dataset,
-            data_dir=cfg.data_dir,
-            partition=cfg.partition,
-            num_partitions=cfg.workers,
-            index=index,
-            seed=cfg.seed,
-            limit=cfg.train_samples,
-            label_flip=poisoned,
-            models=PROCESS_MODELS,
-        )
-        clients.append((index, VirtualWorker(worker_id, core=core)))
+    clients = (_materialise(cfg, index, poisoned) for index, poisoned in specs)
     if threads is not None:
         _set_thread_count(threads)
     outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
@@ -136,6 +121,24 @@ def train_client_specs_body(
 
 
 train_client_specs = task(name="train-client-specs", cache_policy=NO_CACHE)(train_client_specs_body)
+
+
+def _materialise(cfg: ExperimentConfig, index: int, poisoned: bool) -> Client:
+    """Client ``index`` as a virtual worker holding its own partition (level 3)."""
+    worker_id = f"worker-{index}"
+    core = WorkerCore.with_partition(
+        worker_id,
+        dataset=cfg.dataset,
+        data_dir=cfg.data_dir,
+        partition=cfg.partition,
+        num_partitions=cfg.workers,
+        index=index,
+        seed=cfg.seed,
+        limit=cfg.train_samples,
+        label_flip=poisoned,
+        models=PROCESS_MODELS,
+    )
+    return index, VirtualWorker(worker_id, core=core)
 
 
 def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> bytes:

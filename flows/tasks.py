@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -279,20 +279,26 @@ def _train_client(
 
 
 def train_clients_in_turn(
-    clients: Sequence[Client],
+    clients: Iterable[Client],
     global_state: StateDict,
     cfg: ExperimentConfig,
     round_index: int,
     stream: bool,
 ) -> RoundOutcome:
     """Clients one after another; with ``stream`` each update is folded into a
-    WeightedSum as it arrives and dropped, so the round holds one model, not one per client."""
-    sent0, received0 = _traffic(clients)
+    WeightedSum as it arrives and dropped, so the round holds one model, not one per client.
+
+    ``clients`` may be a generator that materialises each client when its turn
+    comes: then only one client's data is held at a time.
+    """
     partial = WeightedSum() if stream else None
-    updates, sealed, comm, compute = [], [], 0.0, 0.0
+    updates, sealed, comm, compute, sent, received = [], [], 0.0, 0.0, 0, 0
     broadcast = Broadcast.of(global_state)  # encoded once for the batch
     for client in clients:
+        sent0, received0 = _traffic([client])
         result = _train_client(client, broadcast, cfg, round_index)
+        sent1, received1 = _traffic([client])
+        sent, received = sent + sent1 - sent0, received + received1 - received0
         update = result.update
         if partial is not None:
             partial.add(update.state, float(update.num_samples))
@@ -302,11 +308,10 @@ def train_clients_in_turn(
         compute += result.compute_seconds
         if result.sealed is not None:
             sealed.append(result.sealed)
-    sent1, received1 = _traffic(clients)
     return RoundOutcome(
         updates,
-        sent1 - sent0,
-        received1 - received0,
+        sent,
+        received,
         comm_seconds=comm,
         compute_seconds=compute,
         partial=partial,
