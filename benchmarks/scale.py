@@ -9,6 +9,8 @@ invocation, first; slowdown compares seconds per trained sample with it.
 
 Columns:
 
+- *wall s*: the whole ``fedsim run`` command, start-up (Prefect's temporary
+  server, the Dask cluster) and evaluation included; *train s*: its rounds.
 - *s / client*: training seconds per sampled client (rounds' wall time over
   clients × rounds).
 - *overhead ms / client*: core-seconds per sampled client beyond the clients'
@@ -142,9 +144,9 @@ def main() -> None:
         f"({per_sample * 1e3:.3f} ms per sample), "
         f"peak {base['peak_mb']:.0f} MB.",
         "",
-        "| engine | clients | per round | s / client | overhead ms / client | orchestration "
-        "| peak MB | models | slowdown | accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| engine | clients | per round | wall s | train s | s / client | overhead ms / client "
+        "| orchestration | peak MB | models | slowdown | accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in args.cells.split(","):
         workers, fraction = cell.split(":")
@@ -159,6 +161,7 @@ def main() -> None:
             slowdown = (r["train_seconds"] / r["samples"]) / per_sample
             lines.append(
                 f"| {engine} | {workers} | {clients / args.rounds:.0f} "
+                f"| {r['command_seconds']:.1f} | {r['train_seconds']:.1f} "
                 f"| {r['train_seconds'] / clients:.3f} | {overhead * 1e3:.1f} "
                 f"| {r['prefect_seconds'] / r['wall_seconds']:.1%} | {r['peak_mb']:.0f} "
                 f"| {r['model_copies']:.0f} | {slowdown:.2f}× | {r['accuracy']:.2%} |"
