@@ -307,7 +307,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from fedsim.display import run_with_display
-    from flows.config import preflight
+    from flows.preflight import preflight
 
     cfg = _config_from_args(args)
     preflight(cfg)  # data and partition problems: one line, before Prefect starts

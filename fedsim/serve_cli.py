@@ -58,8 +58,9 @@ def serve_deployment(args: argparse.Namespace) -> int:
     """Validate, check the server, then serve until interrupted (Ctrl-C → 130 in the CLI)."""
     from prefect.settings import get_current_settings
 
-    from flows.config import PROFILES, ExperimentConfig, preflight
+    from flows.config import PROFILES, ExperimentConfig
     from flows.deployment import full_name, serve_benchmark, validate_cron, validate_name
+    from flows.preflight import preflight
 
     options = {**PROFILES[args.profile], "profile": args.profile, "experiment": args.experiment}
     if args.levels:

@@ -25,14 +25,13 @@ from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import ClientUpdate, WeightedSum
 from fl.data import load_partition
+from flows.client_training import train_clients_in_turn
 from flows.config import ExperimentConfig
-from flows.tasks import Client, RoundOutcome, StateDict, train_clients_in_turn
+from flows.tasks import Client, RoundOutcome, StateDict, self_loading_worker
 from workers.codec import decode_frame, encode_frame
-from workers.core import WorkerCore
 from workers.errors import ProtocolError
 from workers.memory import tune_malloc
 from workers.model_pool import ModelPool
-from workers.virtual import VirtualWorker
 
 __all__ = [
     "PROCESS_MODELS",
@@ -112,7 +111,10 @@ def train_client_specs_body(
     tag, state = decode_frame(state_frame)
     if tag != STATE_TAG or not isinstance(state, dict):
         raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
-    clients = (_materialise(cfg, index, poisoned) for index, poisoned in specs)
+    clients = (
+        (index, self_loading_worker(cfg, index, poisoned, PROCESS_MODELS))
+        for index, poisoned in specs
+    )
     if threads is not None:
         _set_thread_count(threads)
     outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
@@ -121,24 +123,6 @@ def train_client_specs_body(
 
 
 train_client_specs = task(name="train-client-specs", cache_policy=NO_CACHE)(train_client_specs_body)
-
-
-def _materialise(cfg: ExperimentConfig, index: int, poisoned: bool) -> Client:
-    """Client ``index`` as a virtual worker holding its own partition (level 3)."""
-    worker_id = f"worker-{index}"
-    core = WorkerCore.with_partition(
-        worker_id,
-        dataset=cfg.dataset,
-        data_dir=cfg.data_dir,
-        partition=cfg.partition,
-        num_partitions=cfg.workers,
-        index=index,
-        seed=cfg.seed,
-        limit=cfg.train_samples,
-        label_flip=poisoned,
-        models=PROCESS_MODELS,
-    )
-    return index, VirtualWorker(worker_id, core=core)
 
 
 def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> bytes:

@@ -13,10 +13,10 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl.data import DATASETS, load_split
+from fl.data import DATASETS
 from fl.errors import ConfigError
 from fl.models import MODELS
-from fl.partition import parse_partition, partition_indices
+from fl.partition import parse_partition
 from flows.defence import check_defence
 from flows.engine import check_engine
 
@@ -29,7 +29,6 @@ __all__ = [
     "Level",
     "level_for",
     "parse_levels",
-    "preflight",
 ]
 
 
@@ -404,19 +403,3 @@ def _check_min(option: str, value: int, minimum: int) -> None:
         raise ConfigError(f"--{option} must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(f"--{option} must be >= {minimum}, got {value}")
-
-
-def preflight(cfg: ExperimentConfig) -> None:
-    """Fail fast, before Prefect starts, on what only the data can tell.
-
-    Sample counts beyond the dataset, or a partition that cannot give every
-    worker data (e.g. ``shards:5000``), would otherwise surface deep inside a
-    flow run. Loading is cached in-process, so the flows reuse this work.
-    """
-    train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
-    load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)
-    partition_indices(parse_partition(cfg.partition), train.y, cfg.workers, cfg.seed)
-    if cfg.workers_file is not None:
-        from workers.fleet import load_fleet_file
-
-        load_fleet_file(cfg.workers_file, cfg.workers)

@@ -2,22 +2,23 @@
 
 A round's sampled clients are cut into ``--round-tasks`` batches of consecutive
 clients, one Prefect task each (``flows.client_rounds``): Prefect's per-task cost
-(measured here: ~100 ms per task on Dask, ~1 ms in process) is paid per batch,
-not per client, so a round of a thousand clients is still a handful of task runs.
+(measured here: 0.1-0.2 s per task run on Dask) is paid per batch, not per
+client, so a round of a thousand clients is still a handful of task runs.
 
-With ``--task-runner local`` (the default) the batches run one after another in
-this process, on the level's virtual workers. With ``--task-runner dask`` the
-level's flow runs under ``prefect_dask.DaskTaskRunner`` and the batches run in
-parallel on Dask workers: on an existing cluster when ``--dask-address`` names its
-scheduler, otherwise on a ``LocalCluster`` of ``--dask-workers`` processes bound to
-127.0.0.1. Each batch materialises its clients on the Dask worker from their
-partition descriptors — the worker reads the dataset from its own dataset
-location, as level 3's clients do — so no training data is shipped per task:
-only the global model goes out (once per batch, as a fedsim codec frame) and one
-partial weighted sum (or the batch's updates, for aggregators that need them)
-comes back. That is why the Dask engine runs level 3, whose clients load their
-own partitions; levels 1-2 hand data out from this process, and levels 4-5 are
-their own processes already.
+With ``--task-runner local`` (the default) the batches run at once on the level
+flow's thread pool in this process, one torch thread each on this 2-core
+machine. With ``--task-runner dask`` the level's flow runs under
+``prefect_dask.DaskTaskRunner`` and the batches run in parallel on Dask workers:
+on an existing cluster when ``--dask-address`` names its scheduler, otherwise on
+a ``LocalCluster`` of ``--dask-workers`` processes bound to 127.0.0.1. Each batch
+materialises its clients on the Dask worker from their partition descriptors —
+the worker reads the dataset from its own dataset location, as level 3's
+clients do — so no training data is shipped per task: only the global model
+goes out (once per batch, as a fedsim codec frame) and one partial weighted sum
+(or the batch's updates, for aggregators that need them) comes back. That is
+why the Dask engine runs level 3, whose clients load their own partitions;
+levels 1-2 hand data out from this process, and levels 4-5 are their own
+processes already.
 
 Identical results: the batching depends only on ``--round-tasks``, never on the
 engine, and every batch folds its clients in the same order wherever it runs. A

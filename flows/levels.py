@@ -29,6 +29,7 @@ from flows.client_rounds import (
     train_spec_batches,
     with_round_metrics,
 )
+from flows.client_training import train_sequential_round
 from flows.config import ExperimentConfig, Level, level_for
 from flows.defence import Defence, poisoned_indices
 from flows.secure import secure_aggregate_round
@@ -43,7 +44,6 @@ from flows.tasks import (
     load_train_set,
     partition_train_set,
     train_centralized,
-    train_sequential_round,
 )
 from flows.timing import OrchestrationMeter
 from flows.tracking import BenchmarkTracker

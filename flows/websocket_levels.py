@@ -15,6 +15,7 @@ import torch
 from prefect import flow
 
 from flows import progress
+from flows.client_training import train_federated_round
 from flows.levels import (
     LevelContext,
     LevelSummary,
@@ -29,7 +30,6 @@ from flows.tasks import (
     connect_remote_workers,
     launch_worker_processes,
     load_test_set,
-    train_federated_round,
 )
 from workers.errors import WorkerError
 from workers.fleet import Fleet

@@ -1,0 +1,208 @@
+"""The Prefect tasks of a round's client training: clients in turn, in parallel, or in a chain.
+
+Each trains sampled clients through the worker protocol — send the global model,
+``Train`` on the worker's own data, fetch (or, under secure aggregation, seal)
+the result — and reports the bytes moved and where the time went. Batching many
+clients into these tasks is ``flows.client_rounds``'s job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fl.aggregation import ClientUpdate, WeightedSum
+from fl.errors import FedsimError
+from flows.config import ExperimentConfig
+from flows.tasks import (
+    Client,
+    RoundOutcome,
+    StateDict,
+    client_seed,
+    client_train_config,
+    train_config,
+)
+from flows.timing import timed_body
+from workers.base import Broadcast
+from workers.pointer import Pointer
+
+__all__ = [
+    "ClientResult",
+    "train_clients_in_turn",
+    "train_federated_round",
+    "train_sequential_round",
+]
+
+logger = logging.getLogger("fedsim.rounds")
+
+
+def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
+    return sum(w.bytes_sent for _, w in clients), sum(w.bytes_received for _, w in clients)
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """One client's round as the coordinator saw it."""
+
+    update: ClientUpdate
+    comm_seconds: float  # outside the worker's training loop: transfer, (de)coding, waiting
+    compute_seconds: float  # inside it
+    sealed: Pointer | None  # secure aggregation: the trained state, left on the worker
+
+
+def _train_client(
+    client: Client, global_state: Broadcast, cfg: ExperimentConfig, round_index: int
+) -> ClientResult:
+    """One client's round: receive the global model, train locally, send the update back.
+
+    Under secure aggregation the trained state stays on the worker: the update
+    has no state and the pointer to it is returned instead.
+    """
+    index, worker = client
+    start = time.perf_counter()
+    secure = cfg.aggregation in ("secure", "he")  # the update stays sealed on the worker
+    state_ptr = worker.send_broadcast(global_state)
+    new_ptr, reply = worker.train(
+        cfg.model,
+        state_ptr,
+        client_train_config(cfg),
+        seed=client_seed(cfg.seed, round_index, index),
+        sealed=secure,
+    )
+    state_ptr.delete()
+    state = {} if secure else new_ptr.get()
+    update = ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss)
+    seconds = max(time.perf_counter() - start - reply.seconds, 0.0)
+    return ClientResult(update, seconds, reply.seconds, new_ptr if secure else None)
+
+
+def train_clients_in_turn(
+    clients: Iterable[Client],
+    global_state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+    stream: bool,
+) -> RoundOutcome:
+    """Clients one after another; with ``stream`` each update is folded into a
+    WeightedSum as it arrives and dropped, so the round holds one model, not one per client.
+
+    ``clients`` may be a generator that materialises each client when its turn
+    comes: then only one client's data is held at a time.
+    """
+    partial = WeightedSum() if stream else None
+    updates, sealed, comm, compute, sent, received = [], [], 0.0, 0.0, 0, 0
+    broadcast = Broadcast.of(global_state)  # encoded once for the batch
+    for client in clients:
+        sent0, received0 = _traffic([client])
+        result = _train_client(client, broadcast, cfg, round_index)
+        sent1, received1 = _traffic([client])
+        sent, received = sent + sent1 - sent0, received + received1 - received0
+        update = result.update
+        if partial is not None:
+            partial.add(update.state, float(update.num_samples))
+            update = dataclasses.replace(update, state={})
+        updates.append(update)
+        comm += result.comm_seconds
+        compute += result.compute_seconds
+        if result.sealed is not None:
+            sealed.append(result.sealed)
+    return RoundOutcome(
+        updates,
+        sent,
+        received,
+        comm_seconds=comm,
+        compute_seconds=compute,
+        partial=partial,
+        remote_states=tuple(sealed),
+    )
+
+
+@task(name="train-round", cache_policy=NO_CACHE)
+@timed_body
+def train_federated_round(
+    clients: Sequence[Client],
+    global_state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+    parallel: bool = False,
+    stream: bool = False,
+) -> RoundOutcome:
+    """Send the global model to each sampled worker, train there, fetch the update.
+
+    With ``parallel`` (worker processes), every client trains at once: one
+    thread per client waits on its socket while the processes compute. Updates
+    are returned in client order either way, so aggregation is deterministic.
+    ``stream`` (in turn only) folds FedAvg's sum as updates arrive.
+    """
+    if not parallel:
+        return train_clients_in_turn(clients, global_state, cfg, round_index, stream)
+    sent0, received0 = _traffic(clients)
+    broadcast = Broadcast.of(global_state)
+    pool = ThreadPoolExecutor(max_workers=max(len(clients), 1))
+    try:
+        futures = [
+            pool.submit(_train_client, client, broadcast, cfg, round_index) for client in clients
+        ]
+        wait(futures)
+    finally:
+        # On Ctrl-C, return at once: stopping the workers unblocks the threads.
+        pool.shutdown(wait=False, cancel_futures=True)
+    results, dropped = [], []
+    for (index, worker), future in zip(clients, futures, strict=True):
+        error = future.exception()
+        if isinstance(error, FedsimError):
+            # A worker that died, stalled past the timeout, garbled its reply or
+            # failed to train is left out of this round; the others go on.
+            logger.warning("round %d: dropped %s: %s", round_index, worker.id, error)
+            dropped.append(index)
+        elif error is not None:
+            raise error
+        else:
+            results.append(future.result())
+    sent1, received1 = _traffic(clients)
+    # In parallel, the round waits for its slowest client: report the largest.
+    return RoundOutcome(
+        [r.update for r in results],
+        sent1 - sent0,
+        received1 - received0,
+        dropped=tuple(dropped),
+        comm_seconds=max((r.comm_seconds for r in results), default=0.0),
+        compute_seconds=sum(r.compute_seconds for r in results),
+        remote_states=tuple(r.sealed for r in results if r.sealed is not None),
+    )
+
+
+@task(name="train-sequential-round", cache_policy=NO_CACHE)
+@timed_body
+def train_sequential_round(
+    clients: Sequence[Client],
+    global_state: StateDict,
+    cfg: ExperimentConfig,
+    round_index: int,
+) -> RoundOutcome:
+    """Level 1: the model moves worker to worker and trains on each in turn."""
+    sent0, received0 = _traffic(clients)
+    config = train_config(cfg)
+    pointer = clients[0][1].send(global_state)
+    losses, samples = [], []
+    for position, (index, worker) in enumerate(clients):
+        if position > 0:
+            pointer = pointer.move(worker)
+        new_ptr, reply = worker.train(
+            cfg.model, pointer, config, seed=client_seed(cfg.seed, round_index, index)
+        )
+        pointer.delete()
+        pointer = new_ptr
+        losses.append(reply.mean_loss * reply.num_samples)
+        samples.append(reply.num_samples)
+    state = pointer.get()
+    update = ClientUpdate("sequential", state, sum(samples), sum(losses) / max(sum(samples), 1))
+    sent1, received1 = _traffic(clients)
+    return RoundOutcome([update], sent1 - sent0, received1 - received0, aggregated=True)

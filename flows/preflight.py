@@ -1,0 +1,25 @@
+"""Checks a run makes before Prefect starts, on what only the data can tell."""
+
+from __future__ import annotations
+
+from fl.data import load_split
+from fl.partition import parse_partition, partition_indices
+from flows.config import ExperimentConfig
+
+__all__ = ["preflight"]
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """Fail fast, before Prefect starts, on what only the data can tell.
+
+    Sample counts beyond the dataset, or a partition that cannot give every
+    worker data (e.g. ``shards:5000``), would otherwise surface deep inside a
+    flow run. Loading is cached in-process, so the flows reuse this work.
+    """
+    train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
+    load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)
+    partition_indices(parse_partition(cfg.partition), train.y, cfg.workers, cfg.seed)
+    if cfg.workers_file is not None:
+        from workers.fleet import load_fleet_file
+
+        load_fleet_file(cfg.workers_file, cfg.workers)
