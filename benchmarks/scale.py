@@ -47,6 +47,7 @@ quiet_defaults()
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from flows.resources import tree_rss_bytes  # noqa: E402
 from flows.tracking import tracking_uri  # noqa: E402
 
 EXPERIMENT = "fedsim-scale-benchmark"
@@ -66,17 +67,9 @@ class PeakTreeMemory:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
+                self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            except psutil.Error:  # the command has exited
                 return
-            total = 0
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
     def stop(self) -> int:

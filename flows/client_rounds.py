@@ -219,18 +219,17 @@ def _account(meter: OrchestrationMeter, wall: float, stats: BatchStats, tasks: i
     meter.calls += tasks
 
 
-def prepare_spec_clients(meter: OrchestrationMeter, cfg: ExperimentConfig) -> set[int]:
+def prepare_spec_clients(meter: OrchestrationMeter, cfg: ExperimentConfig) -> None:
     """Level 3's set-up when no client is resident: each process that will train
     clients (this one, or each Dask worker: one task per batch) loads the data
-    before round 1, as launching resident workers does, so rounds time rounds.
-    Returns the processes that did."""
+    before round 1, as launching resident workers does, so rounds time rounds."""
     count = cfg.round_tasks if cfg.task_runner == "dask" else 1
     start = time.perf_counter()
     futures = [prepare_clients.submit(cfg.to_dict()) for _ in range(count)]
-    pids = {future.result() for future in futures}
+    for future in futures:
+        future.result()
     wall = time.perf_counter() - start
     _account(meter, wall, BatchStats(body_seconds=[wall]), count)
-    return pids
 
 
 @contextmanager

@@ -69,7 +69,7 @@ def train_client_batch(
     return outcome, time.perf_counter() - start
 
 
-def prepare_clients_body(config: dict[str, Any]) -> int:
+def prepare_clients_body(config: dict[str, Any]) -> None:
     """Read the dataset and every client's partition indices into this process's caches."""
     tune_malloc()
     cfg = ExperimentConfig.from_dict(config)
@@ -82,7 +82,6 @@ def prepare_clients_body(config: dict[str, Any]) -> int:
         seed=cfg.seed,
         limit=cfg.train_samples,
     )
-    return os.getpid()
 
 
 prepare_clients = task(name="prepare-clients", cache_policy=NO_CACHE)(prepare_clients_body)

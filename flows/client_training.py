@@ -131,18 +131,14 @@ def train_federated_round(
     global_state: StateDict,
     cfg: ExperimentConfig,
     round_index: int,
-    parallel: bool = False,
-    stream: bool = False,
 ) -> RoundOutcome:
-    """Send the global model to each sampled worker, train there, fetch the update.
+    """Send the global model to each sampled worker process, train there, fetch the update.
 
-    With ``parallel`` (worker processes), every client trains at once: one
-    thread per client waits on its socket while the processes compute. Updates
-    are returned in client order either way, so aggregation is deterministic.
-    ``stream`` (in turn only) folds FedAvg's sum as updates arrive.
+    Every client trains at once (levels 4-5): one thread per client waits on its
+    socket while the processes compute. Updates are returned in client order, so
+    aggregation is deterministic. (Virtual workers train in batches, in turn:
+    :func:`train_clients_in_turn`.)
     """
-    if not parallel:
-        return train_clients_in_turn(clients, global_state, cfg, round_index, stream)
     sent0, received0 = _traffic(clients)
     broadcast = Broadcast.of(global_state)
     pool = ThreadPoolExecutor(max_workers=max(len(clients), 1))

@@ -52,7 +52,7 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = [int(i) for i in ctx.strategy.sample_clients(positions, ctx.cfg.fraction, sampler)]
         live, down = fleet.available(chosen)
-        outcome = ctx.meter.call(train_federated_round, live, state, ctx.cfg, round_index, True)
+        outcome = ctx.meter.call(train_federated_round, live, state, ctx.cfg, round_index)
         for index in outcome.dropped:
             fleet.mark_failed(index)
         dropped = tuple(sorted((*down, *outcome.dropped)))

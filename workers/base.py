@@ -247,11 +247,14 @@ class MessageWorker(Worker):
     # ------------------------------------------------------------ messaging
 
     def _request(self, msg: Request, expect: type[R]) -> R:
+        return self._request_frame(msg.encode(), msg.TAG, expect)
+
+    def _request_frame(self, data: bytes, tag: str, expect: type[R]) -> R:
         if self._closed:
             raise WorkerError(f"worker {self.id!r} is closed")
         if len(self._pending_deletes) >= self.delete_batch_size:
             self.delete(())  # garbage-collected pointers ride along in one batch
-        return self._exchange(msg, expect)
+        return self._exchange_frame(data, tag, expect)
 
     def _exchange(self, msg: Request, expect: type[R]) -> R:
         return self._exchange_frame(msg.encode(), msg.TAG, expect)
@@ -296,11 +299,7 @@ class MessageWorker(Worker):
 
     def send_broadcast(self, broadcast: Broadcast) -> Pointer:
         """Store a value encoded once for many workers (same id on each); owned."""
-        if self._closed:
-            raise WorkerError(f"worker {self.id!r} is closed")
-        if len(self._pending_deletes) >= self.delete_batch_size:
-            self.delete(())
-        self._exchange_frame(broadcast.frame, PutObject.TAG, Ack)
+        self._request_frame(broadcast.frame, PutObject.TAG, Ack)
         return Pointer(self, broadcast.obj_id, owned=True)
 
     def get(self, ptr_or_id: Pointer | str, *, delete: bool = True) -> Value:
