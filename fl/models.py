@@ -30,6 +30,7 @@ __all__ = [
     "MPCFriendlyCNN",
     "McMahanCNN",
     "PolyActivation",
+    "adopt_state",
     "build_model",
     "get_state",
     "set_state",
@@ -153,8 +154,8 @@ def get_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def set_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load ``state`` into ``model``; keys and shapes must match exactly (else DataError)."""
+def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's own state dict, after checking ``state`` has exactly its keys and shapes."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -166,4 +167,30 @@ def set_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
                 f"state {key!r} has shape {tuple(state[key].shape)}, "
                 f"model expects {tuple(value.shape)}"
             )
+    return expected
+
+
+def set_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model``; keys and shapes must match exactly (else DataError)."""
+    _check_fits(model, state)
     model.load_state_dict(dict(state), strict=True)
+
+
+def adopt_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, take: bool) -> None:
+    """Make ``state``'s tensors the model's own (``load_state_dict(assign=True)``).
+
+    With ``take`` the model keeps the given tensors themselves where they are
+    contiguous and of the model's dtype — no copy; the caller gives them up and
+    must hold no other reference that it will use. Otherwise it gets fresh copies
+    (one copy, as :func:`set_state`). Either way the tensors the model held before
+    are left alone: whoever still holds them keeps them unchanged. Keys and
+    shapes must match exactly (else DataError).
+    """
+    expected = _check_fits(model, state)
+    own = {}
+    for key, ref in expected.items():
+        tensor = state[key].detach()
+        if not (take and tensor.dtype == ref.dtype and tensor.is_contiguous()):
+            tensor = tensor.to(ref.dtype, memory_format=torch.contiguous_format, copy=True)
+        own[key] = tensor
+    model.load_state_dict(own, strict=True, assign=True)

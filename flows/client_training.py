@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -31,6 +32,7 @@ from flows.tasks import (
 )
 from flows.timing import timed_body
 from workers.base import Broadcast
+from workers.errors import ProtocolError
 from workers.pointer import Pointer
 
 __all__ = [
@@ -67,20 +69,30 @@ def _train_client(
     """
     index, worker = client
     start = time.perf_counter()
-    secure = cfg.aggregation in ("secure", "he")  # the update stays sealed on the worker
     state_ptr = worker.send_broadcast(global_state)
-    new_ptr, reply = worker.train(
-        cfg.model,
-        state_ptr,
-        client_train_config(cfg),
-        seed=client_seed(cfg.seed, round_index, index),
-        sealed=secure,
-    )
-    state_ptr.delete()
-    state = {} if secure else new_ptr.get()
-    update = ClientUpdate(worker.id, state, reply.num_samples, reply.mean_loss)
+    config, seed = client_train_config(cfg), client_seed(cfg.seed, round_index, index)
+    if cfg.aggregation in ("secure", "he"):
+        # The trained state stays sealed on the worker: the update carries none.
+        new_ptr, reply = worker.train(cfg.model, state_ptr, config, seed=seed, sealed=True)
+        state_ptr.delete()
+        update = ClientUpdate(worker.id, {}, reply.num_samples, reply.mean_loss)
+        sealed: Pointer | None = new_ptr
+    else:
+        # Train and fetch in one round trip; the worker trains the broadcast
+        # state's own tensors (consumed) instead of a copy.
+        fitted = worker.fit(cfg.model, state_ptr, config, seed=seed)
+        state = _state_of(fitted.state, worker.id)
+        update = ClientUpdate(worker.id, state, fitted.num_samples, fitted.mean_loss)
+        reply, sealed = fitted, None
     seconds = max(time.perf_counter() - start - reply.seconds, 0.0)
-    return ClientResult(update, seconds, reply.seconds, new_ptr if secure else None)
+    return ClientResult(update, seconds, reply.seconds, sealed)
+
+
+def _state_of(value: dict[str, object], worker_id: str) -> StateDict:
+    """A FitReply's state, which must be tensors only (the worker is not trusted to comply)."""
+    if not all(isinstance(t, torch.Tensor) for t in value.values()):
+        raise ProtocolError(f"worker {worker_id!r} answered Fit with a state that is not tensors")
+    return value  # type: ignore[return-value]
 
 
 def train_clients_in_turn(

@@ -33,6 +33,8 @@ from workers.messages import (
     ErrorReply,
     EvalReply,
     Evaluate,
+    Fit,
+    FitReply,
     GetObject,
     ObjectReply,
     OpReply,
@@ -160,6 +162,23 @@ class Worker(ABC):
         """
 
     @abstractmethod
+    def fit(
+        self,
+        model: str,
+        state: Pointer,
+        config: TrainConfig,
+        *,
+        seed: int,
+        x_id: Pointer | str = TRAIN_X_ID,
+        y_id: Pointer | str = TRAIN_Y_ID,
+    ) -> FitReply:
+        """Train from ``state`` and get the trained state back in one round trip.
+
+        The worker consumes ``state`` (its tensors become the training model's
+        own): the pointer dies with the request, whether or not it succeeds.
+        """
+
+    @abstractmethod
     def evaluate(
         self,
         model: str,
@@ -230,6 +249,10 @@ class Worker(ABC):
 class MessageWorker(Worker):
     """Implements :class:`Worker` over the message protocol; subclasses supply a transport."""
 
+    # True when each reply ``_roundtrip`` returns is a fresh buffer nobody else
+    # holds: the reply's tensors may then be decoded in place (no copy).
+    _replies_in_place = False
+
     def __init__(self, worker_id: str, *, delete_batch_size: int = DELETE_BATCH_SIZE) -> None:
         super().__init__(worker_id, delete_batch_size=delete_batch_size)
         self._prefix = secrets.token_hex(4)
@@ -237,7 +260,7 @@ class MessageWorker(Worker):
         self._plan_outputs: dict[str, int] = {}
 
     @abstractmethod
-    def _roundtrip(self, data: bytes) -> bytes:
+    def _roundtrip(self, data: bytes) -> bytes | bytearray:
         """Deliver one encoded request and return the encoded reply (the only transport hook)."""
 
     def new_id(self) -> str:
@@ -265,7 +288,7 @@ class MessageWorker(Worker):
         self.message_counts[tag] += 1
         reply_bytes = self._roundtrip(data)
         self.bytes_received += len(reply_bytes)
-        reply = decode_message(reply_bytes)
+        reply = decode_message(reply_bytes, in_place=self._replies_in_place)
         if isinstance(reply, ErrorReply):
             raise RemoteError(reply.code, reply.message)
         if not isinstance(reply, expect):
@@ -375,6 +398,33 @@ class MessageWorker(Worker):
         )
         reply = self._request(msg, TrainReply)
         return Pointer(self, reply.result_id), reply
+
+    def fit(
+        self,
+        model: str,
+        state: Pointer,
+        config: TrainConfig,
+        *,
+        seed: int,
+        x_id: Pointer | str = TRAIN_X_ID,
+        y_id: Pointer | str = TRAIN_Y_ID,
+    ) -> FitReply:
+        msg = Fit(
+            model,
+            self._id_of(state),
+            self._id_of(x_id),
+            self._id_of(y_id),
+            dict(config.to_dict()),
+            seed,
+        )
+        # Consumed on success; on a refusal the state may still be stored, and a
+        # dead pointer would never free it: queue its id for the batched delete.
+        state._kill()
+        try:
+            return self._request(msg, FitReply)
+        except RemoteError:
+            self._discard(msg.state_id)
+            raise
 
     def evaluate(
         self,

@@ -15,8 +15,11 @@ tree is a one-key tag, so user data can never be mistaken for structure:
 
 A descriptor is ``{"dtype", "shape", "offset", "nbytes"}``; buffers are raw
 little-endian, C-contiguous, packed back to back in index order, and must fill
-the body exactly. Decoding validates all of this and raises :class:`ProtocolError`
-on the first violation — the decoder is the trust boundary, so nothing it returns
+the body exactly. The encoder pads the header with JSON whitespace so that the
+body starts at a multiple of :data:`BODY_ALIGN` bytes: a receiver that owns the
+frame can then use its tensors in place (:func:`decode_frame` ``in_place``).
+Decoding validates all of this and raises :class:`ProtocolError` on the first
+violation — the decoder is the trust boundary, so nothing it returns
 can be anything but the types above. Nothing is ever unpickled: pickle can run
 arbitrary code on load, which a worker receiving bytes from a network must never do.
 """
@@ -38,6 +41,7 @@ import torch
 from workers.errors import ProtocolError
 
 __all__ = [
+    "BODY_ALIGN",
     "DTYPES",
     "MAGIC",
     "MAX_DEPTH",
@@ -56,6 +60,9 @@ _MAX_TENSORS = 1 << 16
 _MAX_DIMS = 16
 _PREFIX = struct.Struct("<4sI")
 _PICKLE_PROTO = 0x80  # first byte of every pickle of protocol >= 2
+# The body's offset in the frame is a multiple of this (a cache line): tensors
+# decoded in place are then as aligned as the buffer holding the frame.
+BODY_ALIGN = 64
 
 # The only dtypes that cross the wire, by their wire name. No "object" dtype:
 # a tensor on the wire is always plain numbers.
@@ -167,8 +174,12 @@ class _Encoder:
         return index
 
 
-def encode_frame(tag: str, value: Value) -> bytes:
-    """Encode ``value`` under the message ``tag`` into one frame."""
+def encode_frame(tag: str, value: Value, *, writable: bool = False) -> bytes | bytearray:
+    """Encode ``value`` under the message ``tag`` into one frame.
+
+    ``writable`` gives a ``bytearray`` (same single copy): a frame handed to a
+    receiver that may decode it in place, such as a virtual worker's reply.
+    """
     encoder = _Encoder()
     tree = encoder.tree(value, 0)
     header = {"tag": tag, "value": tree, "tensors": encoder.descriptors}
@@ -177,9 +188,12 @@ def encode_frame(tag: str, value: Value) -> bytes:
         header_bytes = text.encode()
     except (TypeError, ValueError) as exc:  # e.g. lone surrogates in a str
         raise ProtocolError(f"cannot encode header: {exc}") from exc
+    # Trailing spaces are JSON whitespace: the body starts BODY_ALIGN-aligned.
+    header_bytes += b" " * (-(_PREFIX.size + len(header_bytes)) % BODY_ALIGN)
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
-    return b"".join([_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *encoder.buffers])
+    parts = [_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *encoder.buffers]
+    return bytearray().join(parts) if writable else b"".join(parts)
 
 
 # ---------------------------------------------------------------- decoding
@@ -223,8 +237,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _decode_tensor(desc: Any, body: memoryview, expected_offset: int) -> torch.Tensor:
-    """Validate one descriptor and copy its bytes into a fresh, writable tensor."""
+def _decode_tensor(
+    desc: Any, body: memoryview, expected_offset: int, owner: bytearray | None
+) -> torch.Tensor:
+    """Validate one descriptor; its bytes copied into a fresh, writable tensor, or
+    viewed in place in ``owner`` (the frame's buffer) when given and aligned."""
     if not isinstance(desc, dict) or set(desc) != {"dtype", "shape", "offset", "nbytes"}:
         raise ProtocolError("bad tensor descriptor")
     dtype = DTYPES.get(desc["dtype"]) if isinstance(desc["dtype"], str) else None
@@ -242,6 +259,14 @@ def _decode_tensor(desc: Any, body: memoryview, expected_offset: int) -> torch.T
         raise ProtocolError(f"shape {shape} of {desc['dtype']} does not match {nbytes!r} bytes")
     if offset + nbytes > len(body):
         raise ProtocolError(f"tensor bytes {offset}..{offset + nbytes} beyond body {len(body)}")
+    if owner is not None and nbytes:
+        start = len(owner) - len(body) + offset
+        # Through numpy: its array holds an export of the buffer (which pins it
+        # against resizing) and the tensor holds the array. torch.frombuffer
+        # would hold neither.
+        view = torch.from_numpy(np.frombuffer(owner, dtype=np.uint8, count=nbytes, offset=start))
+        if view.data_ptr() % itemsize == 0:
+            return view.view(dtype).reshape(shape)
     out = torch.empty(nbytes, dtype=torch.uint8)
     if nbytes:
         # One copy out of the frame: the result is writable and never aliases it.
@@ -274,15 +299,25 @@ class _Decoder:
         raise ProtocolError(f"bad value tag {kind!r}")
 
 
-def decode_frame(data: bytes | bytearray | memoryview) -> tuple[str, Value]:
-    """Decode one frame into ``(tag, value)``; raise ProtocolError on anything invalid."""
+def decode_frame(
+    data: bytes | bytearray | memoryview, *, in_place: bool = False
+) -> tuple[str, Value]:
+    """Decode one frame into ``(tag, value)``; raise ProtocolError on anything invalid.
+
+    Tensors are fresh copies, unless ``in_place`` and ``data`` is a ``bytearray``:
+    then they are views of it (where aligned), which saves a model-sized copy per
+    reply. The caller hands the buffer over with that flag — it must not change
+    it afterwards (it cannot resize it: the views pin it), and the tensors keep it
+    alive. Validation is the same either way.
+    """
     header, body = _parse_header(data)
+    owner = data if in_place and isinstance(data, bytearray) else None
     descriptors = header["tensors"]
     if len(descriptors) > _MAX_TENSORS:
         raise ProtocolError(f"{len(descriptors)} tensors exceed {_MAX_TENSORS}")
     tensors, offset = [], 0
     for desc in descriptors:
-        tensors.append(_decode_tensor(desc, body, offset))
+        tensors.append(_decode_tensor(desc, body, offset, owner))
         offset += desc["nbytes"]
     if offset != len(body):
         raise ProtocolError(f"body has {len(body)} bytes, tensors describe {offset}")

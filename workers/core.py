@@ -25,7 +25,6 @@ from torch import nn
 from fl.attacks import flip_labels
 from fl.data import Split, load_partition
 from fl.errors import FedsimError
-from fl.models import get_state, set_state
 from fl.training import TrainConfig, evaluate, train_local
 from mpc.errors import MPCError
 from workers.codec import DTYPES, Ref, Value, check_value
@@ -37,6 +36,8 @@ from workers.messages import (
     ErrorReply,
     EvalReply,
     Evaluate,
+    Fit,
+    FitReply,
     GetObject,
     Message,
     ObjectReply,
@@ -54,7 +55,7 @@ from workers.messages import (
     TrainReply,
     decode_message,
 )
-from workers.model_pool import ModelPool
+from workers.model_pool import ModelPool, trained_state
 from workers.ops import OPS, apply_op
 from workers.party import Party, PartyError, party_steps
 from workers.plan import Plan
@@ -156,6 +157,7 @@ class WorkerCore:
             SendPlan: self._send_plan,
             RunPlan: self._run_plan,
             Train: self._train,
+            Fit: self._fit,
             Evaluate: self._evaluate,
             PartyOp: self._party_op,
         }
@@ -218,7 +220,7 @@ class WorkerCore:
 
     # ------------------------------------------------------------- entry points
 
-    def handle_bytes(self, data: bytes | bytearray | memoryview) -> bytes:
+    def handle_bytes(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Decode a request, handle it, encode the reply. Never raises."""
         try:
             msg = decode_message(data)
@@ -229,7 +231,7 @@ class WorkerCore:
         else:
             reply = self.handle(msg)
         try:
-            return reply.encode()
+            return reply.encode(writable=True)  # the transport may decode it in place
         except Exception as exc:
             return ErrorReply("internal", f"cannot encode reply: {type(exc).__name__}").encode()
 
@@ -387,8 +389,8 @@ class WorkerCore:
             raise _Failure("bad_request", f"{state_id!r} is not a state dict of tensors")
         with ExitStack() as stack:
             try:
-                model = stack.enter_context(self._models.lease(name))
-                set_state(model, state)  # copies into the module: the stored state is untouched
+                # The module gets a copy: the stored state stays as it is.
+                model = stack.enter_context(self._models.lease(name, state))
             except FedsimError as exc:
                 raise _Failure("bad_request", str(exc)) from None
             yield model
@@ -414,11 +416,50 @@ class WorkerCore:
                 result = train_local(model, data, config, generator)
             except Exception as exc:
                 raise _Failure("train_failed", f"train: {type(exc).__name__}: {exc}") from None
-            self._objects[msg.result_id] = get_state(model)  # copies: the module is lent
+            self._objects[msg.result_id] = trained_state(model)  # the pool never writes it again
         if msg.sealed:
             self._sealed.add(msg.result_id)
         return TrainReply(
             msg.result_id, result.num_samples, result.steps, result.mean_loss, result.seconds
+        )
+
+    def _fit(self, msg: Fit) -> FitReply:
+        """Train from a state the worker takes over, and answer with the trained state.
+
+        Everything is checked before the state is taken, so a refused Fit leaves
+        the store as it was. Once taken, the tensors are trained in place: a Fit
+        that then fails has consumed its state (the error says so).
+        """
+        if not 0 <= msg.seed < 2**64:
+            raise _Failure("bad_request", f"train seed must be in [0, 2**64), got {msg.seed}")
+        try:
+            config = TrainConfig.from_dict(msg.config)
+            generator = torch.Generator().manual_seed(msg.seed)
+        except (FedsimError, RuntimeError) as exc:
+            raise _Failure("bad_request", f"fit: {exc}") from None
+        state = self._public(msg.state_id)
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise _Failure("bad_request", f"{msg.state_id!r} is not a state dict of tensors")
+        data = self._split(msg.x_id, msg.y_id)
+        with ExitStack() as stack:
+            try:
+                model = stack.enter_context(self._models.lease(msg.model, state, take=True))
+            except FedsimError as exc:
+                raise _Failure("bad_request", str(exc)) from None
+            # Stored objects never share tensors (PutObject decodes fresh ones, Train
+            # results are a module's own), so the module now holds the only copy.
+            del self._objects[msg.state_id]
+            try:
+                result = train_local(model, data, config, generator)
+            except Exception as exc:
+                raise _Failure(
+                    "train_failed", f"fit: {type(exc).__name__}: {exc} ({msg.state_id!r} consumed)"
+                ) from None
+            trained = trained_state(model)
+        return FitReply(
+            trained, result.num_samples, result.steps, result.mean_loss, result.seconds
         )
 
     def _evaluate(self, msg: Evaluate) -> EvalReply:

@@ -30,6 +30,8 @@ __all__ = [
     "ErrorReply",
     "EvalReply",
     "Evaluate",
+    "Fit",
+    "FitReply",
     "GetObject",
     "Message",
     "ObjectReply",
@@ -50,7 +52,7 @@ __all__ = [
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 2  # 2: PartyOp/PartyReply, Train.sealed
+PROTOCOL_VERSION = 3  # 2: PartyOp/PartyReply, Train.sealed; 3: Fit/FitReply
 
 
 class Message:
@@ -66,10 +68,10 @@ class Message:
             value = _coerce(hints[field.name], getattr(self, field.name), field.name)
             object.__setattr__(self, field.name, value)
 
-    def encode(self) -> bytes:
-        """This message as one wire frame."""
+    def encode(self, *, writable: bool = False) -> bytes | bytearray:
+        """This message as one wire frame (a ``bytearray`` if ``writable``; see encode_frame)."""
         body = {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
-        return encode_frame(self.TAG, body)
+        return encode_frame(self.TAG, body, writable=writable)
 
     @staticmethod
     def decode(data: bytes | bytearray | memoryview) -> Message:
@@ -177,6 +179,25 @@ class Train(Request):
 
 
 @dataclass(frozen=True)
+class Fit(Request):
+    """Train ``model`` from the state under ``state_id`` and answer with the trained
+    state itself, in :class:`FitReply`: Train and GetObject in one round trip.
+
+    The worker *consumes* ``state_id``: its tensors become the training model's
+    own (no copy) and the id is freed. A sealed state cannot be fitted — secure
+    aggregation trains with ``Train(sealed=True)``, whose result never leaves.
+    """
+
+    TAG: ClassVar[str] = "fit"
+    model: str
+    state_id: str
+    x_id: str
+    y_id: str
+    config: dict[str, Value]
+    seed: int
+
+
+@dataclass(frozen=True)
 class Evaluate(Request):
     """Evaluate ``model`` with the stored state on stored data; answered by EvalReply."""
 
@@ -257,6 +278,18 @@ class TrainReply(Reply):
 
 
 @dataclass(frozen=True)
+class FitReply(Reply):
+    """Local training done; ``state`` is the trained state dict."""
+
+    TAG: ClassVar[str] = "fit_reply"
+    state: dict[str, Value]
+    num_samples: int
+    steps: int
+    mean_loss: float
+    seconds: float
+
+
+@dataclass(frozen=True)
 class EvalReply(Reply):
     """Evaluation metrics computed on the worker's data."""
 
@@ -326,6 +359,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     SendPlan,
     RunPlan,
     Train,
+    Fit,
     Evaluate,
     PartyOp,
     Pong,
@@ -333,6 +367,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     ObjectReply,
     OpReply,
     TrainReply,
+    FitReply,
     EvalReply,
     PartyReply,
     ErrorReply,
@@ -393,9 +428,12 @@ def encode_message(msg: Message) -> bytes:
     return msg.encode()
 
 
-def decode_message(data: bytes | bytearray | memoryview) -> Message:
-    """The message in ``data``; ProtocolError on unknown tags or missing/extra/bad fields."""
-    tag, body = decode_frame(data)
+def decode_message(data: bytes | bytearray | memoryview, *, in_place: bool = False) -> Message:
+    """The message in ``data``; ProtocolError on unknown tags or missing/extra/bad fields.
+
+    ``in_place``: the caller hands ``data`` over (see ``decode_frame``).
+    """
+    tag, body = decode_frame(data, in_place=in_place)
     cls = _BY_TAG.get(tag)
     if cls is None:
         raise ProtocolError(f"unknown message type {tag!r}")

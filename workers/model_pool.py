@@ -9,23 +9,25 @@ borrowed for a request and returned after it, so the number of modules ever
 built is the number of requests running at once — one for the coordinator's
 sequential rounds — not the number of clients.
 
-Borrowing is safe because every request loads the full state it starts from
-into the module (``set_state`` checks keys and shapes) and the trained state
-leaves as a copy; nothing of one client stays in a module for the next but the
-allocation itself.
+Borrowing is safe because every lease starts by making a full state the
+module's own (``fl.models.adopt_state`` checks keys and shapes): the module
+*adopts* tensors instead of writing into the ones it held. Nothing of one client
+is used by the next, and what a module held after a lease — the trained state —
+can leave without a copy (:func:`trained_state`): no later lease writes into it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
-from fl.models import build_model
+from fl.models import adopt_state, build_model
 
-__all__ = ["ModelPool"]
+__all__ = ["ModelPool", "trained_state"]
 
 
 class ModelPool:
@@ -39,10 +41,15 @@ class ModelPool:
         self.peak_lent = 0
 
     @contextmanager
-    def lease(self, name: str) -> Iterator[nn.Module]:
-        """A module of architecture ``name`` for the duration of the block.
+    def lease(
+        self, name: str, state: Mapping[str, torch.Tensor], *, take: bool = False
+    ) -> Iterator[nn.Module]:
+        """A module of architecture ``name`` holding ``state``, for the duration of the block.
 
-        Raises ConfigError (from ``build_model``) for an unknown name.
+        With ``take`` the module adopts ``state``'s tensors themselves (the caller
+        gives them up); otherwise copies. Raises ConfigError (from
+        ``build_model``) for an unknown name, DataError for a state that does not
+        fit; the module goes back to the pool either way.
         """
         with self._lock:
             free = self._free.get(name)
@@ -55,6 +62,7 @@ class ModelPool:
             self.lent += 1
             self.peak_lent = max(self.peak_lent, self.lent)
         try:
+            adopt_state(module, state, take=take)
             yield module
         finally:
             # Gradients are a second copy of the model: do not keep them pooled.
@@ -62,3 +70,12 @@ class ModelPool:
             with self._lock:
                 self.lent -= 1
                 self._free.setdefault(name, []).append(module)
+
+
+def trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state a leased module holds, detached but not copied.
+
+    Safe to keep after the lease: the pool's next lease of this module makes
+    other tensors its own (:meth:`ModelPool.lease`) and never writes into these.
+    """
+    return {key: value.detach() for key, value in module.state_dict().items()}

@@ -6,6 +6,10 @@ ms for a 1.7 M-parameter state) but buys two properties the levels rely on:
 virtual and websocket runs exercise the same protocol code, and their
 ``bytes_sent``/``bytes_received`` are counted identically; and the coordinator
 can never mutate a worker's objects through a shared reference.
+
+Replies are the one copy it saves: each is a fresh ``bytearray`` that only this
+client ever sees, so its tensors are decoded in place (``decode_frame``
+``in_place``) — the frame is still built, counted and validated.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ __all__ = ["VirtualWorker"]
 class VirtualWorker(MessageWorker):
     """A worker living in this process; ``core`` defaults to an empty ``WorkerCore``."""
 
+    _replies_in_place = True  # handle_bytes encodes every reply into a new bytearray
+
     def __init__(
         self,
         worker_id: str,
@@ -32,5 +38,5 @@ class VirtualWorker(MessageWorker):
         super().__init__(worker_id, delete_batch_size=delete_batch_size)
         self.core = core if core is not None else WorkerCore(worker_id)
 
-    def _roundtrip(self, data: bytes) -> bytes:
+    def _roundtrip(self, data: bytes) -> bytes | bytearray:
         return self.core.handle_bytes(data)

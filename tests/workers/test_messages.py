@@ -30,6 +30,7 @@ def _examples(state: dict[str, torch.Tensor]) -> list[m.Message]:
         m.SendPlan("p:1", {"version": 1, "num_inputs": 1, "steps": [], "outputs": [0]}),
         m.RunPlan("p:1", ("a:1",), ("a:5", "a:6")),
         m.Train("cnn", "s", "x", "y", {"epochs": 1, "batch_size": 32, "lr": 0.1}, 7, "r"),
+        m.Fit("cnn", "s", "x", "y", {"epochs": 1, "batch_size": 32, "lr": 0.1}, 7),
         m.Evaluate("mlp", "s", "x", "y", 1000),
         m.Pong("w0", m.PROTOCOL_VERSION, 3),
         m.Pong("w1", m.PROTOCOL_VERSION, 2, "fashion-mnist iid 1/4 seed=0 limit=all"),
@@ -40,6 +41,7 @@ def _examples(state: dict[str, torch.Tensor]) -> list[m.Message]:
         m.OpReply("a:7", (), "int64"),
         m.TrainReply("r", 300, 10, 0.75, 1.25),
         m.TrainReply("r", 300, 10, math.nan, 1.25),
+        m.FitReply(state, 300, 10, 0.75, 1.25),
         m.EvalReply(0.5, 0.875, 1000),
         m.PartyOp(
             "secagg.share",
@@ -68,7 +70,7 @@ def test_examples_cover_every_message_type(cnn_state: dict[str, torch.Tensor]) -
 
     # Assert
     assert covered == _every_message_type()
-    assert len(covered) == 21
+    assert len(covered) == 23
 
 
 def test_every_message_round_trips(cnn_state: dict[str, torch.Tensor]) -> None:
@@ -87,7 +89,8 @@ def test_tags_are_stable() -> None:
     assert {cls.TAG for cls in _every_message_type()} == {
         "ping", "put", "get", "delete", "run_op", "send_plan", "run_plan", "train",
         "evaluate", "pong", "ack", "object", "op_reply", "train_reply", "eval_reply", "error",
-        "auth_challenge", "auth_response", "auth_result", "party_op", "party_reply",
+        "auth_challenge", "auth_response", "auth_result", "party_op", "party_reply", "fit",
+        "fit_reply",
     }  # fmt: skip
 
 
