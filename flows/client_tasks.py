@@ -27,7 +27,13 @@ from fl.aggregation import ClientUpdate, WeightedSum
 from fl.data import load_partition
 from flows.client_training import train_clients_in_turn
 from flows.config import ExperimentConfig
-from flows.tasks import Client, RoundOutcome, StateDict, self_loading_worker
+from flows.tasks import (
+    Client,
+    RoundOutcome,
+    StateDict,
+    client_data_source,
+    self_loading_worker,
+)
 from workers.codec import decode_frame, encode_frame
 from workers.errors import ProtocolError
 from workers.memory import tune_malloc
@@ -110,8 +116,9 @@ def train_client_specs_body(
     tag, state = decode_frame(state_frame)
     if tag != STATE_TAG or not isinstance(state, dict):
         raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
+    source = client_data_source(cfg)
     clients = (
-        (index, self_loading_worker(cfg, index, poisoned, PROCESS_MODELS))
+        (index, self_loading_worker(cfg, index, poisoned, PROCESS_MODELS, source))
         for index, poisoned in specs
     )
     if threads is not None:

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import ClientUpdate, Strategy, WeightedSum
 from fl.attacks import flip_labels
-from fl.data import Split, load_split
+from fl.data import PartitionSource, Split, load_split, partition_source
 from fl.models import build_model, get_state, set_state
 from fl.partition import parse_partition, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
@@ -147,10 +147,11 @@ def launch_virtual_workers(
     """
     models = models if models is not None else ModelPool()
     workers: list[Worker] = []
+    source = client_data_source(cfg) if train is None or shards is None else None
     for index in range(cfg.workers):
         worker_id = f"worker-{index}"
-        if train is None or shards is None:
-            workers.append(self_loading_worker(cfg, index, index in poisoned, models))
+        if source is not None:
+            workers.append(self_loading_worker(cfg, index, index in poisoned, models, source))
             continue
         worker = VirtualWorker(worker_id, core=WorkerCore(worker_id, models=models))
         shard = train.subset(shards[index])
@@ -162,10 +163,27 @@ def launch_virtual_workers(
     return workers
 
 
+def client_data_source(cfg: ExperimentConfig) -> PartitionSource:
+    """Where level 3's clients load their partitions from, resolved once for many clients."""
+    return partition_source(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        partition=cfg.partition,
+        num_partitions=cfg.workers,
+        seed=cfg.seed,
+        limit=cfg.train_samples,
+    )
+
+
 def self_loading_worker(
-    cfg: ExperimentConfig, index: int, poisoned: bool, models: ModelPool
+    cfg: ExperimentConfig,
+    index: int,
+    poisoned: bool,
+    models: ModelPool,
+    source: PartitionSource | None = None,
 ) -> VirtualWorker:
-    """Client ``index`` as a virtual worker that loads its own partition (level 3)."""
+    """Client ``index`` as a virtual worker that loads its own partition (level 3);
+    ``source`` is :func:`client_data_source` of ``cfg`` when the caller has it."""
     worker_id = f"worker-{index}"
     core = WorkerCore.with_partition(
         worker_id,
@@ -178,6 +196,7 @@ def self_loading_worker(
         limit=cfg.train_samples,
         label_flip=poisoned,
         models=models,
+        source=source,
     )
     return VirtualWorker(worker_id, core=core)
 

@@ -51,6 +51,7 @@ __all__ = [
     "check_value",
     "decode_frame",
     "encode_frame",
+    "encode_frame_writable",
 ]
 
 MAGIC = b"FSM1"
@@ -174,12 +175,8 @@ class _Encoder:
         return index
 
 
-def encode_frame(tag: str, value: Value, *, writable: bool = False) -> bytes | bytearray:
-    """Encode ``value`` under the message ``tag`` into one frame.
-
-    ``writable`` gives a ``bytearray`` (same single copy): a frame handed to a
-    receiver that may decode it in place, such as a virtual worker's reply.
-    """
+def _frame_parts(tag: str, value: Value) -> list[bytes | memoryview]:
+    """Prefix, padded header and tensor buffers of the frame for ``value``, unjoined."""
     encoder = _Encoder()
     tree = encoder.tree(value, 0)
     header = {"tag": tag, "value": tree, "tensors": encoder.descriptors}
@@ -192,8 +189,18 @@ def encode_frame(tag: str, value: Value, *, writable: bool = False) -> bytes | b
     header_bytes += b" " * (-(_PREFIX.size + len(header_bytes)) % BODY_ALIGN)
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
-    parts = [_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *encoder.buffers]
-    return bytearray().join(parts) if writable else b"".join(parts)
+    return [_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *encoder.buffers]
+
+
+def encode_frame(tag: str, value: Value) -> bytes:
+    """Encode ``value`` under the message ``tag`` into one frame."""
+    return b"".join(_frame_parts(tag, value))
+
+
+def encode_frame_writable(tag: str, value: Value) -> bytearray:
+    """:func:`encode_frame` into a ``bytearray`` (the same single copy): a frame for a
+    receiver that may decode it in place, such as a virtual worker's reply."""
+    return bytearray().join(_frame_parts(tag, value))
 
 
 # ---------------------------------------------------------------- decoding

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fl.attacks import flip_labels
-from fl.data import Split, load_partition
+from fl.data import PartitionSource, Split, partition_source
 from fl.errors import FedsimError
 from fl.training import TrainConfig, evaluate, train_local
 from mpc.errors import MPCError
@@ -177,6 +177,7 @@ class WorkerCore:
         limit: int | None = None,
         label_flip: bool = False,
         models: ModelPool | None = None,
+        source: PartitionSource | None = None,
     ) -> WorkerCore:
         """A worker holding its own training partition under TRAIN_X_ID / TRAIN_Y_ID.
 
@@ -184,17 +185,23 @@ class WorkerCore:
         itself, so training data never passes through the coordinator. The
         partition equals what a coordinator would compute with the same arguments.
         ``label_flip`` simulates a data-poisoning client (``fl.attacks``);
-        ``models`` is the pool its modules are borrowed from (default: its own).
+        ``models`` is the pool its modules are borrowed from (default: its own);
+        ``source``, the same arguments' :func:`~fl.data.partition_source`, already resolved.
         """
-        split = load_partition(
-            dataset,
-            data_dir=data_dir,
-            partition=partition,
-            num_partitions=num_partitions,
-            index=index,
-            seed=seed,
-            limit=limit,
-        )
+        if source is None:
+            source = partition_source(
+                dataset,
+                data_dir=data_dir,
+                partition=partition,
+                num_partitions=num_partitions,
+                seed=seed,
+                limit=limit,
+            )
+        if len(source.parts) != num_partitions:
+            raise WorkerError(
+                f"partition source has {len(source.parts)} parts, expected {num_partitions}"
+            )
+        split = source.part(index)
         if label_flip:
             split = flip_labels(split)
         description = partition_descriptor(dataset, partition, index, num_partitions, seed, limit)
@@ -231,7 +238,7 @@ class WorkerCore:
         else:
             reply = self.handle(msg)
         try:
-            return reply.encode(writable=True)  # the transport may decode it in place
+            return reply.encode_writable()  # the transport may decode it in place
         except Exception as exc:
             return ErrorReply("internal", f"cannot encode reply: {type(exc).__name__}").encode()
 
@@ -458,9 +465,7 @@ class WorkerCore:
                     "train_failed", f"fit: {type(exc).__name__}: {exc} ({msg.state_id!r} consumed)"
                 ) from None
             trained = trained_state(model)
-        return FitReply(
-            trained, result.num_samples, result.steps, result.mean_loss, result.seconds
-        )
+        return FitReply(trained, result.num_samples, result.steps, result.mean_loss, result.seconds)
 
     def _evaluate(self, msg: Evaluate) -> EvalReply:
         if msg.batch_size < 1:

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from workers.codec import Value, decode_frame, encode_frame
+from workers.codec import Value, decode_frame, encode_frame, encode_frame_writable
 from workers.errors import ProtocolError
 
 __all__ = [
@@ -68,10 +68,16 @@ class Message:
             value = _coerce(hints[field.name], getattr(self, field.name), field.name)
             object.__setattr__(self, field.name, value)
 
-    def encode(self, *, writable: bool = False) -> bytes | bytearray:
-        """This message as one wire frame (a ``bytearray`` if ``writable``; see encode_frame)."""
-        body = {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
-        return encode_frame(self.TAG, body, writable=writable)
+    def encode(self) -> bytes:
+        """This message as one wire frame."""
+        return encode_frame(self.TAG, self._fields())
+
+    def encode_writable(self) -> bytearray:
+        """This message as one wire frame in a ``bytearray`` (see ``encode_frame_writable``)."""
+        return encode_frame_writable(self.TAG, self._fields())
+
+    def _fields(self) -> dict[str, Value]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
 
     @staticmethod
     def decode(data: bytes | bytearray | memoryview) -> Message:
