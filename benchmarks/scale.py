@@ -23,7 +23,12 @@ Columns:
   Prefect's temporary API server, Dask's scheduler and workers), sampled every
   0.1 s; shared library pages count once per process.
 
-    .venv/bin/python benchmarks/scale.py [--rounds 2] [--cells 1000:0.01,1000:0.1,1000:1,100:0.1]
+The machine's speed drifts by several percent over minutes, so the whole set
+runs ``--repeats`` times, each repeat with its own baseline first; the table
+gives medians and the slowdown's range.
+
+    .venv/bin/python benchmarks/scale.py [--rounds 2] [--repeats 3]
+        [--cells 1000:0.01,1000:0.1,1000:1,100:0.1] [--engines local,dask]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -118,48 +124,78 @@ def run_cell(options: list[str]) -> dict[str, Any]:
     }
 
 
+def _row(engine: str, workers: str, rounds: int, runs: list[dict[str, Any]]) -> str:
+    """One table row: medians over the repeats, and the slowdown's range."""
+    clients = runs[0]["clients"]
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    slowdowns = sorted(r["slowdown"] for r in runs)
+    spread = f" ({slowdowns[0]:.2f}–{slowdowns[-1]:.2f})" if len(runs) > 1 else ""
+    return (
+        f"| {engine} | {workers} | {clients / rounds:.0f} "
+        f"| {median('command_seconds'):.1f} | {median('train_seconds'):.1f} "
+        f"| {median('train_seconds') / clients:.3f} | {median('overhead_ms'):.1f} "
+        f"| {median('orchestration'):.1%} | {median('peak_mb'):.0f} "
+        f"| {max(r['model_copies'] for r in runs):.0f} "
+        f"| {statistics.median(slowdowns):.2f}×{spread} | {runs[0]['accuracy']:.2%} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cells", default="1000:0.01,1000:0.1,1000:1,100:0.1")
     parser.add_argument("--engines", default="local,dask")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.md"))
     args = parser.parse_args()
 
-    print("baseline: centralized, one epoch over the full training set", flush=True)
-    base = run_cell(["--levels", "baseline", "--rounds", "1"])
-    per_sample = base["train_seconds"] / base["samples"]
+    cells = [
+        (engine, *cell.split(":"))
+        for cell in args.cells.split(",")
+        for engine in args.engines.split(",")
+    ]
+    baselines: list[dict[str, Any]] = []
+    results: dict[tuple[str, str, str], list[dict[str, Any]]] = {cell: [] for cell in cells}
+    for repeat in range(1, args.repeats + 1):
+        # Each repeat measures its own baseline first and compares its cells
+        # with it: this machine's speed drifts by several percent over minutes.
+        print(f"repeat {repeat}: baseline, one centralized epoch", flush=True)
+        base = run_cell(["--levels", "baseline", "--rounds", "1"])
+        per_sample = base["train_seconds"] / base["samples"]
+        baselines.append(base)
+        for engine, workers, fraction in cells:
+            r = run_cell(
+                ["--levels", "3", "--workers", workers, "--fraction", fraction,
+                 "--rounds", str(args.rounds), "--task-runner", engine]
+            )  # fmt: skip
+            r["overhead_ms"] = (r["train_seconds"] * 2 - r["compute_seconds"]) / r["clients"] * 1e3
+            r["orchestration"] = r["prefect_seconds"] / r["wall_seconds"]
+            r["slowdown"] = (r["train_seconds"] / r["samples"]) / per_sample
+            results[(engine, workers, fraction)].append(r)
+            print(f"  {engine} {workers}:{fraction} slowdown {r['slowdown']:.2f}×", flush=True)
+
+    base_seconds = sorted(b["train_seconds"] for b in baselines)
     lines = [
-        f"# Scale: many clients ({dt.date.today()}, `benchmarks/scale.py --rounds {args.rounds}`)",
+        f"# Scale: many clients ({dt.date.today()}, "
+        f"`benchmarks/scale.py --rounds {args.rounds} --repeats {args.repeats}`)",
         "",
-        "Full Fashion-MNIST, McMahan CNN, E=1, B=32, level 3. "
-        f"Baseline: {base['train_seconds']:.1f} s for one centralized epoch "
-        f"({per_sample * 1e3:.3f} ms per sample), "
-        f"peak {base['peak_mb']:.0f} MB.",
+        "Full Fashion-MNIST, McMahan CNN, E=1, B=32, level 3. Baseline: one centralized "
+        f"epoch, {statistics.median(base_seconds):.1f} s (median of {len(base_seconds)}: "
+        f"{base_seconds[0]:.1f}–{base_seconds[-1]:.1f} s), peak "
+        f"{statistics.median(b['peak_mb'] for b in baselines):.0f} MB. Each repeat runs its "
+        "baseline, then every cell; slowdowns are against that repeat's baseline. Cells show "
+        "medians over the repeats, and the slowdown's range.",
         "",
         "| engine | clients | per round | wall s | train s | s / client | overhead ms / client "
         "| orchestration | peak MB | models | slowdown | accuracy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for cell in args.cells.split(","):
-        workers, fraction = cell.split(":")
-        for engine in args.engines.split(","):
-            print(f"{engine}: {workers} clients, fraction {fraction}", flush=True)
-            r = run_cell(
-                ["--levels", "3", "--workers", workers, "--fraction", fraction,
-                 "--rounds", str(args.rounds), "--task-runner", engine]
-            )  # fmt: skip
-            clients = r["clients"]
-            overhead = (r["train_seconds"] * 2 - r["compute_seconds"]) / clients
-            slowdown = (r["train_seconds"] / r["samples"]) / per_sample
-            lines.append(
-                f"| {engine} | {workers} | {clients / args.rounds:.0f} "
-                f"| {r['command_seconds']:.1f} | {r['train_seconds']:.1f} "
-                f"| {r['train_seconds'] / clients:.3f} | {overhead * 1e3:.1f} "
-                f"| {r['prefect_seconds'] / r['wall_seconds']:.1%} | {r['peak_mb']:.0f} "
-                f"| {r['model_copies']:.0f} | {slowdown:.2f}× | {r['accuracy']:.2%} |"
-            )
-            print(lines[-1], flush=True)
+    for (engine, workers, _), runs in results.items():
+        lines.append(_row(engine, workers, args.rounds, runs))
+        print(lines[-1], flush=True)
     write_table(lines, args.out)
 
 

@@ -193,4 +193,13 @@ def adopt_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, take: bo
         if not (take and tensor.dtype == ref.dtype and tensor.is_contiguous()):
             tensor = tensor.to(ref.dtype, memory_format=torch.contiguous_format, copy=True)
         own[key] = tensor
-    model.load_state_dict(own, strict=True, assign=True)
+    # What load_state_dict(assign=True) does, without its per-call Python
+    # machinery (hooks, dynamo guards: ~0.15 ms, paid per simulated client).
+    for key, tensor in own.items():
+        owner_name, _, name = key.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        current = getattr(owner, name)
+        if isinstance(current, nn.Parameter):
+            setattr(owner, name, nn.Parameter(tensor, requires_grad=current.requires_grad))
+        else:
+            setattr(owner, name, tensor)  # a registered buffer stays registered

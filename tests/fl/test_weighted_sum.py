@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,38 @@ def test_layout_mismatches_and_bad_weights_are_config_errors() -> None:
 def test_only_plain_fedavg_streams() -> None:
     # ScoredFedAvg reports per-client scores: it needs every update, not a sum.
     assert FedAvg.streaming and not ScoredFedAvg.streaming
+
+
+def test_folding_in_groups_gives_the_bits_of_folding_one_by_one() -> None:
+    # Prepare: 7 states larger than one fold slice, uneven groupings.
+    g = torch.Generator().manual_seed(3)
+    states = [{"w": torch.randn(40_000, generator=g), "steps": torch.tensor(2)} for _ in range(7)]
+    weights = [float(w) for w in range(1, 8)]
+    one_by_one = WeightedSum()
+    for state, weight in zip(states, weights, strict=True):
+        one_by_one.add(state, weight)
+
+    # Execute
+    grouped = WeightedSum()
+    items = list(zip(states, weights, strict=True))
+    for group in (items[:3], items[3:4], [], items[4:]):
+        grouped.add_many(group)
+
+    # Assert
+    assert torch.equal(grouped.sums["w"], one_by_one.sums["w"])
+    assert (grouped.total, grouped.count) == (one_by_one.total, 7)
+
+
+def test_a_refused_group_leaves_the_sum_unchanged() -> None:
+    # Prepare
+    acc = WeightedSum()
+    acc.add({"w": torch.ones(3), "steps": torch.tensor(1)}, 1.0)
+    before = acc.sums["w"].clone()
+    good = {"w": torch.ones(3), "steps": torch.tensor(1)}
+
+    # Execute / Assert: a bad counter or weight anywhere in the group refuses all of it.
+    with pytest.raises(ConfigError, match="differs"):
+        acc.add_many([(good, 1.0), ({"w": torch.ones(3), "steps": torch.tensor(9)}, 1.0)])
+    with pytest.raises(ConfigError, match="weights"):
+        acc.add_many([(good, 1.0), (good, math.nan)])
+    assert torch.equal(acc.sums["w"], before) and (acc.total, acc.count) == (1.0, 1)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import pickle
 import random
 import struct
 
+import numpy as np
 import pytest
 import torch
 
 from tests.workers.conftest import assert_same_value
-from workers.codec import MAGIC, Ref, decode_frame, encode_frame
+from workers.codec import (
+    BODY_ALIGN,
+    MAGIC,
+    Ref,
+    decode_frame,
+    encode_frame,
+    encode_frame_writable,
+)
 from workers.errors import ProtocolError
 
 
@@ -233,3 +242,49 @@ def test_random_corruption_raises_only_protocol_errors() -> None:
 
     # Assert: most corruptions are caught (flips inside tensor bytes stay valid)
     assert outcomes["rejected"] > 1000
+
+
+def test_every_frame_body_starts_aligned(cnn_state: dict[str, torch.Tensor]) -> None:
+    for value in (cnn_state, {"x": torch.ones(3, dtype=torch.int8)}, [1, "two"], None):
+        frame = encode_frame("t", value)
+        (header_len,) = struct.unpack_from("<I", frame, 4)
+        assert (8 + header_len) % BODY_ALIGN == 0
+        assert_same_value(decode_frame(frame)[1], value)
+
+
+def test_in_place_decoding_views_a_handed_over_bytearray(
+    cnn_state: dict[str, torch.Tensor],
+) -> None:
+    # Prepare
+    frame = encode_frame_writable("state", cnn_state)
+    start = np.frombuffer(frame, dtype=np.uint8).ctypes.data
+    end = start + len(frame)
+
+    # Execute
+    _, decoded = decode_frame(frame, in_place=True)
+    _, copied = decode_frame(bytes(frame), in_place=True)  # bytes: never in place
+
+    # Assert: views of the frame, which they pin (no resize) and keep alive.
+    assert all(start <= t.data_ptr() < end for t in decoded.values())
+    assert all(not start <= t.data_ptr() < end for t in copied.values())
+    with pytest.raises(BufferError):
+        frame.extend(b"x")
+    del frame
+    gc.collect()
+    assert_same_value(decoded, cnn_state)
+    assert_same_value(copied, cnn_state)
+    decoded["fc1.weight"].add_(1.0)  # writable
+    assert torch.equal(decoded["fc1.weight"], cnn_state["fc1.weight"] + 1.0)
+
+
+def test_in_place_decoding_copies_a_misaligned_tensor() -> None:
+    # Prepare: 3 int8 bytes put the float32 after them off its 4-byte alignment.
+    value = {"a": torch.tensor([1, 2, 3], dtype=torch.int8), "b": torch.arange(5.0)}
+    frame = encode_frame_writable("t", value)
+
+    # Execute
+    _, decoded = decode_frame(frame, in_place=True)
+
+    # Assert
+    assert_same_value(decoded, value)
+    assert decoded["b"].data_ptr() % 4 == 0

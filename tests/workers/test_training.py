@@ -124,3 +124,69 @@ def test_bad_training_requests_fail_cleanly_and_keep_the_store() -> None:
     assert codes == ["bad_request"] * 6
     assert core.object_ids() == before
     assert worker.evaluate("mlp", state).num_samples == 300
+
+
+def test_fit_equals_local_training_and_consumes_its_state() -> None:
+    # Prepare
+    core = WorkerCore.with_partition("w1", index=1, **PARTITION)  # type: ignore[arg-type]
+    worker = VirtualWorker("w1", core=core)
+    local_data = load_partition(index=1, **PARTITION)  # type: ignore[arg-type]
+    initial = get_state(build_model("mlp", seed=0))
+    state_ptr = worker.send(initial)
+
+    # Execute
+    reply = worker.fit("mlp", state_ptr, CONFIG, seed=SEED)
+    first = {k: t.clone() for k, t in reply.state.items()}
+    again = worker.fit("mlp", worker.send(initial), CONFIG, seed=SEED + 1)
+
+    # Assert: one round trip trains as Train + GetObject would, and the worker
+    # kept nothing — the state it was handed became the model it trained.
+    assert_same_value(reply.state, _train_locally(initial, local_data))
+    assert (reply.num_samples, reply.steps) == (300, 20)
+    assert core.object_ids() == [TRAIN_X_ID, TRAIN_Y_ID]
+    assert not state_ptr.alive
+    assert_same_value(reply.state, first)  # the next Fit did not write into it
+    assert not torch.equal(again.state["fc1.weight"], first["fc1.weight"])
+    assert worker.message_counts["fit"] == 2 and worker.message_counts["get"] == 0
+
+
+def test_bad_fit_requests_fail_cleanly_and_keep_the_state() -> None:
+    # Prepare
+    core = WorkerCore.with_partition("w0", index=0, **PARTITION)  # type: ignore[arg-type]
+    worker = VirtualWorker("w0", core=core)
+    state = worker.send(get_state(build_model("mlp", seed=0)))
+    cnn_state = worker.send(get_state(build_model("cnn", seed=0)))
+    sealed = core.handle(
+        m.Train("mlp", state.id, TRAIN_X_ID, TRAIN_Y_ID, CONFIG.to_dict(), 0, "s", True)
+    )
+    assert isinstance(sealed, m.TrainReply)
+    before = core.object_ids()
+    bad_config = {"epochs": 0, "batch_size": 32, "lr": 0.1}
+    good = CONFIG.to_dict()
+
+    # Execute
+    replies = [
+        core.handle(request)
+        for request in (
+            m.Fit("mlp", state.id, TRAIN_X_ID, TRAIN_Y_ID, bad_config, 0),
+            m.Fit("resnet", state.id, TRAIN_X_ID, TRAIN_Y_ID, good, 0),
+            m.Fit("mlp", cnn_state.id, TRAIN_X_ID, TRAIN_Y_ID, good, 0),
+            m.Fit("mlp", state.id, TRAIN_Y_ID, TRAIN_X_ID, good, 0),
+            m.Fit("mlp", state.id, TRAIN_X_ID, TRAIN_Y_ID, good, -1),
+            m.Fit("mlp", TRAIN_X_ID, TRAIN_X_ID, TRAIN_Y_ID, good, 0),
+            m.Fit("mlp", "s", TRAIN_X_ID, TRAIN_Y_ID, good, 0),
+            m.Fit("mlp", "missing", TRAIN_X_ID, TRAIN_Y_ID, good, 0),
+        )
+    ]
+    after_refusals = core.object_ids()
+    with pytest.raises(RemoteError, match="does not fit"):
+        worker.fit("mlp", cnn_state, CONFIG, seed=0)
+    worker.flush()
+
+    # Assert: every refusal left the store as it was; the client's refused Fit
+    # killed its pointer and freed the state with the next batched delete.
+    codes = [r.code if isinstance(r, m.ErrorReply) else type(r).__name__ for r in replies]
+    assert codes == ["bad_request"] * 7 + ["not_found"]
+    assert after_refusals == before
+    assert not cnn_state.alive and cnn_state.id not in core.object_ids()
+    assert worker.fit("mlp", state, CONFIG, seed=0).num_samples == 300
