@@ -9,7 +9,9 @@ Failure policy: ``handle_bytes`` and ``handle`` never raise. Every failure —
 undecodable bytes, unknown objects, a torch exception inside an op, a bad train
 config — becomes an :class:`~workers.messages.ErrorReply` whose ``code`` is one
 of :data:`ERROR_CODES`. Handlers validate and compute before they touch the
-store, so a failed request leaves every stored object in place.
+store, so a failed request leaves every stored object in place. (One
+exception, by design: ``Fit`` trains the state it is handed in place, so a Fit
+that fails *during* training has consumed it; every check runs before that.)
 """
 
 from __future__ import annotations
