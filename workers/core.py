@@ -410,15 +410,19 @@ class WorkerCore:
             raise _Failure("bad_request", f"data {tuple(x.shape)} and labels {tuple(y.shape)}")
         return Split(x, y)
 
-    def _train(self, msg: Train) -> TrainReply:
-        self._new_id(msg.result_id)
+    @staticmethod
+    def _training_setup(msg: Train | Fit) -> tuple[TrainConfig, torch.Generator]:
+        """The request's checked train config, and its seeded shuffling generator."""
         if not 0 <= msg.seed < 2**64:  # torch would silently wrap a negative seed
             raise _Failure("bad_request", f"train seed must be in [0, 2**64), got {msg.seed}")
         try:
-            config = TrainConfig.from_dict(msg.config)
-            generator = torch.Generator().manual_seed(msg.seed)
+            return TrainConfig.from_dict(msg.config), torch.Generator().manual_seed(msg.seed)
         except (FedsimError, RuntimeError) as exc:
-            raise _Failure("bad_request", f"train: {exc}") from None
+            raise _Failure("bad_request", f"{msg.TAG}: {exc}") from None
+
+    def _train(self, msg: Train) -> TrainReply:
+        self._new_id(msg.result_id)
+        config, generator = self._training_setup(msg)
         with self._model(msg.model, msg.state_id) as model:
             data = self._split(msg.x_id, msg.y_id)
             try:
@@ -439,13 +443,7 @@ class WorkerCore:
         the store as it was. Once taken, the tensors are trained in place: a Fit
         that then fails has consumed its state (the error says so).
         """
-        if not 0 <= msg.seed < 2**64:
-            raise _Failure("bad_request", f"train seed must be in [0, 2**64), got {msg.seed}")
-        try:
-            config = TrainConfig.from_dict(msg.config)
-            generator = torch.Generator().manual_seed(msg.seed)
-        except (FedsimError, RuntimeError) as exc:
-            raise _Failure("bad_request", f"fit: {exc}") from None
+        config, generator = self._training_setup(msg)
         state = self._public(msg.state_id)
         if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()
