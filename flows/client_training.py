@@ -85,17 +85,22 @@ def _train_client(
         # Train and fetch in one round trip; the worker trains the broadcast
         # state's own tensors (consumed) instead of a copy.
         fitted = worker.fit(cfg.model, state_ptr, config, seed=seed)
-        state = _state_of(fitted.state, worker.id)
+        state = _state_of(fitted.state, worker.id, global_state)
         update = ClientUpdate(worker.id, state, fitted.num_samples, fitted.mean_loss)
         reply, sealed = fitted, None
     seconds = max(time.perf_counter() - start - reply.seconds, 0.0)
     return ClientResult(update, seconds, reply.seconds, sealed)
 
 
-def _state_of(value: dict[str, object], worker_id: str) -> StateDict:
-    """A FitReply's state, which must be tensors only (the worker is not trusted to comply)."""
-    if not all(isinstance(t, torch.Tensor) for t in value.values()):
-        raise ProtocolError(f"worker {worker_id!r} answered Fit with a state that is not tensors")
+def _state_of(value: dict[str, object], worker_id: str, sent: Broadcast) -> StateDict:
+    """A FitReply's state, which must be laid out as the state the worker was sent:
+    the same keys, shapes and dtypes (a worker is not trusted to comply)."""
+    layout = sent.layout
+    if layout is None or set(value) != set(layout):
+        raise ProtocolError(f"worker {worker_id!r} answered Fit with other keys than it was sent")
+    for key, t in value.items():
+        if not isinstance(t, torch.Tensor) or layout[key] != (tuple(t.shape), t.dtype):
+            raise ProtocolError(f"worker {worker_id!r} answered Fit with a bad {key!r}")
     return value  # type: ignore[return-value]
 
 

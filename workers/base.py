@@ -17,7 +17,7 @@ import collections
 import itertools
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -74,11 +74,17 @@ class Broadcast:
 
     obj_id: str
     frame: bytes
+    # For a state dict: each tensor's shape and dtype — what a state trained from
+    # it must have when a worker sends it back (checked by the coordinator).
+    layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None
 
     @classmethod
     def of(cls, value: Value) -> Broadcast:
         obj_id = f"broadcast:{secrets.token_hex(8)}"
-        return cls(obj_id, PutObject(obj_id, value).encode())
+        layout = None
+        if isinstance(value, Mapping) and all(isinstance(t, torch.Tensor) for t in value.values()):
+            layout = {key: (tuple(t.shape), t.dtype) for key, t in value.items()}
+        return cls(obj_id, PutObject(obj_id, value).encode(), layout)
 
 
 class Worker(ABC):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -9,11 +11,18 @@ from hypothesis import strategies as st
 
 from fl.aggregation import ClientUpdate, WeightedSum, weighted_average
 from fl.errors import ConfigError
+from fl.models import build_model, get_state
 from flows.client_rounds import client_batches, combine
 from flows.client_tasks import _encode_result, decode_result
+from flows.client_training import train_federated_round
+from flows.config import ExperimentConfig
 from flows.tasks import RoundOutcome
+from workers.base import Worker
 from workers.codec import encode_frame
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import ProtocolError
+from workers.messages import FitReply, decode_message
+from workers.virtual import VirtualWorker
 
 
 @given(st.lists(st.integers(), max_size=60), st.integers(min_value=1, max_value=12))
@@ -82,3 +91,40 @@ def test_batch_result_frame_round_trips_and_rejects_garbage() -> None:
         decode_result(encode_frame("other", {}))
     with pytest.raises(ProtocolError, match="malformed batch result"):
         decode_result(encode_frame("fedsim.batch-result", {"updates": [{"state": 3}]}))
+
+
+class MisshapenFitWorker(VirtualWorker):
+    """Answers Fit with a trained state whose ``fc2.bias`` lost an element."""
+
+    def _roundtrip(self, data: bytes) -> bytes | bytearray:
+        reply = super()._roundtrip(data)
+        msg = decode_message(reply)
+        if not isinstance(msg, FitReply):
+            return reply
+        state = {**msg.state, "fc2.bias": msg.state["fc2.bias"][:-1].clone()}
+        return dataclasses.replace(msg, state=state).encode()
+
+
+def test_a_fit_answered_with_a_misshapen_state_drops_that_client_only() -> None:
+    # Prepare: three workers with a few random samples; worker 1 lies.
+    cfg = ExperimentConfig(levels="4", model="mlp", workers=3, rounds=1, batch_size=4)
+    g = torch.Generator().manual_seed(0)
+    clients: list[tuple[int, Worker]] = []
+    for index in range(3):
+        kind = MisshapenFitWorker if index == 1 else VirtualWorker
+        worker = kind(f"w{index}")
+        worker.send(torch.randn(8, 1, 28, 28, generator=g), obj_id=TRAIN_X_ID)
+        worker.send(torch.randint(0, 10, (8,), generator=g), obj_id=TRAIN_Y_ID)
+        clients.append((index, worker))
+    state = get_state(build_model("mlp", seed=0))
+
+    # Execute
+    outcome = train_federated_round.fn(clients, state, cfg, 1)
+
+    # Assert: the other two trained and were kept, with the model's layout.
+    assert outcome.dropped == (1,)
+    assert [u.client_id for u in outcome.updates] == ["w0", "w2"]
+    for update in outcome.updates:
+        assert {k: t.shape for k, t in update.state.items()} == {
+            k: t.shape for k, t in state.items()
+        }
