@@ -256,7 +256,9 @@ class MessageWorker(Worker):
     """Implements :class:`Worker` over the message protocol; subclasses supply a transport."""
 
     # True when each reply ``_roundtrip`` returns is a fresh buffer nobody else
-    # holds: the reply's tensors may then be decoded in place (no copy).
+    # holds: the reply's tensors may then be decoded in place (no copy). A
+    # subclass whose ``_roundtrip`` keeps or reuses the buffers it returns (to
+    # record or replay them) must set it back to False.
     _replies_in_place = False
 
     def __init__(self, worker_id: str, *, delete_batch_size: int = DELETE_BATCH_SIZE) -> None:
