@@ -381,8 +381,9 @@ class WorkerCore:
         return Ack(msg.result_ids)
 
     @contextmanager
-    def _model(self, name: str, state_id: str) -> Iterator[nn.Module]:
-        """A pooled module for ``name`` with the stored state ``state_id`` loaded.
+    def _model(self, name: str, state_id: str, *, take: bool = False) -> Iterator[nn.Module]:
+        """A pooled module for ``name`` holding the stored state ``state_id``: a copy,
+        or with ``take`` the stored tensors themselves, the id freed (``Fit``).
 
         A sealed state is refused: training or evaluating from it would give the
         coordinator a readable copy, or a model to query.
@@ -398,10 +399,13 @@ class WorkerCore:
             raise _Failure("bad_request", f"{state_id!r} is not a state dict of tensors")
         with ExitStack() as stack:
             try:
-                # The module gets a copy: the stored state stays as it is.
-                model = stack.enter_context(self._models.lease(name, state))
+                model = stack.enter_context(self._models.lease(name, state, take=take))
             except FedsimError as exc:
                 raise _Failure("bad_request", str(exc)) from None
+            if take:
+                # Stored objects never share tensors (PutObject decodes fresh ones,
+                # Train results are a module's own): the module holds the only copy.
+                del self._objects[state_id]
             yield model
 
     def _split(self, x_id: str, y_id: str) -> Split:
@@ -444,20 +448,8 @@ class WorkerCore:
         that then fails has consumed its state (the error says so).
         """
         config, generator = self._training_setup(msg)
-        state = self._public(msg.state_id)
-        if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        ):
-            raise _Failure("bad_request", f"{msg.state_id!r} is not a state dict of tensors")
         data = self._split(msg.x_id, msg.y_id)
-        with ExitStack() as stack:
-            try:
-                model = stack.enter_context(self._models.lease(msg.model, state, take=True))
-            except FedsimError as exc:
-                raise _Failure("bad_request", str(exc)) from None
-            # Stored objects never share tensors (PutObject decodes fresh ones, Train
-            # results are a module's own), so the module now holds the only copy.
-            del self._objects[msg.state_id]
+        with self._model(msg.model, msg.state_id, take=True) as model:
             try:
                 result = train_local(model, data, config, generator)
             except Exception as exc:
