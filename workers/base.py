@@ -55,9 +55,12 @@ from workers.messages import (
 from workers.plan import Plan
 from workers.pointer import PlanPointer, Pointer
 
-__all__ = ["DELETE_BATCH_SIZE", "Broadcast", "MessageWorker", "Worker"]
+__all__ = ["DELETE_BATCH_SIZE", "REPLY_HEADER_RESERVE", "Broadcast", "MessageWorker", "Worker"]
 
 DELETE_BATCH_SIZE = 64
+# Spare header bytes in a Broadcast frame: a FitReply's header is longer than the
+# PutObject's it answers (loss, steps, seconds against an id) by about 60 bytes.
+REPLY_HEADER_RESERVE = 256
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 R = TypeVar("R", bound=Reply)
 
@@ -69,7 +72,9 @@ class Broadcast:
     Encoding a 1.7 M-parameter state copies it into a frame; a round that hands
     the global model to a hundred clients pays that once instead of a hundred
     times. The frame is an ordinary PutObject: each worker decodes and checks it
-    as any other request, and each counts its bytes.
+    as any other request, and each counts its bytes. Its header keeps
+    :data:`REPLY_HEADER_RESERVE` spare bytes, so that a worker can answer ``Fit``
+    in the same buffer (``WorkerCore.handle_bytes``).
     """
 
     obj_id: str
@@ -84,7 +89,7 @@ class Broadcast:
         layout = None
         if isinstance(value, Mapping) and all(isinstance(t, torch.Tensor) for t in value.values()):
             layout = {key: (tuple(t.shape), t.dtype) for key, t in value.items()}
-        return cls(obj_id, PutObject(obj_id, value).encode(), layout)
+        return cls(obj_id, PutObject(obj_id, value).encode(reserve=REPLY_HEADER_RESERVE), layout)
 
 
 class Worker(ABC):

@@ -131,6 +131,7 @@ class _Encoder:
     def __init__(self) -> None:
         self.descriptors: list[dict[str, Any]] = []
         self.buffers: list[memoryview] = []
+        self.addresses: list[int] = []  # where each buffer's bytes are (encode_frame_writable)
         self.offset = 0
 
     def tree(self, value: Value, depth: int) -> Any:
@@ -171,36 +172,78 @@ class _Encoder:
             }
         )
         self.buffers.append(raw)
+        self.addresses.append(flat.data_ptr())
         self.offset += raw.nbytes
         return index
 
 
-def _frame_parts(tag: str, value: Value) -> list[bytes | memoryview]:
-    """Prefix, padded header and tensor buffers of the frame for ``value``, unjoined."""
+def _encode_header(tag: str, value: Value) -> tuple[bytes, _Encoder]:
+    """The unpadded JSON header of the frame for ``value``, and its tensor buffers."""
     encoder = _Encoder()
     tree = encoder.tree(value, 0)
     header = {"tag": tag, "value": tree, "tensors": encoder.descriptors}
     try:
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
-        header_bytes = text.encode()
+        return text.encode(), encoder
     except (TypeError, ValueError) as exc:  # e.g. lone surrogates in a str
         raise ProtocolError(f"cannot encode header: {exc}") from exc
-    # Trailing spaces are JSON whitespace: the body starts BODY_ALIGN-aligned.
-    header_bytes += b" " * (-(_PREFIX.size + len(header_bytes)) % BODY_ALIGN)
+
+
+def _frame_parts(
+    header_bytes: bytes, encoder: _Encoder, reserve: int = 0
+) -> list[bytes | memoryview]:
+    """Prefix, padded header and tensor buffers of a frame, unjoined."""
+    # Trailing spaces are JSON whitespace: the body starts BODY_ALIGN-aligned,
+    # after at least ``reserve`` spare bytes.
+    header_bytes += b" " * (reserve + (-(_PREFIX.size + len(header_bytes) + reserve) % BODY_ALIGN))
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
     return [_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *encoder.buffers]
 
 
-def encode_frame(tag: str, value: Value) -> bytes:
-    """Encode ``value`` under the message ``tag`` into one frame."""
-    return b"".join(_frame_parts(tag, value))
+def encode_frame(tag: str, value: Value, *, reserve: int = 0) -> bytes:
+    """Encode ``value`` under the message ``tag`` into one frame.
+
+    ``reserve`` pads the header with that many more spaces, so that a reply
+    with a longer header can later be written over this frame in place
+    (:func:`encode_frame_writable` ``over``).
+    """
+    if reserve < 0:
+        raise ValueError(f"reserve must be >= 0, got {reserve}")
+    return b"".join(_frame_parts(*_encode_header(tag, value), reserve))
 
 
-def encode_frame_writable(tag: str, value: Value) -> bytearray:
-    """:func:`encode_frame` into a ``bytearray`` (the same single copy): a frame for a
-    receiver that may decode it in place, such as a virtual worker's reply."""
-    return bytearray().join(_frame_parts(tag, value))
+def encode_frame_writable(tag: str, value: Value, *, over: bytearray | None = None) -> bytearray:
+    """:func:`encode_frame` into a ``bytearray``: a frame for a receiver that may
+    decode it in place, such as a virtual worker's reply.
+
+    With ``over``, a frame this process decoded in place (``decode_frame``
+    ``in_place``), and when ``value``'s tensors are exactly that frame's body —
+    the same bytes, in the same order, as when a worker answers ``Fit`` with
+    the state it trained in place — the frame is written over ``over``: only
+    its header changes, and no tensor byte is copied. Otherwise, or if the new
+    header does not fit before the body, the frame is built anew (one copy).
+    """
+    header_bytes, encoder = _encode_header(tag, value)
+    if over is not None and _write_header_over(over, header_bytes, encoder):
+        return over
+    return bytearray().join(_frame_parts(header_bytes, encoder))
+
+
+def _write_header_over(over: bytearray, header: bytes, encoder: _Encoder) -> bool:
+    """Make ``over`` the frame of ``header`` and ``encoder``'s tensors if they are its body."""
+    if len(over) < _PREFIX.size or _PREFIX.unpack_from(over)[0] != MAGIC:
+        return False
+    body_start = _PREFIX.size + _PREFIX.unpack_from(over)[1]
+    if _PREFIX.size + len(header) > body_start or len(over) - body_start != encoder.offset:
+        return False
+    base = np.frombuffer(over, dtype=np.uint8).ctypes.data + body_start
+    for desc, address in zip(encoder.descriptors, encoder.addresses, strict=True):
+        if desc["nbytes"] and address != base + desc["offset"]:
+            return False
+    padded = header + b" " * (body_start - _PREFIX.size - len(header))
+    over[:body_start] = _PREFIX.pack(MAGIC, len(padded)) + padded  # same length: no resize
+    return True
 
 
 # ---------------------------------------------------------------- decoding

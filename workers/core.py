@@ -140,6 +140,9 @@ class WorkerCore:
         # the coordinator may free them but never read them or compute on them.
         self._sealed: set[str] = set()
         self._objects: dict[str, Value] = {}
+        # The request frame each state dict stored by PutObject was decoded in
+        # place from, by id: a Fit of that state answers in the same buffer.
+        self._frames: dict[str, bytearray] = {}
         self._plans: dict[str, Plan] = {}
         # Modules are borrowed per request; virtual workers of one run share a pool.
         self._models = models if models is not None else ModelPool()
@@ -230,17 +233,34 @@ class WorkerCore:
     # ------------------------------------------------------------- entry points
 
     def handle_bytes(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
-        """Decode a request, handle it, encode the reply. Never raises."""
+        """Decode a request, handle it, encode the reply. Never raises.
+
+        The request is copied once into a private buffer and its tensors are
+        views of it (the copy a decoder makes anyway, in one piece). A stored
+        state trained in place by ``Fit`` is then still the body of that buffer,
+        so the ``FitReply`` is written over it: the trained model leaves without
+        being copied again. The reply is always a fresh ``bytearray`` that
+        nothing here writes again, so the transport may decode it in place.
+        """
+        frame = bytearray(data)
+        over = None
         try:
-            msg = decode_message(data)
+            msg = decode_message(frame, in_place=True)
         except ProtocolError as exc:
             reply: Reply = ErrorReply("protocol", str(exc))
         except Exception as exc:  # e.g. MemoryError on a huge frame: still an answer
             reply = ErrorReply("protocol", f"cannot decode: {type(exc).__name__}")
         else:
+            if isinstance(msg, Fit):
+                over = self._frames.get(msg.state_id)
             reply = self.handle(msg)
+            if isinstance(msg, PutObject) and isinstance(reply, Ack):
+                if isinstance(msg.value, dict):
+                    self._frames[msg.obj_id] = frame
+            elif self._frames:  # forget the frames of states freed or consumed
+                self._frames = {k: f for k, f in self._frames.items() if k in self._objects}
         try:
-            return reply.encode_writable()  # the transport may decode it in place
+            return reply.encode_writable(over=over if isinstance(reply, FitReply) else None)
         except Exception as exc:
             return ErrorReply("internal", f"cannot encode reply: {type(exc).__name__}").encode()
 
@@ -403,8 +423,9 @@ class WorkerCore:
             except FedsimError as exc:
                 raise _Failure("bad_request", str(exc)) from None
             if take:
-                # Stored objects never share tensors (PutObject decodes fresh ones,
-                # Train results are a module's own): the module holds the only copy.
+                # Stored objects never share memory (each PutObject's tensors view
+                # its own request frame, Train results are a module's own): the
+                # module holds the only copy.
                 del self._objects[state_id]
             yield model
 

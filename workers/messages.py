@@ -68,13 +68,14 @@ class Message:
             value = _coerce(hints[field.name], getattr(self, field.name), field.name)
             object.__setattr__(self, field.name, value)
 
-    def encode(self) -> bytes:
-        """This message as one wire frame."""
-        return encode_frame(self.TAG, self._fields())
+    def encode(self, *, reserve: int = 0) -> bytes:
+        """This message as one wire frame (``reserve``: see ``encode_frame``)."""
+        return encode_frame(self.TAG, self._fields(), reserve=reserve)
 
-    def encode_writable(self) -> bytearray:
-        """This message as one wire frame in a ``bytearray`` (see ``encode_frame_writable``)."""
-        return encode_frame_writable(self.TAG, self._fields())
+    def encode_writable(self, *, over: bytearray | None = None) -> bytearray:
+        """This message as one wire frame in a ``bytearray``, possibly written over
+        the frame its tensors were decoded from (see ``encode_frame_writable``)."""
+        return encode_frame_writable(self.TAG, self._fields(), over=over)
 
     def _fields(self) -> dict[str, Value]:
         return {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.base import Broadcast
+from workers.base import REPLY_HEADER_RESERVE, Broadcast
 from workers.core import WorkerCore
 from workers.messages import PutObject
 from workers.virtual import VirtualWorker
@@ -19,9 +19,16 @@ def test_one_frame_reaches_every_worker_and_each_counts_its_bytes() -> None:
     broadcast = Broadcast.of(state)
     pointers = [w.send_broadcast(broadcast) for w in workers]
 
-    # Assert: the frame is an ordinary PutObject; every worker holds an equal,
-    # separate copy, counts the frame as sent, and frees it with the pointer.
-    assert broadcast.frame == PutObject(broadcast.obj_id, state).encode()
+    # Assert: the frame is an ordinary PutObject (its header padded to leave room
+    # for a reply); every worker holds an equal, separate copy, counts the frame
+    # as sent, and frees it with the pointer.
+    plain = PutObject(broadcast.obj_id, state).encode()
+    reserved = PutObject(broadcast.obj_id, state).encode(reserve=REPLY_HEADER_RESERVE)
+    assert broadcast.frame == reserved
+    assert len(broadcast.frame) - len(plain) >= REPLY_HEADER_RESERVE
+    decoded = PutObject.decode(broadcast.frame)
+    assert isinstance(decoded, PutObject) and decoded.obj_id == broadcast.obj_id
+    assert all(torch.equal(decoded.value[k], state[k]) for k in state)
     values = [p.get(delete=False) for p in pointers]
     for worker, value in zip(workers, values, strict=True):
         assert all(torch.equal(value[k], state[k]) for k in state)
