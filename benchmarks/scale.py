@@ -23,18 +23,24 @@ Columns:
   Prefect's temporary API server, Dask's scheduler and workers), sampled every
   0.1 s; shared library pages count once per process.
 
+Engine *plain* is no fedsim run: ``benchmarks/plain_fedavg.py``, the same
+clients' FedAvg written by hand in plain PyTorch (two threads, no workers or
+messages), so that the table separates what federated training of small
+clients costs from what fedsim adds to it.
+
 The machine's speed drifts by several percent over minutes, so the whole set
 runs ``--repeats`` times, each repeat with its own baseline first; the table
 gives medians and the slowdown's range.
 
     .venv/bin/python benchmarks/scale.py [--rounds 2] [--repeats 3]
-        [--cells 1000:0.01,1000:0.1,1000:1,100:0.1] [--engines local,dask]
+        [--cells 1000:0.01,1000:0.1,1000:1,100:0.1] [--engines local,dask,plain]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import re
 import statistics
 import subprocess
@@ -124,6 +130,33 @@ def run_cell(options: list[str]) -> dict[str, Any]:
     }
 
 
+def run_plain(workers: str, fraction: str, rounds: int) -> dict[str, Any]:
+    """``plain_fedavg.py`` — the same clients' FedAvg written by hand — in a child process."""
+    command = [sys.executable, str(Path(__file__).with_name("plain_fedavg.py"))]
+    command += ["--workers", workers, "--fraction", fraction, "--rounds", str(rounds)]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    memory = PeakTreeMemory(child.pid)
+    output, _ = child.communicate()
+    peak = memory.stop()
+    text = output.decode(errors="replace")
+    if child.returncode != 0:
+        raise SystemExit(f"plain_fedavg.py {workers}:{fraction} failed:\n{text[-3000:]}")
+    result = json.loads(text.strip().splitlines()[-1])
+    clients = max(round(float(fraction) * int(workers)), 1) * rounds
+    return {
+        "command_seconds": time.perf_counter() - start,
+        "peak_mb": peak / 2**20,
+        "train_seconds": result["train_seconds"],
+        "samples": result["samples"],
+        "accuracy": result["accuracy"],
+        "clients": clients,
+        "overhead_ms": float("nan"),  # no per-client training seconds are measured
+        "orchestration": 0.0,
+        "model_copies": 2.0,
+    }
+
+
 def _row(engine: str, workers: str, rounds: int, runs: list[dict[str, Any]]) -> str:
     """One table row: medians over the repeats, and the slowdown's range."""
     clients = runs[0]["clients"]
@@ -133,11 +166,14 @@ def _row(engine: str, workers: str, rounds: int, runs: list[dict[str, Any]]) -> 
 
     slowdowns = sorted(r["slowdown"] for r in runs)
     spread = f" ({slowdowns[0]:.2f}–{slowdowns[-1]:.2f})" if len(runs) > 1 else ""
+    plain = engine == "plain"  # no Prefect, no per-client training seconds
+    overhead = "—" if plain else f"{median('overhead_ms'):.1f}"
+    orchestration = "—" if plain else f"{median('orchestration'):.1%}"
     return (
         f"| {engine} | {workers} | {clients / rounds:.0f} "
         f"| {median('command_seconds'):.1f} | {median('train_seconds'):.1f} "
-        f"| {median('train_seconds') / clients:.3f} | {median('overhead_ms'):.1f} "
-        f"| {median('orchestration'):.1%} | {median('peak_mb'):.0f} "
+        f"| {median('train_seconds') / clients:.3f} | {overhead} "
+        f"| {orchestration} | {median('peak_mb'):.0f} "
         f"| {max(r['model_copies'] for r in runs):.0f} "
         f"| {statistics.median(slowdowns):.2f}×{spread} | {runs[0]['accuracy']:.2%} |"
     )
@@ -147,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cells", default="1000:0.01,1000:0.1,1000:1,100:0.1")
-    parser.add_argument("--engines", default="local,dask")
+    parser.add_argument("--engines", default="local,dask,plain")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.md"))
     args = parser.parse_args()
@@ -167,12 +203,17 @@ def main() -> None:
         per_sample = base["train_seconds"] / base["samples"]
         baselines.append(base)
         for engine, workers, fraction in cells:
-            r = run_cell(
-                ["--levels", "3", "--workers", workers, "--fraction", fraction,
-                 "--rounds", str(args.rounds), "--task-runner", engine]
-            )  # fmt: skip
-            r["overhead_ms"] = (r["train_seconds"] * 2 - r["compute_seconds"]) / r["clients"] * 1e3
-            r["orchestration"] = r["prefect_seconds"] / r["wall_seconds"]
+            if engine == "plain":
+                r = run_plain(workers, fraction, args.rounds)
+            else:
+                r = run_cell(
+                    ["--levels", "3", "--workers", workers, "--fraction", fraction,
+                     "--rounds", str(args.rounds), "--task-runner", engine]
+                )  # fmt: skip
+                r["overhead_ms"] = (
+                    (r["train_seconds"] * 2 - r["compute_seconds"]) / r["clients"] * 1e3
+                )
+                r["orchestration"] = r["prefect_seconds"] / r["wall_seconds"]
             r["slowdown"] = (r["train_seconds"] / r["samples"]) / per_sample
             results[(engine, workers, fraction)].append(r)
             print(f"  {engine} {workers}:{fraction} slowdown {r['slowdown']:.2f}×", flush=True)

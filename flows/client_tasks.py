@@ -34,7 +34,7 @@ from flows.tasks import (
     client_data_source,
     self_loading_worker,
 )
-from workers.codec import decode_frame, encode_frame
+from workers.codec import decode_frame, encode_frame_writable
 from workers.errors import ProtocolError
 from workers.memory import tune_malloc
 from workers.model_pool import ModelPool
@@ -95,12 +95,12 @@ prepare_clients = task(name="prepare-clients", cache_policy=NO_CACHE)(prepare_cl
 
 def train_client_specs_body(
     specs: list[ClientSpec],
-    state_frame: bytes,
+    state_frame: bytes | bytearray,
     config: dict[str, Any],
     round_index: int,
     stream: bool,
     threads: int | None,
-) -> bytes:
+) -> bytearray:
     """A batch of level-3 clients wherever it runs: materialise, train, fold, encode.
 
     Each client loads its partition from the dataset location this process sees
@@ -131,7 +131,7 @@ def train_client_specs_body(
 train_client_specs = task(name="train-client-specs", cache_policy=NO_CACHE)(train_client_specs_body)
 
 
-def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> bytes:
+def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> bytearray:
     partial = outcome.partial
     value = {
         "updates": [
@@ -150,10 +150,11 @@ def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> 
         "seconds": [outcome.comm_seconds, outcome.compute_seconds, body],
         "process": [pid, built],
     }
-    return encode_frame(_RESULT_TAG, value)
+    # A bytearray, so that the round can free it once decoded (client_rounds._release).
+    return encode_frame_writable(_RESULT_TAG, value)
 
 
-def decode_result(frame: bytes) -> tuple[RoundOutcome, float, int, int]:
+def decode_result(frame: bytes | bytearray) -> tuple[RoundOutcome, float, int, int]:
     """A batch result back from Dask; ProtocolError if it is not one."""
     tag, value = decode_frame(frame)
     if tag != _RESULT_TAG or not isinstance(value, dict):

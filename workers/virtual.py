@@ -7,9 +7,13 @@ virtual and websocket runs exercise the same protocol code, and their
 ``bytes_sent``/``bytes_received`` are counted identically; and the coordinator
 can never mutate a worker's objects through a shared reference.
 
-Replies are the one copy it saves: each is a fresh ``bytearray`` that only this
-client ever sees, so its tensors are decoded in place (``decode_frame``
-``in_place``) — the frame is still built, counted and validated.
+The copies it saves are the ones no property needs. The core copies a request
+once into a buffer of its own and decodes it in place; a ``Fit`` of a
+broadcast state trains those views and answers over the same buffer
+(``WorkerCore.handle_bytes``); and each reply is a fresh ``bytearray`` that only
+this client ever sees, so its tensors are decoded in place (``decode_frame``
+``in_place``). A client's round thus copies its model once, into the worker,
+and every frame is still built, counted and validated.
 """
 
 from __future__ import annotations

@@ -288,3 +288,60 @@ def test_in_place_decoding_copies_a_misaligned_tensor() -> None:
     # Assert
     assert_same_value(decoded, value)
     assert decoded["b"].data_ptr() % 4 == 0
+
+
+def test_a_reply_is_written_over_the_frame_its_tensors_view(
+    cnn_state: dict[str, torch.Tensor],
+) -> None:
+    # Prepare: a state decoded in place from a frame with room in its header,
+    # then changed in place (as training changes it).
+    frame = bytearray(encode_frame("put", {"id": "s", "state": cnn_state}, reserve=256))
+    _, request = decode_frame(frame, in_place=True)
+    trained = request["state"]
+    for tensor in trained.values():
+        tensor.mul_(0.5)
+    addresses = [t.data_ptr() for t in trained.values()]
+    reply = {"state": trained, "loss": 0.25, "steps": 2}
+
+    # Execute
+    answer = encode_frame_writable("fit_reply", reply, over=frame)
+
+    # Assert: the same buffer, a new header; no tensor byte moved.
+    assert answer is frame
+    assert [t.data_ptr() for t in trained.values()] == addresses
+    tag, decoded = decode_frame(bytes(answer))
+    assert tag == "fit_reply"
+    assert_same_value(decoded, reply)
+    assert_same_value(decoded["state"], {k: t * 0.5 for k, t in cnn_state.items()})
+
+
+def _reordered(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return dict(reversed(state.items()))
+
+
+@pytest.mark.parametrize(
+    ("reserve", "change"),
+    [
+        (256, lambda s: {**s, "fc2.bias": s["fc2.bias"].clone()}),  # one tensor elsewhere
+        (256, _reordered),  # the same tensors in another order
+        (256, lambda s: {k: t for k, t in s.items() if k != "fc2.bias"}),  # body not filled
+        (0, lambda s: s),  # the reply's header does not fit before the body
+    ],
+    ids=["moved", "reordered", "partial", "no-room"],
+)
+def test_a_reply_that_is_not_the_frames_body_is_built_anew(
+    cnn_state: dict[str, torch.Tensor], reserve: int, change: object
+) -> None:
+    # Prepare
+    frame = bytearray(encode_frame("put", {"state": cnn_state}, reserve=reserve))
+    _, request = decode_frame(frame, in_place=True)
+    before = bytes(frame)
+    reply = {"state": change(request["state"]), "a much longer header": "x" * 40}  # type: ignore[operator]
+
+    # Execute
+    answer = encode_frame_writable("fit_reply", reply, over=frame)
+
+    # Assert: a new frame of the reply; the old one untouched.
+    assert answer is not frame
+    assert bytes(frame) == before
+    assert_same_value(decode_frame(answer)[1], reply)

@@ -16,6 +16,7 @@ from fl.models import build_model, get_state, set_state
 from fl.training import TrainConfig, evaluate, train_local
 from tests.workers.conftest import assert_same_value
 from workers import messages as m
+from workers.base import Broadcast
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore
 from workers.errors import RemoteError
 from workers.virtual import VirtualWorker
@@ -148,6 +149,38 @@ def test_fit_equals_local_training_and_consumes_its_state() -> None:
     assert_same_value(reply.state, first)  # the next Fit did not write into it
     assert not torch.equal(again.state["fc1.weight"], first["fc1.weight"])
     assert worker.message_counts["fit"] == 2 and worker.message_counts["get"] == 0
+
+
+def test_fit_of_a_broadcast_state_answers_over_the_frame_it_trained() -> None:
+    # Prepare: a Broadcast frame leaves room in its header for the reply.
+    core = WorkerCore.with_partition("w1", index=1, **PARTITION)  # type: ignore[arg-type]
+    worker = VirtualWorker("w1", core=core)
+    local_data = load_partition(index=1, **PARTITION)  # type: ignore[arg-type]
+    initial = get_state(build_model("mlp", seed=0))
+    broadcast = Broadcast.of(initial)
+    bad_config = {"epochs": 0, "batch_size": 32, "lr": 0.1}
+
+    # Execute: a refused Fit first (the state stays), then the Fit, then a Fit
+    # of a state sent without room in its header.
+    state_ptr = worker.send_broadcast(broadcast)
+    refused = core.handle_bytes(
+        m.Fit("mlp", state_ptr.id, TRAIN_X_ID, TRAIN_Y_ID, bad_config, 0).encode()
+    )
+    received = worker.bytes_received
+    reply = worker.fit("mlp", state_ptr, CONFIG, seed=SEED)
+    in_place = worker.bytes_received - received
+    received = worker.bytes_received
+    rebuilt = worker.fit("mlp", worker.send(initial), CONFIG, seed=SEED)
+
+    # Assert: the answer is the request's frame, its header rewritten (same
+    # length), carrying the trained state; without room, a new frame of equal
+    # content.
+    assert isinstance(m.decode_message(refused), m.ErrorReply)
+    assert in_place == len(broadcast.frame)
+    assert worker.bytes_received - received < len(broadcast.frame)
+    assert_same_value(reply.state, _train_locally(initial, local_data))
+    assert_same_value(rebuilt.state, reply.state)
+    assert core.object_ids() == [TRAIN_X_ID, TRAIN_Y_ID]
 
 
 def test_bad_fit_requests_fail_cleanly_and_keep_the_state() -> None:
