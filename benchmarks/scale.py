@@ -228,7 +228,9 @@ def main() -> None:
         f"{base_seconds[0]:.1f}–{base_seconds[-1]:.1f} s), peak "
         f"{statistics.median(b['peak_mb'] for b in baselines):.0f} MB. Each repeat runs its "
         "baseline, then every cell; slowdowns are against that repeat's baseline. Cells show "
-        "medians over the repeats, and the slowdown's range.",
+        "medians over the repeats, and the slowdown's range. Engine *plain* is not fedsim: "
+        "`benchmarks/plain_fedavg.py`, the same clients' FedAvg written by hand in plain "
+        "PyTorch.",
         "",
         "| engine | clients | per round | wall s | train s | s / client | overhead ms / client "
         "| orchestration | peak MB | models | slowdown | accuracy |",
