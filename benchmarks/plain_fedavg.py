@@ -39,12 +39,12 @@ StateDict = dict[str, torch.Tensor]
 
 def train_half(
     indices: list[int], state: StateDict, parts: list, config: TrainConfig, seed: int, rnd: int
-) -> tuple[dict[str, torch.Tensor], float, int]:
-    """Train ``indices`` in turn from ``state``; their float64 sum Σ n·x, Σ n and samples."""
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Train ``indices`` in turn from ``state``; their float64 sum Σ n·x, and Σ n."""
     torch.set_num_threads(1)
     model = build_model("cnn")
     sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in state.items()}
-    total, samples = 0.0, 0
+    samples = 0
     for index in indices:
         data = parts[index]
         model.load_state_dict(state)
@@ -52,9 +52,8 @@ def train_half(
         train_local(model, data, config, generator)
         for key, value in model.state_dict().items():
             sums[key].add_(value, alpha=float(len(data)))
-        total += len(data)
         samples += len(data)
-    return sums, total, samples
+    return sums, samples
 
 
 def main() -> None:
@@ -88,13 +87,13 @@ def main() -> None:
             for batch in (chosen[:half], chosen[half:])
         ]
         results = [f.result() for f in futures]
-        total = sum(r[1] for r in results)
+        total = sum(n for _, n in results)
         state = {
-            key: (sum(r[0][key] for r in results) / total).to(value.dtype)
+            key: (sum(sums[key] for sums, _ in results) / total).to(value.dtype)
             for key, value in state.items()
         }
         train_seconds += time.perf_counter() - start
-        samples += sum(r[2] for r in results)
+        samples += total
     model.load_state_dict(state)
     accuracy = evaluate(model, test).accuracy
     print(json.dumps({"train_seconds": train_seconds, "samples": samples, "accuracy": accuracy}))

@@ -155,7 +155,7 @@ def train_live_batches(
     on the flow's thread-pool task runner: they train at once, sharing the cores."""
     batches = client_batches(clients, cfg.round_tasks)
     threads = cfg.client_threads or _threads_per_batch(len(batches))
-    shared = dict(state)  # the tasks' parameter, emptied after the round (_release)
+    shared = dict(state)  # the tasks' parameter, emptied after the round (_empty_batches)
     with _torch_threads(threads):
         start = time.perf_counter()
         futures = [
@@ -169,7 +169,7 @@ def train_live_batches(
     _account(meter, wall, stats, len(futures))
     parts = [outcome for outcome, _ in results]
     outcome = combine(parts, state)
-    _release(shared, parts)
+    _empty_batches(shared, parts)
     return outcome, stats
 
 
@@ -206,9 +206,9 @@ def train_spec_batches(
         for future in futures:
             raw = future.result()
             results.append(decode_result(raw))  # copies out of the frame
-            _release(raw)
+            _free_frame(raw)
         wall = time.perf_counter() - start
-    _release(frame)
+    _free_frame(frame)
     stats = BatchStats()
     for _, body, pid, built in results:
         stats.body_seconds.append(body)
@@ -217,30 +217,31 @@ def train_spec_batches(
     return combine([outcome for outcome, *_ in results], state), stats
 
 
-def _release(*containers: object) -> None:
-    """Empty a round's task parameters and results once they are used.
+def _free_frame(frame: bytes | bytearray) -> None:
+    """Free a round's frame (a task's parameter or result) once it is used.
 
     Prefect keeps every task run's parameters and return value in reference
     cycles (its state and result records) that only Python's cyclic collector
     frees, and with the ~800 K long-lived objects of a flow process that
     collector's full passes come every several rounds: a round's model-sized
     frames and sums piled up until then (measured: +26 MB a round at 1,000
-    clients and C = 0.01, 250 MB before a pass). Emptying the containers this
-    flow handed to or got from Prefect frees their contents at once; the
-    records keep empty shells. A buffer still viewed elsewhere is left as it is.
+    clients and C = 0.01, 250 MB before a pass). Emptying what this flow handed
+    to or got from Prefect frees it at once; the records keep empty shells. A
+    frame still viewed elsewhere is left as it is, freed with the view.
     """
-    for container in containers:
-        if isinstance(container, bytearray):
-            with contextlib.suppress(BufferError):  # a live view pins it: freed with the view
-                container.clear()
-        elif isinstance(container, dict):
-            container.clear()
-        elif isinstance(container, list):
-            for part in container:
-                if isinstance(part, RoundOutcome):
-                    part.updates.clear()  # combine() copied the list
-                    if part.partial is not None:
-                        part.partial.sums.clear()  # combine() merged a copy
+    if isinstance(frame, bytearray):
+        with contextlib.suppress(BufferError):
+            frame.clear()
+
+
+def _empty_batches(shared: dict[str, torch.Tensor], parts: Sequence[RoundOutcome]) -> None:
+    """:func:`_free_frame` for in-process batches: their shared state parameter, and
+    the updates and sums they returned, once :func:`combine` has copied them."""
+    shared.clear()
+    for part in parts:
+        part.updates.clear()
+        if part.partial is not None:
+            part.partial.sums.clear()
 
 
 def _threads_per_batch(batches: int) -> int:

@@ -150,7 +150,7 @@ def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> 
         "seconds": [outcome.comm_seconds, outcome.compute_seconds, body],
         "process": [pid, built],
     }
-    # A bytearray, so that the round can free it once decoded (client_rounds._release).
+    # A bytearray, so that the round can free it once decoded (client_rounds._free_frame).
     return encode_frame_writable(_RESULT_TAG, value)
 
 

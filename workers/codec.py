@@ -232,9 +232,12 @@ def encode_frame_writable(tag: str, value: Value, *, over: bytearray | None = No
 
 def _write_header_over(over: bytearray, header: bytes, encoder: _Encoder) -> bool:
     """Make ``over`` the frame of ``header`` and ``encoder``'s tensors if they are its body."""
-    if len(over) < _PREFIX.size or _PREFIX.unpack_from(over)[0] != MAGIC:
+    if len(over) < _PREFIX.size:
         return False
-    body_start = _PREFIX.size + _PREFIX.unpack_from(over)[1]
+    magic, header_len = _PREFIX.unpack_from(over)
+    body_start = _PREFIX.size + header_len
+    if magic != MAGIC:
+        return False
     if _PREFIX.size + len(header) > body_start or len(over) - body_start != encoder.offset:
         return False
     base = np.frombuffer(over, dtype=np.uint8).ctypes.data + body_start
