@@ -25,11 +25,10 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from fl.aggregation import WeightedSum
 from fl.errors import ConfigError
 from flows.client_tasks import (
     STATE_TAG,
@@ -38,6 +37,7 @@ from flows.client_tasks import (
     prepare_clients,
     train_client_batch,
     train_client_specs,
+    train_client_specs_local,
 )
 from flows.config import ExperimentConfig
 from flows.engine import dask_client_threads
@@ -118,15 +118,17 @@ def combine(
 
     Streamed batches' sums are merged and averaged here: the result goes out as
     ``global_state``, the slot through which a round hands back a model it
-    aggregated itself (as secure aggregation does).
+    aggregated itself (as secure aggregation does). They are merged into the
+    first batch's sum, in place — the sums are the round's own, used once — which
+    spares a model-sized float64 copy on the round's critical path.
     """
     streamed = [p.partial for p in parts if p.partial is not None]
     average = None
     if streamed:
         if len(streamed) != len(parts):
             raise ConfigError("a round cannot mix streamed and unstreamed batches")
-        total = WeightedSum()
-        for partial in streamed:
+        total, *rest = streamed
+        for partial in rest:
             total.merge(partial)
         average = total.average({key: t.dtype for key, t in global_state.items()})
     return RoundOutcome(
@@ -186,35 +188,69 @@ def train_spec_batches(
     """Level 3's batches, each materialising its clients where it runs: in this
     process's task threads, or on the Dask workers of the flow's DaskTaskRunner.
 
-    The global state is encoded once and each batch's result decoded here: model
-    data crosses to and from Dask as codec frames, not pickled tensors.
+    To and from Dask, model data crosses as codec frames, not pickled tensors:
+    the global state is encoded once and each batch's result decoded here. In
+    this process the batches share the state dict and return their outcomes.
     """
-    frame = encode_frame_writable(STATE_TAG, dict(state))
     config = cfg.to_dict()
     batches = client_batches(specs, cfg.round_tasks)
     if on_dask:
-        threads = dask_client_threads(cfg)
-    else:
-        threads = cfg.client_threads or _threads_per_batch(len(batches))
-    with _torch_threads(None if on_dask else threads):
+        return _dask_spec_batches(meter, batches, state, config, round_index, stream, cfg)
+    threads = cfg.client_threads or _threads_per_batch(len(batches))
+    shared = dict(state)  # the tasks' parameter, emptied after the round (_empty_batches)
+    with _torch_threads(threads):
         start = time.perf_counter()
         futures = [
-            train_client_specs.submit(batch, frame, config, round_index, stream, threads)
+            train_client_specs_local.submit(batch, shared, config, round_index, stream, threads)
             for batch in batches
         ]
-        results = []
-        for future in futures:
-            raw = future.result()
-            results.append(decode_result(raw))  # copies out of the frame
-            _free_frame(raw)
+        results = [future.result() for future in futures]
         wall = time.perf_counter() - start
+    stats = _spec_stats(meter, wall, results)
+    parts = [outcome for outcome, *_ in results]
+    outcome = combine(parts, state)
+    _empty_batches(shared, parts)
+    return outcome, stats
+
+
+def _dask_spec_batches(
+    meter: OrchestrationMeter,
+    batches: list[list[ClientSpec]],
+    state: StateDict,
+    config: dict[str, Any],
+    round_index: int,
+    stream: bool,
+    cfg: ExperimentConfig,
+) -> tuple[RoundOutcome, BatchStats]:
+    """:func:`train_spec_batches` on Dask workers, through codec frames."""
+    frame = encode_frame_writable(STATE_TAG, dict(state))
+    threads = dask_client_threads(cfg)
+    start = time.perf_counter()
+    futures = [
+        train_client_specs.submit(batch, frame, config, round_index, stream, threads)
+        for batch in batches
+    ]
+    results = []
+    for future in futures:
+        raw = future.result()
+        results.append(decode_result(raw))  # copies out of the frame
+        _free_frame(raw)
+    wall = time.perf_counter() - start
     _free_frame(frame)
+    stats = _spec_stats(meter, wall, results)
+    return combine([outcome for outcome, *_ in results], state), stats
+
+
+def _spec_stats(
+    meter: OrchestrationMeter, wall: float, results: Sequence[tuple[RoundOutcome, float, int, int]]
+) -> BatchStats:
+    """Where the batches ran and what they built, accounted to the meter."""
     stats = BatchStats()
     for _, body, pid, built in results:
         stats.body_seconds.append(body)
         stats.models_by_process[pid] = max(stats.models_by_process.get(pid, 0), built)
-    _account(meter, wall, stats, len(futures))
-    return combine([outcome for outcome, *_ in results], state), stats
+    _account(meter, wall, stats, len(results))
+    return stats
 
 
 def _free_frame(frame: bytes | bytearray) -> None:

@@ -2,11 +2,14 @@
 
 ``flows.client_rounds`` cuts a round into batches and submits these tasks to the
 level flow's task runner. :func:`train_client_batch` trains resident virtual
-workers (this process only); :func:`train_client_specs` materialises level-3
-clients from their partition descriptors wherever it runs and answers with one
-codec frame — the batch's partial FedAvg sum or its updates — so that no tensor
-crosses to or from a Dask worker pickled. :func:`prepare_clients` reads the data
-into a process's caches before round 1.
+workers (this process only). Level-3 clients are materialised from their
+partition descriptors where their batch runs (:func:`train_specs_here`): on a
+Dask worker, :func:`train_client_specs` takes the global state and answers with
+one codec frame each — the batch's partial FedAvg sum or its updates — so that no
+tensor crosses to or from a Dask worker pickled; in this process,
+:func:`train_client_specs_local` hands them over as objects, since nothing
+crosses a process there. :func:`prepare_clients` reads the data into a process's
+caches before round 1.
 
 Dask pickles a task's function by reference (module and name): the task objects
 below are built from functions of other names, so that the names resolve to the
@@ -47,6 +50,8 @@ __all__ = [
     "prepare_clients",
     "train_client_batch",
     "train_client_specs",
+    "train_client_specs_local",
+    "train_specs_here",
 ]
 
 # A level-3 client to materialise: its index among all clients and whether it
@@ -101,11 +106,33 @@ def train_client_specs_body(
     stream: bool,
     threads: int | None,
 ) -> bytearray:
-    """A batch of level-3 clients wherever it runs: materialise, train, fold, encode.
+    """A batch of level-3 clients on a Dask worker: decode the global state's frame,
+    train the batch (:func:`train_specs_here`), and answer with one codec frame."""
+    start = time.perf_counter()
+    tag, state = decode_frame(state_frame)
+    if tag != STATE_TAG or not isinstance(state, dict):
+        raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
+    outcome, _, pid, built = train_specs_here(specs, state, config, round_index, stream, threads)
+    return _encode_result(outcome, time.perf_counter() - start, pid, built)
+
+
+train_client_specs = task(name="train-client-specs", cache_policy=NO_CACHE)(train_client_specs_body)
+
+
+def train_specs_here(
+    specs: list[ClientSpec],
+    state: StateDict,
+    config: dict[str, Any],
+    round_index: int,
+    stream: bool,
+    threads: int | None,
+) -> tuple[RoundOutcome, float, int, int]:
+    """A batch of level-3 clients in this process: materialise, train, fold.
 
     Each client loads its partition from the dataset location this process sees
     (cached per process), exactly as level 3's workers do, when its turn comes,
-    and is dropped after it: only the pooled modules stay.
+    and is dropped after it: only the pooled modules stay. Returns the outcome,
+    the body's seconds, this process's id and the modules its pool built.
     """
     start = time.perf_counter()
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: every freed
@@ -113,9 +140,6 @@ def train_client_specs_body(
     # local training 1.7x slower). Keep them in the heap, as fedsim's CLI does.
     tune_malloc()
     cfg = ExperimentConfig.from_dict(config)
-    tag, state = decode_frame(state_frame)
-    if tag != STATE_TAG or not isinstance(state, dict):
-        raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
     source = client_data_source(cfg)
     clients = (
         (index, self_loading_worker(cfg, index, poisoned, PROCESS_MODELS, source))
@@ -124,11 +148,12 @@ def train_client_specs_body(
     if threads is not None:
         _set_thread_count(threads)
     outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
-    body = time.perf_counter() - start
-    return _encode_result(outcome, body, os.getpid(), PROCESS_MODELS.built)
+    return outcome, time.perf_counter() - start, os.getpid(), PROCESS_MODELS.built
 
 
-train_client_specs = task(name="train-client-specs", cache_policy=NO_CACHE)(train_client_specs_body)
+# In this process (the thread-pool task runner) the batch's outcome is returned
+# as it is: no process boundary is crossed, so no frame is built or decoded.
+train_client_specs_local = task(name="train-client-specs", cache_policy=NO_CACHE)(train_specs_here)
 
 
 def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> bytearray:
