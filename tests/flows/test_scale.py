@@ -157,8 +157,8 @@ def test_rounds_free_their_frames_and_sums_without_the_cycle_collector(
     try:
         # (Earlier tests' failed rounds may have left theirs: not counted.)
         before = {id(obj) for obj in _held_round_buffers(weight_shape, frame_bytes)}
-        # Execute: level 2 (resident workers' batches return sums) and level 3
-        # (batches return frames), three rounds each.
+        # Execute: level 2 (resident workers' batches) and level 3 (batches
+        # materialising their clients), three rounds each; both return sums.
         benchmark_flow(cfg.to_dict())
         held = [
             obj for obj in _held_round_buffers(weight_shape, frame_bytes) if id(obj) not in before

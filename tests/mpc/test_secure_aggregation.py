@@ -300,3 +300,16 @@ def test_sealed_training_result_reaches_party_steps_only() -> None:
     sealed_id = trained[0].state.id if not isinstance(trained[0].state, str) else ""
     workers[0].delete([trained[0].state])
     assert sealed_id not in workers[0].core.object_ids()
+
+
+def test_each_party_keys_one_stream_of_its_own() -> None:
+    # Prepare: two parties; their streams are keyed on first use.
+    a, b = Party("a", lambda _id: None), Party("b", lambda _id: None)
+
+    # Execute
+    first, then = a.rng.random_bytes(32), a.rng.random_bytes(32)
+    other = b.rng.random_bytes(32)
+
+    # Assert: a party's stream goes on (it is not keyed again) and is not the other's.
+    assert a.rng is a.rng
+    assert first != then and first != other
