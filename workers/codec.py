@@ -291,10 +291,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _decode_tensor(
-    desc: Any, body: memoryview, expected_offset: int, owner: torch.Tensor | None
+    desc: Any, body: memoryview, expected_offset: int, owner: bytearray | None
 ) -> torch.Tensor:
     """Validate one descriptor; its bytes copied into a fresh, writable tensor, or
-    viewed in place in ``owner`` (the frame's bytes) when given and aligned."""
+    viewed in place in ``owner`` (the frame's buffer) when given and aligned."""
     if not isinstance(desc, dict) or set(desc) != {"dtype", "shape", "offset", "nbytes"}:
         raise ProtocolError("bad tensor descriptor")
     dtype = DTYPES.get(desc["dtype"]) if isinstance(desc["dtype"], str) else None
@@ -314,7 +314,12 @@ def _decode_tensor(
         raise ProtocolError(f"tensor bytes {offset}..{offset + nbytes} beyond body {len(body)}")
     if owner is not None and nbytes:
         start = len(owner) - len(body) + offset
-        view = owner[start : start + nbytes]
+        # Through numpy: its array holds an export of the buffer (which pins it
+        # against resizing) and the tensor holds the array. torch.frombuffer
+        # would hold neither. One array per tensor, not views of one for the
+        # whole frame: a model trained on views of one shared base ran ~1%
+        # slower (measured twice, within noise; not worth the ~50 µs saved).
+        view = torch.from_numpy(np.frombuffer(owner, dtype=np.uint8, count=nbytes, offset=start))
         if view.data_ptr() % itemsize == 0:
             return view.view(dtype).reshape(shape)
     out = torch.empty(nbytes, dtype=torch.uint8)
@@ -361,12 +366,7 @@ def decode_frame(
     alive. Validation is the same either way.
     """
     header, body = _parse_header(data)
-    owner = None
-    if in_place and isinstance(data, bytearray):
-        # Through numpy: its array holds an export of the buffer (which pins it
-        # against resizing) and every tensor viewing it holds the array.
-        # torch.frombuffer would hold neither.
-        owner = torch.from_numpy(np.frombuffer(data, dtype=np.uint8))
+    owner = data if in_place and isinstance(data, bytearray) else None
     descriptors = header["tensors"]
     if len(descriptors) > _MAX_TENSORS:
         raise ProtocolError(f"{len(descriptors)} tensors exceed {_MAX_TENSORS}")
