@@ -156,23 +156,13 @@ def train_live_batches(
     """The round's batches over this process's virtual workers (levels 2-3), as tasks
     on the flow's thread-pool task runner: they train at once, sharing the cores."""
     batches = client_batches(clients, cfg.round_tasks)
-    threads = cfg.client_threads or _threads_per_batch(len(batches))
-    shared = dict(state)  # the tasks' parameter, emptied after the round (_empty_batches)
-    with _torch_threads(threads):
-        start = time.perf_counter()
-        futures = [
-            train_client_batch.submit(batch, shared, cfg, round_index, stream, threads)
-            for batch in batches
-        ]
-        results = [future.result() for future in futures]
-        wall = time.perf_counter() - start
+    results, wall, shared = _run_here(
+        cfg, train_client_batch, batches, state, cfg, round_index, stream
+    )
     stats = BatchStats(body_seconds=[body for _, body in results])
     stats.models_by_process[os.getpid()] = models.built
-    _account(meter, wall, stats, len(futures))
-    parts = [outcome for outcome, _ in results]
-    outcome = combine(parts, state)
-    _empty_batches(shared, parts)
-    return outcome, stats
+    _account(meter, wall, stats, len(results))
+    return _combine_here([outcome for outcome, _ in results], state, shared), stats
 
 
 def train_spec_batches(
@@ -196,21 +186,40 @@ def train_spec_batches(
     batches = client_batches(specs, cfg.round_tasks)
     if on_dask:
         return _dask_spec_batches(meter, batches, state, config, round_index, stream, cfg)
+    results, wall, shared = _run_here(
+        cfg, train_client_specs_local, batches, state, config, round_index, stream
+    )
+    stats = _spec_stats(meter, wall, results)
+    return _combine_here([outcome for outcome, *_ in results], state, shared), stats
+
+
+def _run_here(
+    cfg: ExperimentConfig,
+    batch_task: Any,
+    batches: Sequence[Sequence[Any]],
+    state: StateDict,
+    *args: Any,
+) -> tuple[list[Any], float, StateDict]:
+    """Every batch as ``batch_task(batch, state, *args, threads)`` on the flow's
+    thread-pool task runner, all at once, with ``cfg``'s torch threads per batch
+    (sharing the cores); their results, the wall time, and the state dict they
+    shared (the tasks' parameter, which :func:`_combine_here` empties)."""
     threads = cfg.client_threads or _threads_per_batch(len(batches))
-    shared = dict(state)  # the tasks' parameter, emptied after the round (_empty_batches)
+    shared = dict(state)
     with _torch_threads(threads):
         start = time.perf_counter()
-        futures = [
-            train_client_specs_local.submit(batch, shared, config, round_index, stream, threads)
-            for batch in batches
-        ]
+        futures = [batch_task.submit(batch, shared, *args, threads) for batch in batches]
         results = [future.result() for future in futures]
-        wall = time.perf_counter() - start
-    stats = _spec_stats(meter, wall, results)
-    parts = [outcome for outcome, *_ in results]
+        return results, time.perf_counter() - start, shared
+
+
+def _combine_here(
+    parts: list[RoundOutcome], state: StateDict, shared: dict[str, torch.Tensor]
+) -> RoundOutcome:
+    """:func:`combine` of in-process batches, then :func:`_empty_batches`."""
     outcome = combine(parts, state)
     _empty_batches(shared, parts)
-    return outcome, stats
+    return outcome
 
 
 def _dask_spec_batches(

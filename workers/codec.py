@@ -235,9 +235,9 @@ def _write_header_over(over: bytearray, header: bytes, encoder: _Encoder) -> boo
     if len(over) < _PREFIX.size:
         return False
     magic, header_len = _PREFIX.unpack_from(over)
-    body_start = _PREFIX.size + header_len
     if magic != MAGIC:
         return False
+    body_start = _PREFIX.size + header_len
     if _PREFIX.size + len(header) > body_start or len(over) - body_start != encoder.offset:
         return False
     base = np.frombuffer(over, dtype=np.uint8).ctypes.data + body_start

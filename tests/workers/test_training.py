@@ -46,16 +46,22 @@ def _train_locally(state: dict[str, torch.Tensor], data: Split) -> dict[str, tor
     return get_state(model)
 
 
+def _partition_worker() -> tuple[WorkerCore, VirtualWorker, Split, dict[str, torch.Tensor]]:
+    """A virtual worker holding partition 1, the same partition loaded here, and an
+    initial MLP state."""
+    core = WorkerCore.with_partition("w1", index=1, **PARTITION)  # type: ignore[arg-type]
+    worker = VirtualWorker("w1", core=core)
+    local_data = load_partition(index=1, **PARTITION)  # type: ignore[arg-type]
+    return core, worker, local_data, get_state(build_model("mlp", seed=0))
+
+
 def _encoded_size(value: object) -> int:
     return len(m.PutObject("probe", value).encode())
 
 
 def test_worker_with_its_own_partition_trains_like_local_training() -> None:
     # Prepare
-    core = WorkerCore.with_partition("w1", index=1, **PARTITION)  # type: ignore[arg-type]
-    worker = VirtualWorker("w1", core=core)
-    local_data = load_partition(index=1, **PARTITION)  # type: ignore[arg-type]
-    initial = get_state(build_model("mlp", seed=0))
+    core, worker, local_data, initial = _partition_worker()
     state_size = _encoded_size(initial)
 
     # Execute
@@ -129,10 +135,7 @@ def test_bad_training_requests_fail_cleanly_and_keep_the_store() -> None:
 
 def test_fit_equals_local_training_and_consumes_its_state() -> None:
     # Prepare
-    core = WorkerCore.with_partition("w1", index=1, **PARTITION)  # type: ignore[arg-type]
-    worker = VirtualWorker("w1", core=core)
-    local_data = load_partition(index=1, **PARTITION)  # type: ignore[arg-type]
-    initial = get_state(build_model("mlp", seed=0))
+    core, worker, local_data, initial = _partition_worker()
     state_ptr = worker.send(initial)
 
     # Execute
@@ -153,10 +156,7 @@ def test_fit_equals_local_training_and_consumes_its_state() -> None:
 
 def test_fit_of_a_broadcast_state_answers_over_the_frame_it_trained() -> None:
     # Prepare: a Broadcast frame leaves room in its header for the reply.
-    core = WorkerCore.with_partition("w1", index=1, **PARTITION)  # type: ignore[arg-type]
-    worker = VirtualWorker("w1", core=core)
-    local_data = load_partition(index=1, **PARTITION)  # type: ignore[arg-type]
-    initial = get_state(build_model("mlp", seed=0))
+    core, worker, local_data, initial = _partition_worker()
     broadcast = Broadcast.of(initial)
     bad_config = {"epochs": 0, "batch_size": 32, "lr": 0.1}
 
