@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from fedsim.cli import main
 from flows.config import PROFILES, ExperimentConfig
 from flows.deployment import full_name
+from tests.ports import free_port
 
 T = TypeVar("T")
 
@@ -53,12 +53,6 @@ SMALL = ExperimentConfig(
 # The per-minute deployment's own parameters: as small as a benchmark gets.
 TINY = {**SMALL, "levels": "baseline", "workers": 1, "train_samples": 200, "test_samples": 100}
 TINY["experiment"] = "every-minute"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(check: Callable[[], T | None], timeout: float, what: str, proc: Any = None) -> T:
@@ -110,7 +104,7 @@ def _healthy(url: str) -> bool | None:
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``prefect server start`` on a free loopback port; yields its API URL."""
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -181,7 +175,7 @@ def test_serve_without_a_server_is_one_line(api_url: str | None, tmp_path: Path)
     env = {**os.environ, "PREFECT_HOME": str(tmp_path)}
     env.pop("PREFECT_API_URL", None)
     if api_url:
-        env["PREFECT_API_URL"] = api_url = f"http://127.0.0.1:{_free_port()}/api"
+        env["PREFECT_API_URL"] = api_url = f"http://127.0.0.1:{free_port()}/api"
 
     # Execute
     proc = subprocess.run([FEDSIM, "serve"], env=env, capture_output=True, text=True, timeout=60)

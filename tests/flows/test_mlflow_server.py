@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
+from tests.ports import free_port
 
 SMALL = ExperimentConfig(
     levels="baseline,1,2",
@@ -39,17 +39,11 @@ SMALL = ExperimentConfig(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1:<free port>; yields its base URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(Path(sys.executable).with_name("mlflow")),
         "server",

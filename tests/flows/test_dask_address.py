@@ -1,0 +1,120 @@
+"""An existing Dask cluster, by address: the README's commands, equal results, clear refusals."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fl.errors import ConfigError
+from flows import client_tasks
+from flows.benchmark import benchmark_flow
+from flows.config import ExperimentConfig
+from flows.preflight import preflight
+from tests.dask_cluster import DaskCommands, dask_commands
+from tests.flows.test_scale import THOUSAND, history, level_runs, sampled_sets
+from tests.ports import free_port
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+# 40 clients, 20 a round in 2 batches: small enough for a test, two workers busy.
+BASE = {**THOUSAND, "levels": "3", "workers": 40, "fraction": 0.5, "batch_size": 8}
+BASE |= {"train_samples": 800, "client_threads": 1}
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Iterator[DaskCommands]:
+    with dask_commands(tmp_path) as cluster:
+        yield cluster
+
+
+def _prefect_env() -> dict[str, str]:
+    """The test's Prefect server, for the workers to report their task runs to."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the prefect_harness fixture sets an API URL"
+    return {"PREFECT_API_URL": url}
+
+
+def test_existing_cluster_equals_in_process_run(
+    mlflow_uri: str, tmp_path: Path, scheduler: DaskCommands
+) -> None:
+    # Prepare: `dask scheduler` and `dask worker --nworkers 2`, as the README says.
+    scheduler.add_workers(2, _prefect_env())
+    on_cluster = ExperimentConfig(**BASE, task_runner="dask", dask_address=scheduler.address)
+    preflight(on_cluster)
+
+    # Execute
+    local = benchmark_flow(ExperimentConfig(**BASE).to_dict())
+    built_here = client_tasks.PROCESS_MODELS.built
+    remote = benchmark_flow(on_cluster.to_dict())
+
+    # Assert: the cluster's run is the in-process run; both of its workers
+    # trained clients, and none trained here.
+    local_run = level_runs(local["parent_run_id"])["decentralized"]
+    remote_run = level_runs(remote["parent_run_id"])["decentralized"]
+    assert remote_run.data.params["task_runner"] == "dask"
+    for key in ("test_loss", "test_accuracy", "train_loss", "bytes_sent"):
+        assert history(remote_run.info.run_id, key) == history(local_run.info.run_id, key), key
+    assert sampled_sets(remote_run.info.run_id, tmp_path / "remote") == sampled_sets(
+        local_run.info.run_id, tmp_path / "local"
+    )
+    assert client_tasks.PROCESS_MODELS.built == built_here
+    built = scheduler.models_built()
+    assert len(built) == 2 and all(count >= 1 for count in built.values()), built
+
+
+def test_unreachable_scheduler_is_one_line_at_once() -> None:
+    # Prepare: a port nothing listens on.
+    cfg = ExperimentConfig(
+        **BASE, task_runner="dask", dask_address=f"tcp://127.0.0.1:{free_port()}"
+    )
+
+    # Execute / Assert: refused at once, not after Dask's 30 s of retries.
+    with pytest.raises(ConfigError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1"):
+        preflight(cfg)
+
+
+def test_scheduler_without_workers_is_refused(scheduler: DaskCommands) -> None:
+    cfg = ExperimentConfig(**BASE, task_runner="dask", dask_address=scheduler.address)
+
+    with pytest.raises(ConfigError, match="has no workers: start `dask worker"):
+        preflight(cfg)
+
+
+def test_workers_with_other_data_or_none_are_refused(
+    tmp_path: Path, scheduler: DaskCommands
+) -> None:
+    # Prepare: a worker whose $FEDSIM_DATA copy of Fashion-MNIST has one test
+    # label changed — another machine's copy, as far as fedsim can tell.
+    other = tmp_path / "other-copy"
+    other.mkdir()
+    for source in DEBIAN_FASHION.glob("*.gz"):
+        (other / source.name).symlink_to(source)
+    assert len(list(other.iterdir())) == 4, "Debian's dataset-fashion-mnist is installed"
+    labels = other / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(gzip.decompress(labels.read_bytes()))
+    labels.unlink()
+    data[-1] = (data[-1] + 1) % 10
+    labels.write_bytes(gzip.compress(bytes(data)))
+    scheduler.add_workers(1, {**_prefect_env(), "FEDSIM_DATA": str(other)})
+    cfg = ExperimentConfig(**BASE, task_runner="dask", dask_address=scheduler.address)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="sees other fashion-mnist data than this process"):
+        preflight(cfg)
+
+    # Prepare: a second worker whose dataset location does not exist.
+    shutil.rmtree(tmp_path / "missing", ignore_errors=True)
+    scheduler.add_workers(1, {**_prefect_env(), "FEDSIM_DATA": str(tmp_path / "missing")})
+
+    # Execute / Assert: the worker's own error, named.
+    with pytest.raises(
+        ConfigError, match=r"cannot run fedsim's batches \(DataError: \$FEDSIM_DATA"
+    ):
+        preflight(cfg)
