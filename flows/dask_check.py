@@ -5,16 +5,21 @@ Three things go wrong there, and each would otherwise show late and badly: a
 scheduler that cannot be reached (Dask retries for 30 s, then a traceback, after
 the levels before 3 have run), a scheduler without workers (the batches wait
 forever), and workers that cannot run the batches — fedsim not installed, the
-dataset missing, or a different copy of it (the run would finish, with results
-that are not the in-process run's). :func:`check_dask_cluster` asks the cluster
-before Prefect starts and turns each into one line.
+dataset missing — or that would run them differently: another copy of the
+dataset, another version of fedsim's code or of torch (the run would finish,
+with results that are not the in-process run's). :func:`check_dask_cluster` asks
+the cluster before Prefect starts and turns each into one line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
+
+import torch
 
 from fl.data import dataset_checksum
 from fl.errors import ConfigError
@@ -22,21 +27,41 @@ from fl.errors import ConfigError
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig
 
-__all__ = ["CONNECT_SECONDS", "check_dask_cluster", "worker_dataset_checksum"]
+__all__ = ["CONNECT_SECONDS", "Fingerprint", "check_dask_cluster", "fingerprint"]
 
 # A scheduler on the same network answers in milliseconds; Dask's own default (30 s)
 # allows for a busy one. This is for the first contact only.
 CONNECT_SECONDS = 10.0
 _SOCKET_SCHEMES = frozenset({"tcp", "tls", "ws", "wss"})
+# The packages whose code a batch runs on a worker.
+_PACKAGES = ("fl", "flows", "workers", "mpc")
 
 
-def worker_dataset_checksum(dataset: str, data_dir: str | None) -> str:
-    """Run on each Dask worker: the sha256 of the dataset it would train on.
+class Fingerprint(NamedTuple):
+    """What decides a batch's bits besides its inputs: the code, torch, the data."""
 
-    Shipped by reference (module and name), so a worker without fedsim fails to
-    import it: that failure is the check that fedsim is installed there.
+    code: str  # sha256 over fedsim's package sources
+    torch: str
+    data: str  # fl.data.dataset_checksum
+
+
+def fingerprint(dataset: str, data_dir: str | None) -> Fingerprint:
+    """This process's :class:`Fingerprint`; run on each Dask worker to compare.
+
+    Shipped to workers by reference (module and name), so a worker without
+    fedsim fails to import it: that failure is the check that fedsim is there.
     """
-    return dataset_checksum(dataset, data_dir)
+    return Fingerprint(_code_checksum(), torch.__version__, dataset_checksum(dataset, data_dir))
+
+
+def _code_checksum() -> str:
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for package in _PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def check_dask_cluster(cfg: ExperimentConfig) -> int:
@@ -49,34 +74,53 @@ def check_dask_cluster(cfg: ExperimentConfig) -> int:
     from distributed import Client  # Dask is only imported when used
 
     try:
-        client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+        client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # timeouts, refused handshakes, TLS without credentials
         raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     with client:
-        workers = client.nthreads()
+        workers = client.nthreads()  # type: ignore[no-untyped-call]
         if not workers:
             raise ConfigError(
                 f"the Dask scheduler at {address} has no workers: start "
                 f"`dask worker {address}` on the machines that should train"
             )
-        answers = client.run(worker_dataset_checksum, cfg.dataset, cfg.data_dir, on_error="return")
+        answers = client.run(fingerprint, cfg.dataset, cfg.data_dir, on_error="return")
     failed = sorted((w, a) for w, a in answers.items() if isinstance(a, BaseException))
     if failed:
+        # A missing fedsim arrives as Dask's wrapper of the ImportError, a missing
+        # dataset as fedsim's DataError: name the error, and both requirements.
         worker, error = failed[0]
-        hint = "install fedsim there" if isinstance(error, ImportError) else "see the README"
         raise ConfigError(
-            f"Dask worker {worker} cannot run fedsim's batches "
-            f"({type(error).__name__}: {error}): {hint}"
+            f"Dask worker {worker} cannot run fedsim's batches ({type(error).__name__}: "
+            f"{error}); it needs fedsim installed and the dataset where --data-dir or "
+            "$FEDSIM_DATA points on that machine"
         )
-    expected = dataset_checksum(cfg.dataset, cfg.data_dir)
-    for worker, checksum in sorted(answers.items()):
-        if checksum != expected:
-            raise ConfigError(
-                f"Dask worker {worker} sees other {cfg.dataset} data than this process "
-                f"(sha256 {checksum[:12]}… against {expected[:12]}…): its clients would "
-                "train on other samples"
-            )
+    here = fingerprint(cfg.dataset, cfg.data_dir)
+    _check_same(sorted((w, Fingerprint(*a)) for w, a in answers.items()), here, cfg.dataset)
     return len(workers)
+
+
+# What may differ between a worker and this process, in the order it is reported.
+_DIFFERENCES = (
+    ("data", "sees other {dataset} data than this process (sha256 {there}… against "
+             "{here}…): its clients would train on other samples"),
+    ("code", "runs other fedsim code than this process (sources' sha256 {there}… against "
+             "{here}…): install this version there"),
+    ("torch", "runs torch {there}, this process {here}: results would differ in their "
+              "last bits"),
+)  # fmt: skip
+
+
+def _check_same(workers: list[tuple[str, Fingerprint]], here: Fingerprint, dataset: str) -> None:
+    """ConfigError for a worker that would change the run's results: any worker's
+    other data first, then other code, then another torch."""
+    for field, problem in _DIFFERENCES:
+        mine = getattr(here, field)
+        for worker, there in workers:
+            theirs = getattr(there, field)
+            if theirs != mine:
+                detail = problem.format(dataset=dataset, there=theirs[:12], here=mine[:12])
+                raise ConfigError(f"Dask worker {worker} {detail}")
 
 
 def _probe_socket(address: str) -> None:

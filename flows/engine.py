@@ -9,8 +9,9 @@ With ``--task-runner local`` (the default) the batches run at once on the level
 flow's thread pool in this process, one torch thread each on this 2-core
 machine. With ``--task-runner dask`` the level's flow runs under
 ``prefect_dask.DaskTaskRunner`` and the batches run in parallel on Dask workers:
-on an existing cluster when ``--dask-address`` names its scheduler, otherwise on
-a ``LocalCluster`` of ``--dask-workers`` processes bound to 127.0.0.1. Each batch
+on an existing cluster when ``--dask-address`` names its scheduler (checked
+before the run starts: ``flows.dask_check``), otherwise on a ``LocalCluster`` of
+``--dask-workers`` processes bound to 127.0.0.1. Each batch
 materialises its clients on the Dask worker from their partition descriptors —
 the worker reads the dataset from its own dataset location, as level 3's
 clients do — so no training data is shipped per task: only the global model

@@ -14,7 +14,8 @@ def preflight(cfg: ExperimentConfig) -> None:
 
     Sample counts beyond the dataset, or a partition that cannot give every
     worker data (e.g. ``shards:5000``), would otherwise surface deep inside a
-    flow run; so would a Dask cluster (``--dask-address``) that cannot train. Loading is cached in-process, so the flows reuse this work.
+    flow run; so would a Dask cluster (``--dask-address``) that cannot train.
+    Loading is cached in-process, so the flows reuse this work.
     """
     train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
     load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)

@@ -15,12 +15,13 @@ from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.preflight import preflight
 from tests.dask_cluster import DaskCommands, dask_commands
-from tests.flows.test_scale import THOUSAND, history, level_runs, sampled_sets
+from tests.flows.test_scale import THOUSAND, assert_same_level_3
 from tests.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+REPO = Path(__file__).resolve().parents[2]
 # 40 clients, 20 a round in 2 batches: small enough for a test, two workers busy.
 BASE = {**THOUSAND, "levels": "3", "workers": 40, "fraction": 0.5, "batch_size": 8}
 BASE |= {"train_samples": 800, "client_threads": 1}
@@ -56,14 +57,7 @@ def test_existing_cluster_equals_in_process_run(
 
     # Assert: the cluster's run is the in-process run; both of its workers
     # trained clients, and none trained here.
-    local_run = level_runs(local["parent_run_id"])["decentralized"]
-    remote_run = level_runs(remote["parent_run_id"])["decentralized"]
-    assert remote_run.data.params["task_runner"] == "dask"
-    for key in ("test_loss", "test_accuracy", "train_loss", "bytes_sent"):
-        assert history(remote_run.info.run_id, key) == history(local_run.info.run_id, key), key
-    assert sampled_sets(remote_run.info.run_id, tmp_path / "remote") == sampled_sets(
-        local_run.info.run_id, tmp_path / "local"
-    )
+    assert_same_level_3(remote["parent_run_id"], local["parent_run_id"], tmp_path)
     assert client_tasks.PROCESS_MODELS.built == built_here
     built = scheduler.models_built()
     assert len(built) == 2 and all(count >= 1 for count in built.values()), built
@@ -87,15 +81,31 @@ def test_scheduler_without_workers_is_refused(scheduler: DaskCommands) -> None:
         preflight(cfg)
 
 
-def test_workers_with_other_data_or_none_are_refused(
+def test_workers_that_would_differ_or_fail_are_refused(
     tmp_path: Path, scheduler: DaskCommands
 ) -> None:
+    cfg = ExperimentConfig(**BASE, task_runner="dask", dask_address=scheduler.address)
+    # Prepare: a worker importing a copy of fedsim with one line added, as a
+    # machine that was not updated would.
+    code = tmp_path / "other-code"
+    for package in ("fedsim", "fl", "flows", "mpc", "workers"):
+        shutil.copytree(
+            REPO / package, code / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    with open(code / "fl" / "training.py", "a") as source:
+        source.write("# edited on one machine only\n")
+    scheduler.add_workers(1, {**_prefect_env(), "PYTHONPATH": str(code)})
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="runs other fedsim code than this process"):
+        preflight(cfg)
+
     # Prepare: a worker whose $FEDSIM_DATA copy of Fashion-MNIST has one test
     # label changed — another machine's copy, as far as fedsim can tell.
-    other = tmp_path / "other-copy"
+    other = tmp_path / "other-data"
     other.mkdir()
-    for source in DEBIAN_FASHION.glob("*.gz"):
-        (other / source.name).symlink_to(source)
+    for source_file in DEBIAN_FASHION.glob("*.gz"):
+        (other / source_file.name).symlink_to(source_file)
     assert len(list(other.iterdir())) == 4, "Debian's dataset-fashion-mnist is installed"
     labels = other / "t10k-labels-idx1-ubyte.gz"
     data = bytearray(gzip.decompress(labels.read_bytes()))
@@ -103,17 +113,15 @@ def test_workers_with_other_data_or_none_are_refused(
     data[-1] = (data[-1] + 1) % 10
     labels.write_bytes(gzip.compress(bytes(data)))
     scheduler.add_workers(1, {**_prefect_env(), "FEDSIM_DATA": str(other)})
-    cfg = ExperimentConfig(**BASE, task_runner="dask", dask_address=scheduler.address)
 
-    # Execute / Assert
+    # Execute / Assert: other data is named before other code.
     with pytest.raises(ConfigError, match="sees other fashion-mnist data than this process"):
         preflight(cfg)
 
-    # Prepare: a second worker whose dataset location does not exist.
-    shutil.rmtree(tmp_path / "missing", ignore_errors=True)
+    # Prepare: a worker whose dataset location does not exist.
     scheduler.add_workers(1, {**_prefect_env(), "FEDSIM_DATA": str(tmp_path / "missing")})
 
-    # Execute / Assert: the worker's own error, named.
+    # Execute / Assert: the worker's own error, named, before any difference.
     with pytest.raises(
         ConfigError, match=r"cannot run fedsim's batches \(DataError: \$FEDSIM_DATA"
     ):

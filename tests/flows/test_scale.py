@@ -64,6 +64,21 @@ def reference_samples(seed: int, clients: int, per_round: int, rounds: int) -> l
     ]
 
 
+def assert_same_level_3(dask_parent: str, local_parent: str, tmp_path: Path) -> None:
+    """Level 3 of a Dask run equals the in-process run's: every round's loss, accuracy
+    and bytes sent, bit for bit, and the sampled clients."""
+    dask_run = level_runs(dask_parent)["decentralized"]
+    local_run = level_runs(local_parent)["decentralized"]
+    assert dask_run.data.params["task_runner"] == "dask"
+    assert local_run.data.params["task_runner"] == "local"
+    # (bytes_received differs by a few bytes: replies carry timings as JSON floats.)
+    for key in ("test_loss", "test_accuracy", "train_loss", "bytes_sent"):
+        assert history(dask_run.info.run_id, key) == history(local_run.info.run_id, key), key
+    assert sampled_sets(dask_run.info.run_id, tmp_path / "dask") == sampled_sets(
+        local_run.info.run_id, tmp_path / "local"
+    )
+
+
 def test_thousand_clients_hold_models_for_running_batches_only(
     mlflow_uri: str, tmp_path: Path
 ) -> None:
@@ -111,16 +126,7 @@ def test_local_cluster_run_equals_in_process_run(mlflow_uri: str, tmp_path: Path
 
     # Assert: bit-identical per-round losses and accuracies and the same clients,
     # and no client of the Dask run trained in this process.
-    local_run = level_runs(local["parent_run_id"])["decentralized"]
-    dask_run = level_runs(dask["parent_run_id"])["decentralized"]
-    assert dask_run.data.params["task_runner"] == "dask"
-    assert local_run.data.params["task_runner"] == "local"
-    # (bytes_received differs by a few bytes: replies carry timings as JSON floats.)
-    for key in ("test_loss", "test_accuracy", "train_loss", "bytes_sent"):
-        assert history(dask_run.info.run_id, key) == history(local_run.info.run_id, key), key
-    assert sampled_sets(dask_run.info.run_id, tmp_path / "dask") == sampled_sets(
-        local_run.info.run_id, tmp_path / "local"
-    )
+    assert_same_level_3(dask["parent_run_id"], local["parent_run_id"], tmp_path)
     assert client_tasks.PROCESS_MODELS.built == built_here
 
 
