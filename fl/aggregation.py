@@ -218,9 +218,10 @@ class Strategy(ABC):
     """How a round picks its clients and combines their updates."""
 
     name: ClassVar[str]
-    # True when ``aggregate`` is FedAvg's weighted mean, so that a round may fold
-    # each update into a WeightedSum as it arrives instead of holding them all.
-    streaming: ClassVar[bool] = False
+    # True when ``aggregate`` is a mean a round can fold update by update into a
+    # WeightedSum as they arrive instead of holding them all: FedAvg's weighted
+    # mean, or DP-FedAvg's clipped, unweighted one (noised after the fold).
+    streaming: bool = False
 
     def sample_clients(
         self, client_ids: Sequence[str], fraction: float, generator: torch.Generator
@@ -254,7 +255,7 @@ class FedAvg(Strategy):
     """Federated Averaging (McMahan et al. 2017): average weighted by client sample count."""
 
     name: ClassVar[str] = "fedavg"
-    streaming: ClassVar[bool] = True
+    streaming = True
 
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]

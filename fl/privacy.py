@@ -222,6 +222,12 @@ class DPFedAvg(Strategy):
     Simplification: the fraction b̄ is used without the noise Andrew et al. add to
     it, so the accountant does not cover the quantile estimate (it leaks a little
     about the norms); the noise on the update is not reduced to compensate either.
+
+    With a fixed S the round may stream (:attr:`streaming`): each update is
+    clipped around the global state (:func:`fl.updates.clip_to_reference`) and
+    folded with weight 1 as it arrives, and the noise is added to the mean of the
+    fold (``flows.defence.Defence.opened``, as for a securely opened sum), so no
+    (n, d) matrix is built. Adaptive clipping needs every norm: it does not stream.
     """
 
     name: ClassVar[str] = "dp-fedavg"
@@ -231,6 +237,7 @@ class DPFedAvg(Strategy):
             raise ConfigError(f"DP-FedAvg needs dp mode 'client', got {dp.mode!r}")
         self.dp = dp
         self.clip = dp.clip
+        self.streaming = dp.adaptive_quantile is None
         self.generator = torch.Generator().manual_seed(seed)
         self.last_clip: float | None = None
         self.last_norms: torch.Tensor | None = None

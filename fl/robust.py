@@ -247,7 +247,7 @@ class ScoredFedAvg(FedAvg, ScoredStrategy):
     """
 
     spec = "fedavg"
-    streaming: ClassVar[bool] = False  # the report needs every update
+    streaming = False  # the report needs every update
 
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from fl.data import Split
 from fl.errors import ConfigError, DataError
+from fl.updates import clip_to_reference
 
 __all__ = ["EvalResult", "TrainConfig", "TrainResult", "evaluate", "train_local"]
 
@@ -143,23 +144,15 @@ def _floating_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _clip_model_update(model: nn.Module, start: dict[str, torch.Tensor], clip: float) -> None:
-    """Project the model's move away from ``start`` onto the L2 ball of radius ``clip``.
-
-    A move that is not finite (training diverged) becomes no move at all: the
-    sensitivity bound holds whatever happened, and no NaN reaches the sum.
-    """
+    """Project the model's move away from ``start`` onto the L2 ball of radius ``clip``
+    (:func:`fl.updates.clip_to_reference`: a move that is not finite becomes none)."""
     current = model.state_dict()
-    deltas = [(current[k].double() - t.double()).reshape(-1) for k, t in start.items()]
-    norm = float(torch.linalg.vector_norm(torch.cat(deltas))) if deltas else 0.0
-    if norm <= clip:
+    clipped = clip_to_reference(current, start, clip)
+    if clipped is None:
         return
     with torch.no_grad():
-        for key, t in start.items():
-            if not math.isfinite(norm):  # NaN · 0 is NaN: put the start back instead
-                current[key].copy_(t)
-                continue
-            moved = t.double() + (current[key].double() - t.double()) * (clip / norm)
-            current[key].copy_(moved.to(t.dtype))
+        for key in start:
+            current[key].copy_(clipped[key])
 
 
 def _train_sgd(

@@ -6,18 +6,21 @@ on states: medians, distances, clipping norms and noise are about how far a
 client moved the model. :func:`stack_updates` lays the round's updates out as
 an (n, d) float64 matrix (row i = client i, every floating tensor flattened in
 the global state's key order); :func:`unstack_update` turns one (d,) row back
-into a state.
+into a state. :func:`clip_to_reference` bounds one client's move without the
+matrix: the worker's own clip before an update leaves it, and the coordinator's
+clip of each update as a streamed round folds it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from fl.errors import ConfigError
 
-__all__ = ["floating_keys", "stack_updates", "unstack_update"]
+__all__ = ["clip_to_reference", "floating_keys", "stack_updates", "unstack_update", "update_norm"]
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -81,3 +84,41 @@ def unstack_update(
         else:
             result[key] = source[key].detach().clone()
     return result
+
+
+def update_norm(state: StateDict, reference: StateDict) -> float:
+    """‖state − reference‖₂ over ``reference``'s floating tensors, in float64 (NaN or
+    inf when the move is not finite)."""
+    deltas = [
+        (state[key].double() - ref.double()).reshape(-1)
+        for key, ref in reference.items()
+        if ref.is_floating_point()
+    ]
+    return float(torch.linalg.vector_norm(torch.cat(deltas))) if deltas else 0.0
+
+
+def clip_to_reference(
+    state: StateDict, reference: StateDict, clip: float
+) -> dict[str, torch.Tensor] | None:
+    """``state`` moved back onto the L2 ball of radius ``clip`` around ``reference``,
+    or None when it is inside already.
+
+    The move is scaled in float64 and cast back to each tensor's dtype. A move
+    that is not finite (training diverged, or a hostile client) becomes no move
+    at all — ``reference``'s tensors — so that the bound holds whatever happened
+    and no NaN reaches a sum. Tensors ``reference`` has no floating value for
+    are ``state``'s own.
+    """
+    norm = update_norm(state, reference)
+    if norm <= clip:
+        return None
+    clipped = dict(state)
+    for key, ref in reference.items():
+        if not ref.is_floating_point():
+            continue
+        if not math.isfinite(norm):  # NaN · 0 is NaN: the reference instead
+            clipped[key] = ref.detach().clone()
+            continue
+        moved = ref.double() + (state[key].double() - ref.double()) * (clip / norm)
+        clipped[key] = moved.to(ref.dtype)
+    return clipped

@@ -9,12 +9,15 @@ level 3 under secure or he aggregation) trains resident virtual workers
 all between rounds: each batch materialises its clients from their partition
 descriptors where it runs (:func:`train_spec_batches`).
 
-Streaming: when the strategy is FedAvg's weighted mean (``Strategy.streaming``) and
-aggregation is plain, each batch folds its clients' models into one float64
-:class:`~fl.aggregation.WeightedSum` and drops them; the round merges the batches'
-sums in batch order (:func:`combine`). A round then holds one model per batch in
-flight, whatever the number of clients. Other strategies (robust aggregators,
-DP, attacks) need every update, and get them.
+Streaming: when the strategy's mean can be folded update by update
+(``Strategy.streaming``: FedAvg, and DP-FedAvg with a fixed clip) and aggregation
+is plain, each batch folds its clients' models into one float64
+:class:`~fl.aggregation.WeightedSum` (weighed and clipped by
+``flows.client_training.fold_rule``) and drops them; the round merges the
+batches' sums in batch order (:func:`combine`); DP noise is added to the mean
+afterwards. A round then holds one model per batch in flight, whatever the
+number of clients. Other strategies (robust aggregators, adaptive clipping,
+update attacks) need every update, and get them.
 """
 
 from __future__ import annotations
@@ -79,10 +82,13 @@ def with_round_metrics(outcome: RoundOutcome, stats: BatchStats) -> RoundOutcome
     ``client_compute_seconds`` is the clients' time in their training loops;
     ``model_copies`` the modules built across the processes that trained them
     (bounded by the batches running at once, not by the client count);
-    ``memory_mb`` the resident memory of this process tree after the round.
+    ``memory_mb`` the resident memory of this process tree after the round;
+    ``updates_held`` the client updates kept whole for the strategy (0 when the
+    round streamed them into its sum).
     """
     metrics = {
         "clients_sampled": float(len(outcome.updates) + len(outcome.dropped)),
+        "updates_held": float(sum(1 for update in outcome.updates if update.state)),
         "client_compute_seconds": outcome.compute_seconds,
         "model_copies": float(stats.model_copies),
         "task_seconds_max": max(stats.body_seconds, default=0.0),

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import ClientUpdate, WeightedSum
 from fl.errors import FedsimError
+from fl.updates import clip_to_reference
 from flows.config import ExperimentConfig
 from flows.tasks import (
     Client,
@@ -38,6 +39,8 @@ from workers.pointer import Pointer
 __all__ = [
     "FOLD_GROUP",
     "ClientResult",
+    "FoldRule",
+    "fold_rule",
     "train_clients_in_turn",
     "train_federated_round",
     "train_sequential_round",
@@ -47,6 +50,35 @@ logger = logging.getLogger("fedsim.rounds")
 # Streamed updates folded at once (WeightedSum.add_many): the float64 sum is read
 # and written once per group instead of once per client, for a few models held.
 FOLD_GROUP = 4
+
+
+@dataclass(frozen=True)
+class FoldRule:
+    """How a streamed round weighs, and bounds, an update before folding it.
+
+    FedAvg weighs a client by its sample count. DP-FedAvg weighs every client 1
+    and clips its move around the round's global state to ``clip`` on the
+    coordinator too: the workers clip already, but a client that skipped it must
+    gain nothing (as :class:`fl.privacy.DPFedAvg` does when it holds the updates).
+    """
+
+    uniform: bool = False
+    clip: float | None = None
+
+    def weighed(self, update: ClientUpdate, global_state: StateDict) -> tuple[StateDict, float]:
+        """The ``(state, weight)`` to fold for ``update``."""
+        state = update.state
+        if self.clip is not None:
+            state = clip_to_reference(state, global_state, self.clip) or state
+        return state, 1.0 if self.uniform else float(update.num_samples)
+
+
+def fold_rule(cfg: ExperimentConfig) -> FoldRule:
+    """The run's :class:`FoldRule`, from its configuration alone, so that a Dask
+    batch folds exactly as an in-process one."""
+    if cfg.dp == "client":
+        return FoldRule(uniform=True, clip=cfg.dp_clip)
+    return FoldRule()
 
 
 def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
@@ -113,12 +145,14 @@ def train_clients_in_turn(
 ) -> RoundOutcome:
     """Clients one after another; with ``stream`` the updates are folded into a
     WeightedSum as they arrive, :data:`FOLD_GROUP` at a time, and dropped: the
-    batch holds a few models, not one per client.
+    batch holds a few models, not one per client. How each is weighed and
+    bounded first is the run's :func:`fold_rule`.
 
     ``clients`` may be a generator that materialises each client when its turn
     comes: then only one client's data is held at a time.
     """
     partial = WeightedSum() if stream else None
+    rule = fold_rule(cfg)
     pending: list[tuple[StateDict, float]] = []  # updates not folded yet
     updates, sealed, comm, compute, sent, received = [], [], 0.0, 0.0, 0, 0
     broadcast = Broadcast.of(global_state)  # encoded once for the batch
@@ -129,7 +163,7 @@ def train_clients_in_turn(
         sent, received = sent + sent1 - sent0, received + received1 - received0
         update = result.update
         if partial is not None:
-            pending.append((update.state, float(update.num_samples)))
+            pending.append(rule.weighed(update, global_state))
             if len(pending) == FOLD_GROUP:
                 partial.add_many(pending)
                 pending.clear()

@@ -10,6 +10,7 @@ import torch
 
 from fl.aggregation import FedAvg, WeightedSum, weighted_average
 from fl.errors import ConfigError
+from fl.privacy import DPConfig, DPFedAvg
 from fl.robust import ScoredFedAvg
 
 
@@ -84,9 +85,13 @@ def test_layout_mismatches_and_bad_weights_are_config_errors() -> None:
         zero.average({k: t.dtype for k, t in state.items()})
 
 
-def test_only_plain_fedavg_streams() -> None:
-    # ScoredFedAvg reports per-client scores: it needs every update, not a sum.
+def test_fedavg_and_fixed_clip_dp_fedavg_stream() -> None:
+    # ScoredFedAvg reports per-client scores, adaptive clipping needs every norm:
+    # both need every update, not a sum.
+    fixed = DPConfig(mode="client", noise_multiplier=1.0, clip=1.0)
+    adaptive = DPConfig(mode="client", noise_multiplier=1.0, clip=1.0, adaptive_quantile=0.5)
     assert FedAvg.streaming and not ScoredFedAvg.streaming
+    assert DPFedAvg(fixed).streaming and not DPFedAvg(adaptive).streaming
 
 
 def test_folding_in_groups_gives_the_bits_of_folding_one_by_one() -> None:

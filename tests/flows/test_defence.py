@@ -9,8 +9,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from fl.aggregation import ClientUpdate, WeightedSum
 from fl.errors import ConfigError
 from flows.benchmark import benchmark_flow
+from flows.client_training import fold_rule
 from flows.config import ExperimentConfig
 from flows.defence import Defence, attacker_indices
 from flows.tasks import (
@@ -140,11 +142,44 @@ def test_median_flags_sign_flippers_that_fedavg_follows(mlflow_uri: str) -> None
     assert _history(run.info.run_id, "flag_recall") == [1.0, 1.0]
     assert _history(run.info.run_id, "flag_precision") == [1.0, 1.0]
     assert _history(run.info.run_id, "flagged_clients") == [2.0, 2.0]
+    assert _history(run.info.run_id, "updates_held") == [10.0, 10.0]  # a median needs all
     assert "flag_recall" in _child(fedavg).data.metrics  # FedAvg scores clients too
     assert median["levels"][0]["final_accuracy"] > fedavg["levels"][0]["final_accuracy"]
     flags = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/flags.json")
     assert len(flags) == 2 and all(r["flagged"] == r["attackers"] for r in flags)
     assert all(len(r["scores"]) == 10 for r in flags)
+
+
+def test_streamed_dp_fedavg_is_the_aggregate_of_the_held_updates() -> None:
+    # Prepare: 5 clients around a global state; one moved past the clip (its
+    # worker did not clip), one diverged (NaN), the others inside the ball.
+    cfg = ExperimentConfig(**{**TEN, "workers": 5}, levels="3", dp="client", dp_clip=0.5)
+    g = torch.Generator().manual_seed(0)
+    global_state = {"w": torch.randn(300, generator=g), "steps": torch.tensor(7)}
+    moves = [0.1, 3.0, 0.2, float("nan"), 0.4]
+    updates = []
+    for index, size in enumerate(moves):
+        direction = torch.randn(300, generator=g)
+        state = {"w": global_state["w"] + direction / direction.norm() * size}
+        state["steps"] = torch.tensor(9)
+        updates.append(ClientUpdate(f"c{index}", state, 10 + index, 0.0))
+    ids = [u.client_id for u in updates]
+
+    # Execute: the streamed fold (as a batch does it), then the noise on its mean;
+    # and DP-FedAvg holding every update, with the same seed.
+    rule = fold_rule(cfg)
+    folded = WeightedSum()
+    for update in updates:
+        folded.add(*rule.weighed(update, global_state))
+    mean = folded.average({k: t.dtype for k, t in global_state.items()})
+    streamed = Defence(cfg, ids).opened(global_state, mean, len(updates))
+    held = Defence(cfg, ids).strategy.aggregate(global_state, updates)
+
+    # Assert: the same model up to float32 rounding of the mean — weight 1 each,
+    # the long move clipped to 0.5, the NaN counted as no move, the same noise —
+    # and the clients' counters.
+    assert torch.allclose(streamed["w"], held["w"], atol=1e-6, rtol=0)
+    assert torch.equal(streamed["steps"], held["steps"])
 
 
 def test_client_dp_logs_epsilon_and_stops_at_the_budget(mlflow_uri: str) -> None:

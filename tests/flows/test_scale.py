@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def test_thousand_clients_hold_models_for_running_batches_only(
         assert history(run_id, "clients_sampled") == [100.0, 100.0]
         copies = history(run_id, "model_copies")
         assert all(1 <= c <= cfg.round_tasks for c in copies), copies
+        assert history(run_id, "updates_held") == [0.0, 0.0]  # FedAvg streams
         assert all(m > 0 for m in history(run_id, "memory_mb"))
     # The sampled sets follow the seed: torch's draw, the same twice, another seed differs.
     decentralized = runs["decentralized"].info.run_id
@@ -110,6 +112,24 @@ def test_thousand_clients_hold_models_for_running_batches_only(
     seed1 = level_runs(other_seed["parent_run_id"])["decentralized"].info.run_id
     assert sampled_sets(seed1, tmp_path / "d") == reference_samples(1, 1000, 100, 2)
     assert sampled_sets(seed1, tmp_path / "d") != expected
+
+
+def test_thousand_clients_with_client_dp_stream_their_updates(mlflow_uri: str) -> None:
+    # Prepare: DP-FedAvg with a fixed clip folds clipped updates as they arrive.
+    cfg = ExperimentConfig(**{**THOUSAND, "levels": "3"}, dp="client", dp_clip=0.5)
+
+    # Execute
+    result = benchmark_flow(cfg.to_dict())
+
+    # Assert: no update held whole, every round accounted for, modules built
+    # only for the running batches, and the noised model finite.
+    run_id = level_runs(result["parent_run_id"])["decentralized"].info.run_id
+    assert history(run_id, "clients_sampled") == [100.0, 100.0]
+    assert history(run_id, "updates_held") == [0.0, 0.0]
+    epsilons = history(run_id, "dp_epsilon")
+    assert len(epsilons) == 2 and 0 < epsilons[0] < epsilons[1]
+    assert all(1 <= c <= cfg.round_tasks for c in history(run_id, "model_copies"))
+    assert all(math.isfinite(loss) for loss in history(run_id, "test_loss"))
 
 
 def test_local_cluster_run_equals_in_process_run(mlflow_uri: str, tmp_path: Path) -> None:
