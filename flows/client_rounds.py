@@ -42,6 +42,7 @@ from flows.client_tasks import (
     train_client_specs,
     train_client_specs_local,
 )
+from flows.client_training import FoldRule, fold_rule
 from flows.config import ExperimentConfig
 from flows.engine import dask_client_threads
 from flows.resources import tree_rss_bytes
@@ -118,15 +119,16 @@ def client_batches(items: Sequence[T], count: int) -> list[list[T]]:
 
 
 def combine(
-    parts: Sequence[RoundOutcome], global_state: Mapping[str, torch.Tensor]
+    parts: Sequence[RoundOutcome], global_state: Mapping[str, torch.Tensor], rule: FoldRule
 ) -> RoundOutcome:
     """One round's outcome from its batches' outcomes, in batch order.
 
-    Streamed batches' sums are merged and averaged here: the result goes out as
-    ``global_state``, the slot through which a round hands back a model it
-    aggregated itself (as secure aggregation does). They are merged into the
-    first batch's sum, in place — the sums are the round's own, used once — which
-    spares a model-sized float64 copy on the round's critical path.
+    Streamed batches' sums are merged and averaged here, in ``rule``'s dtypes:
+    the result goes out as ``global_state``, the slot through which a round
+    hands back a model it aggregated itself (as secure aggregation does; DP
+    noise is added to it next). They are merged into the first batch's sum, in
+    place — the sums are the round's own, used once — which spares a model-sized
+    float64 copy on the round's critical path.
     """
     streamed = [p.partial for p in parts if p.partial is not None]
     average = None
@@ -136,7 +138,7 @@ def combine(
         total, *rest = streamed
         for partial in rest:
             total.merge(partial)
-        average = total.average({key: t.dtype for key, t in global_state.items()})
+        average = total.average(rule.mean_dtypes(global_state))
     return RoundOutcome(
         [u for p in parts for u in p.updates],
         sum(p.bytes_sent for p in parts),
@@ -168,7 +170,7 @@ def train_live_batches(
     stats = BatchStats(body_seconds=[body for _, body in results])
     stats.models_by_process[os.getpid()] = models.built
     _account(meter, wall, stats, len(results))
-    return _combine_here([outcome for outcome, _ in results], state, shared), stats
+    return _combine_here([outcome for outcome, _ in results], state, shared, cfg), stats
 
 
 def train_spec_batches(
@@ -196,7 +198,7 @@ def train_spec_batches(
         cfg, train_client_specs_local, batches, state, config, round_index, stream
     )
     stats = _spec_stats(meter, wall, results)
-    return _combine_here([outcome for outcome, *_ in results], state, shared), stats
+    return _combine_here([outcome for outcome, *_ in results], state, shared, cfg), stats
 
 
 def _run_here(
@@ -220,10 +222,13 @@ def _run_here(
 
 
 def _combine_here(
-    parts: list[RoundOutcome], state: StateDict, shared: dict[str, torch.Tensor]
+    parts: list[RoundOutcome],
+    state: StateDict,
+    shared: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
 ) -> RoundOutcome:
     """:func:`combine` of in-process batches, then :func:`_empty_batches`."""
-    outcome = combine(parts, state)
+    outcome = combine(parts, state, fold_rule(cfg))
     _empty_batches(shared, parts)
     return outcome
 
@@ -253,7 +258,7 @@ def _dask_spec_batches(
     wall = time.perf_counter() - start
     _free_frame(frame)
     stats = _spec_stats(meter, wall, results)
-    return combine([outcome for outcome, *_ in results], state), stats
+    return combine([outcome for outcome, *_ in results], state, fold_rule(cfg)), stats
 
 
 def _spec_stats(

@@ -54,31 +54,38 @@ FOLD_GROUP = 4
 
 @dataclass(frozen=True)
 class FoldRule:
-    """How a streamed round weighs, and bounds, an update before folding it.
+    """How a streamed round weighs and bounds an update before folding it, and in
+    which dtypes it hands the mean on.
 
-    FedAvg weighs a client by its sample count. DP-FedAvg weighs every client 1
-    and clips its move around the round's global state to ``clip`` on the
-    coordinator too: the workers clip already, but a client that skipped it must
-    gain nothing (as :class:`fl.privacy.DPFedAvg` does when it holds the updates).
+    FedAvg weighs a client by its sample count, and the mean becomes the model.
+    DP-FedAvg (``dp_clip`` set) weighs every client 1 and clips its move around
+    the round's global state on the coordinator too — the workers clip already,
+    but a client that skipped it must gain nothing, as in
+    :class:`fl.privacy.DPFedAvg` holding the updates — and keeps the mean in
+    float64: the noise goes onto it before anything is rounded.
     """
 
-    uniform: bool = False
-    clip: float | None = None
+    dp_clip: float | None = None
 
     def weighed(self, update: ClientUpdate, global_state: StateDict) -> tuple[StateDict, float]:
         """The ``(state, weight)`` to fold for ``update``."""
-        state = update.state
-        if self.clip is not None:
-            state = clip_to_reference(state, global_state, self.clip) or state
-        return state, 1.0 if self.uniform else float(update.num_samples)
+        if self.dp_clip is None:
+            return update.state, float(update.num_samples)
+        return clip_to_reference(update.state, global_state, self.dp_clip) or update.state, 1.0
+
+    def mean_dtypes(self, global_state: StateDict) -> dict[str, torch.dtype]:
+        """Per key, the dtype the round's mean is handed on in."""
+        wide = self.dp_clip is not None
+        return {
+            key: torch.float64 if wide and t.is_floating_point() else t.dtype
+            for key, t in global_state.items()
+        }
 
 
 def fold_rule(cfg: ExperimentConfig) -> FoldRule:
     """The run's :class:`FoldRule`, from its configuration alone, so that a Dask
     batch folds exactly as an in-process one."""
-    if cfg.dp == "client":
-        return FoldRule(uniform=True, clip=cfg.dp_clip)
-    return FoldRule()
+    return FoldRule(dp_clip=cfg.dp_clip if cfg.dp == "client" else None)
 
 
 def _traffic(clients: Sequence[Client]) -> tuple[int, int]:

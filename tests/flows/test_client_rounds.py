@@ -14,7 +14,7 @@ from fl.errors import ConfigError
 from fl.models import build_model, get_state
 from flows.client_rounds import client_batches, combine
 from flows.client_tasks import _encode_result, decode_result
-from flows.client_training import train_federated_round
+from flows.client_training import FoldRule, train_federated_round
 from flows.config import ExperimentConfig
 from flows.tasks import RoundOutcome
 from workers.base import Worker
@@ -61,13 +61,18 @@ def test_combined_batches_average_like_fedavg() -> None:
     parts = [streamed(s[:3], weights[:3]), streamed(s[3:], weights[3:])]
 
     # Execute
-    outcome = combine(parts, s[0])
+    outcome = combine(parts, s[0], FoldRule())
+    wide = combine([streamed(s[:3], weights[:3]), streamed(s[3:], weights[3:])], s[0],
+                   FoldRule(dp_clip=1.0))  # fmt: skip
 
-    # Assert
-    assert outcome.global_state is not None
+    # Assert: FedAvg's mean in the model's dtypes; under DP in float64, for the noise.
+    assert outcome.global_state is not None and wide.global_state is not None
     expected = weighted_average(s, weights)
     for key in expected:
         torch.testing.assert_close(outcome.global_state[key], expected[key], rtol=1e-6, atol=1e-7)
+        assert outcome.global_state[key].dtype == s[0][key].dtype
+        if s[0][key].is_floating_point():
+            assert wide.global_state[key].dtype == torch.float64
     assert len(outcome.updates) == 5 and outcome.bytes_sent == 20 and outcome.compute_seconds == 2
 
 
