@@ -66,7 +66,8 @@ def _code_checksum() -> str:
 
 def check_dask_cluster(cfg: ExperimentConfig) -> int:
     """Raise ConfigError, one line, unless ``cfg.dask_address`` has workers that can
-    train this experiment on the same data as this process; return their number."""
+    train this experiment with the same data, code and torch as this process;
+    return their number."""
     address = cfg.dask_address
     if address is None:
         raise ValueError("check_dask_cluster needs a --dask-address")
