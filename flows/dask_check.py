@@ -64,10 +64,9 @@ def _code_checksum() -> str:
     return digest.hexdigest()
 
 
-def check_dask_cluster(cfg: ExperimentConfig) -> int:
+def check_dask_cluster(cfg: ExperimentConfig) -> None:
     """Raise ConfigError, one line, unless ``cfg.dask_address`` has workers that can
-    train this experiment with the same data, code and torch as this process;
-    return their number."""
+    train this experiment with the same data, code and torch as this process."""
     address = cfg.dask_address
     if address is None:
         raise ValueError("check_dask_cluster needs a --dask-address")
@@ -79,8 +78,7 @@ def check_dask_cluster(cfg: ExperimentConfig) -> int:
     except Exception as exc:  # timeouts, refused handshakes, TLS without credentials
         raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     with client:
-        workers = client.nthreads()  # type: ignore[no-untyped-call]
-        if not workers:
+        if not client.nthreads():  # type: ignore[no-untyped-call]
             raise ConfigError(
                 f"the Dask scheduler at {address} has no workers: start "
                 f"`dask worker {address}` on the machines that should train"
@@ -98,7 +96,6 @@ def check_dask_cluster(cfg: ExperimentConfig) -> int:
         )
     here = fingerprint(cfg.dataset, cfg.data_dir)
     _check_same(sorted((w, Fingerprint(*a)) for w, a in answers.items()), here, cfg.dataset)
-    return len(workers)
 
 
 # What may differ between a worker and this process, in the order it is reported.

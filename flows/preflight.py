@@ -27,4 +27,4 @@ def preflight(cfg: ExperimentConfig) -> None:
     if cfg.task_runner == "dask" and cfg.dask_address is not None:
         from flows.dask_check import check_dask_cluster
 
-        check_dask_cluster(cfg)  # reachable, has workers, they see the same data
+        check_dask_cluster(cfg)  # reachable, has workers with our data, code and torch
