@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-__all__ = ["QUIET_ENV", "build_parser", "exit_on_sigterm", "main", "quiet_defaults"]
+__all__ = [
+    "QUIET_ENV",
+    "build_parser",
+    "exit_on_second_interrupt",
+    "exit_on_sigterm",
+    "main",
+    "quiet_defaults",
+]
 
 QUIET_ENV = {
     # Offline machines: telemetry would only print errors.
@@ -34,6 +41,25 @@ def exit_on_sigterm() -> None:
     without this, ``kill <pid>`` of a run would leave it behind.
     """
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def exit_on_second_interrupt() -> None:
+    """The first Ctrl-C raises KeyboardInterrupt and the run cleans up (its MLflow runs
+    marked KILLED, its processes stopped); a second one exits at once.
+
+    What a second Ctrl-C skips is still handled: the processes fedsim started
+    die with it (``workers.lifetime``) and the next run closes runs left RUNNING.
+    """
+
+    def exit_now(signum: int, frame: object) -> None:
+        os.write(2, b"fedsim: interrupted again: exiting now\n")
+        os._exit(128 + signum)
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, exit_now)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
 
 
 def quiet_defaults() -> None:
@@ -344,6 +370,7 @@ def _worker(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_defaults()
     exit_on_sigterm()
+    exit_on_second_interrupt()
     args = build_parser().parse_args(argv)
     from fl.errors import FedsimError
     from workers.memory import tune_malloc

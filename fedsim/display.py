@@ -80,6 +80,7 @@ def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run the benchmark flow with live progress; print the summary table."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from fedsim.prefect_server import prefect_api
     from flows.benchmark import benchmark_flow
 
     # A failing task re-raises into the CLI, which prints one line for expected
@@ -99,6 +100,7 @@ def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
     # has no such server, and each flow run would wait ~1 s for its heartbeat
     # thread to stop.
     with (
+        prefect_api(say=lambda line: console.print(f"[dim]{line}[/dim]")),
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
         Progress(*columns, console=console) as bar,
         use_sink(RichProgressSink(bar)),

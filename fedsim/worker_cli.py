@@ -31,7 +31,7 @@ def serve_worker(args: argparse.Namespace) -> int:
     from fl.data import load_partition
     from workers.auth import read_secret
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
-    from workers.launcher import die_with_parent
+    from workers.lifetime import die_with_parent
     from workers.tls import certificate_der, is_loopback_host, server_ssl_context
     from workers.ws_server import ServerConfig, run_worker
 

@@ -12,7 +12,7 @@ from flows.config import ExperimentConfig, Level
 from flows.encrypted_eval import ENCRYPTED_EVAL_LEVEL, encrypted_eval_flow
 from flows.engine import dask_task_runner
 from flows.levels import baseline_flow, federated_flow, sequential_flow
-from flows.tracking import BenchmarkTracker
+from flows.tracking import BenchmarkTracker, status_after
 from flows.websocket_levels import websocket_local_flow, websocket_remote_flow
 
 __all__ = ["benchmark_flow", "describe", "run_level"]
@@ -65,6 +65,17 @@ def _prefect_api_url() -> str | None:
         return str(client.api_url)
 
 
+def _close_abandoned_runs(tracker: BenchmarkTracker) -> None:
+    from flows.progress import emit_warning
+
+    closed = tracker.close_abandoned_runs()
+    if closed:
+        emit_warning(
+            f"marked {len(closed)} MLflow run(s) KILLED that an earlier fedsim process "
+            f"left RUNNING when it died: {', '.join(closed)}"
+        )
+
+
 @flow(name="fedsim-benchmark", log_prints=False)
 def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     """Run the chosen levels one after another and log each as a child run.
@@ -78,6 +89,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     """
     cfg = ExperimentConfig.from_dict(config)
     tracker = BenchmarkTracker(cfg.experiment)
+    _close_abandoned_runs(tracker)
     params = {k: str(v) for k, v in cfg.to_dict().items() if k not in ("tags", "levels")}
     params["levels"] = ",".join(level.key for level in cfg.level_list)
     parent = tracker.start_parent(f"benchmark {cfg.profile}", params, describe(cfg))
@@ -107,8 +119,8 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
             if level.number == 0:
                 baseline = {k: summary[k] for k in ("train_seconds", "samples_trained")}
             summaries.append(summary)
-    except BaseException:
-        tracker.finish(parent, status="FAILED")
+    except BaseException as error:
+        tracker.finish(parent, status=status_after(error))
         raise
     tracker.finish(parent)
     result: dict[str, Any] = {"parent_run_id": parent, "levels": summaries}

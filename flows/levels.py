@@ -46,7 +46,7 @@ from flows.tasks import (
     train_centralized,
 )
 from flows.timing import OrchestrationMeter
-from flows.tracking import BenchmarkTracker
+from flows.tracking import BenchmarkTracker, status_after
 from workers.base import Worker
 from workers.model_pool import ModelPool
 
@@ -327,8 +327,8 @@ def run_level_body(
         with ctx.meter:
             summary = body(ctx)
         return _finish(ctx, summary).to_dict()
-    except BaseException:
-        tracker.finish(run_id, status="FAILED")
+    except BaseException as error:
+        tracker.finish(run_id, status=status_after(error))
         raise
 
 

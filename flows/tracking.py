@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+import psutil
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
-__all__ = ["DEFAULT_TRACKING_URI", "BenchmarkTracker", "environment_tags", "tracking_uri"]
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "BenchmarkTracker",
+    "environment_tags",
+    "status_after",
+    "tracking_uri",
+]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 _PACKAGES = ("fedsim", "torch", "torchvision", "prefect", "mlflow", "numpy")
@@ -64,6 +72,34 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+# Which process owns a RUNNING run: a run whose owner is gone (kill -9, a
+# power cut) can then be closed by the next `fedsim run` on the same host. The
+# start time tells a live owner from a later process that got the same pid.
+_HOST_TAG, _PID_TAG, _STARTED_TAG = "fedsim.host", "fedsim.pid", "fedsim.process_started"
+
+
+def _owner_tags() -> dict[str, str]:
+    me = psutil.Process()
+    return {
+        _HOST_TAG: socket.gethostname(),
+        _PID_TAG: str(me.pid),
+        _STARTED_TAG: f"{me.create_time():.2f}",
+    }
+
+
+def _owner_alive(tags: Mapping[str, str]) -> bool:
+    try:
+        owner = psutil.Process(int(tags[_PID_TAG]))
+        return f"{owner.create_time():.2f}" == tags.get(_STARTED_TAG)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
+        return False
+
+
+def status_after(error: BaseException) -> str:
+    """The MLflow status of a run ended by ``error``: KILLED for Ctrl-C or a signal."""
+    return "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -89,14 +125,19 @@ class BenchmarkTracker:
         return str(self.client.create_experiment(name, artifact_location=artifact_location))
 
     def start_parent(self, name: str, params: Mapping[str, str], description: str) -> str:
-        tags = {**environment_tags(), "mlflow.note.content": description, "kind": "benchmark"}
+        tags = {
+            **environment_tags(),
+            **_owner_tags(),
+            "mlflow.note.content": description,
+            "kind": "benchmark",
+        }
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
         self.log_params(self.parent_id, params)
         return self.parent_id
 
     def start_level(self, run_name: str, level: str, params: Mapping[str, str]) -> str:
-        tags = {**environment_tags(), "level": level, "kind": "level"}
+        tags = {**environment_tags(), **_owner_tags(), "level": level, "kind": "level"}
         if self.parent_id is not None:
             tags["mlflow.parentRunId"] = self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
@@ -120,3 +161,24 @@ class BenchmarkTracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def close_abandoned_runs(self) -> list[str]:
+        """Mark KILLED the runs left RUNNING by a fedsim process of this host that is gone.
+
+        Returns their ids. Runs of other hosts, and of processes still running
+        (another `fedsim run` at the same time), are left alone.
+        """
+        experiments = self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+        host = socket.gethostname().replace("'", "")
+        runs = self.client.search_runs(
+            [experiment.experiment_id for experiment in experiments],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{_HOST_TAG}` = '{host}'",
+            max_results=10_000,
+        )
+        closed = []
+        for run in runs:
+            if not _owner_alive(run.data.tags):
+                self.set_tags(run.info.run_id, {"fedsim.ended": "its process was gone"})
+                self.finish(run.info.run_id, status="KILLED")
+                closed.append(run.info.run_id)
+        return closed

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from workers.errors import WorkerError
@@ -29,6 +30,7 @@ __all__ = [
     "certificate_binding",
     "client_proof",
     "new_nonce",
+    "new_secret",
     "read_secret",
     "verify",
     "worker_proof",
@@ -90,8 +92,12 @@ def verify(expected: bytes, received: bytes) -> bool:
 def read_secret(path: str | Path) -> bytes:
     """The secret in a token file (surrounding whitespace ignored); WorkerError if unusable.
 
-    A token file that others can read is refused, as ssh refuses such keys.
+    ``-`` reads it from standard input (how a launcher hands a worker its
+    secret without a file). A token file that others can read is refused, as
+    ssh refuses such keys.
     """
+    if str(path) == "-":
+        return _checked(sys.stdin.buffer.readline().strip(), "standard input")
     file = Path(path).expanduser()
     try:
         mode = file.stat().st_mode
@@ -102,17 +108,26 @@ def read_secret(path: str | Path) -> bytes:
         raise WorkerError(
             f"token file {str(file)!r} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
         )
+    return _checked(secret, f"token file {str(file)!r}")
+
+
+def _checked(secret: bytes, source: str) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise WorkerError(
-            f"token file {str(file)!r} holds {len(secret)} bytes; at least "
-            f"{MIN_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32 > {file.name}`)"
+            f"{source} holds {len(secret)} bytes; at least "
+            f"{MIN_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32 > token`)"
         )
     return secret
 
 
+def new_secret() -> bytes:
+    """A fresh random secret (64 hex characters) from the OS CSPRNG."""
+    return secrets.token_hex(32).encode()
+
+
 def write_secret(path: str | Path) -> bytes:
     """Create a token file with a fresh random secret, readable by its owner only."""
-    secret = secrets.token_hex(32).encode()
+    secret = new_secret()
     file = Path(path)
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)  # also when the file existed with a wider mode

@@ -8,13 +8,12 @@ race for free ports. The pool then connects an authenticated
 No orphans: the pool is a context manager that terminates (then kills) every
 process it started, on success, on error and on Ctrl-C; and each child asks the
 kernel (Linux ``PR_SET_PDEATHSIG``) to be sent SIGTERM should the coordinator
-itself die without cleaning up.
+itself die without cleaning up (``workers/lifetime.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import logging
@@ -27,39 +26,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-from workers.auth import read_secret, write_secret
+from workers.auth import new_secret
 from workers.core import partition_descriptor
 from workers.errors import WorkerError
 from workers.fleet import Fleet, check_partition
+from workers.lifetime import child_environment
 from workers.ws_client import WebsocketWorker
 
 __all__ = [
-    "PARENT_PID_ENV",
     "LocalWorkerPool",
     "WorkerSpec",
-    "die_with_parent",
     "threads_per_worker",
 ]
-
-_PR_SET_PDEATHSIG = 1
-PARENT_PID_ENV = "FEDSIM_PARENT_PID"
-
-
-def die_with_parent() -> None:
-    """In a launched worker: ask Linux for SIGTERM when the launching process dies.
-
-    Called by the worker itself at start-up (not as ``preexec_fn``, which is
-    unsafe in a threaded parent); the parent-pid check closes the window in
-    which the parent died before the request was made.
-    """
-    expected = os.environ.get(PARENT_PID_ENV)
-    if not expected:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(expected):
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def threads_per_worker(workers: int) -> int:
@@ -90,8 +70,14 @@ class WorkerSpec:
 class _Process:
     worker_id: str
     popen: subprocess.Popen[bytes]
-    log_path: Path
+    # Unlinked: nothing of a run stays in $TMPDIR, even after kill -9 of the
+    # coordinator; the log of a worker that crashed is copied out (stop()).
+    log: IO[bytes]
     port: int = 0
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
 
 @dataclass
@@ -100,15 +86,17 @@ class LocalWorkerPool:
 
     spec: WorkerSpec
     host: str = "127.0.0.1"
-    ready_timeout: float = 120.0
+    # Only a worker that is alive but silent waits this long: one that exits is
+    # reported at once. Importing torch and loading a partition takes seconds
+    # on an idle machine and minutes on a crowded one.
+    ready_timeout: float = 600.0
     request_timeout: float = 600.0
     processes: list[_Process] = field(default_factory=list)
     fleet: Fleet | None = None
 
     def __post_init__(self) -> None:
-        self._scratch = Path(tempfile.mkdtemp(prefix="fedsim-workers-"))
-        self._token = self._scratch / "token"
-        write_secret(self._token)
+        # The pool's secret reaches each worker through its stdin, never a file.
+        self._secret = new_secret()
 
     def __enter__(self) -> LocalWorkerPool:
         try:
@@ -126,7 +114,7 @@ class LocalWorkerPool:
         command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", f"worker-{index}"]
         command += ["--host", self.host, "--port", "0", "--dataset", spec.dataset]
         command += ["--partition", f"{index}/{spec.count}", "--partitioner", spec.partitioner]
-        command += ["--seed", str(spec.seed), "--token-file", str(self._token)]
+        command += ["--seed", str(spec.seed), "--token-file", "-"]
         command += ["--threads", str(spec.threads)]
         if spec.train_samples is not None:
             command += ["--train-samples", str(spec.train_samples)]
@@ -137,18 +125,21 @@ class LocalWorkerPool:
     def start(self) -> Fleet:
         """Launch every process, wait for each ready line, connect and ping each."""
         for index in range(self.spec.count):
-            log_path = self._scratch / f"worker-{index}.log"
-            with log_path.open("wb") as log:
-                popen = subprocess.Popen(
-                    self._command(index),
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
-                )
-            self.processes.append(_Process(f"worker-{index}", popen, log_path))
+            log = tempfile.TemporaryFile(prefix=f"fedsim-worker-{index}-")  # noqa: SIM115 (closed in stop)
+            popen = subprocess.Popen(
+                self._command(index),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.PIPE,
+                env=child_environment(),
+            )
+            self.processes.append(_Process(f"worker-{index}", popen, log))
+            assert popen.stdin is not None
+            # A worker that exits at once (bad options) is reported by _wait_ready.
+            with contextlib.suppress(BrokenPipeError), popen.stdin:
+                popen.stdin.write(self._secret + b"\n")
         deadline = time.monotonic() + self.ready_timeout
-        secret = read_secret(self._token)
+        secret = self._secret
         connectors = []
         for process in self.processes:
             process.port = self._wait_ready(process, deadline)
@@ -190,7 +181,7 @@ class LocalWorkerPool:
 
     @staticmethod
     def _last_log_line(process: _Process) -> str:
-        lines = process.log_path.read_text(errors="replace").strip().splitlines()
+        lines = process.log_text().strip().splitlines()
         return lines[-1] if lines else "no output"
 
     def stop(self) -> None:
@@ -203,21 +194,36 @@ class LocalWorkerPool:
                 process.popen.terminate()
         for process in self.processes:
             try:
-                process.popen.wait(timeout=5)
+                process.popen.wait(timeout=_STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 process.popen.kill()
                 process.popen.wait()
             if process.popen.stdout is not None:
                 process.popen.stdout.close()
-        crashed = [p.worker_id for p in self.processes if p.popen.returncode not in (0, -15)]
+        crashed = [p for p in self.processes if p.popen.returncode not in _STOPPED]
+        if crashed:
+            _keep_logs(crashed)
+        for process in self.processes:
+            process.log.close()
         self.processes.clear()
-        if crashed:  # keep the logs of workers that died on their own
-            logging.getLogger("fedsim.launcher").warning(
-                "worker(s) %s exited abnormally; logs kept in %s", ", ".join(crashed), self._scratch
-            )
-            (self._scratch / "token").unlink(missing_ok=True)
-            return
-        with contextlib.suppress(OSError):
-            for path in self._scratch.iterdir():
-                path.unlink()
-            self._scratch.rmdir()
+
+
+# A worker stops on SIGTERM (or a terminal's SIGINT) with exit code 0 without
+# waiting for a request in progress; one that got either before it was serving
+# (still importing or loading) exits by the signal or through `fedsim`'s own
+# handlers (128 + signal number): stopped too, not crashed.
+_STOPPED = frozenset(
+    code for signum in (signal.SIGTERM, signal.SIGINT) for code in (0, -signum, 128 + signum)
+)
+_STOP_SECONDS = 10.0
+
+
+def _keep_logs(crashed: list[_Process]) -> None:
+    """Copy the logs of workers that died on their own (or had to be killed) to a folder."""
+    folder = Path(tempfile.mkdtemp(prefix="fedsim-workers-"))
+    for process in crashed:
+        (folder / f"{process.worker_id}.log").write_text(process.log_text())
+    codes = ", ".join(f"{p.worker_id} (code {p.popen.returncode})" for p in crashed)
+    logging.getLogger("fedsim.launcher").warning(
+        "worker(s) %s exited abnormally; logs kept in %s", codes, folder
+    )

@@ -18,10 +18,12 @@ as one binary frame. The server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -48,6 +50,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 MAX_AUTH_FRAME_BYTES = 4096
 MAX_PENDING_HANDSHAKES = 8
 BUSY = "worker busy: serving another coordinator"
+# On SIGTERM: how long closing handshakes may take before the process exits.
+_CLOSE_GRACE_SECONDS = 2.0
 logger = logging.getLogger("fedsim.worker")
 
 
@@ -213,9 +217,18 @@ def run_worker(
     config: ServerConfig,
     objects: Mapping[str, object] | None = None,
     on_ready: Callable[[int], None] | None = None,
-) -> None:
-    """Serve until SIGINT or SIGTERM; blocking. ``on_ready(port)`` runs once listening."""
+) -> NoReturn:
+    """Serve until SIGINT or SIGTERM, then exit the process; ``on_ready(port)`` runs once
+    listening.
+
+    A request may be running in a thread when the signal comes (a training of
+    minutes): the worker does not wait for it. Its connection is closed, so
+    the coordinator sees the worker gone, and the process exits with 0, as
+    its launcher expects of a worker it stopped.
+    """
+    import os
     import signal
+    import sys
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -223,6 +236,19 @@ def run_worker(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         server = WorkerServer(config, objects)
-        await server.serve_until(stop, on_ready or (lambda port: None))
+        port = await server.start()
+        (on_ready or (lambda port: None))(port)
+        await stop.wait()
+        assert server.server is not None
+        server.server.close()  # close frames to the peers, then at most a short wait
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.server.wait_closed(), _CLOSE_GRACE_SECONDS)
+        logger.info("stopped")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # asyncio.run would join the thread of a running request first.
+        os._exit(0)
 
     asyncio.run(main())
+    raise AssertionError("unreachable: main() exits the process")
