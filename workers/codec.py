@@ -279,11 +279,34 @@ def _parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any],
         header = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"header is not valid JSON: {type(exc).__name__}") from exc
+    if "\\u" in text:  # only an escape can make a lone surrogate: no reply could echo it
+        _check_text(header, 0)
     if not isinstance(header, dict) or set(header) != {"tag", "value", "tensors"}:
         raise ProtocolError("header must hold exactly 'tag', 'value' and 'tensors'")
     if not isinstance(header["tag"], str) or not isinstance(header["tensors"], list):
         raise ProtocolError("header 'tag' must be a str and 'tensors' a list")
     return header, view[end:]
+
+
+def _check_text(node: Any, depth: int) -> None:
+    """ProtocolError on a str (key or value) that is not valid Unicode text."""
+    if depth > MAX_DEPTH + 4:  # the header's own levels above the value
+        raise ProtocolError(f"value nested deeper than {MAX_DEPTH}")
+    strings: Any = ()
+    if isinstance(node, str):
+        strings = (node,)
+    elif isinstance(node, dict):
+        strings = node.keys()
+        for item in node.values():
+            _check_text(item, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            _check_text(item, depth + 1)
+    for text in strings:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"string {text!r} is not valid Unicode") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -303,7 +326,12 @@ def _decode_tensor(
     shape, offset, nbytes = desc["shape"], desc["offset"], desc["nbytes"]
     if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
         raise ProtocolError(f"bad tensor shape {shape!r}")
-    if not all(_is_int(d) and d >= 0 for d in shape):
+    # Zero-size tensors may declare any other dimension: bound the product of
+    # the others too, or torch cannot even make the empty tensor.
+    if (
+        not all(_is_int(d) and d >= 0 for d in shape)
+        or math.prod(max(d, 1) for d in shape) >= 2**62
+    ):
         raise ProtocolError(f"bad tensor shape {shape!r}")
     if not (_is_int(offset) and _is_int(nbytes)) or offset != expected_offset:
         raise ProtocolError(f"tensor offset {offset!r} should be {expected_offset}")

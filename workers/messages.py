@@ -52,7 +52,8 @@ __all__ = [
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 3  # 2: PartyOp/PartyReply, Train.sealed; 3: Fit/FitReply
+# 2: PartyOp/PartyReply, Train.sealed; 3: Fit/FitReply; 4: AuthResult.max_message_bytes
+PROTOCOL_VERSION = 4
 
 
 class Message:
@@ -355,6 +356,9 @@ class AuthResult(Reply):
     ok: bool
     proof: str  # hex; empty when refused
     reason: str
+    # The largest frame the worker reads from this connection: the coordinator
+    # refuses to send a larger one, which would close the connection.
+    max_message_bytes: int
 
 
 _MESSAGE_TYPES: tuple[type[Message], ...] = (
@@ -418,12 +422,19 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is bool and isinstance(value, bool):
         return value
     if hint in (int, float) and isinstance(value, int) and not isinstance(value, bool):
+        # Every int field is an int64 on the way into torch; beyond that a float
+        # overflows and a seed or count cannot be used.
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ProtocolError(f"field {where!r} is out of the int64 range")
         return hint(value)
     if hint is float and isinstance(value, float):
         return value
     if hint is str and isinstance(value, str):
         return value
     raise ProtocolError(f"field {where!r} must be {_name(hint)}, got {type(value).__name__}")
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _name(hint: Any) -> str:
@@ -450,4 +461,7 @@ def decode_message(data: bytes | bytearray | memoryview, *, in_place: bool = Fal
     if set(body) != expected:
         missing, extra = sorted(expected - set(body)), sorted(set(body) - expected)
         raise ProtocolError(f"{tag}: missing fields {missing}, unexpected fields {extra}")
-    return cls(**body)
+    try:
+        return cls(**body)
+    except (TypeError, ValueError, OverflowError) as exc:  # a field check of a message class
+        raise ProtocolError(f"{tag}: {exc}") from None

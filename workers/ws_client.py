@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import time
 from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -27,9 +28,20 @@ from workers.messages import (
     AuthResult,
     decode_message,
 )
-from workers.ws_server import DEFAULT_MAX_MESSAGE_BYTES
+from workers.ws_server import CROWDED, DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["WebsocketWorker", "client_ssl_context"]
+
+# Retrying a handshake the worker dropped for a newer one (ws_server._Admission).
+_FIRST_RETRY_PAUSE, _LAST_RETRY_PAUSE = 0.05, 1.0
+
+
+class _Crowded(WorkerError):
+    """The worker dropped this handshake to admit a newer one from the same address."""
+
+
+def _crowded_out(closed: ConnectionClosed) -> bool:
+    return closed.rcvd is not None and closed.rcvd.reason == CROWDED
 
 
 def client_ssl_context(cafile: str | Path | None) -> ssl.SSLContext:
@@ -55,26 +67,47 @@ class WebsocketWorker(MessageWorker):
         super().__init__(worker_id, delete_batch_size=delete_batch_size)
         self.url = url
         self.timeout = timeout
+        # The worker's frame limit, from its AuthResult (without a secret there
+        # is none: the worker's default is assumed, which is also ours).
+        self._peer_max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         ssl_context = client_ssl_context(cafile) if url.startswith("wss://") else None
+        deadline = time.monotonic() + connect_timeout
+        pause = _FIRST_RETRY_PAUSE
+        while True:
+            self._ws = self._open(ssl_context, connect_timeout, max_message_bytes)
+            try:
+                self._authenticate(secret, connect_timeout)
+                return
+            except _Crowded as crowded:
+                # The worker dropped this handshake for a newer one from the same
+                # address (a crowd of strangers there): try again until the deadline.
+                if time.monotonic() + pause > deadline:
+                    raise WorkerError(f"worker {worker_id!r}: {crowded}") from None
+            except BaseException:
+                self._ws.close()
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, _LAST_RETRY_PAUSE)
+
+    def _open(
+        self, ssl_context: ssl.SSLContext | None, timeout: float, max_message_bytes: int
+    ) -> ClientConnection:
         try:
-            self._ws: ClientConnection = connect(
-                url,
+            return connect(
+                self.url,
                 ssl=ssl_context,
                 compression=None,
                 max_size=max_message_bytes,
                 proxy=None,
-                open_timeout=connect_timeout,
+                open_timeout=timeout,
                 ping_interval=20,
                 ping_timeout=20,
                 close_timeout=2,
             )
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise WorkerError(f"cannot connect to worker {worker_id!r} at {url}: {exc}") from None
-        try:
-            self._authenticate(secret, connect_timeout)
-        except BaseException:
-            self._ws.close()
-            raise
+            raise WorkerError(
+                f"cannot connect to worker {self.id!r} at {self.url}: {exc}"
+            ) from None
 
     def _recv(self, timeout: float, what: str) -> bytes:
         try:
@@ -86,6 +119,8 @@ class WebsocketWorker(MessageWorker):
                 f"worker {self.id!r} did not answer {what} within {timeout:g} s"
             ) from None
         except ConnectionClosed as exc:
+            if _crowded_out(exc):  # before authentication: the caller connects again
+                raise _Crowded(str(exc)) from None
             self._closed = True
             raise WorkerError(f"worker {self.id!r} closed the connection: {exc}") from None
         if isinstance(frame, str):
@@ -114,7 +149,12 @@ class WebsocketWorker(MessageWorker):
         binding = certificate_binding(self._peer_certificate())
         nonce, client_nonce = bytes.fromhex(challenge.nonce), new_nonce()
         proof = client_proof(secret, self.id, nonce, client_nonce, binding)
-        self._ws.send(AuthResponse(client_nonce.hex(), proof.hex()).encode())
+        try:
+            self._ws.send(AuthResponse(client_nonce.hex(), proof.hex()).encode())
+        except ConnectionClosed as exc:
+            if _crowded_out(exc):
+                raise _Crowded(str(exc)) from None
+            raise WorkerError(f"worker {self.id!r} closed the connection: {exc}") from None
         result = decode_message(self._recv(timeout, "authentication"))
         if not isinstance(result, AuthResult) or not result.ok:
             reason = result.reason if isinstance(result, AuthResult) else result.TAG
@@ -122,12 +162,20 @@ class WebsocketWorker(MessageWorker):
         expected = worker_proof(secret, self.id, nonce, client_nonce, binding)
         if not verify(expected, bytes.fromhex(result.proof)):
             raise WorkerError(f"worker {self.id!r} could not prove it holds the secret")
+        self._peer_max_message_bytes = result.max_message_bytes
 
     def _peer_certificate(self) -> bytes | None:
         sock = self._ws.socket
         return sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
 
     def _roundtrip(self, data: bytes) -> bytes:
+        if len(data) > self._peer_max_message_bytes:
+            # Sent, it would close the connection and lose its objects.
+            raise WorkerError(
+                f"request of {len(data) / 2**20:.1f} MiB exceeds the worker's frame limit "
+                f"of {self._peer_max_message_bytes / 2**20:.1f} MiB (worker {self.id!r}, "
+                "--max-message-mb); not sent"
+            )
         try:
             self._ws.send(data)
         except ConnectionClosed as exc:

@@ -8,6 +8,9 @@ as one binary frame. The server
 - authenticates every connection first (``workers/auth.py``): a peer that does
   not prove it holds the secret, or sends anything else first, gets a refusal
   and a clean close, with the reason logged;
+- reads at most 4 KiB a frame until then, from the first byte (a frame packed
+  into the same write as the HTTP upgrade included), and admits handshakes so
+  that a crowd of silent peers cannot lock the coordinator out (``_Admission``);
 - serves one coordinator connection at a time (a second gets close code 1013)
   and keeps the objects of each connection in that connection's own store,
   seeded with the worker's own data (which is never copied per connection);
@@ -40,16 +43,18 @@ from workers.messages import (
     decode_message,
 )
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerConfig", "WorkerServer"]
+__all__ = ["CROWDED", "DEFAULT_MAX_MESSAGE_BYTES", "ServerConfig", "WorkerServer"]
 
 # A McMahan CNN state is 6.7 MB on the wire; shards of a few thousand images are
 # tens of MB. 256 MiB bounds what one frame may make the worker buffer.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
-# Before authentication: the AuthResponse is ~300 bytes; a few peers may be
-# mid-handshake at once (a restarted coordinator's old connection, say).
+# Before authentication: the AuthResponse is ~300 bytes.
 MAX_AUTH_FRAME_BYTES = 4096
-MAX_PENDING_HANDSHAKES = 8
+# Handshakes in progress, from one address and in all (see _Admission).
+MAX_PENDING_PER_ADDRESS = 4
+MAX_PENDING_HANDSHAKES = 64
 BUSY = "worker busy: serving another coordinator"
+CROWDED = "too many pending handshakes"  # the close reason of a dropped handshake
 # On SIGTERM: how long closing handshakes may take before the process exits.
 _CLOSE_GRACE_SECONDS = 2.0
 logger = logging.getLogger("fedsim.worker")
@@ -79,7 +84,7 @@ class WorkerServer:
         self.config = config
         self._objects = dict(objects or {})
         self._busy = False
-        self._pending = 0
+        self._admission = _Admission()
         self.server: Server | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -93,10 +98,12 @@ class WorkerServer:
             cfg.port,
             ssl=cfg.ssl_context,
             compression=None,
-            max_size=cfg.max_message_bytes,
+            # Raised for a connection once it has authenticated (_handle). Set
+            # here, the parser applies it to the very first frame.
+            max_size=MAX_AUTH_FRAME_BYTES,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_interval,
-            logger=logging.getLogger("fedsim.worker.websockets"),
+            logger=_websockets_logger(),
         )
         port: int = self.server.sockets[0].getsockname()[1] if self.server.sockets else cfg.port
         return port
@@ -116,21 +123,14 @@ class WorkerServer:
 
     async def _handle(self, connection: ServerConnection) -> None:
         peer = connection.remote_address
-        if self._pending >= MAX_PENDING_HANDSHAKES:
-            logger.warning("refused %s: too many connections authenticating", peer)
-            await connection.close(1013, "too many pending handshakes")
-            return
-        # Until the peer has proved it holds the secret it may send one small
-        # frame: an unauthenticated peer cannot make the worker buffer more.
-        connection.protocol.max_message_size = MAX_AUTH_FRAME_BYTES
-        self._pending += 1
+        self._admission.admit(connection)
         try:
             authenticated = await self._authenticate(connection, peer)
         except ConnectionClosed as closed:
             logger.warning("refused %s: closed during authentication (%s)", peer, closed)
             return
         finally:
-            self._pending -= 1
+            self._admission.leave(connection)
         if not authenticated:
             return
         connection.protocol.max_message_size = self.config.max_message_bytes
@@ -170,11 +170,16 @@ class WorkerServer:
             return await self._refuse(connection, peer, f"malformed authentication ({exc})")
         if not verify(expected, proof):
             return await self._refuse(connection, peer, "wrong secret")
+        # Authenticated: from now on no newcomer may drop it, unless one just did.
+        if not self._admission.settle(connection):
+            await connection.close(1013, CROWDED)  # the client tries again
+            return False
         # Busy is decided only now, so that strangers cannot lock the coordinator out.
         if not self._claim():
             return await self._refuse(connection, peer, BUSY, code=1013)
         try:
-            await connection.send(AuthResult(True, own_proof.hex(), "").encode())
+            accepted = AuthResult(True, own_proof.hex(), "", cfg.max_message_bytes)
+            await connection.send(accepted.encode())
         except BaseException:
             self._busy = False  # the slot is released only by _handle once serving
             raise
@@ -192,7 +197,7 @@ class WorkerServer:
     ) -> bool:
         logger.warning("refused %s: %s", peer, reason)
         try:
-            await connection.send(AuthResult(False, "", reason).encode())
+            await connection.send(AuthResult(False, "", reason, 0).encode())
             await connection.close(code, "refused")
         except ConnectionClosed:
             pass
@@ -211,6 +216,78 @@ class WorkerServer:
             else:
                 reply = await asyncio.to_thread(core.handle_bytes, frame)
             await connection.send(reply)
+
+
+class _OneLine(logging.Filter):
+    """Log a peer's failed opening handshake as one line, not websockets' traceback:
+    any stranger can cause one, and the reason is all an operator needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            cause = error.__cause__ or error.__context__
+            reason = f"{error}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+            record.msg, record.args = f"{record.getMessage()}: {reason}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _websockets_logger() -> logging.Logger:
+    websockets_logger = logging.getLogger("fedsim.worker.websockets")
+    if not any(isinstance(f, _OneLine) for f in websockets_logger.filters):
+        websockets_logger.addFilter(_OneLine())
+    return websockets_logger
+
+
+class _Admission:
+    """Handshakes in progress, oldest first per peer address.
+
+    A newcomer is always admitted: when its address already has
+    ``MAX_PENDING_PER_ADDRESS`` handshakes in progress, that address's oldest
+    is dropped; when the worker has ``MAX_PENDING_HANDSHAKES``, the oldest of
+    the address holding the most is. Peers on other addresses than the
+    coordinator's therefore cannot crowd it out, whatever their number or
+    rate; the rest is bounded by the authentication deadline.
+    """
+
+    def __init__(self) -> None:
+        self._by_address: dict[str, list[ServerConnection]] = {}
+        self._dropped: set[ServerConnection] = set()  # until their handler leaves
+        self._closing: set[asyncio.Task[None]] = set()  # referenced until done
+
+    def admit(self, connection: ServerConnection) -> None:
+        address = str(connection.remote_address[0])
+        queue = self._by_address.setdefault(address, [])
+        if len(queue) >= MAX_PENDING_PER_ADDRESS:
+            self._drop(queue[0])
+        elif sum(map(len, self._by_address.values())) >= MAX_PENDING_HANDSHAKES:
+            self._drop(max(self._by_address.values(), key=len)[0])
+        queue.append(connection)
+
+    def settle(self, connection: ServerConnection) -> bool:
+        """Leave, on authentication; False if the connection was dropped meanwhile
+        (its close is already on its way)."""
+        dropped = connection in self._dropped
+        self.leave(connection)
+        return not dropped
+
+    def leave(self, connection: ServerConnection) -> None:
+        self._dropped.discard(connection)
+        address = str(connection.remote_address[0])
+        queue = self._by_address.get(address, [])
+        if connection in queue:
+            queue.remove(connection)
+        if not queue:
+            self._by_address.pop(address, None)
+
+    def _drop(self, connection: ServerConnection) -> None:
+        logger.warning("dropped %s: a newer handshake needs its slot", connection.remote_address)
+        self.leave(connection)
+        self._dropped.add(connection)
+        # Its handler, waiting in recv(), then ends with ConnectionClosed.
+        task = asyncio.get_running_loop().create_task(connection.close(1013, CROWDED))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
 
 def run_worker(

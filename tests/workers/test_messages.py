@@ -51,8 +51,8 @@ def _examples(state: dict[str, torch.Tensor]) -> list[m.Message]:
         m.ErrorReply("not_found", "no object 'x'"),
         m.AuthChallenge("w0", "ab" * 32, m.PROTOCOL_VERSION),
         m.AuthResponse("cd" * 32, "ef" * 32),
-        m.AuthResult(True, "01" * 32, ""),
-        m.AuthResult(False, "", "wrong secret"),
+        m.AuthResult(True, "01" * 32, "", 2**28),
+        m.AuthResult(False, "", "wrong secret", 0),
     ]
 
 

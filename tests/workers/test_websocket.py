@@ -278,8 +278,10 @@ def test_fuzz_ten_thousand_bad_frames(plain_worker: RunningWorker) -> None:
     assert plain_worker.process.poll() is None
 
 
-def test_oversize_message_closes_cleanly_and_server_keeps_serving(tmp_path: Path) -> None:
-    # Prepare: a worker that accepts frames of at most 1 MiB.
+def test_an_oversized_request_is_refused_before_it_is_sent_and_objects_stay(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a worker that accepts frames of at most 1 MiB, holding an object.
     token = tmp_path / "token"
     write_secret(token)
     command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", "small", "--port", "0"]
@@ -290,19 +292,15 @@ def test_oversize_message_closes_cleanly_and_server_keeps_serving(tmp_path: Path
     try:
         assert process.stdout is not None
         url = f"ws://{HOST}:{json.loads(process.stdout.readline())['port']}"
-        secret = read_secret(token)
+        with WebsocketWorker("small", url, secret=read_secret(token), timeout=30) as worker:
+            kept = worker.send(torch.arange(5.0))
 
-        # Execute
-        with (
-            WebsocketWorker("small", url, secret=secret, timeout=30) as worker,
-            pytest.raises(WorkerError, match="closed the connection"),
-        ):
-            worker.send(torch.zeros(2**19))  # 2 MiB of float32
-        with WebsocketWorker("small", url, secret=secret, timeout=30) as again:
-            answer = again.send(torch.ones(3)).get()
+            # Execute: 2 MiB of float32.
+            with pytest.raises(WorkerError, match="exceeds the worker's frame limit"):
+                worker.send(torch.zeros(2**19))
 
-        # Assert
-        assert torch.equal(answer, torch.ones(3))
+            # Assert: the connection and the object on it are still there.
+            assert torch.equal(kept.get(), torch.arange(5.0))
         assert process.poll() is None
     finally:
         process.terminate()
