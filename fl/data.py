@@ -218,7 +218,9 @@ def _load_full(root: str, dataset: str, train: bool) -> Split:
     try:
         raw = cls(root, train=train, download=False)
     except (OSError, RuntimeError, ValueError, AssertionError) as exc:
-        raise DataError(f"cannot read {dataset} from {root!r}: {exc}") from exc
+        # torchvision checks an idx header with a bare assert: no message of its own.
+        reason = str(exc).strip() or f"a file is not in the idx format ({type(exc).__name__})"
+        raise DataError(f"cannot read {dataset} from {root!r}: {reason}") from exc
     mean, std = _MEAN_STD[dataset]
     x = raw.data.unsqueeze(1).to(torch.float32).div_(255.0).sub_(mean).div_(std)
     return Split(x.contiguous(), raw.targets.to(torch.int64))

@@ -8,7 +8,7 @@ tolerate workers that drop out of a round (``workers.fleet``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -56,14 +56,8 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
         for index in outcome.dropped:
             fleet.mark_failed(index)
         dropped = tuple(sorted((*down, *outcome.dropped)))
-        if dropped:
-            progress.emit_warning(
-                f"round {round_index}: {len(dropped)} of {len(chosen)} workers dropped "
-                f"({', '.join(f'#{i}' for i in dropped)}); FedAvg over the other "
-                f"{len(outcome.updates)}"
-            )
-        _check_min_workers(ctx, outcome, round_index)
         outcome = dataclasses.replace(outcome, dropped=dropped)
+        _check_min_workers(ctx, outcome, round_index)
         if ctx.cfg.aggregation in ("secure", "he"):
             outcome = ctx.meter.call(
                 secure_aggregate_round, ctx.cfg, live, outcome, state, round_index, True
@@ -71,15 +65,26 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
             for index in set(outcome.dropped) - set(dropped):
                 fleet.mark_failed(index)
             _check_min_workers(ctx, outcome, round_index)
+        # Said only of a round that goes on: one that cannot fails with its own line.
+        if outcome.dropped:
+            progress.emit_warning(
+                f"round {round_index}: {len(outcome.dropped)} of {len(chosen)} workers dropped "
+                f"({_positions(outcome.dropped)}); FedAvg over the other {len(outcome.updates)}"
+            )
         return outcome
 
     return round_fn
 
 
+def _positions(indices: Sequence[int]) -> str:
+    return ", ".join(f"#{i}" for i in indices)
+
+
 def _check_min_workers(ctx: LevelContext, outcome: RoundOutcome, round_index: int) -> None:
     if len(outcome.updates) < ctx.cfg.min_workers:
         raise WorkerError(
-            f"round {round_index}: {len(outcome.updates)} workers answered, fewer than "
+            f"round {round_index}: {len(outcome.updates)} workers answered "
+            f"({_positions(outcome.dropped)} dropped), fewer than "
             f"--min-workers {ctx.cfg.min_workers}"
         )
 

@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,30 @@ def test_nothing_found_names_every_way_to_provide_data(
     assert "\n" not in message
     for way in ("--data-dir", "$FEDSIM_DATA", "apt-get install dataset-fashion-mnist", "internet"):
         assert way in message
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "fragment"),
+    [
+        (lambda data: b"\x01\x02" + data[2:], "not in the idx format"),
+        (lambda data: data[:3], "not in the idx format"),
+        (lambda data: data[:100], "is invalid for input of size"),
+    ],
+)
+def test_a_corrupt_file_is_named_with_a_reason(
+    tmp_path: Path, cache: Path, corrupt: Callable[[bytes], bytes], fragment: str
+) -> None:
+    # Prepare: the training images with a broken header, or cut short.
+    files = synthetic_files()
+    files["train-images-idx3-ubyte"] = corrupt(files["train-images-idx3-ubyte"])
+    source = write_files(tmp_path / "src", files, gz=False)
+
+    # Execute
+    with pytest.raises(DataError) as error:
+        load_split("fashion-mnist", train=True, data_dir=source)
+
+    # Assert: a reason after the path, never an empty one.
+    assert fragment in str(error.value).rsplit("': ", 1)[1]
 
 
 def test_bad_dataset_and_limits_are_config_errors(tmp_path: Path, cache: Path) -> None:

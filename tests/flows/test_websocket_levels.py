@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -66,12 +67,15 @@ def launched_workers(parent: int) -> list[int]:
     return found
 
 
-def test_level4_matches_level3_and_leaves_no_process(mlflow_uri: str) -> None:
+def test_level4_matches_level3_and_leaves_no_process(
+    mlflow_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # Prepare
     cfg = ExperimentConfig(**{**SMALL, "levels": "3,4"})
 
     # Execute
-    result = benchmark_flow(cfg.to_dict())
+    with caplog.at_level(logging.WARNING, logger="fedsim.launcher"):
+        result = benchmark_flow(cfg.to_dict())
 
     # Assert: same data, seeds and sampling → the same model up to float rounding
     # (the worker processes use other thread counts than the coordinator).
@@ -81,6 +85,7 @@ def test_level4_matches_level3_and_leaves_no_process(mlflow_uri: str) -> None:
     )
     assert by_level["websocket-local"]["bytes_total"] > 2 * 2 * 2 * 4 * 199_210
     assert launched_workers(os.getpid()) == []
+    assert "exited abnormally" not in caplog.text  # every worker stopped when asked
 
 
 class _KillAfterFirstRound(ProgressSink):
@@ -122,11 +127,15 @@ def test_too_few_workers_fails_clearly_and_stops_every_process(mlflow_uri: str) 
     # Prepare
     cfg = ExperimentConfig(**{**SMALL, "levels": "4", "workers": 2, "min_workers": 2})
 
+    sink = _KillAfterFirstRound()
+
     # Execute
-    with use_sink(_KillAfterFirstRound()), pytest.raises(WorkerError, match="--min-workers 2"):
+    with use_sink(sink), pytest.raises(WorkerError) as error:
         benchmark_flow(cfg.to_dict())
 
-    # Assert
+    # Assert: one error naming the worker lost, and no word of a FedAvg that never ran.
+    assert "1 workers answered (#1 dropped), fewer than --min-workers 2" in str(error.value)
+    assert not any("FedAvg over" in warning for warning in sink.warnings), sink.warnings
     assert launched_workers(os.getpid()) == []
 
 
