@@ -28,10 +28,11 @@ def serve_worker(args: argparse.Namespace) -> int:
     """Load the worker's data, then serve until SIGINT/SIGTERM."""
     import torch
 
-    from fl.data import load_partition
+    from fl.data import forget_loaded_data, load_partition
     from workers.auth import read_secret
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
     from workers.lifetime import die_with_parent
+    from workers.memory import return_free_memory
     from workers.tls import certificate_der, is_loopback_host, server_ssl_context
     from workers.ws_server import ServerConfig, run_worker
 
@@ -60,6 +61,8 @@ def serve_worker(args: argparse.Namespace) -> int:
             limit=args.train_samples,
         )
         objects = {TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y}
+        forget_loaded_data()  # the split it was cut from
+        return_free_memory()
         description = partition_descriptor(
             args.dataset, args.partitioner, index, count, args.seed, args.train_samples
         )

@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from workers.auth import certificate_binding, client_proof, new_nonce, verify, worker_proof
 from workers.core import WorkerCore
 from workers.errors import ProtocolError, WorkerError
+from workers.memory import return_free_memory
 from workers.messages import (
     PROTOCOL_VERSION,
     AuthChallenge,
@@ -141,6 +142,8 @@ class WorkerServer:
             logger.info("connection from %s closed: %s", peer, closed)
         finally:
             self._busy = False
+            # What the connection's objects and frames took goes back to the kernel.
+            await asyncio.to_thread(return_free_memory)
 
     async def _authenticate(self, connection: ServerConnection, peer: object) -> bool:
         cfg = self.config

@@ -17,7 +17,9 @@ import threading
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
+import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -189,3 +191,33 @@ def test_a_crowd_of_silent_peers_cannot_lock_the_coordinator_out(worker: Running
     # Assert
     assert refused == [] and answered == 20
     assert "Traceback" not in worker.log.read_text()
+
+
+def test_what_a_connection_made_the_worker_hold_is_returned_when_it_closes(
+    worker: RunningWorker,
+) -> None:
+    # Prepare: the worker's resident size after a first, empty connection.
+    process = psutil.Process(worker.process.pid)
+    with _client(worker, "ws-0") as client:
+        client.ping()
+    before = _settled_rss(process, above=None)
+
+    # Execute: a connection that makes it hold 240 MB in 4 MB objects, then ends.
+    with _client(worker, "ws-0") as client:
+        for index in range(60):
+            client.send(torch.ones(2**20 + index), obj_id=f"big:{index}", owned=False)
+        held = process.memory_info().rss
+
+    # Assert: held while connected, given back after.
+    assert held - before > 200 * 2**20
+    assert _settled_rss(process, above=before + 64 * 2**20) < before + 64 * 2**20
+
+
+def _settled_rss(process: psutil.Process, *, above: int | None) -> int:
+    """The resident size once the worker has finished with the last connection (bounded)."""
+    deadline = time.monotonic() + 30
+    rss = process.memory_info().rss
+    while above is not None and rss >= above and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rss = process.memory_info().rss
+    return rss

@@ -42,12 +42,20 @@ class RunningWorker:
     ca: Path | None = None
 
 
-def _start(tmp: Path, worker_id: str, host: str, *, tls: bool) -> RunningWorker:
+def _start(
+    tmp: Path,
+    worker_id: str,
+    host: str,
+    *,
+    tls: bool,
+    partition: str = "0/2",
+    samples: int = 400,
+) -> RunningWorker:
     token = tmp / f"{worker_id}.token"
     write_secret(token)
     command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", worker_id]
     command += ["--host", host, "--port", "0", "--token-file", str(token), "--threads", "1"]
-    command += ["--partition", "0/2", "--train-samples", "400"]
+    command += ["--partition", partition, "--train-samples", str(samples)]
     ca = None
     if tls:
         pki = make_worker_pki(tmp / "pki", [host])
