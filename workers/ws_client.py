@@ -81,6 +81,7 @@ class WebsocketWorker(MessageWorker):
             except _Crowded as crowded:
                 # The worker dropped this handshake for a newer one from the same
                 # address (a crowd of strangers there): try again until the deadline.
+                self._ws.close()
                 if time.monotonic() + pause > deadline:
                     raise WorkerError(f"worker {worker_id!r}: {crowded}") from None
             except BaseException:

@@ -110,7 +110,11 @@ class WorkerServer:
         return port
 
     async def serve_until(self, stop: asyncio.Event, on_ready: Callable[[int], None]) -> None:
-        """Run until ``stop`` is set, calling ``on_ready(port)`` once listening."""
+        """Run until ``stop`` is set, calling ``on_ready(port)`` once listening.
+
+        Then close every connection (close frames to the peers) and wait a
+        short grace for the closing handshakes, not for a request in progress.
+        """
         port = await self.start()
         on_ready(port)
         try:
@@ -118,7 +122,8 @@ class WorkerServer:
         finally:
             assert self.server is not None
             self.server.close()
-            await self.server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), _CLOSE_GRACE_SECONDS)
 
     # ------------------------------------------------------------ connections
 
@@ -316,13 +321,7 @@ def run_worker(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         server = WorkerServer(config, objects)
-        port = await server.start()
-        (on_ready or (lambda port: None))(port)
-        await stop.wait()
-        assert server.server is not None
-        server.server.close()  # close frames to the peers, then at most a short wait
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.server.wait_closed(), _CLOSE_GRACE_SECONDS)
+        await server.serve_until(stop, on_ready or (lambda port: None))
         logger.info("stopped")
         logging.shutdown()
         sys.stdout.flush()
