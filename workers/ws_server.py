@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -59,6 +60,10 @@ CROWDED = "too many pending handshakes"  # the close reason of a dropped handsha
 # On SIGTERM: how long closing handshakes may take before the process exits.
 _CLOSE_GRACE_SECONDS = 2.0
 logger = logging.getLogger("fedsim.worker")
+# What strangers make the worker say: refusals, dropped and failed handshakes.
+peer_logger = logging.getLogger("fedsim.worker.peers")
+# At most this many such lines per period reach the log (see _PeerLogQuota).
+PEER_LOG_BURST, PEER_LOG_PERIOD_SECONDS = 20, 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +109,7 @@ class WorkerServer:
             max_size=MAX_AUTH_FRAME_BYTES,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_interval,
-            logger=_websockets_logger(),
+            logger=_configure_peer_logging(),
         )
         port: int = self.server.sockets[0].getsockname()[1] if self.server.sockets else cfg.port
         return port
@@ -133,7 +138,7 @@ class WorkerServer:
         try:
             authenticated = await self._authenticate(connection, peer)
         except ConnectionClosed as closed:
-            logger.warning("refused %s: closed during authentication (%s)", peer, closed)
+            peer_logger.warning("refused %s: closed during authentication (%s)", peer, closed)
             return
         finally:
             self._admission.leave(connection)
@@ -203,7 +208,7 @@ class WorkerServer:
     async def _refuse(
         self, connection: ServerConnection, peer: object, reason: str, *, code: int = 1008
     ) -> bool:
-        logger.warning("refused %s: %s", peer, reason)
+        peer_logger.warning("refused %s: %s", peer, reason)
         try:
             await connection.send(AuthResult(False, "", reason, 0).encode())
             await connection.close(code, "refused")
@@ -240,10 +245,42 @@ class _OneLine(logging.Filter):
         return True
 
 
-def _websockets_logger() -> logging.Logger:
+class _PeerLogQuota(logging.Filter):
+    """Strangers choose how often the worker would log a refusal (thousands a
+    second under a flood): at most ``PEER_LOG_BURST`` lines every
+    ``PEER_LOG_PERIOD_SECONDS`` pass, and the next line that passes says how
+    many were left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._window_start = time.monotonic()
+        self._passed = self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= PEER_LOG_PERIOD_SECONDS:
+            self._window_start, self._passed = now, 0
+        if self._passed >= PEER_LOG_BURST:
+            self._left_out += 1
+            return False
+        self._passed += 1
+        if self._left_out:
+            record.msg = f"{record.getMessage()} ({self._left_out} similar lines left out)"
+            record.args, self._left_out = None, 0
+        return True
+
+
+def _configure_peer_logging() -> logging.Logger:
+    """One quota for fedsim's and websockets' lines about peers; websockets' logger."""
     websockets_logger = logging.getLogger("fedsim.worker.websockets")
-    if not any(isinstance(f, _OneLine) for f in websockets_logger.filters):
+    if not any(isinstance(f, _PeerLogQuota) for f in peer_logger.filters):
+        quota = _PeerLogQuota()
+        peer_logger.addFilter(quota)
+        # One line per failed handshake (_OneLine) and none per connection
+        # opened or closed: at INFO websockets logs two for every stranger.
+        websockets_logger.setLevel(logging.WARNING)
         websockets_logger.addFilter(_OneLine())
+        websockets_logger.addFilter(quota)
     return websockets_logger
 
 
@@ -289,7 +326,9 @@ class _Admission:
             self._by_address.pop(address, None)
 
     def _drop(self, connection: ServerConnection) -> None:
-        logger.warning("dropped %s: a newer handshake needs its slot", connection.remote_address)
+        peer_logger.warning(
+            "dropped %s: a newer handshake needs its slot", connection.remote_address
+        )
         self.leave(connection)
         self._dropped.add(connection)
         # Its handler, waiting in recv(), then ends with ConnectionClosed.

@@ -27,6 +27,7 @@ from tests.workers.test_websocket import HOST, RunningWorker, _client, _start, _
 from workers.codec import MAGIC
 from workers.errors import WorkerError
 from workers.messages import AuthResult, ErrorReply, decode_message
+from workers.ws_server import PEER_LOG_BURST
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +215,41 @@ def test_what_a_connection_made_the_worker_hold_is_returned_when_it_closes(
 
 
 def _settled_rss(process: psutil.Process, *, above: int | None) -> int:
-    """The resident size once the worker has finished with the last connection (bounded)."""
+    """The resident size once the worker has finished with the last connection: below
+    ``above``, or (``above=None``) steady within 1 MB for half a second; bounded."""
     deadline = time.monotonic() + 30
-    rss = process.memory_info().rss
-    while above is not None and rss >= above and time.monotonic() < deadline:
+    rss, steady_since = process.memory_info().rss, time.monotonic()
+    while time.monotonic() < deadline:
+        if above is not None and rss < above:
+            break
+        if above is None and time.monotonic() - steady_since >= 0.5:
+            break
         time.sleep(0.1)
-        rss = process.memory_info().rss
+        now = process.memory_info().rss
+        if abs(now - rss) > 2**20:
+            steady_since = time.monotonic()
+        rss = now
     return rss
+
+
+def test_a_flood_of_refusals_is_logged_within_a_quota(worker: RunningWorker) -> None:
+    # Prepare
+    def peer_lines() -> int:
+        return sum(
+            " refused " in line or " dropped " in line or "handshake failed" in line
+            for line in worker.log.read_text().splitlines()
+        )
+
+    before = peer_lines()
+
+    # Execute: 300 strangers, each sending garbage as its first frame.
+    for number in range(300):
+        with connect(worker.url, compression=None, proxy=None) as raw:
+            raw.recv(timeout=10)
+            raw.send(number.to_bytes(4, "big") * 8)
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    raw.recv(timeout=10)
+
+    # Assert: at most two windows' worth of lines reached the log, not 300.
+    assert peer_lines() - before <= 2 * PEER_LOG_BURST
