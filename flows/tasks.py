@@ -216,7 +216,6 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
             secret=secret,
             cafile=spec.ca,
             timeout=cfg.request_timeout,
-            connect_timeout=5,
         )
         expected = partition_descriptor(
             cfg.dataset, cfg.partition, index, cfg.workers, cfg.seed, cfg.train_samples

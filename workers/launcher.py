@@ -49,7 +49,7 @@ def threads_per_worker(workers: int) -> int:
 
 
 def _connect(worker_id: str, url: str, secret: bytes, timeout: float, data: str) -> WebsocketWorker:
-    client = WebsocketWorker(worker_id, url, secret=secret, timeout=timeout, connect_timeout=5)
+    client = WebsocketWorker(worker_id, url, secret=secret, timeout=timeout)
     return check_partition(client, data)  # the health check, and the right data
 
 

@@ -30,8 +30,12 @@ from workers.messages import (
 )
 from workers.ws_server import CROWDED, DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["WebsocketWorker", "client_ssl_context"]
+__all__ = ["CONNECT_TIMEOUT_SECONDS", "WebsocketWorker", "client_ssl_context"]
 
+# Connecting and authenticating: a refused port fails at once, so this bounds
+# only a peer that is slow to answer — a TLS handshake on a crowded 2-core
+# machine took more than 5 s.
+CONNECT_TIMEOUT_SECONDS = 30.0
 # Retrying a handshake the worker dropped for a newer one (ws_server._Admission).
 _FIRST_RETRY_PAUSE, _LAST_RETRY_PAUSE = 0.05, 1.0
 
@@ -60,7 +64,7 @@ class WebsocketWorker(MessageWorker):
         secret: bytes | None,
         cafile: str | Path | None = None,
         timeout: float = 600.0,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         delete_batch_size: int = DELETE_BATCH_SIZE,
     ) -> None:

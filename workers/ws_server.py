@@ -223,12 +223,18 @@ class WorkerServer:
             data_description=self.config.data_description,
             private=frozenset(self._objects),
         )
-        async for frame in connection:
-            if isinstance(frame, str):
-                reply = ErrorReply("protocol", "text frames are not accepted").encode()
-            else:
-                reply = await asyncio.to_thread(core.handle_bytes, frame)
-            await connection.send(reply)
+        try:
+            async for frame in connection:
+                if isinstance(frame, str):
+                    reply = ErrorReply("protocol", "text frames are not accepted").encode()
+                else:
+                    reply = await asyncio.to_thread(core.handle_bytes, frame)
+                await connection.send(reply)
+        finally:
+            # The connection's objects go with it. A ConnectionClosed ending the
+            # loop is kept by the connection, with its traceback and so this
+            # frame: its locals would otherwise keep them alive.
+            core = frame = reply = None  # type: ignore[assignment]
 
 
 class _OneLine(logging.Filter):
