@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from typing import IO
 
 from fl.errors import FedsimError
 from workers.lifetime import child_environment
@@ -95,7 +96,7 @@ def _server(say: Callable[[str], None], deadline: float) -> Iterator[str]:
 def _wait_healthy(
     process: subprocess.Popen[bytes],
     url: str,
-    log: tempfile._TemporaryFileWrapper[bytes],
+    log: IO[bytes],
     say: Callable[[str], None],
     deadline: float,
 ) -> None:
@@ -128,7 +129,7 @@ def _wait_healthy(
             time.sleep(_POLL_SECONDS)
 
 
-def _last_line(log: tempfile._TemporaryFileWrapper[bytes]) -> str:
+def _last_line(log: IO[bytes]) -> str:
     log.seek(0)
     lines = log.read().decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else "no output"

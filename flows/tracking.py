@@ -91,7 +91,9 @@ def _owner_alive(tags: Mapping[str, str]) -> bool:
     try:
         owner = psutil.Process(int(tags[_PID_TAG]))
         return f"{owner.create_time():.2f}" == tags.get(_STARTED_TAG)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
+    except psutil.AccessDenied:  # another user's live process: not ours to judge
+        return True
+    except (psutil.NoSuchProcess, KeyError, ValueError):
         return False
 
 
