@@ -28,7 +28,7 @@ completes about one round a second (3.5 without the strangers). Silent peers
 reconnect ``--silent-pause`` s after each drop; with 0 they churn, evicting each
 other hundreds of times a second. The worker's lines about strangers (refusals,
 dropped and failed handshakes) pass a quota of 20 per 10 s (``PEER_LOG_BURST``
-per ``PEER_LOG_PERIOD_SECONDS`` in workers/ws_server.py) and websockets'
+per ``PEER_LOG_PERIOD_SECONDS`` in workers/peers.py) and websockets'
 per-connection INFO lines are off; the report gives the log's size (it is kept
 in a temporary folder unless ``--log``). The worker's RSS, open files and
 threads are sampled every 5 s. The run fails (exit 1) on any crash (the worker

@@ -32,11 +32,12 @@ def serve_worker(args: argparse.Namespace) -> int:
     from workers.auth import read_secret
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
     from workers.lifetime import die_with_parent
-    from workers.memory import return_free_memory
+    from workers.memory import one_heap, return_free_memory
     from workers.tls import certificate_der, is_loopback_host, server_ssl_context
     from workers.ws_server import ServerConfig, run_worker
 
     die_with_parent()
+    one_heap()  # before the server's threads exist
     if args.threads:
         torch.set_num_threads(args.threads)
     if bool(args.tls_cert) != bool(args.tls_key):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 
-__all__ = ["return_free_memory", "tune_malloc"]
+__all__ = ["one_heap", "return_free_memory", "tune_malloc"]
 
 
 def tune_malloc() -> bool:
@@ -27,6 +27,24 @@ def tune_malloc() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(
         libc.mallopt(m_trim_threshold, 1 << 30)
     )
+
+
+def one_heap() -> bool:
+    """Make every thread allocate from glibc's main heap (``M_ARENA_MAX`` = 1).
+
+    A worker decodes requests on a pool of threads, and glibc gives threads
+    heaps of their own; what was freed at the top of those is not given back
+    by ``return_free_memory`` (``malloc_trim`` trims only the main heap's
+    top), so a closed connection's objects could stay resident. A worker
+    serves one request at a time, so the threads do not contend for the one
+    heap. Call before any thread allocates. Returns whether glibc took it.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_arena_max = -8
+    return bool(libc.mallopt(m_arena_max, 1))
 
 
 def return_free_memory() -> bool:

@@ -28,7 +28,8 @@ from workers.messages import (
     AuthResult,
     decode_message,
 )
-from workers.ws_server import CROWDED, DEFAULT_MAX_MESSAGE_BYTES
+from workers.peers import CROWDED
+from workers.ws_server import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "WebsocketWorker", "client_ssl_context"]
 
@@ -36,7 +37,7 @@ __all__ = ["CONNECT_TIMEOUT_SECONDS", "WebsocketWorker", "client_ssl_context"]
 # only a peer that is slow to answer — a TLS handshake on a crowded 2-core
 # machine took more than 5 s.
 CONNECT_TIMEOUT_SECONDS = 30.0
-# Retrying a handshake the worker dropped for a newer one (ws_server._Admission).
+# Retrying a handshake the worker dropped for a newer one (workers.peers.Admission).
 _FIRST_RETRY_PAUSE, _LAST_RETRY_PAUSE = 0.05, 1.0
 
 

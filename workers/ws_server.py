@@ -10,7 +10,7 @@ as one binary frame. The server
   and a clean close, with the reason logged;
 - reads at most 4 KiB a frame until then, from the first byte (a frame packed
   into the same write as the HTTP upgrade included), and admits handshakes so
-  that a crowd of silent peers cannot lock the coordinator out (``_Admission``);
+  that a crowd of silent peers cannot lock the coordinator out (``workers/peers.py``);
 - serves one coordinator connection at a time (a second gets close code 1013)
   and keeps the objects of each connection in that connection's own store,
   seeded with the worker's own data (which is never copied per connection);
@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -44,26 +43,19 @@ from workers.messages import (
     ErrorReply,
     decode_message,
 )
+from workers.peers import CROWDED, Admission, configure_peer_logging, peer_logger
 
-__all__ = ["CROWDED", "DEFAULT_MAX_MESSAGE_BYTES", "ServerConfig", "WorkerServer"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerConfig", "WorkerServer"]
 
 # A McMahan CNN state is 6.7 MB on the wire; shards of a few thousand images are
 # tens of MB. 256 MiB bounds what one frame may make the worker buffer.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 # Before authentication: the AuthResponse is ~300 bytes.
 MAX_AUTH_FRAME_BYTES = 4096
-# Handshakes in progress, from one address and in all (see _Admission).
-MAX_PENDING_PER_ADDRESS = 4
-MAX_PENDING_HANDSHAKES = 64
 BUSY = "worker busy: serving another coordinator"
-CROWDED = "too many pending handshakes"  # the close reason of a dropped handshake
 # On SIGTERM: how long closing handshakes may take before the process exits.
 _CLOSE_GRACE_SECONDS = 2.0
 logger = logging.getLogger("fedsim.worker")
-# What strangers make the worker say: refusals, dropped and failed handshakes.
-peer_logger = logging.getLogger("fedsim.worker.peers")
-# At most this many such lines per period reach the log (see _PeerLogQuota).
-PEER_LOG_BURST, PEER_LOG_PERIOD_SECONDS = 20, 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +82,7 @@ class WorkerServer:
         self.config = config
         self._objects = dict(objects or {})
         self._busy = False
-        self._admission = _Admission()
+        self._admission = Admission()
         self.server: Server | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -109,7 +101,7 @@ class WorkerServer:
             max_size=MAX_AUTH_FRAME_BYTES,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_interval,
-            logger=_configure_peer_logging(),
+            logger=configure_peer_logging(),
         )
         port: int = self.server.sockets[0].getsockname()[1] if self.server.sockets else cfg.port
         return port
@@ -235,112 +227,6 @@ class WorkerServer:
             # loop is kept by the connection, with its traceback and so this
             # frame: its locals would otherwise keep them alive.
             core = frame = reply = None  # type: ignore[assignment]
-
-
-class _OneLine(logging.Filter):
-    """Log a peer's failed opening handshake as one line, not websockets' traceback:
-    any stranger can cause one, and the reason is all an operator needs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            cause = error.__cause__ or error.__context__
-            reason = f"{error}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
-            record.msg, record.args = f"{record.getMessage()}: {reason}", None
-            record.exc_info = record.exc_text = None
-        return True
-
-
-class _PeerLogQuota(logging.Filter):
-    """Strangers choose how often the worker would log a refusal (thousands a
-    second under a flood): at most ``PEER_LOG_BURST`` lines every
-    ``PEER_LOG_PERIOD_SECONDS`` pass, and the next line that passes says how
-    many were left out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._window_start = time.monotonic()
-        self._passed = self._left_out = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now - self._window_start >= PEER_LOG_PERIOD_SECONDS:
-            self._window_start, self._passed = now, 0
-        if self._passed >= PEER_LOG_BURST:
-            self._left_out += 1
-            return False
-        self._passed += 1
-        if self._left_out:
-            record.msg = f"{record.getMessage()} ({self._left_out} similar lines left out)"
-            record.args, self._left_out = None, 0
-        return True
-
-
-def _configure_peer_logging() -> logging.Logger:
-    """One quota for fedsim's and websockets' lines about peers; websockets' logger."""
-    websockets_logger = logging.getLogger("fedsim.worker.websockets")
-    if not any(isinstance(f, _PeerLogQuota) for f in peer_logger.filters):
-        quota = _PeerLogQuota()
-        peer_logger.addFilter(quota)
-        # One line per failed handshake (_OneLine) and none per connection
-        # opened or closed: at INFO websockets logs two for every stranger.
-        websockets_logger.setLevel(logging.WARNING)
-        websockets_logger.addFilter(_OneLine())
-        websockets_logger.addFilter(quota)
-    return websockets_logger
-
-
-class _Admission:
-    """Handshakes in progress, oldest first per peer address.
-
-    A newcomer is always admitted: when its address already has
-    ``MAX_PENDING_PER_ADDRESS`` handshakes in progress, that address's oldest
-    is dropped; when the worker has ``MAX_PENDING_HANDSHAKES``, the oldest of
-    the address holding the most is. Peers on other addresses than the
-    coordinator's therefore cannot crowd it out, whatever their number or
-    rate; the rest is bounded by the authentication deadline.
-    """
-
-    def __init__(self) -> None:
-        self._by_address: dict[str, list[ServerConnection]] = {}
-        self._dropped: set[ServerConnection] = set()  # until their handler leaves
-        self._closing: set[asyncio.Task[None]] = set()  # referenced until done
-
-    def admit(self, connection: ServerConnection) -> None:
-        address = str(connection.remote_address[0])
-        queue = self._by_address.setdefault(address, [])
-        if len(queue) >= MAX_PENDING_PER_ADDRESS:
-            self._drop(queue[0])
-        elif sum(map(len, self._by_address.values())) >= MAX_PENDING_HANDSHAKES:
-            self._drop(max(self._by_address.values(), key=len)[0])
-        queue.append(connection)
-
-    def settle(self, connection: ServerConnection) -> bool:
-        """Leave, on authentication; False if the connection was dropped meanwhile
-        (its close is already on its way)."""
-        dropped = connection in self._dropped
-        self.leave(connection)
-        return not dropped
-
-    def leave(self, connection: ServerConnection) -> None:
-        self._dropped.discard(connection)
-        address = str(connection.remote_address[0])
-        queue = self._by_address.get(address, [])
-        if connection in queue:
-            queue.remove(connection)
-        if not queue:
-            self._by_address.pop(address, None)
-
-    def _drop(self, connection: ServerConnection) -> None:
-        peer_logger.warning(
-            "dropped %s: a newer handshake needs its slot", connection.remote_address
-        )
-        self.leave(connection)
-        self._dropped.add(connection)
-        # Its handler, waiting in recv(), then ends with ConnectionClosed.
-        task = asyncio.get_running_loop().create_task(connection.close(1013, CROWDED))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
 
 def run_worker(

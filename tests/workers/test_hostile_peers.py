@@ -27,7 +27,7 @@ from tests.workers.test_websocket import HOST, RunningWorker, _client, _start, _
 from workers.codec import MAGIC
 from workers.errors import WorkerError
 from workers.messages import AuthResult, ErrorReply, decode_message
-from workers.ws_server import PEER_LOG_BURST
+from workers.peers import PEER_LOG_BURST
 
 
 @pytest.fixture(scope="module")
