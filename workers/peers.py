@@ -110,12 +110,13 @@ class Admission:
 
     def admit(self, connection: ServerConnection) -> None:
         address = str(connection.remote_address[0])
-        queue = self._by_address.setdefault(address, [])
-        if len(queue) >= MAX_PENDING_PER_ADDRESS:
-            self._drop(queue[0])
+        own = self._by_address.get(address, [])
+        if len(own) >= MAX_PENDING_PER_ADDRESS:
+            self._drop(own[0])
         elif sum(map(len, self._by_address.values())) >= MAX_PENDING_HANDSHAKES:
             self._drop(max(self._by_address.values(), key=len)[0])
-        queue.append(connection)
+        # Looked up again: a drop that emptied an address's queue removed it.
+        self._by_address.setdefault(address, []).append(connection)
 
     def settle(self, connection: ServerConnection) -> bool:
         """Leave, on authentication; False if the connection was dropped meanwhile
