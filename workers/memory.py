@@ -7,6 +7,17 @@ import gc
 
 __all__ = ["one_heap", "return_free_memory", "tune_malloc"]
 
+# mallopt parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or None elsewhere (musl, macOS): the settings are then left alone."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
 
 def tune_malloc() -> bool:
     """Keep freed large blocks in glibc's heap instead of returning them to the kernel.
@@ -19,13 +30,11 @@ def tune_malloc() -> bool:
     tensor under that. Process-wide, so the programs (``fedsim run``, ``fedsim worker serve``,
     the benchmarks) set it, not the library. Returns whether glibc took it.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(
-        libc.mallopt(m_trim_threshold, 1 << 30)
+    libc = _libc()
+    return (
+        libc is not None
+        and bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+        and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     )
 
 
@@ -39,12 +48,8 @@ def one_heap() -> bool:
     serves one request at a time, so the threads do not contend for the one
     heap. Call before any thread allocates. Returns whether glibc took it.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_arena_max = -8
-    return bool(libc.mallopt(m_arena_max, 1))
+    libc = _libc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, 1))
 
 
 def return_free_memory() -> bool:
@@ -58,8 +63,5 @@ def return_free_memory() -> bool:
     memory was released.
     """
     gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.malloc_trim(0))
+    libc = _libc()
+    return libc is not None and bool(libc.malloc_trim(0))
