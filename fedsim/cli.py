@@ -148,6 +148,12 @@ def _add_run(sub: Any) -> None:
         help="secure aggregation: workers each update is shared among (default 3)",
     )
     add(
+        "--min-cohort",
+        type=_positive_int,
+        help="secure aggregation: the fewest clients a revealed sum may hold "
+        "(default 3, or every client of a smaller round)",
+    )
+    add(
         "--mac",
         action="store_true",
         help="secure aggregation with SPDZ MACs: a tampered share aborts the round",

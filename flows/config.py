@@ -187,6 +187,9 @@ class ExperimentConfig:
     # workers) and SPDZ MACs on every share (malicious-secure opening).
     committee: int = 3
     mac: bool = False
+    # The fewest clients a securely aggregated sum may hold (members refuse to
+    # open smaller ones); None: 3, or every client of a round with fewer.
+    min_cohort: int | None = None
     # Robustness and privacy (flows.defence): the aggregator of FedAvg levels,
     # simulated attackers, and differential privacy at client or sample level.
     aggregator: str = "fedavg"
@@ -228,6 +231,8 @@ class ExperimentConfig:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, tuple(MODELS))
         _check_min("committee", self.committee, 2)
+        if self.min_cohort is not None:
+            _check_min("min_cohort", self.min_cohort, 2)
         secure = [lv for lv in levels if lv.aggregation == "secure"]
         if any(lv.aggregation in ("secure", "he") for lv in levels) and self.workers < 2:
             raise ConfigError("secure and homomorphic aggregation need --workers >= 2")
@@ -308,6 +313,8 @@ class ExperimentConfig:
         for name in ("train_samples", "test_samples"):
             value = getattr(self, name)
             parts.append(f"--{name.replace('_', '-')} {'all' if value is None else value}")
+        if self.min_cohort is not None:
+            parts.append(f"--min-cohort {self.min_cohort}")
         parts.append(f"--timeout {self.request_timeout:g}")
         if self.dp != "none":
             parts.append(
@@ -370,7 +377,15 @@ class ExperimentConfig:
     def _secure_params(self, level: Level) -> dict[str, str]:
         if level.number not in FEDAVG_LEVELS or self.aggregation != "secure":
             return {}
-        return {"committee": str(self.committee), "mac": str(self.mac).lower()}
+        return {
+            "committee": str(self.committee),
+            "mac": str(self.mac).lower(),
+            "min_cohort": "default" if self.min_cohort is None else str(self.min_cohort),
+        }
+
+    def cohort_floor(self, clients: int) -> int:
+        """The minimum cohort of a round of ``clients``: the option, else 3 (or all, if fewer)."""
+        return self.min_cohort if self.min_cohort is not None else max(2, min(3, clients))
 
     def _defence_params(self, level: Level) -> dict[str, str]:
         """Aggregator, attack and DP params of a FedAvg level (DESIGN.md: "+ dp/robust")."""

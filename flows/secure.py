@@ -77,11 +77,17 @@ def _alive(worker: Worker) -> bool:
 
 
 def _attempt(
-    cfg: ExperimentConfig, outcome: RoundOutcome, template: StateDict, parallel: bool
+    cfg: ExperimentConfig,
+    outcome: RoundOutcome,
+    template: StateDict,
+    parallel: bool,
+    min_cohort: int,
 ) -> SecureAggregate:
-    # Client-level DP averages clipped updates with weight 1 each (flows.defence).
+    # Client-level DP averages clipped updates with weight 1 each (flows.defence);
+    # each worker applies the rule to its own sample count.
+    weighting = "uniform" if cfg.dp == "client" else "samples"
     inputs = [
-        SecureInput(ptr.worker, ptr, 1 if cfg.dp == "client" else update.num_samples)
+        SecureInput(ptr.worker, ptr, 1 if weighting == "uniform" else update.num_samples)
         for ptr, update in zip(outcome.remote_states, outcome.updates, strict=True)
     ]
     by_id = {item.worker.id: item.worker for item in inputs}
@@ -91,12 +97,17 @@ def _attempt(
                 f"homomorphic aggregation needs >= 2 clients in a round, got {len(by_id)}"
             )
         key_holder = by_id[_SYSTEM_RANDOM.choice(list(by_id))]
-        return he_average(inputs, key_holder, template, parallel=parallel)
+        return he_average(inputs, key_holder, template, parallel=parallel, weighting=weighting)
     ids, dealer = choose_committee(list(by_id), cfg.committee, dealer=cfg.mac)
     committee = [by_id[i] for i in ids]
+    options = {
+        "parallel": parallel,
+        "weighting": weighting,
+        "min_cohort": min_cohort,
+    }
     if dealer is not None:
-        return secure_average_mac(inputs, committee, by_id[dealer], template, parallel=parallel)
-    return secure_average(inputs, committee, template, parallel=parallel)
+        return secure_average_mac(inputs, committee, by_id[dealer], template, **options)
+    return secure_average(inputs, committee, template, **options)
 
 
 def _protocol_metrics(cfg: ExperimentConfig, result: SecureAggregate) -> dict[str, float]:
@@ -141,9 +152,11 @@ def secure_aggregate_round(
     sent0 = sum(w.bytes_sent for w in workers)
     received0 = sum(w.bytes_received for w in workers)
     dropped = list(outcome.dropped)
+    # Fixed by the round as sampled: clients lost on the way do not lower it.
+    min_cohort = cfg.cohort_floor(len(outcome.updates) + len(dropped))
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            result = _attempt(cfg, outcome, template, parallel)
+            result = _attempt(cfg, outcome, template, parallel, min_cohort)
             break
         except (MPCError, RemoteError):
             raise  # the protocol itself failed (e.g. the MAC check): never retried or averaged

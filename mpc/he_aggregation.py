@@ -104,7 +104,7 @@ def _encrypt(run: ProtocolRun) -> None:
             "he.encrypt",
             session=run.session,
             state_id=item.state_id,
-            weight=item.weight,
+            weighting=run.state["weighting"],
             keys=run.state["keys"],
             clients=len(clients),
             key_id=run.state["key_id"],
@@ -177,6 +177,7 @@ def he_average(
     template: Mapping[str, torch.Tensor],
     *,
     parallel: bool = False,
+    weighting: str = "samples",
 ) -> SecureAggregate:
     """Σ_c n_c·w_c / Σ_c n_c over the clients' states, the coordinator adding ciphertexts.
 
@@ -197,6 +198,7 @@ def he_average(
         inputs={item.worker.id: item for item in inputs},
         length=vector_length(template) - 1,  # floats only: the weights travel in the clear
         keys=float_keys(template),
+        weighting=weighting,
     )
     run.run()
     expected = float(sum(item.weight for item in inputs))

@@ -59,6 +59,7 @@ __all__ = [
     "SECURE_AGGREGATION",
     "SecureAggregate",
     "SecureInput",
+    "check_cohort",
     "reveal_sum_shares",
     "secure_average",
 ]
@@ -66,7 +67,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SecureInput:
-    """A client's contribution: the worker, its trained state (on the worker), its weight."""
+    """A client's contribution: the worker, its sealed trained state, the weight expected.
+
+    ``weight`` is what the coordinator expects the client to contribute with
+    (its sample count from the training reply, or 1 for an unweighted rule):
+    the worker uses its own, and the opened total weight is checked against
+    the sum of these.
+    """
 
     worker: Worker
     state: Pointer | str
@@ -88,6 +95,18 @@ class SecureAggregate:
     run: ProtocolRun
 
 
+def check_cohort(clients: int, min_cohort: int) -> None:
+    """One clear error, before any worker is asked, for a round too small to aggregate."""
+    if min_cohort < 2:
+        raise MPCError(
+            f"the minimum cohort must be >= 2 (one client's sum is its update), got {min_cohort}"
+        )
+    if clients < min_cohort:
+        raise MPCError(
+            f"secure aggregation needs >= {min_cohort} clients (the minimum cohort), got {clients}"
+        )
+
+
 def _share(run: ProtocolRun) -> None:
     committee = run.workers("committee")
     inputs: dict[str, SecureInput] = run.state["inputs"]
@@ -100,7 +119,7 @@ def _share(run: ProtocolRun) -> None:
             "secagg.share",
             session=run.session,
             state_id=item.state_id,
-            weight=item.weight,
+            weighting=run.state["weighting"],
             keys=run.state["keys"],
             clients=len(run.workers("clients")),
             committee=[m.id for m in committee],
@@ -139,11 +158,21 @@ def _relay(run: ProtocolRun) -> None:
 
 
 def reveal_sum_shares(run: ProtocolRun, step: str) -> list[torch.Tensor]:
-    """Each member's share of the sum (party step ``step``), checked to count every client."""
-    clients = len(run.workers("clients"))
+    """Each member's share of the sum (party step ``step``), checked to count every client.
+
+    Members reveal only a sum over exactly the clients named, at least
+    ``run.state["min_cohort"]`` of them (and their own floor).
+    """
+    contributors = [client.id for client in run.workers("clients")]
+    clients = len(contributors)
 
     def reveal(member: Worker) -> torch.Tensor:
-        reply = member.party_op(step, session=run.session)
+        reply = member.party_op(
+            step,
+            session=run.session,
+            contributors=contributors,
+            min_cohort=run.state["min_cohort"],
+        )
         if reply["count"] != clients:
             raise MPCError(f"{member.id!r} summed {reply['count']} inputs, expected {clients}")
         share = reply["sum_share"]
@@ -179,20 +208,21 @@ def secure_average(
     *,
     encoder: FixedPointEncoder | None = None,
     parallel: bool = False,
+    weighting: str = "samples",
+    min_cohort: int = 2,
 ) -> SecureAggregate:
     """Σ_c n_c·w_c / Σ_c n_c over the clients' states, opening only the sum.
 
-    ``template`` (the global state) gives the key order, shapes and dtypes.
+    ``template`` (the global state) gives the key order, shapes and dtypes;
+    ``weighting`` is "samples" (n_c: each worker's own sample count) or
+    "uniform" (n_c = 1); members refuse to open a sum of fewer than
+    ``min_cohort`` clients.
     """
     if len(committee) < 2:
         raise MPCError(
             f"secure aggregation needs a committee of >= 2 workers, got {len(committee)}"
         )
-    if len(inputs) < 2:
-        raise MPCError(
-            f"secure aggregation needs >= 2 clients (one client's sum is its update), "
-            f"got {len(inputs)}"
-        )
+    check_cohort(len(inputs), min_cohort)
     run = SECURE_AGGREGATION.bind(
         {"clients": [item.worker for item in inputs], "committee": list(committee)},
         parallel=parallel,
@@ -202,6 +232,8 @@ def secure_average(
         length=vector_length(template),
         keys=float_keys(template),
         encoder=encoder or FixedPointEncoder(),
+        weighting=weighting,
+        min_cohort=min_cohort,
     )
     run.run()
     expected = float(sum(item.weight for item in inputs))

@@ -51,7 +51,12 @@ from mpc.field import P, field_decode
 from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.mac import reconstruct_field
 from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
-from mpc.secure_aggregation import SecureAggregate, SecureInput, reveal_sum_shares
+from mpc.secure_aggregation import (
+    SecureAggregate,
+    SecureInput,
+    check_cohort,
+    reveal_sum_shares,
+)
 from workers.base import Worker
 
 __all__ = ["SECURE_AGGREGATION_MAC", "secure_average_mac"]
@@ -104,7 +109,7 @@ def _input(run: ProtocolRun) -> None:
             dealer_public_key=run.public_key(dealer),
             dealer_ciphertext=run.state["masks"][position]["client_sealed"],
             state_id=item.state_id,
-            weight=item.weight,
+            weighting=run.state["weighting"],
             keys=run.state["keys"],
             clients=len(run.workers("clients")),
             fractional_bits=_FRACTIONAL_BITS,
@@ -212,6 +217,8 @@ def secure_average_mac(
     template: Mapping[str, torch.Tensor],
     *,
     parallel: bool = False,
+    weighting: str = "samples",
+    min_cohort: int = 2,
 ) -> SecureAggregate:
     """Like :func:`mpc.secure_aggregation.secure_average`, with every share MAC-checked."""
     if len(committee) < 2:
@@ -222,11 +229,7 @@ def secure_average_mac(
         raise MPCError(
             f"the dealer {dealer.id!r} may not sit on the committee: it knows the MAC key"
         )
-    if len(inputs) < 2:
-        raise MPCError(
-            f"secure aggregation needs >= 2 clients (one client's sum is its update), "
-            f"got {len(inputs)}"
-        )
+    check_cohort(len(inputs), min_cohort)
     run = SECURE_AGGREGATION_MAC.bind(
         {
             "clients": [item.worker for item in inputs],
@@ -239,6 +242,8 @@ def secure_average_mac(
         inputs={item.worker.id: item for item in inputs},
         length=vector_length(template),
         keys=float_keys(template),
+        weighting=weighting,
+        min_cohort=min_cohort,
     )
     run.run()
     expected = float(sum(item.weight for item in inputs))

@@ -30,6 +30,7 @@ from fl.errors import FedsimError
 from fl.training import TrainConfig, evaluate, train_local
 from mpc.errors import MPCError
 from workers.codec import DTYPES, Ref, Value, check_value
+from workers.contributions import Contribution, Contributions, training_digest
 from workers.errors import ProtocolError, WorkerError
 from workers.messages import (
     PROTOCOL_VERSION,
@@ -59,7 +60,7 @@ from workers.messages import (
 )
 from workers.model_pool import ModelPool, trained_state
 from workers.ops import OPS, apply_op
-from workers.party import Party, PartyError, party_steps
+from workers.party import MIN_COHORT, Party, PartyError, party_steps
 from workers.plan import Plan
 
 __all__ = [
@@ -130,15 +131,16 @@ class WorkerCore:
         data_description: str = "",
         private: frozenset[str] = frozenset(),
         models: ModelPool | None = None,
+        min_cohort: int = MIN_COHORT,
     ) -> None:
         self._worker_id = worker_id
         self.data_description = data_description
         # The worker's own data: usable by Train and Evaluate only — never sent
         # back, deleted, or fed to an op whose result the coordinator could fetch.
         self._private = private
-        # Results of sealed training (secure aggregation): party steps may read them;
-        # the coordinator may free them but never read them or compute on them.
-        self._sealed: set[str] = set()
+        # Results of sealed training (secure aggregation): one party step may take
+        # each, once; the coordinator may free them but never read or compute on them.
+        self._contributions = Contributions()
         self._objects: dict[str, Value] = {}
         # The request frame each state dict stored by PutObject was decoded in
         # place from, by id: a Fit of that state answers in the same buffer.
@@ -166,7 +168,13 @@ class WorkerCore:
             Evaluate: self._evaluate,
             PartyOp: self._party_op,
         }
-        self._party = Party(worker_id, self._lookup, self._is_sealed)
+        self._party = Party(
+            worker_id,
+            self._lookup,
+            self._is_sealed,
+            self._take_contribution,
+            min_cohort=min_cohort,
+        )
 
     @classmethod
     def with_partition(
@@ -221,6 +229,17 @@ class WorkerCore:
     @property
     def worker_id(self) -> str:
         return self._worker_id
+
+    def seal_contribution(
+        self, obj_id: str, state: Mapping[str, torch.Tensor], samples: int, digest: bytes
+    ) -> None:
+        """Store ``state`` as a sealed result of this worker's own training, in process.
+
+        For code that embeds a worker and trains it by other means (the
+        aggregation tests do); over the wire only ``Train(sealed=True)`` makes one.
+        """
+        self._objects[self._new_id(obj_id)] = dict(state)
+        self._contributions.add(obj_id, Contribution(samples, digest))
 
     def object_ids(self) -> list[str]:
         """Ids of the stored objects, in insertion order."""
@@ -291,14 +310,23 @@ class WorkerCore:
             raise _Failure(
                 "bad_request", f"{obj_id!r} is the worker's own data: train/evaluate only"
             )
-        if obj_id in self._sealed:
+        if obj_id in self._contributions:
             raise _Failure(
                 "bad_request", f"{obj_id!r} is sealed for secure aggregation: party steps only"
             )
         return self._lookup(obj_id)
 
     def _is_sealed(self, obj_id: str) -> bool:
-        return obj_id in self._sealed
+        return obj_id in self._contributions
+
+    def _take_contribution(
+        self, obj_id: str, session: str
+    ) -> tuple[dict[str, torch.Tensor], Contribution]:
+        """A sealed state and its record, for ``session`` only: the store lets it go."""
+        contribution = self._contributions.take(obj_id, session)
+        state = self._objects.pop(obj_id)
+        assert isinstance(state, dict)
+        return state, contribution
 
     def _lookup(self, obj_id: str) -> Value:
         try:
@@ -350,7 +378,7 @@ class WorkerCore:
             store = self._objects if obj_id in self._objects else self._plans
             if store.pop(obj_id, _MISSING) is not _MISSING:
                 freed.append(obj_id)
-                self._sealed.discard(obj_id)
+                self._contributions.discard(obj_id)
         return Ack(tuple(freed))
 
     def _run_op(self, msg: RunOp) -> OpReply:
@@ -408,7 +436,7 @@ class WorkerCore:
         A sealed state is refused: training or evaluating from it would give the
         coordinator a readable copy, or a model to query.
         """
-        if state_id in self._sealed:
+        if state_id in self._contributions:
             raise _Failure(
                 "bad_request", f"{state_id!r} is sealed for secure aggregation: party steps only"
             )
@@ -448,6 +476,7 @@ class WorkerCore:
     def _train(self, msg: Train) -> TrainReply:
         self._new_id(msg.result_id)
         config, generator = self._training_setup(msg)
+        digest = self._contribution_digest(msg) if msg.sealed else b""
         with self._model(msg.model, msg.state_id) as model:
             data = self._split(msg.x_id, msg.y_id)
             try:
@@ -456,10 +485,28 @@ class WorkerCore:
                 raise _Failure("train_failed", f"train: {type(exc).__name__}: {exc}") from None
             self._objects[msg.result_id] = trained_state(model)  # the pool never writes it again
         if msg.sealed:
-            self._sealed.add(msg.result_id)
+            self._contributions.add(msg.result_id, Contribution(result.num_samples, digest))
         return TrainReply(
             msg.result_id, result.num_samples, result.steps, result.mean_loss, result.seconds
         )
+
+    def _contribution_digest(self, msg: Train) -> bytes:
+        """What a sealed result is trained from, checked to be this worker's own data.
+
+        A worker that holds data of its own contributes only what it trained on
+        it: a sealed result from data the coordinator sent would be one the
+        coordinator can predict, and so subtract from a sum.
+        """
+        if self._private and not {msg.x_id, msg.y_id} <= self._private:
+            raise _Failure(
+                "bad_request", "sealed training uses this worker's own data, not data it was sent"
+            )
+        initial = self._lookup(msg.state_id)
+        if not isinstance(initial, dict) or not all(
+            isinstance(v, torch.Tensor) for v in initial.values()
+        ):
+            raise _Failure("bad_request", f"{msg.state_id!r} is not a state dict of tensors")
+        return training_digest(msg.model, msg.config, initial)
 
     def _fit(self, msg: Fit) -> FitReply:
         """Train from a state the worker takes over, and answer with the trained state.

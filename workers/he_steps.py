@@ -49,6 +49,7 @@ from mpc.he import (
     secret_context_bytes,
 )
 from workers.codec import Value
+from workers.contributions import WEIGHTINGS
 from workers.party import (
     Party,
     PartyError,
@@ -173,22 +174,25 @@ def _session_context(party: Party, session: str, args: Mapping[str, Value]) -> o
 def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Encrypt n·w (this worker's sealed trained state, weighted) under the session key.
 
-    args: session, state_id, weight (sample count n, returned in the clear —
-    the coordinator knows it already), keys (the global model's floating tensors
+    args: session, state_id, weighting ("samples" or "uniform": the weight n
+    is the worker's own, returned in the clear — the coordinator knows it
+    from training), keys (the global model's floating tensors
     in order), clients (how many the sum will hold: bounds the value range),
-    key_id (the key the coordinator expects). Once per session: two
-    ciphertexts of one update would let a coordinator subtract rounds' sums.
+    key_id (the key the coordinator expects). Once per session, and the state
+    is consumed: two ciphertexts of one update would let a coordinator
+    subtract sums.
     """
     session = _open_session(party, args)
     if party.has(f"{session}/he/encrypted"):
         raise PartyError(f"{party.worker_id!r} already encrypted its update in session {session!r}")
     context = _session_context(party, session, args)
-    state = party.read_object(arg_str(args, "state_id"), sealed=True)
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise PartyError("state_id must name a state dict of tensors")
-    weight = arg_int(args, "weight", low=1, high=2**31)
+    weighting = arg_str(args, "weighting")
+    if weighting not in WEIGHTINGS:
+        raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     clients = arg_int(args, "clients", low=2, high=MAX_CLIENTS)
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
+    state, contribution = party.take_contribution(arg_str(args, "state_id"), session)
+    weight = contribution.weight(weighting)
     values = flatten_update(state, weight, layout)[:-1]  # the weight goes in the clear
     # Headroom: the sum of `clients` vectors must stay inside the decryptable range.
     limit = PARAMS.max_abs_sum / (2 * clients)

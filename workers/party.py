@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,11 @@ from mpc.channel import SessionKey, open_sealed, seal
 from mpc.random import SecureRandom
 from workers.codec import Value
 from workers.errors import WorkerError
+
+if TYPE_CHECKING:
+    from workers.contributions import Contribution
+
+TakeContribution = Callable[[str, str], "tuple[dict[str, torch.Tensor], Contribution]"]
 
 __all__ = [
     "MAX_SECRETS",
@@ -49,6 +54,7 @@ __all__ = [
 ]
 
 MAX_SECRETS = 4096  # vault entries per worker: a bound on what a coordinator can make it hold
+MIN_COHORT = 2  # no sum of fewer contributions is ever revealed: it would be an update
 
 
 class PartyError(WorkerError):
@@ -63,11 +69,20 @@ class Party:
         worker_id: str,
         read_object: Callable[[str], Value],
         is_sealed: Callable[[str], bool] = lambda _id: False,
+        take_contribution: TakeContribution | None = None,
+        *,
+        min_cohort: int = MIN_COHORT,
     ) -> None:
+        if min_cohort < MIN_COHORT:
+            raise WorkerError(f"a minimum cohort below {MIN_COHORT} would reveal one update")
         self.worker_id = worker_id
+        # The smallest sum this worker reveals a share of, whatever a coordinator
+        # asks: the worker's own floor under the run's --min-cohort.
+        self.min_cohort = min_cohort
         self._rng: SecureRandom | None = None
         self._read_object = read_object
         self._is_sealed = is_sealed
+        self._take_contribution = take_contribution
         self._vault: dict[str, Any] = {}
 
     @property
@@ -83,16 +98,21 @@ class Party:
             self._rng = SecureRandom()
         return self._rng
 
-    def read_object(self, obj_id: str, *, sealed: bool = False) -> Value:
-        """An object from the worker's store (its own data included).
-
-        A sealed training result (secure aggregation's input) is readable only
-        by a step that asks for it with ``sealed=True``; any other step gets a
-        PartyError, so no other protocol can be used to reach it.
-        """
-        if self._is_sealed(obj_id) and not sealed:
+    def read_object(self, obj_id: str) -> Value:
+        """An object from the worker's store (its own data included), never a sealed one:
+        those are reached by :meth:`take_contribution` only."""
+        if self._is_sealed(obj_id):
             raise PartyError(f"{obj_id!r} is sealed for secure aggregation")
         return self._read_object(obj_id)
+
+    def take_contribution(
+        self, obj_id: str, session: str
+    ) -> tuple[dict[str, torch.Tensor], Contribution]:
+        """A sealed trained state and what the worker vouches for about it, for ``session``
+        alone: consumed, so no other session can take it (``workers.contributions``)."""
+        if self._take_contribution is None:
+            raise PartyError(f"{self.worker_id!r} holds no sealed contributions")
+        return self._take_contribution(obj_id, session)
 
     def require_room(self, keys: int) -> None:
         """Fail now, before any write, if ``keys`` new secrets would not fit."""

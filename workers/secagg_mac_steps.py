@@ -40,6 +40,7 @@ from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.mac import mac_check_share, random_coefficients, share_mac_key
 from mpc.random import SecureRandom
 from workers.codec import Value
+from workers.contributions import WEIGHTINGS
 from workers.party import (
     Party,
     PartyError,
@@ -55,7 +56,7 @@ from workers.party import (
     session_arg,
     tensor_from_bytes,
 )
-from workers.secagg_steps import committee_arg
+from workers.secagg_steps import check_header, cohort_arg, committee_arg, header
 
 __all__ = ["STEPS"]
 
@@ -149,26 +150,30 @@ def _arg_key(args: Mapping[str, Value], name: str) -> Value:
 
 
 def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Client: open the dealer's mask seed, publish ε = x − r to each member (sealed).
+    """Client: open the dealer's mask seed, publish ε = x − r to each member (sealed),
+    behind the header of what the client vouches for (weighting, training digest).
 
-    Once per session: a second ε under the same mask would reveal x's difference.
+    Once per session: a second ε under the same mask would reveal x's
+    difference; and the state is consumed, so no other session gets it.
     """
     session = session_arg(args)
     if party.has(f"{session}/input"):
         raise PartyError(f"{party.worker_id!r} already gave its input in session {session!r}")
     dealer = arg_id(args, "dealer")
     seed = _open(party, session, args, dealer, "dealer", "mac/mask")
-    state = party.read_object(arg_str(args, "state_id"), sealed=True)
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise PartyError("state_id must name a state dict of tensors")
-    weight = arg_int(args, "weight", low=1, high=2**31)
+    weighting = arg_str(args, "weighting")
+    if weighting not in WEIGHTINGS:
+        raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     arg_int(args, "clients", low=2, high=MAX_SUMMANDS)  # sums of more could pass p/2
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
     bits = arg_int(args, "fractional_bits", low=0, high=30)
-    value = field_encode(flatten_update(state, weight, layout), bits)
     members, keys = committee_arg(args)
+    state, contribution = party.take_contribution(arg_str(args, "state_id"), session)
+    value = field_encode(flatten_update(state, contribution.weight(weighting), layout), bits)
     party.keep(f"{session}/input", True)
-    eps = field_sub(value, field_random(value.shape, SecureRandom(seed))).numpy().tobytes()
+    eps = header(weighting, contribution.digest) + (
+        field_sub(value, field_random(value.shape, SecureRandom(seed))).numpy().tobytes()
+    )
     sealed = [
         _seal(party, session, m, k, eps, "mac/eps") for m, k in zip(members, keys, strict=True)
     ]
@@ -220,7 +225,7 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"input of {client!r} already counted, or the sum already opened")
     party.require_room(4)
     eps_bytes = _open(party, session, args, client, "client", "mac/eps")
-    eps = _vector(eps_bytes, length, "ε")
+    eps = _vector(check_header(party, session, client, eps_bytes), length, "ε")
     shares = _open(party, session, args, dealer, "dealer", f"mac/shares/{client}")
     kind, body = shares[:1], shares[1:]
     if kind == _SEEDS and len(body) == 2 * _SEED_BYTES:
@@ -241,15 +246,15 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Member: this member's share of the sum; its MAC share stays for the check.
 
-    Refused for fewer than two inputs (the sum would be one client's update)
-    and, like every step after it, only once per session.
+    args: session, contributors, min_cohort: refused below the minimum cohort
+    or over other clients than those named (``workers.secagg_steps``) and,
+    like every step after it, only once per session.
     """
     session = session_arg(args)
     if party.has(f"{session}/opened"):
         raise PartyError(f"session {session!r} is already opened")
+    cohort_arg(party, args, session, len(party.keys(f"{session}/from/")))
     count = len(party.keys(f"{session}/from/"))
-    if count < 2:
-        raise PartyError(f"refusing to reveal a sum of {count} input(s): it would be an update")
     party.keep(f"{session}/opened", True)
     return {"sum_share": party.secret(f"{session}/x"), "count": count}
 

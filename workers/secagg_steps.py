@@ -12,10 +12,22 @@ a full vector. Which member gets the full one rotates with the client, so the
 committee's decryption work stays balanced. A client's cost is therefore one
 vector plus k − 1 seeds, flat in the number of workers.
 
+Against a coordinator that cheats, each share carries a header that the
+client vouches for (``workers.contributions``): the weighting rule and the
+digest of what the client trained from. A member adds only shares whose
+header equals the session's first, and reveals its sum only over exactly the
+contributors the coordinator names, at least the minimum cohort (the run's
+``min_cohort``, never below the worker's own floor). Members need not talk to
+each other to agree: a client whose shares reached only some members adds a
+term to the opened total that is uniformly random to the coordinator (the
+missing members' shares mask it), so the total is useful only when every
+member summed the same contributors.
+
 Vault keys, all under ``<session>/``: ``key`` (this party's X25519 pair, from
 the generic ``keygen`` step),
 ``sum`` (the running int64 sum of received shares), ``from/<sender>``
-(a sender already counted, so a replayed share cannot be added twice).
+(a sender already counted, so a replayed share cannot be added twice),
+``header`` (the weighting and training digest every share must carry).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from workers.codec import Value
+from workers.contributions import DIGEST_BYTES, WEIGHTINGS
 from workers.party import (
     Party,
     PartyError,
@@ -46,7 +59,7 @@ from workers.party import (
     tensor_from_bytes,
 )
 
-__all__ = ["MAX_COMMITTEE", "STEPS", "committee_arg"]
+__all__ = ["MAX_COMMITTEE", "STEPS", "check_header", "cohort_arg", "committee_arg", "header"]
 
 _SEED = b"S"  # payload kinds: a 32-byte ChaCha20 seed, or a full share
 _FULL = b"F"
@@ -68,30 +81,76 @@ def committee_arg(args: Mapping[str, Value]) -> tuple[list[str], list[Value]]:
     return members, keys
 
 
+def header(weighting: str, digest: bytes) -> bytes:
+    """What a client vouches for in every share: its weighting rule and training digest."""
+    return bytes([WEIGHTINGS.index(weighting)]) + digest
+
+
+_HEADER_BYTES = 1 + DIGEST_BYTES
+
+
+def check_header(party: Party, session: str, sender: str, payload: bytes) -> bytes:
+    """``payload`` without its header, which must equal the session's first one.
+
+    Every contributor to a sum must use the same weighting and have trained
+    the same model the same way; the first share accepted fixes both.
+    """
+    got, rest = payload[:_HEADER_BYTES], payload[_HEADER_BYTES:]
+    if len(got) != _HEADER_BYTES or got[0] >= len(WEIGHTINGS):
+        raise PartyError(f"share from {sender!r} carries no contribution header")
+    key = f"{session}/header"
+    if party.has(key) and party.secret(key) != got:
+        raise PartyError(
+            f"share from {sender!r} was weighted or trained differently from the other "
+            f"contributors of session {session!r}: refused"
+        )
+    party.keep(key, got)
+    return rest
+
+
+def cohort_arg(party: Party, args: Mapping[str, Value], session: str, count: int) -> None:
+    """Refuse to reveal a sum unless it holds exactly the named ``contributors``, at least
+    the minimum cohort (``min_cohort``, raised to this worker's own floor)."""
+    named = [arg_id({"id": c}, "id") for c in arg_list(args, "contributors", max_length=1 << 20)]
+    least = max(arg_int(args, "min_cohort", low=2, high=1 << 20), party.min_cohort)
+    if count < least:
+        raise PartyError(
+            f"refusing to reveal a sum of {count} contribution(s): the minimum cohort is {least}"
+        )
+    counted = {key.rsplit("/", 1)[1] for key in party.keys(f"{session}/from/")}
+    if len(set(named)) != len(named) or set(named) != counted:
+        raise PartyError(
+            f"refusing to reveal: the contributors named ({len(named)}) are not the "
+            f"{count} this member summed"
+        )
+
+
 def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Encode weight·update, split it into k additive shares, seal one per committee member.
 
-    args: session, state_id (this worker's sealed trained state), weight (its
-    sample count), keys (the global model's floating tensors, in order),
+    args: session, state_id (this worker's sealed trained state), weighting
+    ("samples" or "uniform": the weight is the worker's own, never the
+    coordinator's), keys (the global model's floating tensors, in order),
     clients (how many clients the sum will hold), committee (member ids),
     public_keys (theirs, same order), lead (the member that gets the full
     share), fractional_bits. Once per session: sharing twice would give a
-    member two shares of one update.
+    member two shares of one update; and the state is consumed, so no other
+    session can share it again.
     """
     session = session_arg(args)
     session_key(party, session)  # fails before anything is written if keygen did not run
     if party.has(f"{session}/shared"):
         raise PartyError(f"{party.worker_id!r} already shared its update in session {session!r}")
-    state = party.read_object(arg_str(args, "state_id"), sealed=True)
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise PartyError("state_id must name a state dict of tensors")
-    weight = arg_int(args, "weight", low=1, high=2**31)
+    weighting = arg_str(args, "weighting")
     clients = arg_int(args, "clients", low=2, high=1 << 20)
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
     members, public_keys = committee_arg(args)
     lead = arg_int(args, "lead", low=0, high=len(members) - 1)
     encoder = FixedPointEncoder(arg_int(args, "fractional_bits", low=0, high=30))
-    secret = encoder.encode(flatten_update(state, weight, layout))  # MPCError: out of range
+    if weighting not in WEIGHTINGS:
+        raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    state, contribution = party.take_contribution(arg_str(args, "state_id"), session)
+    secret = encoder.encode(flatten_update(state, contribution.weight(weighting), layout))
     # The sum of `clients` vectors must not wrap around Z/2^64: each gets 1/clients of it.
     headroom = (1 << 62) // clients
     if secret.numel() and int(secret.abs().max()) >= headroom:
@@ -100,6 +159,7 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
             f"a sum of {clients} clients from wrapping around"
         )
     party.keep(f"{session}/shared", True)
+    vouched = header(weighting, contribution.digest)
     full = secret.clone()
     payloads: list[bytes] = []
     for index in range(len(members)):
@@ -108,8 +168,8 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
             continue
         seed = os.urandom(_SEED_BYTES)
         full -= SecureRandom(seed).ring_elements(full.shape)  # int64: wraps mod 2^64
-        payloads.append(_SEED + seed)
-    payloads[lead] = _FULL + full.numpy().tobytes()
+        payloads.append(vouched + _SEED + seed)
+    payloads[lead] = vouched + _FULL + full.numpy().tobytes()
     ciphertexts = [
         tensor_from_bytes(seal_for(party, session, member, public, payload, label=_LABEL))
         for member, public, payload in zip(members, public_keys, payloads, strict=True)
@@ -137,6 +197,7 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     party.require_room(2)
     sealed = arg_bytes(args, "ciphertext")
     payload = open_from(party, session, sender, args.get("sender_public_key"), sealed, label=_LABEL)
+    payload = check_header(party, session, sender, payload)
     kind, body = payload[:1], payload[1:]
     if kind == _SEED and len(body) == _SEED_BYTES:
         share = SecureRandom(body).ring_elements((length,))
@@ -152,16 +213,17 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """This member's share of the sum (uniformly random on its own), and how many it added.
 
-    Refused for fewer than two shares — the "sum" would be one client's update.
-    Closes the session: its key is dropped and no share is accepted after, so
-    a coordinator cannot replay old shares into a second, smaller sum.
+    args: session, contributors (the client ids the sum must hold, exactly),
+    min_cohort. Refused below the minimum cohort, or if the member summed other
+    clients than those named. Closes the session: its key is dropped and no
+    share is accepted after, so a coordinator cannot replay old shares into a
+    second, smaller sum.
     """
     session = session_arg(args)
     if party.has(f"{session}/closed"):
         raise PartyError(f"session {session!r} is closed: its sum was revealed")
     count = sum(1 for _ in party.keys(f"{session}/from/"))
-    if count < 2:
-        raise PartyError(f"refusing to reveal a sum of {count} share(s): it would be an update")
+    cohort_arg(party, args, session, count)
     total = party.secret(f"{session}/sum")
     party.forget(f"{session}/")
     party.keep(f"{session}/closed", True)

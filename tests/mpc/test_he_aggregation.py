@@ -25,7 +25,7 @@ from mpc.he import (
     public_context_bytes,
 )
 from mpc.he_aggregation import he_average
-from tests.mpc.secure_inputs import model_states, secure_inputs
+from tests.mpc.secure_inputs import model_states, sealed_input, secure_inputs, trained_inputs
 from tests.worker_processes import worker_processes
 from workers.codec import Value
 from workers.errors import RemoteError
@@ -259,8 +259,8 @@ def _setup_session(workers: list[VirtualWorker], state: dict[str, torch.Tensor])
         w.party_op(
             "he.encrypt",
             session=session,
-            state_id=w.send(state)._ref(w).obj_id,
-            weight=5,
+            state_id=sealed_input(w, state, 5).state_id,
+            weighting="samples",
             keys=float_keys(state),
             clients=len(workers),
             key_id=reply["key_id"],
@@ -342,7 +342,7 @@ def test_a_client_encrypts_once_and_checks_the_key() -> None:
             "he.encrypt",
             session=held["session"],
             state_id="x",
-            weight=1,
+            weighting="samples",
             keys=["w"],
             clients=2,
             key_id=held["fp"],
@@ -448,14 +448,12 @@ def test_values_beyond_the_ckks_range_are_refused() -> None:
 def test_he_average_over_websocket_worker_processes(states: list[dict[str, torch.Tensor]]) -> None:
     # Prepare: three worker processes on loopback.
     with worker_processes(3) as workers:
-        weights = [11, 22, 33]
+        inputs, trained, weights = trained_inputs(workers, states)
 
         # Execute
-        result = he_average(
-            secure_inputs(workers, states, weights), workers[1], states[0], parallel=True
-        )
+        result = he_average(inputs, workers[1], states[0], parallel=True)
 
     # Assert
-    expected = weighted_average(states, weights)
+    expected = weighted_average(trained, weights)
     for key, value in expected.items():
         assert (result.state[key] - value).abs().max().item() <= AVERAGE_BOUND

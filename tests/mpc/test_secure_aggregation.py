@@ -15,7 +15,8 @@ from mpc.flatten import flatten_update, float_keys
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from mpc.secure_aggregation import SecureInput, secure_average
-from tests.mpc.secure_inputs import model_states, secure_inputs
+from tests.mpc.secure_inputs import TEST_DIGEST, model_states, sealed_input, secure_inputs
+from workers.contributions import Contribution
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError
 from workers.messages import PartyReply, decode_message
@@ -123,7 +124,11 @@ def test_relayed_shares_cannot_be_read_by_the_coordinator() -> None:
 def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
     """What each of 2 committee members decrypts from one client sharing ``update``."""
     steps = party_steps()
-    client = Party("client", lambda _id: {"w": update})
+    client = Party(
+        "client",
+        lambda _id: None,
+        take_contribution=lambda _id, _session: ({"w": update}, Contribution(1, TEST_DIGEST)),
+    )
     members = [Party(f"m{i}", lambda _id: None) for i in range(2)]
     for party in (client, *members):
         steps["keygen"](party, {"session": "s"})
@@ -133,7 +138,7 @@ def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
         {
             "session": "s",
             "state_id": "state",
-            "weight": 1,
+            "weighting": "samples",
             "keys": ["w"],
             "clients": 2,
             "committee": ["m0", "m1"],
@@ -154,7 +159,8 @@ def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
             recipient=member.worker_id,
             label="secagg/share",
         )
-        opened.append(torch.frombuffer(bytearray(payload[1:]), dtype=torch.uint8))
+        # past the contribution header (weighting, digest) and the kind byte
+        opened.append(torch.frombuffer(bytearray(payload[34:]), dtype=torch.uint8))
     return opened
 
 
@@ -179,13 +185,13 @@ def test_a_single_member_receives_the_same_distribution_for_any_update() -> None
 def test_tampered_or_replayed_share_is_refused_and_the_worker_goes_on() -> None:
     # Prepare: run keygen and share by hand to get at a sealed share.
     member, client = VirtualWorker("m"), VirtualWorker("c")
-    ptr = client.send({"w": torch.ones(8)})
+    state_id = sealed_input(client, {"w": torch.ones(8)}, 2).state_id
     public = {w.id: w.party_op("keygen", session="s")["public_key"] for w in (member, client)}
     reply = client.party_op(
         "secagg.share",
         session="s",
-        state_id=ptr.id,
-        weight=2,
+        state_id=state_id,
+        weighting="samples",
         keys=["w"],
         clients=2,
         committee=["m", "c"],
@@ -222,8 +228,8 @@ def _shared(
         reply = client.party_op(
             "secagg.share",
             session="s",
-            state_id=client.send({"w": torch.ones(8)}, owned=False).id,
-            weight=2,
+            state_id=sealed_input(client, {"w": torch.ones(8)}, 2).state_id,
+            weighting="samples",
             keys=["w"],
             clients=len(clients),
             committee=[member.id, clients[0].id],
@@ -253,15 +259,16 @@ def test_a_revealed_session_accepts_nothing_more() -> None:
     # Execute / Assert: one share is not a sum; two are; after the reveal the
     # session is closed, so an old share cannot be replayed into a smaller sum;
     # and a client shares once per session.
+    reveal = {"session": "s", "contributors": ["c0", "c1"], "min_cohort": 2}
     accept(0)
     with pytest.raises(RemoteError, match="refusing to reveal a sum of 1"):
-        member.party_op("secagg.reveal", session="s")
+        member.party_op("secagg.reveal", **{**reveal, "contributors": ["c0"]})
     accept(1)
-    assert member.party_op("secagg.reveal", session="s")["count"] == 2
+    assert member.party_op("secagg.reveal", **reveal)["count"] == 2
     with pytest.raises(RemoteError, match="closed"):
         accept(0)
     with pytest.raises(RemoteError, match="closed"):
-        member.party_op("secagg.reveal", session="s")
+        member.party_op("secagg.reveal", **reveal)
     with pytest.raises(RemoteError, match="already shared"):
         clients[1].party_op("secagg.share", session="s")
 

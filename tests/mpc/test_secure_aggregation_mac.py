@@ -14,6 +14,7 @@ from mpc.field import P
 from mpc.protocol import ProtocolAborted
 from mpc.secure_aggregation import SecureInput
 from mpc.secure_aggregation_mac import secure_average_mac
+from tests.mpc.secure_inputs import secure_inputs
 from workers.codec import Value
 from workers.errors import WorkerError
 from workers.virtual import VirtualWorker
@@ -42,9 +43,7 @@ class LyingWorker(VirtualWorker):
 
 def _run(workers: list[Any], weights: list[int]) -> tuple[Any, dict[str, torch.Tensor]]:
     states = [get_state(build_model("mlp", seed=i)) for i in range(len(workers))]
-    inputs = [
-        SecureInput(w, w.send(s), n) for w, s, n in zip(workers, states, weights, strict=True)
-    ]
+    inputs = secure_inputs(workers, states, weights)
     result = secure_average_mac(inputs, workers[:-1], workers[-1], states[0])
     return result, weighted_average(states, weights)
 
