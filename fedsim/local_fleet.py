@@ -47,6 +47,7 @@ def fleet_up(args: argparse.Namespace) -> int:
     """Start ``args.workers`` daemons and write ``<dir>/workers.toml``."""
     from workers.auth import write_secret
     from workers.launcher import threads_per_worker
+    from workers.party import default_min_cohort
     from workers.tls import make_worker_pki
 
     folder = Path(args.dir)
@@ -66,6 +67,7 @@ def fleet_up(args: argparse.Namespace) -> int:
         command += ["--dataset", args.dataset, "--token-file", str(token)]
         command += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
         command += ["--threads", str(threads_per_worker(args.workers))]
+        command += ["--min-cohort", str(default_min_cohort(args.workers))]
         if args.train_samples is not None:
             command += ["--train-samples", str(args.train_samples)]
         if args.data_dir:

@@ -33,6 +33,7 @@ def serve_worker(args: argparse.Namespace) -> int:
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
     from workers.lifetime import die_with_parent
     from workers.memory import one_heap, return_free_memory
+    from workers.party import MIN_COHORT
     from workers.tls import certificate_der, is_loopback_host, server_ssl_context
     from workers.ws_server import ServerConfig, run_worker
 
@@ -42,6 +43,8 @@ def serve_worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if args.min_cohort < MIN_COHORT:
+        raise ConfigError(f"--min-cohort must be >= {MIN_COHORT}: a sum of one is an update")
     secret = read_secret(args.token_file) if args.token_file else None
     if not is_loopback_host(args.host) and (secret is None or not args.tls_cert):
         raise ConfigError(
@@ -82,6 +85,7 @@ def serve_worker(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mb * 2**20,
         data_description=description,
         certificate_der=certificate_der(args.tls_cert) if args.tls_cert else None,
+        min_cohort=args.min_cohort,
     )
 
     def ready(port: int) -> None:

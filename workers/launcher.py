@@ -33,6 +33,7 @@ from workers.core import partition_descriptor
 from workers.errors import WorkerError
 from workers.fleet import Fleet, check_partition
 from workers.lifetime import child_environment
+from workers.party import default_min_cohort
 from workers.ws_client import WebsocketWorker
 
 __all__ = [
@@ -116,6 +117,8 @@ class LocalWorkerPool:
         command += ["--partition", f"{index}/{spec.count}", "--partitioner", spec.partitioner]
         command += ["--seed", str(spec.seed), "--token-file", "-"]
         command += ["--threads", str(spec.threads)]
+        # A run of fewer clients than the served floor aggregates them all.
+        command += ["--min-cohort", str(default_min_cohort(spec.count))]
         if spec.train_samples is not None:
             command += ["--train-samples", str(spec.train_samples)]
         if spec.data_dir is not None:

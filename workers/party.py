@@ -55,6 +55,12 @@ __all__ = [
 
 MAX_SECRETS = 4096  # vault entries per worker: a bound on what a coordinator can make it hold
 MIN_COHORT = 2  # no sum of fewer contributions is ever revealed: it would be an update
+SERVED_MIN_COHORT = 3  # `fedsim worker serve`'s floor unless its operator lowers it
+
+
+def default_min_cohort(clients: int) -> int:
+    """The minimum cohort of a run or round of ``clients``: 3, or every client if fewer."""
+    return max(MIN_COHORT, min(SERVED_MIN_COHORT, clients))
 
 
 class PartyError(WorkerError):

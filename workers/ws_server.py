@@ -43,6 +43,7 @@ from workers.messages import (
     ErrorReply,
     decode_message,
 )
+from workers.party import SERVED_MIN_COHORT
 from workers.peers import CROWDED, Admission, configure_peer_logging, peer_logger
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerConfig", "WorkerServer"]
@@ -73,6 +74,9 @@ class ServerConfig:
     data_description: str = ""
     # The DER certificate served over TLS: bound into the authentication proofs.
     certificate_der: bytes | None = None
+    # The fewest contributions a sum this worker helps open may hold, whatever
+    # the coordinator asks (workers.party).
+    min_cohort: int = SERVED_MIN_COHORT
 
 
 class WorkerServer:
@@ -214,6 +218,7 @@ class WorkerServer:
             objects=self._objects,
             data_description=self.config.data_description,
             private=frozenset(self._objects),
+            min_cohort=self.config.min_cohort,
         )
         try:
             async for frame in connection:
