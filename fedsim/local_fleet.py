@@ -45,7 +45,7 @@ def _wait_ready(path: Path, process: subprocess.Popen[bytes], deadline: float) -
 
 def fleet_up(args: argparse.Namespace) -> int:
     """Start ``args.workers`` daemons and write ``<dir>/workers.toml``."""
-    from workers.auth import write_secret
+    from workers.auth import write_secret, write_worker_key
     from workers.launcher import threads_per_worker
     from workers.party import default_min_cohort
     from workers.tls import make_worker_pki
@@ -57,14 +57,16 @@ def fleet_up(args: argparse.Namespace) -> int:
     hosts = _hosts(args.workers)
     pki = make_worker_pki(folder / "pki", hosts)
     token = folder / "token"
-    write_secret(token)
+    master = write_secret(token)  # the coordinator's; each daemon gets its own derived key
     started: list[tuple[str, str, subprocess.Popen[bytes], Path]] = []
     for index, host in enumerate(hosts):
         worker_id = f"worker-{index}"
         command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", worker_id]
         command += ["--host", host, "--port", "0", "--partition", f"{index}/{args.workers}"]
         command += ["--partitioner", args.partition, "--seed", str(args.seed)]
-        command += ["--dataset", args.dataset, "--token-file", str(token)]
+        key_file = folder / f"{worker_id}.key"
+        write_worker_key(master, worker_id, key_file)
+        command += ["--dataset", args.dataset, "--token-file", str(key_file)]
         command += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
         command += ["--threads", str(threads_per_worker(args.workers))]
         command += ["--min-cohort", str(default_min_cohort(args.workers))]

@@ -1,6 +1,10 @@
 """Shared-secret challenge–response between a coordinator and a worker.
 
-Both sides hold the same secret (a token file); neither ever sends it. On a new
+Both sides hold the same secret, the worker's key; neither ever sends it. The
+coordinator holds one master secret per run (the workers file's token file)
+and derives each worker's key from it and the worker's id (``worker_key``,
+HKDF); a worker holds only its own key, so it cannot pose as the coordinator
+to another worker. On a new
 connection the worker sends a fresh 32-byte nonce; the coordinator answers with
 its own nonce and HMAC-SHA256(secret, transcript) over a client label, the
 worker id and both nonces; the worker checks it in constant time and answers
@@ -21,6 +25,9 @@ import secrets
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from workers.errors import WorkerError
 from workers.messages import PROTOCOL_VERSION
 
@@ -33,14 +40,17 @@ __all__ = [
     "new_secret",
     "read_secret",
     "verify",
+    "worker_key",
     "worker_proof",
     "write_secret",
+    "write_worker_key",
 ]
 
 NONCE_BYTES = 32
 MIN_SECRET_BYTES = 16
 _CLIENT_LABEL = b"fedsim-auth-v1 coordinator"
 _WORKER_LABEL = b"fedsim-auth-v1 worker"
+_KEY_LABEL = b"fedsim-worker-key-v1 "
 
 
 def new_nonce() -> bytes:
@@ -120,6 +130,28 @@ def _checked(secret: bytes, source: str) -> bytes:
     return secret
 
 
+def worker_key(master: bytes, worker_id: str) -> bytes:
+    """The secret of worker ``worker_id``, derived from the run's master secret (HKDF-SHA256).
+
+    The coordinator holds the master secret and derives each worker's key;
+    a worker holds only its own. So a worker cannot authenticate to another
+    as the coordinator: the proofs it can make are for its own key. Hex
+    encoded, like a token file's secret.
+    """
+    _checked(master, "the master secret")
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_LABEL + worker_id.encode()
+    )
+    return hkdf.derive(master).hex().encode()
+
+
+def write_worker_key(master: bytes, worker_id: str, path: str | Path) -> bytes:
+    """A token file holding ``worker_id``'s derived key, readable by its owner only."""
+    key = worker_key(master, worker_id)
+    _write_private(Path(path), key)
+    return key
+
+
 def new_secret() -> bytes:
     """A fresh random secret (64 hex characters) from the OS CSPRNG."""
     return secrets.token_hex(32).encode()
@@ -128,9 +160,12 @@ def new_secret() -> bytes:
 def write_secret(path: str | Path) -> bytes:
     """Create a token file with a fresh random secret, readable by its owner only."""
     secret = new_secret()
-    file = Path(path)
+    _write_private(Path(path), secret)
+    return secret
+
+
+def _write_private(file: Path, secret: bytes) -> None:
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
     with os.fdopen(fd, "wb") as handle:
         handle.write(secret + b"\n")
-    return secret

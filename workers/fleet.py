@@ -50,7 +50,8 @@ def load_workers_file(path: str | Path) -> tuple[list[RemoteWorkerSpec], Path | 
 
     ::
 
-        token_file = "token"          # shared secret (relative to this file)
+        token_file = "token"          # master secret (relative to this file): each
+                                      # worker's key is derived from it and its id
         ca = "ca.pem"                 # CA for every worker unless overridden
         [[worker]]
         id = "worker-0"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from workers.auth import new_secret
+from workers.auth import new_secret, worker_key
 from workers.core import partition_descriptor
 from workers.errors import WorkerError
 from workers.fleet import Fleet, check_partition
@@ -96,7 +96,8 @@ class LocalWorkerPool:
     fleet: Fleet | None = None
 
     def __post_init__(self) -> None:
-        # The pool's secret reaches each worker through its stdin, never a file.
+        # The pool's master secret stays here; each worker gets its own derived
+        # key through its stdin, never a file.
         self._secret = new_secret()
 
     def __enter__(self) -> LocalWorkerPool:
@@ -140,9 +141,8 @@ class LocalWorkerPool:
             assert popen.stdin is not None
             # A worker that exits at once (bad options) is reported by _wait_ready.
             with contextlib.suppress(BrokenPipeError), popen.stdin:
-                popen.stdin.write(self._secret + b"\n")
+                popen.stdin.write(worker_key(self._secret, f"worker-{index}") + b"\n")
         deadline = time.monotonic() + self.ready_timeout
-        secret = self._secret
         connectors = []
         for process in self.processes:
             process.port = self._wait_ready(process, deadline)
@@ -158,7 +158,12 @@ class LocalWorkerPool:
             )
             connectors.append(
                 functools.partial(
-                    _connect, process.worker_id, url, secret, self.request_timeout, data
+                    _connect,
+                    process.worker_id,
+                    url,
+                    worker_key(self._secret, process.worker_id),
+                    self.request_timeout,
+                    data,
                 )
             )
         self.fleet = Fleet(connectors, [process.worker_id for process in self.processes])
