@@ -58,6 +58,7 @@ def fleet_up(args: argparse.Namespace) -> int:
     pki = make_worker_pki(folder / "pki", hosts)
     token = folder / "token"
     master = write_secret(token)  # the coordinator's; each daemon gets its own derived key
+    write_secret(folder / "peer-secret")  # the daemons', not the coordinator's (simulated here)
     started: list[tuple[str, str, subprocess.Popen[bytes], Path]] = []
     for index, host in enumerate(hosts):
         worker_id = f"worker-{index}"
@@ -67,6 +68,7 @@ def fleet_up(args: argparse.Namespace) -> int:
         key_file = folder / f"{worker_id}.key"
         write_worker_key(master, worker_id, key_file)
         command += ["--dataset", args.dataset, "--token-file", str(key_file)]
+        command += ["--peer-secret-file", str(folder / "peer-secret")]
         command += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
         command += ["--threads", str(threads_per_worker(args.workers))]
         command += ["--min-cohort", str(default_min_cohort(args.workers))]

@@ -86,6 +86,7 @@ def serve_worker(args: argparse.Namespace) -> int:
         data_description=description,
         certificate_der=certificate_der(args.tls_cert) if args.tls_cert else None,
         min_cohort=args.min_cohort,
+        peer_secret=read_secret(args.peer_secret_file) if args.peer_secret_file else None,
     )
 
     def ready(port: int) -> None:

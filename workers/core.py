@@ -132,6 +132,7 @@ class WorkerCore:
         private: frozenset[str] = frozenset(),
         models: ModelPool | None = None,
         min_cohort: int = MIN_COHORT,
+        peer_secret: bytes | None = None,
     ) -> None:
         self._worker_id = worker_id
         self.data_description = data_description
@@ -174,6 +175,7 @@ class WorkerCore:
             self._is_sealed,
             self._take_contribution,
             min_cohort=min_cohort,
+            peer_secret=peer_secret,
         )
 
     @classmethod

@@ -18,6 +18,8 @@ a ``bad_request`` reply and leaves the vault untouched.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +80,7 @@ class Party:
         take_contribution: TakeContribution | None = None,
         *,
         min_cohort: int = MIN_COHORT,
+        peer_secret: bytes | None = None,
     ) -> None:
         if min_cohort < MIN_COHORT:
             raise WorkerError(f"a minimum cohort below {MIN_COHORT} would reveal one update")
@@ -85,6 +88,10 @@ class Party:
         # The smallest sum this worker reveals a share of, whatever a coordinator
         # asks: the worker's own floor under the run's --min-cohort.
         self.min_cohort = min_cohort
+        # Shared by the federation's workers, never by the coordinator: it vouches
+        # for each session public key, so a coordinator relaying keys cannot
+        # substitute its own (see _peer_public).
+        self.peer_secret = peer_secret
         self._rng: SecureRandom | None = None
         self._read_object = read_object
         self._is_sealed = is_sealed
@@ -186,8 +193,35 @@ def session_key(party: Party, session: str) -> SessionKey:
     return key
 
 
-def _public_bytes(value: Value, what: str) -> bytes:
-    return check_tensor(value, what, dtype=torch.uint8, ndim=1).numpy().tobytes()
+_KEY_BYTES = 32  # an X25519 public key
+_TAG_LABEL = b"fedsim-session-key-v1"
+
+
+def _key_tag(peer_secret: bytes, session: str, worker_id: str, public: bytes) -> bytes:
+    """HMAC over a session public key and whose it is, under the workers' peer secret."""
+    fields = [_TAG_LABEL, session.encode(), worker_id.encode(), public]
+    message = b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+    return hmac.new(peer_secret, message, hashlib.sha256).digest()
+
+
+def _peer_public(party: Party, session: str, peer: str, value: Value) -> bytes:
+    """``peer``'s session public key as relayed by the coordinator, checked if this
+    party has a peer secret: the key must carry ``peer``'s tag for this session.
+
+    Without a peer secret the key is taken as relayed: the coordinator is then
+    trusted not to substitute keys (it could otherwise read what is sealed).
+    """
+    data = check_tensor(value, f"public key of {peer!r}", dtype=torch.uint8, ndim=1)
+    raw = data.numpy().tobytes()
+    public, tag = raw[:_KEY_BYTES], raw[_KEY_BYTES:]
+    if party.peer_secret is not None and not hmac.compare_digest(
+        tag, _key_tag(party.peer_secret, session, peer, public)
+    ):
+        raise PartyError(
+            f"the public key given for {peer!r} is not vouched for by the workers' peer "
+            "secret: refused (a substituted key would let the relay read the message)"
+        )
+    return public
 
 
 def seal_for(
@@ -203,7 +237,7 @@ def seal_for(
     """``payload`` sealed with this party's session key for ``recipient`` (``mpc.channel``)."""
     return seal(
         session_key(party, session),
-        _public_bytes(recipient_public, f"public key of {recipient!r}"),
+        _peer_public(party, session, recipient, recipient_public),
         payload,
         session=session,
         sender=party.worker_id,
@@ -226,7 +260,7 @@ def open_from(
     """A message ``sender`` sealed for this party; MPCError if altered or misdirected."""
     return open_sealed(
         session_key(party, session),
-        _public_bytes(sender_public, f"public key of {sender!r}"),
+        _peer_public(party, session, sender, sender_public),
         ciphertext,
         session=session,
         sender=sender,
@@ -237,13 +271,17 @@ def open_from(
 
 
 def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Make this party's X25519 key pair for the session and publish the public half."""
+    """Make this party's X25519 key pair for the session and publish the public half,
+    tagged under the peer secret if the worker has one."""
     session = session_arg(args)
     if party.has(f"{session}/key"):
         raise PartyError(f"session {session!r} already has a key on {party.worker_id!r}")
     key = SessionKey.generate()
     party.keep(f"{session}/key", key)
-    return {"public_key": tensor_from_bytes(key.public_bytes)}
+    public = key.public_bytes
+    if party.peer_secret is not None:
+        public += _key_tag(party.peer_secret, session, party.worker_id, public)
+    return {"public_key": tensor_from_bytes(public)}
 
 
 def _forget(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:

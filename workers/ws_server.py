@@ -77,6 +77,8 @@ class ServerConfig:
     # The fewest contributions a sum this worker helps open may hold, whatever
     # the coordinator asks (workers.party).
     min_cohort: int = SERVED_MIN_COHORT
+    # Vouches for this worker's session keys to the other workers (workers.party).
+    peer_secret: bytes | None = None
 
 
 class WorkerServer:
@@ -219,6 +221,7 @@ class WorkerServer:
             data_description=self.config.data_description,
             private=frozenset(self._objects),
             min_cohort=self.config.min_cohort,
+            peer_secret=self.config.peer_secret,
         )
         try:
             async for frame in connection:

@@ -29,9 +29,11 @@ MODEL = "mlp"
 CONFIG = TrainConfig(epochs=1, batch_size=8, lr=0.05)
 
 
-def data_holders(count: int, *, samples: int = 16, min_cohort: int = 3) -> list[VirtualWorker]:
+def data_holders(
+    count: int, *, samples: int = 16, min_cohort: int = 3, peer_secret: bytes | None = None
+) -> list[VirtualWorker]:
     """``count`` workers, each with private data of its own and the floor `fedsim worker
-    serve` has by default."""
+    serve` has by default (and the federation's ``peer_secret``, if given)."""
     generator = torch.Generator().manual_seed(1)
     workers = []
     for index in range(count):
@@ -43,6 +45,7 @@ def data_holders(count: int, *, samples: int = 16, min_cohort: int = 3) -> list[
             },
             private=frozenset({TRAIN_X_ID, TRAIN_Y_ID}),
             min_cohort=min_cohort,
+            peer_secret=peer_secret,
         )
         workers.append(VirtualWorker(core.worker_id, core=core))
     return workers
