@@ -10,8 +10,11 @@ hands the opened average to the loop as the round's global state.
 Workers that fail during the protocol (levels 4 and 5) before anything is
 opened are found by pinging, left out, and the protocol is run once more over
 the rest: their trained states are still on their workers, so nothing is
-retrained. A failure after the opening is never retried (two sums over
-different client sets would give away a client's update), and a protocol
+retrained. A state is consumed by the session it was shared in; a surviving
+committee member abandons that session and releases the clients' states
+(``workers.release``), which lets them be shared once more. A failure after
+the opening is never retried (two sums over different client sets would give
+away a client's update), and a protocol
 error that is not a lost worker (a refused share, a total weight that does not
 add up, a failed MAC check) ends the run without writing a model.
 """
@@ -32,7 +35,7 @@ from flows.tasks import Client, RoundOutcome, StateDict
 from flows.timing import timed_body
 from mpc.errors import MPCError
 from mpc.he_aggregation import he_average
-from mpc.secure_aggregation import SecureAggregate, SecureInput, secure_average
+from mpc.secure_aggregation import Release, SecureAggregate, SecureInput, secure_average
 from mpc.secure_aggregation_mac import secure_average_mac
 from workers.base import Worker
 from workers.errors import RemoteError
@@ -82,6 +85,7 @@ def _attempt(
     template: StateDict,
     parallel: bool,
     min_cohort: int,
+    releases: dict[str, Release],
 ) -> SecureAggregate:
     # Client-level DP averages clipped updates with weight 1 each (flows.defence);
     # each worker applies the rule to its own sample count.
@@ -104,6 +108,7 @@ def _attempt(
         "parallel": parallel,
         "weighting": weighting,
         "min_cohort": min_cohort,
+        "releases": releases,
     }
     if dealer is not None:
         return secure_average_mac(inputs, committee, by_id[dealer], template, **options)
@@ -154,9 +159,11 @@ def secure_aggregate_round(
     dropped = list(outcome.dropped)
     # Fixed by the round as sampled: clients lost on the way do not lower it.
     min_cohort = cfg.cohort_floor(len(outcome.updates) + len(dropped))
+    # What an abandoned attempt's surviving members released, for the next one.
+    releases: dict[str, Release] = {}
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            result = _attempt(cfg, outcome, template, parallel, min_cohort)
+            result = _attempt(cfg, outcome, template, parallel, min_cohort, releases)
             break
         except (MPCError, RemoteError):
             raise  # the protocol itself failed (e.g. the MAC check): never retried or averaged

@@ -59,6 +59,9 @@ class Protocol:
     name: str
     roles: tuple[str, ...]
     steps: tuple[Step, ...]
+    # Run when a run fails before anything was opened, before its secrets are
+    # forgotten (best effort): e.g. secure aggregation's release of the inputs.
+    abandon: Callable[[ProtocolRun], None] | None = None
 
     def __post_init__(self) -> None:
         unknown = {step.role for step in self.steps} - set(self.roles)
@@ -157,6 +160,10 @@ class ProtocolRun:
                             f"{self.protocol.name}: step {step.name!r} failed after values were "
                             f"opened ({type(exc).__name__}: {exc}); the run is not repeated"
                         ) from exc
+                    if self.protocol.abandon is not None:
+                        # Clean-up must not hide the error that ended the run.
+                        with contextlib.suppress(Exception):
+                            self.protocol.abandon(self)
                     raise
                 self.seconds[step.name] = self.seconds.get(step.name, 0.0) + (
                     time.perf_counter() - start

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fl.errors import FedsimError
 from mpc.errors import MPCError
 from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
@@ -57,9 +58,12 @@ from workers.pointer import Pointer
 
 __all__ = [
     "SECURE_AGGREGATION",
+    "Release",
     "SecureAggregate",
     "SecureInput",
+    "abandon_session",
     "check_cohort",
+    "release_args",
     "reveal_sum_shares",
     "secure_average",
 ]
@@ -83,6 +87,51 @@ class SecureInput:
     def state_id(self) -> str:
         """The id of the trained state on ``worker`` (checked to live there)."""
         return self.state if isinstance(self.state, str) else self.state._ref(self.worker).obj_id
+
+
+@dataclass(frozen=True)
+class Release:
+    """A committee member's sealed promise that ``session`` is never opened: the client
+    it is for may share its state again (``workers.release``)."""
+
+    session: str
+    member: str
+    token: torch.Tensor
+
+    def arg(self) -> dict[str, object]:
+        return {"session": self.session, "member": self.member, "token": self.token}
+
+
+def release_args(run: ProtocolRun, client: Worker) -> dict[str, object]:
+    """The ``release`` argument for ``client``'s share step, if an abandoned session took
+    its state (``run.state["releases"]``, by client id)."""
+    release = run.state["releases"].get(client.id)
+    return {} if release is None else {"release": release.arg()}
+
+
+def abandon_session(run: ProtocolRun) -> None:
+    """The run failed before its opening: the first committee member that answers
+    abandons the session and releases every client that shared in it, so that the
+    round can be run again over the survivors (``mpc.protocol.Protocol.abandon``)."""
+    shared = [c for c in run.workers("clients") if c.id in run.state.get("shared", set())]
+    if not shared:
+        return
+    for member in run.workers("committee"):
+        if member.closed:
+            continue
+        try:
+            tokens = member.party_op(
+                "aggregate.abandon",
+                session=run.session,
+                clients=[c.id for c in shared],
+                client_public_keys=[run.public_key(c) for c in shared],
+            )["releases"]
+        except FedsimError:
+            continue  # lost too: another member will do
+        assert isinstance(tokens, list)
+        for client, token in zip(shared, tokens, strict=True):
+            run.state["releases"][client.id] = Release(run.session, member.id, token)
+        return
 
 
 @dataclass(frozen=True)
@@ -126,7 +175,9 @@ def _share(run: ProtocolRun) -> None:
             public_keys=[run.public_key(m) for m in committee],
             lead=position % len(committee),
             fractional_bits=run.state["encoder"].fractional_bits,
+            **release_args(run, client),
         )
+        run.state["shared"].add(client.id)
         if reply["length"] != length:
             raise MPCError(f"{client.id!r} shared {reply['length']} values, the model has {length}")
         ciphertexts = reply["ciphertexts"]
@@ -198,6 +249,7 @@ SECURE_AGGREGATION = Protocol(
         Step("relay", "committee", _relay),
         Step("open", "committee", _open, opens=True),
     ),
+    abandon=abandon_session,
 )
 
 
@@ -210,13 +262,16 @@ def secure_average(
     parallel: bool = False,
     weighting: str = "samples",
     min_cohort: int = 2,
+    releases: dict[str, Release] | None = None,
 ) -> SecureAggregate:
     """Σ_c n_c·w_c / Σ_c n_c over the clients' states, opening only the sum.
 
     ``template`` (the global state) gives the key order, shapes and dtypes;
     ``weighting`` is "samples" (n_c: each worker's own sample count) or
     "uniform" (n_c = 1); members refuse to open a sum of fewer than
-    ``min_cohort`` clients.
+    ``min_cohort`` clients. ``releases`` (by client id) carries over from a
+    run that was abandoned before its opening: it is read for the clients'
+    releases and, if this run is abandoned too, updated with new ones.
     """
     if len(committee) < 2:
         raise MPCError(
@@ -234,6 +289,8 @@ def secure_average(
         encoder=encoder or FixedPointEncoder(),
         weighting=weighting,
         min_cohort=min_cohort,
+        releases=releases if releases is not None else {},
+        shared=set(),
     )
     run.run()
     expected = float(sum(item.weight for item in inputs))

@@ -52,9 +52,12 @@ from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.mac import reconstruct_field
 from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
 from mpc.secure_aggregation import (
+    Release,
     SecureAggregate,
     SecureInput,
+    abandon_session,
     check_cohort,
+    release_args,
     reveal_sum_shares,
 )
 from workers.base import Worker
@@ -114,7 +117,9 @@ def _input(run: ProtocolRun) -> None:
             clients=len(run.workers("clients")),
             fractional_bits=_FRACTIONAL_BITS,
             **members,
+            **release_args(run, client),
         )
+        run.state["shared"].add(client.id)
         if reply["length"] != run.state["length"]:
             raise MPCError(
                 f"{client.id!r} shared {reply['length']} values, expected {run.state['length']}"
@@ -207,6 +212,7 @@ SECURE_AGGREGATION_MAC = Protocol(
         Step("open", "committee", _open, opens=True),
         Step("check", "committee", _check, opens=True),
     ),
+    abandon=abandon_session,
 )
 
 
@@ -219,6 +225,7 @@ def secure_average_mac(
     parallel: bool = False,
     weighting: str = "samples",
     min_cohort: int = 2,
+    releases: dict[str, Release] | None = None,
 ) -> SecureAggregate:
     """Like :func:`mpc.secure_aggregation.secure_average`, with every share MAC-checked."""
     if len(committee) < 2:
@@ -244,6 +251,8 @@ def secure_average_mac(
         keys=float_keys(template),
         weighting=weighting,
         min_cohort=min_cohort,
+        releases=releases if releases is not None else {},
+        shared=set(),
     )
     run.run()
     expected = float(sum(item.weight for item in inputs))

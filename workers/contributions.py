@@ -18,10 +18,16 @@ itself here, whatever the coordinator asks:
   other clients' results predictable (say, a learning rate of 0 for them) and
   subtract them from the sum.
 
+A session that is abandoned before its sum is opened (a committee member was
+lost) gives its contributions back only against a release: a member's promise,
+sealed for the client over the session's channel, that it never revealed and
+never will reveal its share of that sum (``workers.release``); with k-of-k
+sharing, one such member makes the old sum unopenable, so sharing the state
+again in a new session gives away nothing.
+
 The state itself sits in the worker's object store, unreadable by the
-coordinator (``WorkerCore``), until a session takes it or the coordinator frees
-it; the record that it was consumed outlives it, so a replay names the
-session that took it.
+coordinator (``WorkerCore``), until the coordinator frees it; the record of
+the session that took it outlives it, so a replay names that session.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from mpc.channel import SessionKey
 from workers.party import PartyError
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
     "Contribution",
     "ContributionError",
     "Contributions",
+    "Spending",
     "training_digest",
 ]
 
@@ -72,6 +80,17 @@ class Contribution:
         )
 
 
+@dataclass(frozen=True)
+class Spending:
+    """The session a contribution went into, and what checks a release from it."""
+
+    session: str
+    # Session public keys of the members that could release it, by id (as checked
+    # when the shares were sealed for them).
+    releasers: Mapping[str, bytes] = field(default_factory=dict)
+    key: SessionKey | None = None  # this worker's key of that session
+
+
 def training_digest(
     model: str, config: Mapping[str, object], initial: Mapping[str, torch.Tensor]
 ) -> bytes:
@@ -94,7 +113,7 @@ class Contributions:
 
     def __init__(self) -> None:
         self._live: dict[str, Contribution] = {}
-        self._spent: OrderedDict[str, str] = OrderedDict()  # id -> the session that took it
+        self._spent: OrderedDict[str, Spending] = OrderedDict()  # id -> where it went
 
     def add(self, obj_id: str, contribution: Contribution) -> None:
         self._live[obj_id] = contribution
@@ -107,18 +126,28 @@ class Contributions:
         """The coordinator freed the id (the round is over, or the state is no longer wanted)."""
         self._live.pop(obj_id, None)
 
-    def take(self, obj_id: str, session: str) -> Contribution:
-        """The contribution ``obj_id`` for ``session``, consumed: no other session gets it."""
+    def take(self, obj_id: str, spending: Spending) -> Contribution:
+        """The contribution ``obj_id`` for ``spending.session``: no other session gets it
+        unless that one is released (:meth:`release`)."""
         spent = self._spent.get(obj_id)
         if spent is not None:
             raise ContributionError(
-                f"{obj_id!r} was already shared in session {spent!r}: a trained state goes into "
-                "one aggregate only"
+                f"{obj_id!r} was already shared in session {spent.session!r}: a trained state "
+                "goes into one aggregate only"
             )
-        contribution = self._live.pop(obj_id, None)
+        contribution = self._live.get(obj_id)
         if contribution is None:
             raise ContributionError(f"no sealed contribution {obj_id!r} on this worker")
-        self._spent[obj_id] = session
+        self._spent[obj_id] = spending
         while len(self._spent) > _MAX_SPENT:
             self._spent.popitem(last=False)
         return contribution
+
+    def spending(self, obj_id: str) -> Spending | None:
+        """Where ``obj_id`` went, if a session took it."""
+        return self._spent.get(obj_id)
+
+    def release(self, obj_id: str) -> None:
+        """Give ``obj_id`` back to be shared again: its session can never be opened."""
+        if obj_id in self._live:
+            self._spent.pop(obj_id, None)

@@ -172,8 +172,7 @@ class WorkerCore:
         self._party = Party(
             worker_id,
             self._lookup,
-            self._is_sealed,
-            self._take_contribution,
+            self._contributions,
             min_cohort=min_cohort,
             peer_secret=peer_secret,
         )
@@ -317,18 +316,6 @@ class WorkerCore:
                 "bad_request", f"{obj_id!r} is sealed for secure aggregation: party steps only"
             )
         return self._lookup(obj_id)
-
-    def _is_sealed(self, obj_id: str) -> bool:
-        return obj_id in self._contributions
-
-    def _take_contribution(
-        self, obj_id: str, session: str
-    ) -> tuple[dict[str, torch.Tensor], Contribution]:
-        """A sealed state and its record, for ``session`` only: the store lets it go."""
-        contribution = self._contributions.take(obj_id, session)
-        state = self._objects.pop(obj_id)
-        assert isinstance(state, dict)
-        return state, contribution
 
     def _lookup(self, obj_id: str) -> Value:
         try:

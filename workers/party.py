@@ -20,20 +20,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpc.channel import SessionKey, open_sealed, seal
+from mpc.channel import PUBLIC_KEY_BYTES, SessionKey, open_sealed, seal
 from mpc.random import SecureRandom
 from workers.codec import Value
 from workers.errors import WorkerError
 
 if TYPE_CHECKING:
-    from workers.contributions import Contribution
-
-TakeContribution = Callable[[str, str], "tuple[dict[str, torch.Tensor], Contribution]"]
+    from workers.contributions import Contribution, Contributions, Spending
 
 __all__ = [
     "MAX_SECRETS",
@@ -49,6 +48,7 @@ __all__ = [
     "check_tensor",
     "open_from",
     "party_steps",
+    "peer_public",
     "seal_for",
     "session_arg",
     "session_key",
@@ -76,8 +76,7 @@ class Party:
         self,
         worker_id: str,
         read_object: Callable[[str], Value],
-        is_sealed: Callable[[str], bool] = lambda _id: False,
-        take_contribution: TakeContribution | None = None,
+        contributions: Contributions | None = None,
         *,
         min_cohort: int = MIN_COHORT,
         peer_secret: bytes | None = None,
@@ -90,13 +89,14 @@ class Party:
         self.min_cohort = min_cohort
         # Shared by the federation's workers, never by the coordinator: it vouches
         # for each session public key, so a coordinator relaying keys cannot
-        # substitute its own (see _peer_public).
+        # substitute its own (see peer_public).
         self.peer_secret = peer_secret
         self._rng: SecureRandom | None = None
         self._read_object = read_object
-        self._is_sealed = is_sealed
-        self._take_contribution = take_contribution
+        self._contributions = contributions
         self._vault: dict[str, Any] = {}
+        # Sessions this party revealed a share of, or abandoned: never run again.
+        self._ended: OrderedDict[str, str] = OrderedDict()
 
     @property
     def rng(self) -> SecureRandom:
@@ -114,18 +114,41 @@ class Party:
     def read_object(self, obj_id: str) -> Value:
         """An object from the worker's store (its own data included), never a sealed one:
         those are reached by :meth:`take_contribution` only."""
-        if self._is_sealed(obj_id):
+        if self._contributions is not None and obj_id in self._contributions:
             raise PartyError(f"{obj_id!r} is sealed for secure aggregation")
         return self._read_object(obj_id)
 
     def take_contribution(
-        self, obj_id: str, session: str
+        self, obj_id: str, spending: Spending
     ) -> tuple[dict[str, torch.Tensor], Contribution]:
-        """A sealed trained state and what the worker vouches for about it, for ``session``
-        alone: consumed, so no other session can take it (``workers.contributions``)."""
-        if self._take_contribution is None:
+        """A sealed trained state and what the worker vouches for about it, for
+        ``spending.session`` alone: no other session can take it (``workers.contributions``)."""
+        if self._contributions is None:
             raise PartyError(f"{self.worker_id!r} holds no sealed contributions")
-        return self._take_contribution(obj_id, session)
+        contribution = self._contributions.take(obj_id, spending)
+        state = self._read_object(obj_id)
+        assert isinstance(state, dict)
+        return state, contribution
+
+    def spending(self, obj_id: str) -> Spending | None:
+        """The session that took the contribution ``obj_id``, if any."""
+        return None if self._contributions is None else self._contributions.spending(obj_id)
+
+    def release_contribution(self, obj_id: str) -> None:
+        """Let ``obj_id`` be shared again: the session that took it can never open."""
+        if self._contributions is not None:
+            self._contributions.release(obj_id)
+
+    def end_session(self, session: str, how: str) -> None:
+        """Record that this party ``how`` ("revealed" or "abandoned") ``session``: it
+        makes no key for it again, and an abandoned one is never revealed."""
+        self._ended[session] = how
+        while len(self._ended) > MAX_SECRETS:
+            self._ended.popitem(last=False)
+
+    def ended(self, session: str) -> str | None:
+        """How this party ended ``session``, if it did."""
+        return self._ended.get(session)
 
     def require_room(self, keys: int) -> None:
         """Fail now, before any write, if ``keys`` new secrets would not fit."""
@@ -168,10 +191,10 @@ PartyStep = Callable[[Party, Mapping[str, Value]], dict[str, Value]]
 @functools.cache
 def party_steps() -> Mapping[str, PartyStep]:
     """Every registered party step by name (imported lazily: the step modules use ``mpc``)."""
-    from workers import he_steps, inference_steps, secagg_mac_steps, secagg_steps
+    from workers import he_steps, inference_steps, release, secagg_mac_steps, secagg_steps
 
     steps: dict[str, PartyStep] = {"forget": _forget, "keygen": _keygen}
-    for module in (secagg_steps, secagg_mac_steps, inference_steps, he_steps):
+    for module in (secagg_steps, secagg_mac_steps, inference_steps, he_steps, release):
         overlap = set(steps) & set(module.STEPS)
         assert not overlap, f"party steps registered twice: {overlap}"
         steps.update(module.STEPS)
@@ -193,7 +216,6 @@ def session_key(party: Party, session: str) -> SessionKey:
     return key
 
 
-_KEY_BYTES = 32  # an X25519 public key
 _TAG_LABEL = b"fedsim-session-key-v1"
 
 
@@ -204,7 +226,7 @@ def _key_tag(peer_secret: bytes, session: str, worker_id: str, public: bytes) ->
     return hmac.new(peer_secret, message, hashlib.sha256).digest()
 
 
-def _peer_public(party: Party, session: str, peer: str, value: Value) -> bytes:
+def peer_public(party: Party, session: str, peer: str, value: Value) -> bytes:
     """``peer``'s session public key as relayed by the coordinator, checked if this
     party has a peer secret: the key must carry ``peer``'s tag for this session.
 
@@ -213,7 +235,7 @@ def _peer_public(party: Party, session: str, peer: str, value: Value) -> bytes:
     """
     data = check_tensor(value, f"public key of {peer!r}", dtype=torch.uint8, ndim=1)
     raw = data.numpy().tobytes()
-    public, tag = raw[:_KEY_BYTES], raw[_KEY_BYTES:]
+    public, tag = raw[:PUBLIC_KEY_BYTES], raw[PUBLIC_KEY_BYTES:]
     if party.peer_secret is not None and not hmac.compare_digest(
         tag, _key_tag(party.peer_secret, session, peer, public)
     ):
@@ -237,7 +259,7 @@ def seal_for(
     """``payload`` sealed with this party's session key for ``recipient`` (``mpc.channel``)."""
     return seal(
         session_key(party, session),
-        _peer_public(party, session, recipient, recipient_public),
+        peer_public(party, session, recipient, recipient_public),
         payload,
         session=session,
         sender=party.worker_id,
@@ -260,7 +282,7 @@ def open_from(
     """A message ``sender`` sealed for this party; MPCError if altered or misdirected."""
     return open_sealed(
         session_key(party, session),
-        _peer_public(party, session, sender, sender_public),
+        peer_public(party, session, sender, sender_public),
         ciphertext,
         session=session,
         sender=sender,
@@ -274,7 +296,7 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Make this party's X25519 key pair for the session and publish the public half,
     tagged under the peer secret if the worker has one."""
     session = session_arg(args)
-    if party.has(f"{session}/key"):
+    if party.has(f"{session}/key") or party.ended(session):
         raise PartyError(f"session {session!r} already has a key on {party.worker_id!r}")
     key = SessionKey.generate()
     party.keep(f"{session}/key", key)

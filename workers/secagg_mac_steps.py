@@ -56,6 +56,7 @@ from workers.party import (
     session_arg,
     tensor_from_bytes,
 )
+from workers.release import apply_release, spending_for
 from workers.secagg_steps import check_header, cohort_arg, committee_arg, header
 
 __all__ = ["STEPS"]
@@ -168,7 +169,10 @@ def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
     bits = arg_int(args, "fractional_bits", low=0, high=30)
     members, keys = committee_arg(args)
-    state, contribution = party.take_contribution(arg_str(args, "state_id"), session)
+    state_id = arg_str(args, "state_id")
+    apply_release(party, args, state_id)
+    spending = spending_for(party, session, members, keys)
+    state, contribution = party.take_contribution(state_id, spending)
     value = field_encode(flatten_update(state, contribution.weight(weighting), layout), bits)
     party.keep(f"{session}/input", True)
     eps = header(weighting, contribution.digest) + (
@@ -253,9 +257,12 @@ def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     if party.has(f"{session}/opened"):
         raise PartyError(f"session {session!r} is already opened")
+    if party.ended(session) == "abandoned":
+        raise PartyError(f"session {session!r} was abandoned: its sum is never revealed")
     cohort_arg(party, args, session, len(party.keys(f"{session}/from/")))
     count = len(party.keys(f"{session}/from/"))
     party.keep(f"{session}/opened", True)
+    party.end_session(session, "revealed")
     return {"sum_share": party.secret(f"{session}/x"), "count": count}
 
 

@@ -58,6 +58,7 @@ from workers.party import (
     session_key,
     tensor_from_bytes,
 )
+from workers.release import apply_release, spending_for
 
 __all__ = ["MAX_COMMITTEE", "STEPS", "check_header", "cohort_arg", "committee_arg", "header"]
 
@@ -149,7 +150,10 @@ def _share(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     encoder = FixedPointEncoder(arg_int(args, "fractional_bits", low=0, high=30))
     if weighting not in WEIGHTINGS:
         raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
-    state, contribution = party.take_contribution(arg_str(args, "state_id"), session)
+    state_id = arg_str(args, "state_id")
+    apply_release(party, args, state_id)
+    spending = spending_for(party, session, members, public_keys)
+    state, contribution = party.take_contribution(state_id, spending)
     secret = encoder.encode(flatten_update(state, contribution.weight(weighting), layout))
     # The sum of `clients` vectors must not wrap around Z/2^64: each gets 1/clients of it.
     headroom = (1 << 62) // clients
@@ -222,11 +226,14 @@ def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     if party.has(f"{session}/closed"):
         raise PartyError(f"session {session!r} is closed: its sum was revealed")
+    if party.ended(session) == "abandoned":
+        raise PartyError(f"session {session!r} was abandoned: its sum is never revealed")
     count = sum(1 for _ in party.keys(f"{session}/from/"))
     cohort_arg(party, args, session, count)
     total = party.secret(f"{session}/sum")
     party.forget(f"{session}/")
     party.keep(f"{session}/closed", True)
+    party.end_session(session, "revealed")
     return {"sum_share": total, "count": count}
 
 

@@ -16,7 +16,7 @@ from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from mpc.secure_aggregation import SecureInput, secure_average
 from tests.mpc.secure_inputs import TEST_DIGEST, model_states, sealed_input, secure_inputs
-from workers.contributions import Contribution
+from workers.contributions import Contribution, Contributions
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError
 from workers.messages import PartyReply, decode_message
@@ -124,11 +124,9 @@ def test_relayed_shares_cannot_be_read_by_the_coordinator() -> None:
 def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
     """What each of 2 committee members decrypts from one client sharing ``update``."""
     steps = party_steps()
-    client = Party(
-        "client",
-        lambda _id: None,
-        take_contribution=lambda _id, _session: ({"w": update}, Contribution(1, TEST_DIGEST)),
-    )
+    contributions = Contributions()
+    contributions.add("state", Contribution(1, TEST_DIGEST))
+    client = Party("client", lambda _id: {"w": update}, contributions)
     members = [Party(f"m{i}", lambda _id: None) for i in range(2)]
     for party in (client, *members):
         steps["keygen"](party, {"session": "s"})
