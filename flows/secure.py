@@ -101,7 +101,14 @@ def _attempt(
                 f"homomorphic aggregation needs >= 2 clients in a round, got {len(by_id)}"
             )
         key_holder = by_id[_SYSTEM_RANDOM.choice(list(by_id))]
-        return he_average(inputs, key_holder, template, parallel=parallel, weighting=weighting)
+        return he_average(
+            inputs,
+            key_holder,
+            template,
+            parallel=parallel,
+            weighting=weighting,
+            min_cohort=min_cohort,
+        )
     ids, dealer = choose_committee(list(by_id), cfg.committee, dealer=cfg.mac)
     committee = [by_id[i] for i in ids]
     options = {
@@ -125,6 +132,8 @@ def _protocol_metrics(cfg: ExperimentConfig, result: SecureAggregate) -> dict[st
             "he_aggregate_seconds": seconds.get("aggregate", 0.0),
             "he_decrypt_seconds": seconds.get("decrypt", 0.0),
             "he_seconds": sum(seconds.values()),
+            # std of the noise the key holder flooded the released sum with
+            "he_flood_sigma": float(result.run.state["flood_sigma"]),
             # per client id: what each client's encrypted update weighs on the wire
             "ciphertext_bytes": float(sum(result.run.state["ciphertext_bytes"].values())),
             "ciphertext_bytes_per_client": float(

@@ -1,31 +1,40 @@
 """Homomorphic aggregation: clients encrypt, the coordinator adds ciphertexts it cannot read.
 
 Protocol (roles: ``clients`` hold trained states; ``key_holder`` is one of
-them), CKKS over TenSEAL (``mpc.he`` gives parameters and precision):
+them), CKKS over TenSEAL (``mpc.he`` gives parameters, error bound and noise
+flooding):
 
 1. ``keys``      — every client makes a session X25519 key pair (``mpc.channel``);
-2. ``context``   — the key holder makes a CKKS key, returns the public context
-   (parameters only, no key), the key id and, for each other client, the
-   secret context sealed for it; the coordinator relays the sealed contexts
-   (``he.accept_key``: each client checks the key id);
-3. ``encrypt``   — client c encrypts n_c·w_c chunk-wise with the secret key,
+2. ``context``   — the key holder makes a CKKS key pair and keeps the secret
+   key; it returns the public context (parameters and public key), its key id
+   and, for each other client, that client's canary key and the key id sealed
+   for it; the coordinator relays them (``he.accept_key``: each client checks
+   the public context against the sealed key id);
+3. ``encrypt``   — client c encrypts n_c·w_c chunk-wise with the public key,
    each chunk ending in c's keyed canaries; n_c comes back in the clear (the
    coordinator knows it from training);
 4. ``aggregate`` — the coordinator loads the ciphertexts with the public
-   context (no key) and adds them;
+   context and adds them;
 5. ``decrypt``   — the key holder decrypts the sum once, after checking that
-   every chunk's canaries are those of all the clients, once each; the
-   coordinator divides by Σ n_c.
+   it holds at least ``min_cohort`` clients and that every chunk's canaries
+   are those of all the clients, once each; it returns the sum plus Gaussian
+   flooding noise of std σ (``run.state["flood_sigma"]``); the coordinator
+   divides by Σ n_c.
 
 What each party sees, when the coordinator follows the protocol: the
-coordinator, the parameters and ciphertexts (IND-CPA under RLWE), then the
-sum; a client other than the key holder, its own update and the key (it could
-decrypt ciphertexts, but never receives any); the key holder, the sum. Unlike
-secure aggregation, one party (the key holder) could decrypt any client's
+coordinator, the public context and ciphertexts (IND-CPA under RLWE), then the
+flooded sum — never an exact decryption, whose CKKS error would give away the
+secret key (Li & Micciancio, Eurocrypt 2021); the flood keeps the released
+vector within KL 2^-30 of one simulated from the exact sum alone; a client
+other than the key holder, its own update, the public key and its own canary
+key (it can encrypt, not decrypt); the key holder, the sum. The flood costs
+precision: σ/Σ n_c per averaged weight (``mpc.he`` gives σ). Unlike secure
+aggregation, one party (the key holder) could decrypt any client's
 ciphertext if the coordinator gave it one: HE moves the trust from a committee
 to the key holder's refusal, which rests on the keyed canaries
-(``workers.he_steps`` says how much the key holder checks). A key holder that
-drops out loses the round.
+(``workers.he_steps`` says how much the key holder checks); a key holder that
+colludes with the coordinator reads every update. A key holder that drops out
+loses the round.
 
 Results are checked, not trusted: ciphertexts under another key id, of the
 wrong length or chunk count, or that do not load under the public context give
@@ -42,9 +51,9 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.flatten import float_keys, unflatten_average, vector_length
-from mpc.he import add_ciphertexts, chunk_count, load_context
+from mpc.he import add_ciphertexts, chunk_count, key_id, load_context
 from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
-from mpc.secure_aggregation import SecureAggregate, SecureInput
+from mpc.secure_aggregation import SecureAggregate, SecureInput, check_cohort
 from workers.base import Worker
 
 __all__ = ["HE_AGGREGATION", "he_average"]
@@ -67,14 +76,16 @@ def _context(run: ProtocolRun) -> None:
     )
     public = _bytes(reply["public_context"], f"public context from {holder.id!r}")
     kid = reply["key_id"]
-    if not isinstance(kid, str) or len(kid) != 64:
-        raise MPCError(f"{holder.id!r} sent no key id")
-    run.state["context"] = load_context(public, secret=False)  # the coordinator's: no key
+    if kid != key_id(public):
+        raise MPCError(f"{holder.id!r} sent a key id that does not name its public context")
+    run.state["context"] = load_context(public, secret=False)  # public key only
     run.state["key_id"] = kid
     run.state["public_context_bytes"] = len(public)
     sealed = reply["sealed"]
     if not isinstance(sealed, list) or len(sealed) != len(others):
-        raise MPCError(f"{holder.id!r} did not seal one context for each of {len(others)} clients")
+        raise MPCError(
+            f"{holder.id!r} did not seal one canary key for each of {len(others)} clients"
+        )
 
     def deliver(index: int) -> None:
         client = others[index]
@@ -88,7 +99,7 @@ def _context(run: ProtocolRun) -> None:
             key_id=run.state["key_id"],
         )
         if answer["key_id"] != run.state["key_id"]:
-            raise MPCError(f"{client.id!r} accepted a different CKKS context")
+            raise MPCError(f"{client.id!r} accepted a different CKKS public context")
 
     run.each(list(range(len(others))), deliver)
 
@@ -147,15 +158,19 @@ def _decrypt(run: ProtocolRun) -> None:
         length=run.state["length"],
         count=count,
         key_id=run.state["key_id"],
+        min_cohort=run.state.get("min_cohort", 2),
     )
-    total = reply["sum"]
+    total, sigma = reply["sum"], reply["sigma"]
     if not isinstance(total, torch.Tensor) or total.dtype != torch.float64:
         raise MPCError(f"{holder.id!r} returned no float64 sum")
     if reply["count"] != count or total.numel() != run.state["length"]:
         raise MPCError(
             f"{holder.id!r} decrypted {total.numel()} values of {reply['count']} clients"
         )
+    if not isinstance(sigma, float) or not sigma > 0:
+        raise MPCError(f"{holder.id!r} did not flood the sum it decrypted (sigma {sigma!r})")
     run.state["total"] = total
+    run.state["flood_sigma"] = sigma
 
 
 HE_AGGREGATION = Protocol(
@@ -178,17 +193,23 @@ def he_average(
     *,
     parallel: bool = False,
     weighting: str = "samples",
+    min_cohort: int = 2,
 ) -> SecureAggregate:
     """Σ_c n_c·w_c / Σ_c n_c over the clients' states, the coordinator adding ciphertexts.
 
-    ``key_holder`` must be one of the clients' workers. The result's ``seconds``
-    has keys/context/encrypt/aggregate/decrypt; ``run.state`` keeps
-    ``ciphertext_bytes`` (per client id) and ``public_context_bytes``.
+    ``key_holder`` must be one of the clients' workers; it refuses to decrypt
+    a sum of fewer than ``min_cohort`` clients (or its own floor). The
+    averaged weights carry the key holder's flooding noise: std
+    ``flood_sigma / Σ n_c``. The result's ``seconds`` has
+    keys/context/encrypt/aggregate/decrypt; ``run.state`` keeps
+    ``ciphertext_bytes`` (per client id), ``public_context_bytes`` and
+    ``flood_sigma``.
     """
     if len(inputs) < 2:
         raise MPCError(
             f"HE aggregation needs >= 2 clients (one client's sum is its update), got {len(inputs)}"
         )
+    check_cohort(len(inputs), min_cohort)
     clients = [item.worker for item in inputs]
     if key_holder.id not in {c.id for c in clients}:
         raise MPCError(f"the key holder {key_holder.id!r} is not one of the clients")
@@ -199,6 +220,7 @@ def he_average(
         length=vector_length(template) - 1,  # floats only: the weights travel in the clear
         keys=float_keys(template),
         weighting=weighting,
+        min_cohort=min_cohort,
     )
     run.run()
     expected = float(sum(item.weight for item in inputs))

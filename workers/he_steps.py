@@ -1,31 +1,47 @@
 """Party steps of homomorphic aggregation (the worker side of ``mpc.he_aggregation``).
 
-One designated client, the *key holder*, makes a CKKS key (``mpc.he``) and
-sends the secret context to each other client sealed over the authenticated
-worker channel (``mpc.channel``, relayed by the coordinator, who cannot read
-it); the coordinator gets only the parameters, no key. Every client encrypts
-its sample-weighted update with the secret key and its keyed canaries; the
-coordinator adds the ciphertexts; the key holder decrypts the sum once.
+One designated client, the *key holder*, makes a CKKS key pair (``mpc.he``)
+and keeps the secret key: it never leaves that worker. Every client and the
+coordinator get the public context (parameters and public key). The key holder
+also draws a per-session master canary key and seals, for each other client
+over the authenticated worker channel (``mpc.channel``, relayed by the
+coordinator, who cannot read it), that client's own canary key and the key id
+of the public context, so a client notices a public key swapped in transit.
+Every client encrypts its sample-weighted update with the public key and its
+keyed canaries; the coordinator adds the ciphertexts; the key holder decrypts
+the sum once and returns it only after noise flooding (``mpc.he.flood``:
+Gaussian noise from its ChaCha20 CSPRNG; KL ≤ 2^-30 from a release simulated
+from the exact sum, per decryption), so the coordinator never sees a decryption error from which the
+secret key could be solved (Li & Micciancio, Eurocrypt 2021).
 
 The sample count n_c travels in the clear next to the ciphertexts: the
 coordinator already knows it from the client's training reply, so encrypting
 it would hide nothing (and the plain total lets it check the opened sum).
 
 What the key holder defends against: it decrypts once per session, and only a
-sum whose keyed canaries equal those of exactly the clients it gave the key to
-(>= 2), each once — so not one client's ciphertext, a partial sum, a sum under
-another key, or a client's ciphertext added to itself. The coordinator holds
-no key, so it cannot encrypt anything of its own. What it cannot defend
-against: CKKS malleability beyond integer combinations (see ``mpc.he``), and a
+sum of at least the minimum cohort (the coordinator's ``min_cohort``, raised
+to this worker's own floor) whose keyed canaries equal those of exactly the
+clients it keyed (>= 2), each once — so not one client's ciphertext, a partial
+sum, a sum under another key, a ciphertext the coordinator encrypted itself
+with the public key, or a client's ciphertext added to itself. A client knows
+only its own canary key and holds no secret key: colluding with the
+coordinator, it can neither decrypt another client's ciphertext nor forge
+another client's canaries. What it cannot defend against: CKKS malleability
+beyond integer combinations (see ``mpc.he``); a client that crafts a
+ciphertext with an error far beyond the bound the flooding covers in its data
+slots only (the canary check catches excess error in the canary slots); and a
 key holder that colludes with the coordinator — it could decrypt any client's
-ciphertext. Secure aggregation (``mpc.secure_aggregation``), where no single
-party holds a key, covers both.
+ciphertext. TenSEAL has no threshold decryption to remove that single key.
+Secure aggregation (``mpc.secure_aggregation``), where no single party holds
+a key, covers all three.
 
 Vault keys, all under ``<session>/``: ``key`` (the X25519 pair, from the
-generic ``keygen`` step), ``he/context`` (the CKKS context with its secret key),
-``he/key-id``, ``he/clients`` (on the key holder: the ids of all clients that
-hold the key), ``he/encrypted`` (this client has encrypted), ``he/closed`` (the
-sum was decrypted; nothing more in this session).
+generic ``keygen`` step), ``he/context`` (the CKKS context: with the secret key
+on the key holder, the public context elsewhere), ``he/key-id``,
+``he/canary-key`` (this client's canary key), ``he/clients`` and
+``he/canary-master`` (on the key holder: the ids of all keyed clients and the
+master canary key), ``he/encrypted`` (this client has encrypted), ``he/closed``
+(the sum was decrypted; nothing more in this session).
 """
 
 from __future__ import annotations
@@ -37,19 +53,21 @@ import torch
 from mpc.errors import MPCError
 from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.he import (
+    CANARY_KEY_BYTES,
     PARAMS,
     canaries,
     chunk_count,
+    client_canary_key,
     decrypt_sum,
     encrypt_vector,
+    flood,
     key_id,
     load_context,
     new_context,
     public_context_bytes,
-    secret_context_bytes,
 )
 from workers.codec import Value
-from workers.contributions import WEIGHTINGS
+from workers.contributions import WEIGHTINGS, Spending
 from workers.party import (
     Party,
     PartyError,
@@ -69,7 +87,7 @@ from workers.party import (
 
 __all__ = ["MAX_CLIENTS", "STEPS"]
 
-_LABEL = "he/secret-context"
+_LABEL = "he/canary-key"
 MAX_CLIENTS = 1024
 
 
@@ -92,11 +110,13 @@ def _chunks_arg(args: Mapping[str, Value], name: str, length: int) -> list[bytes
 
 
 def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Make the session's CKKS key; seal the secret context for every other client.
+    """Make the session's CKKS key pair and canary keys; seal each client's canary key.
 
     args: session, clients (the other clients' ids), public_keys (their session
-    X25519 keys, same order). Returns the public context (parameters, no key),
-    the key id and one sealed secret context per other client.
+    X25519 keys, same order). Returns the public context (parameters and
+    public key), the key id and, per other client, its canary key and the key
+    id sealed for it (so a coordinator that swaps the public key is caught).
+    The secret key never leaves this worker.
     """
     session = _open_session(party, args)
     if party.has(f"{session}/he/context"):
@@ -107,29 +127,37 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError("need >= 1 other distinct client and one public key each")
     if party.worker_id in others:
         raise PartyError("the key holder cannot be one of the other clients")
-    party.require_room(3)
+    party.require_room(5)
     context = new_context()
-    secret = secret_context_bytes(context)
+    public = public_context_bytes(context)
+    kid = key_id(public)
+    master = party.rng.random_bytes(CANARY_KEY_BYTES)
     sealed = [
-        tensor_from_bytes(seal_for(party, session, client, key, secret, label=_LABEL))
+        tensor_from_bytes(
+            seal_for(
+                party,
+                session,
+                client,
+                key,
+                client_canary_key(master, client) + bytes.fromhex(kid),
+                label=_LABEL,
+            )
+        )
         for client, key in zip(others, keys, strict=True)
     ]
-    kid = key_id(context)
     party.keep(f"{session}/he/context", context)
     party.keep(f"{session}/he/key-id", kid)
     party.keep(f"{session}/he/clients", sorted([party.worker_id, *others]))
-    return {
-        "public_context": tensor_from_bytes(public_context_bytes(context)),
-        "key_id": kid,
-        "sealed": sealed,
-    }
+    party.keep(f"{session}/he/canary-master", master)
+    party.keep(f"{session}/he/canary-key", client_canary_key(master, party.worker_id))
+    return {"public_context": tensor_from_bytes(public), "key_id": kid, "sealed": sealed}
 
 
 def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Open the key holder's sealed secret context; check it is the key the coordinator names.
+    """Open the key holder's sealed canary key; check the public context is the one it names.
 
     args: session, sender (the key holder), sender_public_key, sealed,
-    public_context (as the coordinator holds it: same parameters), key_id.
+    public_context (relayed by the coordinator), key_id (the coordinator's).
     """
     session = _open_session(party, args)
     if party.has(f"{session}/he/context"):
@@ -137,7 +165,7 @@ def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     sender = arg_id(args, "sender")
     claimed = arg_str(args, "key_id", max_length=64)
     public = arg_bytes(args, "public_context")
-    secret = open_from(
+    opened = open_from(
         party,
         session,
         sender,
@@ -145,20 +173,23 @@ def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         arg_bytes(args, "sealed"),
         label=_LABEL,
     )
-    try:
-        context = load_context(secret, secret=True)
-        load_context(public, secret=False)  # the coordinator's parameters are the same
-    except MPCError as exc:
-        raise PartyError(f"contexts from {sender!r} and the coordinator: {exc}") from None
-    mine = key_id(context)
-    if mine != claimed:
+    if len(opened) != CANARY_KEY_BYTES + 32:
+        raise PartyError(f"the sealed canary key from {sender!r} has {len(opened)} bytes")
+    canary_key, sealed_id = opened[:CANARY_KEY_BYTES], opened[CANARY_KEY_BYTES:].hex()
+    mine = key_id(public)
+    if not mine == sealed_id == claimed:
         raise PartyError(
-            f"the secret context from {sender!r} has key id {mine[:16]}…, the coordinator "
-            f"names {claimed[:16]}…: keys do not match"
+            f"the public context has key id {mine[:16]}…, {sender!r} sealed {sealed_id[:16]}…, "
+            f"the coordinator names {claimed[:16]}…: keys do not match"
         )
-    party.require_room(2)
+    try:
+        context = load_context(public, secret=False)
+    except MPCError as exc:
+        raise PartyError(f"public context from {sender!r}: {exc}") from None
+    party.require_room(3)
     party.keep(f"{session}/he/context", context)
     party.keep(f"{session}/he/key-id", mine)
+    party.keep(f"{session}/he/canary-key", canary_key)
     return {"key_id": mine}
 
 
@@ -191,7 +222,7 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     clients = arg_int(args, "clients", low=2, high=MAX_CLIENTS)
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
-    state, contribution = party.take_contribution(arg_str(args, "state_id"), session)
+    state, contribution = party.take_contribution(arg_str(args, "state_id"), Spending(session))
     weight = contribution.weight(weighting)
     values = flatten_update(state, weight, layout)[:-1]  # the weight goes in the clear
     # Headroom: the sum of `clients` vectors must stay inside the decryptable range.
@@ -202,7 +233,7 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
             f"range that keeps a CKKS sum of {clients} clients decryptable"
         )
     party.keep(f"{session}/he/encrypted", True)
-    marks = canaries(context, party.worker_id, chunk_count(values.numel()))
+    marks = canaries(party.secret(f"{session}/he/canary-key"), chunk_count(values.numel()))
     chunks = encrypt_vector(context, values, marks)
     return {
         "ciphertexts": [tensor_from_bytes(c) for c in chunks],
@@ -213,13 +244,16 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 
 
 def _decrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Decrypt the summed ciphertexts (the key holder only, once per session).
+    """Decrypt the summed ciphertexts and release them flooded (the key holder, once a session).
 
-    args: session, ciphertexts, length, count (clients in the sum), key_id.
-    ``count`` must equal the clients this holder gave the key to (>= 2) and
-    every chunk's canaries must decrypt to the sum of those clients' keyed
-    canaries, so neither a single client's ciphertext, a partial sum, nor a
-    repeated client is opened.
+    args: session, ciphertexts, length, count (clients in the sum), key_id,
+    min_cohort (optional, default 2; raised to this worker's own floor).
+    ``count`` must reach the minimum cohort and equal the clients this holder
+    keyed (>= 2), and every chunk's canaries must decrypt to the sum of those
+    clients' keyed canaries, so neither a single client's ciphertext, a
+    partial sum, nor a repeated client is opened. Returns the sum with
+    Gaussian noise of std ``sigma`` added (``mpc.he.flood``), never the exact
+    decryption.
     """
     session = _open_session(party, args)
     if not party.has(f"{session}/he/clients"):
@@ -227,21 +261,30 @@ def _decrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     context = _session_context(party, session, args)
     holders = [str(c) for c in party.secret(f"{session}/he/clients")]
     count = arg_int(args, "count", low=2, high=MAX_CLIENTS)
+    least = party.min_cohort
+    if "min_cohort" in args:
+        least = max(least, arg_int(args, "min_cohort", low=2, high=MAX_CLIENTS))
+    if count < least:
+        raise PartyError(
+            f"refusing to decrypt a sum of {count} clients: the minimum cohort is {least}"
+        )
     if count != len(holders):
         raise PartyError(
             f"refusing to decrypt a sum of {count} clients: {len(holders)} hold the key"
         )
     length = arg_int(args, "length", low=1, high=MAX_VECTOR)
     chunks = _chunks_arg(args, "ciphertexts", length)
+    master = party.secret(f"{session}/he/canary-master")
     party.forget(f"{session}/he/")  # one decryption per session, even if this one fails
     party.keep(f"{session}/he/closed", True)
-    expected = sum(canaries(context, c, len(chunks)) for c in holders)
+    expected = sum(canaries(client_canary_key(master, c), len(chunks)) for c in holders)
     assert isinstance(expected, torch.Tensor)
     try:
-        total = decrypt_sum(context, chunks, length=length, expected=expected)
+        exact = decrypt_sum(context, chunks, length=length, expected=expected, count=count)
     except MPCError as exc:
         raise PartyError(str(exc)) from None
-    return {"sum": total, "count": count}
+    total, sigma = flood(exact, count, party.rng)
+    return {"sum": total, "count": count, "sigma": sigma}
 
 
 STEPS: dict[str, PartyStep] = {

@@ -84,10 +84,12 @@ def test_coordinator_sees_ciphertexts_and_random_sum_shares_only() -> None:
                 assert bits.sub(0.5).abs().max().item() < 0.02  # ~110k values: 6σ ≈ 0.009
 
 
-def _reconstruct_from_relayed(ciphertexts: list[torch.Tensor], length: int) -> torch.Tensor | None:
-    """The coordinator's attack: read each relayed ciphertext as if it were the payload
-    (kind byte, then a seed or a vector) at the offsets a nonce could take."""
-    for offset in (0, 12):
+def _recovered_from_relayed(ciphertexts: list[torch.Tensor], update: torch.Tensor) -> bool:
+    """The coordinator's attack: read every relayed message as a plaintext share (a kind
+    byte, then a seed or a vector) starting at any offset up to 96 bytes — past any
+    nonce or header — and add them up. True if some offset gives the update back."""
+    length = update.numel()
+    for offset in range(96):
         total = torch.zeros(length, dtype=torch.int64)
         for sealed in ciphertexts:
             data = sealed.numpy().tobytes()[offset:]
@@ -98,8 +100,9 @@ def _reconstruct_from_relayed(ciphertexts: list[torch.Tensor], length: int) -> t
             else:
                 break
         else:
-            return total
-    return None
+            if torch.equal(total, update):
+                return True
+    return False
 
 
 def test_relayed_shares_cannot_be_read_by_the_coordinator() -> None:
@@ -111,14 +114,23 @@ def test_relayed_shares_cannot_be_read_by_the_coordinator() -> None:
     secure_average(secure_inputs(workers, states, [11, 22, 33]), workers, states[0])
 
     # Assert: parsing what client 0 handed the coordinator as plaintext shares
-    # does not give its update back (it would, were the shares not encrypted).
+    # does not give its update back (it does when the relay is not encrypted:
+    # see the next test).
     (reply,) = [
         r for r in workers[0].replies if isinstance(r, PartyReply) and "ciphertexts" in r.values
     ]
-    length = int(reply.values["length"])
     update = FixedPointEncoder().encode(flatten_update(states[0], 11, float_keys(states[0])))
-    guess = _reconstruct_from_relayed(reply.values["ciphertexts"], length)
-    assert guess is None or not torch.equal(guess, update)
+    assert not _recovered_from_relayed(reply.values["ciphertexts"], update)
+
+
+def test_the_relay_attack_reads_an_unencrypted_relay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a relay whose "sealing" leaves the payload as it is.
+    monkeypatch.setattr("workers.party.seal", lambda _key, _public, payload, **_: payload)
+    monkeypatch.setattr("workers.party.open_sealed", lambda _key, _public, data, **_: data)
+
+    # Execute / Assert: the attack of the test above recovers client 0's update.
+    with pytest.raises(AssertionError):
+        test_relayed_shares_cannot_be_read_by_the_coordinator()
 
 
 def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
