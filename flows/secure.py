@@ -108,6 +108,7 @@ def _attempt(
             parallel=parallel,
             weighting=weighting,
             min_cohort=min_cohort,
+            releases=releases,
         )
     ids, dealer = choose_committee(list(by_id), cfg.committee, dealer=cfg.mac)
     committee = [by_id[i] for i in ids]

@@ -45,6 +45,7 @@ it, so a round never returns garbage.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -53,7 +54,14 @@ from mpc.errors import MPCError
 from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.he import add_ciphertexts, chunk_count, key_id, load_context
 from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
-from mpc.secure_aggregation import SecureAggregate, SecureInput, check_cohort
+from mpc.secure_aggregation import (
+    Release,
+    SecureAggregate,
+    SecureInput,
+    abandon_session,
+    check_cohort,
+    release_args,
+)
 from workers.base import Worker
 
 __all__ = ["HE_AGGREGATION", "he_average"]
@@ -117,9 +125,11 @@ def _encrypt(run: ProtocolRun) -> None:
             state_id=item.state_id,
             weighting=run.state["weighting"],
             keys=run.state["keys"],
+            **release_args(run, client),
             clients=len(clients),
             key_id=run.state["key_id"],
         )
+        run.state["shared"].add(client.id)
         if reply["key_id"] != run.state["key_id"]:
             raise MPCError(
                 f"{client.id!r} encrypted under key {str(reply['key_id'])[:16]}…, "
@@ -183,6 +193,7 @@ HE_AGGREGATION = Protocol(
         Step("aggregate", "clients", _aggregate),
         Step("decrypt", "key_holder", _decrypt, opens=True),
     ),
+    abandon=functools.partial(abandon_session, role="key_holder"),
 )
 
 
@@ -194,6 +205,7 @@ def he_average(
     parallel: bool = False,
     weighting: str = "samples",
     min_cohort: int = 2,
+    releases: dict[str, Release] | None = None,
 ) -> SecureAggregate:
     """Σ_c n_c·w_c / Σ_c n_c over the clients' states, the coordinator adding ciphertexts.
 
@@ -221,6 +233,8 @@ def he_average(
         keys=float_keys(template),
         weighting=weighting,
         min_cohort=min_cohort,
+        releases=releases if releases is not None else {},
+        shared=set(),
     )
     run.run()
     expected = float(sum(item.weight for item in inputs))

@@ -109,14 +109,15 @@ def release_args(run: ProtocolRun, client: Worker) -> dict[str, object]:
     return {} if release is None else {"release": release.arg()}
 
 
-def abandon_session(run: ProtocolRun) -> None:
-    """The run failed before its opening: the first committee member that answers
-    abandons the session and releases every client that shared in it, so that the
-    round can be run again over the survivors (``mpc.protocol.Protocol.abandon``)."""
+def abandon_session(run: ProtocolRun, role: str = "committee") -> None:
+    """The run failed before its opening: the first worker of ``role`` (a committee
+    member; HE's key holder) that answers abandons the session and releases every
+    client that shared in it, so that the round can be run again over the
+    survivors (``mpc.protocol.Protocol.abandon``)."""
     shared = [c for c in run.workers("clients") if c.id in run.state.get("shared", set())]
     if not shared:
         return
-    for member in run.workers("committee"):
+    for member in run.workers(role):
         if member.closed:
             continue
         try:

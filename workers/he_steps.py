@@ -79,11 +79,13 @@ from workers.party import (
     arg_str,
     check_tensor,
     open_from,
+    peer_public,
     seal_for,
     session_arg,
     session_key,
     tensor_from_bytes,
 )
+from workers.release import apply_release
 
 __all__ = ["MAX_CLIENTS", "STEPS"]
 
@@ -150,6 +152,8 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     party.keep(f"{session}/he/clients", sorted([party.worker_id, *others]))
     party.keep(f"{session}/he/canary-master", master)
     party.keep(f"{session}/he/canary-key", client_canary_key(master, party.worker_id))
+    # The key holder alone can release the clients' states from this session.
+    party.keep(f"{session}/he/holder", (party.worker_id, session_key(party, session).public_bytes))
     return {"public_context": tensor_from_bytes(public), "key_id": kid, "sealed": sealed}
 
 
@@ -186,10 +190,12 @@ def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         context = load_context(public, secret=False)
     except MPCError as exc:
         raise PartyError(f"public context from {sender!r}: {exc}") from None
-    party.require_room(3)
+    party.require_room(4)
     party.keep(f"{session}/he/context", context)
     party.keep(f"{session}/he/key-id", mine)
     party.keep(f"{session}/he/canary-key", canary_key)
+    holder_public = peer_public(party, session, sender, args.get("sender_public_key"))
+    party.keep(f"{session}/he/holder", (sender, holder_public))
     return {"key_id": mine}
 
 
@@ -222,7 +228,11 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     clients = arg_int(args, "clients", low=2, high=MAX_CLIENTS)
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
-    state, contribution = party.take_contribution(arg_str(args, "state_id"), Spending(session))
+    state_id = arg_str(args, "state_id")
+    apply_release(party, args, state_id)
+    holder, holder_public = party.secret(f"{session}/he/holder")
+    spending = Spending(session, {holder: holder_public}, session_key(party, session))
+    state, contribution = party.take_contribution(state_id, spending)
     weight = contribution.weight(weighting)
     values = flatten_update(state, weight, layout)[:-1]  # the weight goes in the clear
     # Headroom: the sum of `clients` vectors must stay inside the decryptable range.
@@ -277,6 +287,7 @@ def _decrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     master = party.secret(f"{session}/he/canary-master")
     party.forget(f"{session}/he/")  # one decryption per session, even if this one fails
     party.keep(f"{session}/he/closed", True)
+    party.end_session(session, "revealed")
     expected = sum(canaries(client_canary_key(master, c), len(chunks)) for c in holders)
     assert isinstance(expected, torch.Tensor)
     try:

@@ -14,7 +14,8 @@ and session). With k-of-k additive sharing, the old sum needs every member's
 share, so one member's abandonment makes it unopenable; a client that holds
 such a release from a member of the committee its state was shared with may
 share the state again in a new session. The MAC variant's sum likewise needs
-every member's share.
+every member's share; under HE the key holder is the one party that could
+decrypt, so its abandonment (which drops the secret key) releases the clients.
 
 Steps: ``aggregate.abandon`` (a member: the releases, one per client named);
 clients check a release inside their share step (:func:`apply_release`).
@@ -57,7 +58,7 @@ def _abandon(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     if party.ended(session) == "revealed" or party.has(f"{session}/closed"):
         raise PartyError(f"session {session!r} was revealed: it cannot be abandoned")
-    if party.has(f"{session}/opened"):
+    if party.has(f"{session}/opened") or party.has(f"{session}/he/closed"):
         raise PartyError(f"session {session!r} was revealed: it cannot be abandoned")
     clients = [arg_id({"id": c}, "id") for c in arg_list(args, "clients", max_length=1 << 20)]
     keys = arg_list(args, "client_public_keys", max_length=1 << 20)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fl.aggregation import weighted_average
+from mpc.he_aggregation import he_average
 from mpc.secure_aggregation import Release, SecureInput, secure_average
 from tests.mpc.secure_inputs import model_states, secure_inputs
 from workers.codec import Value
@@ -86,3 +87,23 @@ def test_a_release_for_another_session_or_from_a_stranger_is_refused() -> None:
                 states[0],
                 releases={"w0": release, "w1": releases["w1"], "w2": releases["w2"]},
             )
+
+
+def test_he_clients_that_encrypted_before_a_loss_encrypt_again_after_a_release() -> None:
+    # Prepare: w3 is lost when asked to encrypt, after w0..w2 did.
+    workers = [VirtualWorker("w0"), VirtualWorker("w1"), VirtualWorker("w2")]
+    workers.append(Unreachable("w3", step="he.encrypt"))
+    states, weights = model_states(4), [10, 20, 30, 40]
+    inputs = secure_inputs(workers, states, weights)
+    releases: dict[str, Release] = {}
+    with pytest.raises(WorkerError, match="lost"):
+        he_average(inputs, workers[0], states[0], min_cohort=3, releases=releases)
+
+    # Execute: the round again over the survivors, with the key holder's releases.
+    result = he_average(inputs[:3], workers[0], states[0], min_cohort=3, releases=releases)
+
+    # Assert
+    assert set(releases) == {"w0", "w1", "w2"} and {r.member for r in releases.values()} == {"w0"}
+    expected = weighted_average(states[:3], weights[:3])
+    for key, value in expected.items():
+        assert (result.state[key] - value).abs().max().item() <= 1e-3
