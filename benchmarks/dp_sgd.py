@@ -20,6 +20,7 @@ from fl.data import load_split
 from fl.dp_training import dp_sample_rate, dp_steps_per_epoch, train_local_dp
 from fl.errors import FedsimError
 from fl.models import build_model
+from fl.noise import SecureNoise
 from fl.privacy import DPConfig, PrivacyAccountant, check_budget
 from fl.training import TrainConfig, evaluate
 
@@ -58,10 +59,8 @@ def main() -> None:
     )
     q = dp_sample_rate(args.batch_size, len(train))
     steps = dp_steps_per_epoch(args.batch_size, len(train))
-    accountant, generator = (
-        PrivacyAccountant(dp.accountant),
-        torch.Generator().manual_seed(args.seed),
-    )
+    # DP noise and Poisson batches from the CSPRNG (fl.noise); --seed fixes the model only.
+    accountant, noise = PrivacyAccountant(dp.accountant), SecureNoise()
     print(
         f"{args.model}, N={len(train)}, q={q:.4g}, {steps} steps/epoch, z={args.noise}, "
         f"S={args.clip}, lr={args.lr}, momentum={args.momentum}, δ={args.delta}\n"
@@ -75,7 +74,7 @@ def main() -> None:
             print(f"\n{exc}")
             break
         start = time.perf_counter()
-        train_local_dp(model, train, config, dp, generator, accountant)
+        train_local_dp(model, train, config, dp, noise, accountant)
         elapsed += time.perf_counter() - start
         acc = evaluate(model, test).accuracy
         eps = accountant.epsilon(dp.delta)

@@ -1,9 +1,10 @@
 """Benchmark: client-level DP-FedAvg accuracy against ε (100 clients, fraction 0.1).
 
 For each number of rounds R and target ε, the noise multiplier z that reaches
-ε after R rounds at sampling rate q = 0.1 and δ = 1e-5 comes from Opacus
-(``get_noise_multiplier``, RDP); the run then trains with ``--dp client`` and
-that z, and logs the ε the accountant actually reports. A run without DP, same
+ε after R rounds of a fixed-size cohort (q = m/K = 0.1) at δ = 1e-5 is found by
+bisection on the accountant fedsim uses for client-level DP (``fl.accounting``,
+sampling without replacement, replace-one adjacency); the run then trains with
+``--dp client`` and that z, and logs the ε the accountant actually reports. A run without DP, same
 seed and clients, is the reference row. Every row is a real ``fedsim run``
 (Prefect flow, MLflow runs) at level 2.
 
@@ -25,9 +26,9 @@ quiet_defaults()
 exit_on_sigterm()
 
 from mlflow.tracking import MlflowClient  # noqa: E402
-from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 
 from fedsim.display import run_with_display  # noqa: E402
+from fl.accounting import epsilon_after  # noqa: E402
 from flows.config import ExperimentConfig  # noqa: E402
 from flows.tracking import tracking_uri  # noqa: E402
 
@@ -58,17 +59,15 @@ def _run(args: argparse.Namespace, rounds: int, **dp: object) -> tuple[float, fl
 
 
 def _noise_for(target: float, rounds: int) -> float:
+    """The smallest z (to 0.1 %) whose fixed-size-cohort ε after ``rounds`` is ≤ ``target``."""
+    low, high = 0.05, 500.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus: "optimal order is the largest alpha"
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target,
-                target_delta=DELTA,
-                sample_rate=0.1,
-                steps=rounds,
-                accountant="rdp",
-            )
-        )
+        while high / low > 1.001:
+            z = (low * high) ** 0.5
+            eps = epsilon_after(rounds, z, 0.1, DELTA, sampling="fixed-size")
+            low, high = (z, high) if eps > target else (low, z)
+    return high
 
 
 def main() -> None:

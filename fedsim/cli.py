@@ -150,7 +150,7 @@ def _add_run(sub: Any) -> None:
     add(
         "--min-cohort",
         type=_positive_int,
-        help="secure aggregation: the fewest clients a revealed sum may hold "
+        help="secure and he aggregation: the fewest clients a revealed sum may hold "
         "(default 3, or every client of a smaller round)",
     )
     add(
@@ -239,10 +239,19 @@ def _add_defence(add: Any) -> None:
         type=_float,
         help="client DP: clip to this quantile of update norms (Andrew et al. 2021)",
     )
+    add(
+        "--dp-noise-seed",
+        metavar="N",
+        type=_non_negative_int,
+        help="simulation only: draw DP noise and sampling from seed N instead of a CSPRNG, so "
+        "runs repeat exactly; the run is NOT private (anyone with its params can subtract "
+        "the noise) and is tagged fedsim.dp.private=false",
+    )
 
 
 def _add_worker(sub: Any) -> None:
     from flows.config import PROFILES
+    from workers.party import SERVED_MIN_COHORT
 
     quick = PROFILES["quick"]
     worker = sub.add_parser("worker", help="run a websocket worker")
@@ -265,10 +274,22 @@ def _add_worker(sub: Any) -> None:
     add("--seed", type=_non_negative_int, default=0, help="partition seed (as the coordinator's)")
     add("--train-samples", type=_samples, default=None, help="first N training samples")
     add("--token-file", help="shared secret for coordinator authentication")
+    add(
+        "--peer-secret-file",
+        help="a secret the federation's workers share and the coordinator does not: it "
+        "vouches for session keys, so the coordinator cannot substitute its own",
+    )
     add("--tls-cert", help="TLS certificate (PEM); serves wss:// with --tls-key")
     add("--tls-key", help="TLS private key (PEM)")
     add("--threads", type=_positive_int, help="torch threads for this worker")
     add("--max-message-mb", type=_positive_int, default=256, help="largest frame accepted")
+    add(
+        "--min-cohort",
+        type=_positive_int,
+        default=SERVED_MIN_COHORT,
+        help="the fewest clients a secure sum this worker helps open may hold, whatever the "
+        f"coordinator asks (default {SERVED_MIN_COHORT}; at least 2)",
+    )
 
     up = worker_sub.add_parser(
         "up",
@@ -285,6 +306,17 @@ def _add_worker(sub: Any) -> None:
     add("--partition", default="iid", help="as `fedsim run --partition`")
     add("--seed", type=_non_negative_int, default=0)
     add("--train-samples", type=_samples, default=quick["train_samples"], help="as `fedsim run`")
+    key = worker_sub.add_parser(
+        "key",
+        help="write one worker's key, derived from the workers file's master secret",
+        description="Derive worker ID's key from the master secret (the workers file's "
+        "token_file) and write it to OUT (mode 600), for `fedsim worker serve --token-file OUT` "
+        "on that worker's host. A worker holds only its own key, so it cannot pose as the "
+        "coordinator to the others.",
+    )
+    key.add_argument("--token-file", required=True, help="the master secret")
+    key.add_argument("--id", required=True, help="the worker's id, as in the workers file")
+    key.add_argument("--out", required=True, help="where to write the worker's key")
     down = worker_sub.add_parser("down", help="stop the daemons started by `fedsim worker up`")
     down.add_argument("--dir", default=".fedsim/level5")
 
@@ -368,6 +400,11 @@ def _worker(args: argparse.Namespace) -> int:
         from fedsim.local_fleet import fleet_down
 
         return fleet_down(args)
+    if args.worker_command == "key":
+        from workers.auth import read_secret, write_worker_key
+
+        write_worker_key(read_secret(args.token_file), args.id, args.out)
+        return 0
     from fedsim.worker_cli import serve_worker
 
     return serve_worker(args)

@@ -12,9 +12,15 @@ changes three things in :func:`fl.training.train_local`'s loop:
    divided by the *expected* batch size q·N (a data-independent denominator).
 
 Each optimizer step is one mechanism application recorded in the
-:class:`fl.privacy.PrivacyAccountant`. Opacus's ``DPOptimizer`` does the clip
-and the noise, its ``UniformWithReplacementSampler`` the Poisson sampling; we
-keep fedsim's lean in-memory batching instead of a DataLoader.
+:class:`fl.privacy.PrivacyAccountant` at sample rate q, which Opacus's RDP/PRV
+accountants analyse as Poisson sampling (add/remove adjacency) — the batches
+really are Poisson (:func:`poisson_batches`, the same rule as Opacus's
+``UniformWithReplacementSampler``, empty batches included). Opacus's
+``GradSampleModule`` and ``DPOptimizer`` do the per-sample clip; the Poisson
+masks and the Gaussian noise come from a :class:`fl.noise.NoiseSource` (a
+CSPRNG unless a reproducible noise seed was asked for), the noise in one bulk
+draw per step for all parameters. We keep fedsim's lean in-memory batching
+instead of a DataLoader.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,13 +37,15 @@ from torch.nn import functional as F
 
 from fl.data import Split
 from fl.errors import ConfigError, DataError
+from fl.noise import NoiseSource
 from fl.privacy import DPConfig, PrivacyAccountant
 from fl.training import TrainConfig, TrainResult
 
 if TYPE_CHECKING:  # Opacus (~60 MB resident) is imported when DP-SGD runs, not before
     from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
-__all__ = ["dp_sample_rate", "dp_steps_per_epoch", "train_local_dp"]
+__all__ = ["dp_sample_rate", "dp_steps_per_epoch", "poisson_batches", "train_local_dp"]
 
 # Attributes Opacus hangs on parameters while attached; removed afterwards so the
 # model leaves train_local_dp as it came in (same state_dict keys, no hooks).
@@ -59,6 +68,35 @@ def dp_steps_per_epoch(batch_size: int, num_samples: int) -> int:
     return max(1, int(1 / dp_sample_rate(batch_size, num_samples)))
 
 
+def poisson_batches(n: int, rate: float, steps: int, noise: NoiseSource) -> Iterator[torch.Tensor]:
+    """``steps`` batches of ``range(n)``, each index in each independently with prob. ``rate``.
+
+    The sampling the accountant's Poisson analysis assumes; a batch may be empty.
+    """
+    for _ in range(steps):
+        yield torch.nonzero(noise.poisson_mask(n, rate)).flatten()
+
+
+def _dp_optimizer(noise: NoiseSource, **kwargs: Any) -> DPOptimizer:
+    """Opacus's DPOptimizer, its noise drawn from ``noise`` in one draw for all parameters."""
+    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class _Optimizer(DPOptimizer):  # type: ignore[misc]  # Opacus is untyped
+        def add_noise(self) -> None:
+            grads = [p.summed_grad for p in self.params]
+            _check_processed_flag(grads)
+            std = self.noise_multiplier * self.max_grad_norm
+            sizes = [g.numel() for g in grads]
+            flat = noise.normal(sum(sizes), std, grads[0].dtype)
+            chunks = torch.split(flat, sizes)
+            for p, chunk in zip(self.params, chunks, strict=True):
+                p.grad = (p.summed_grad + chunk.view_as(p.summed_grad)).view_as(p)
+            _mark_as_processed(grads)
+
+    return _Optimizer(**kwargs)
+
+
 def _detach_opacus(wrapped: GradSampleModule, model: nn.Module) -> None:
     """Remove Opacus's hooks and per-parameter attributes from ``model``."""
     wrapped.remove_hooks()
@@ -73,22 +111,21 @@ def train_local_dp(
     data: Split,
     config: TrainConfig,
     dp: DPConfig,
-    generator: torch.Generator,
+    noise: NoiseSource,
     accountant: PrivacyAccountant,
 ) -> TrainResult:
     """DP-SGD for ``config.epochs`` × ⌊1/q⌋ steps on ``data``; records each step in ``accountant``.
 
     ``model`` is trained in place and keeps its own parameters and state_dict
     keys: Opacus's wrapper only borrows it and is detached before returning.
-    ``generator`` drives both the Poisson sampling and the noise, so a run is
-    reproducible on CPU. As for :func:`fl.privacy.gaussian_sum_noise`, that is a
-    simulation choice: Opacus's ``secure_mode`` (CSPRNG noise, robust to
-    floating-point attacks) is left off, which a deployment must not do.
+    ``noise`` draws both the Poisson batches and the Gaussian noise: with a
+    :class:`fl.noise.SecureNoise` neither can be recomputed by anyone; a
+    :class:`fl.noise.SeededNoise` makes the run reproducible on CPU and not
+    private. Opacus's ``secure_mode`` is not used (it needs the unmaintained
+    torchcsprng); floating-point attacks on the sampler are not ruled out.
     ``mean_loss`` is the mean loss over the examples the batches drew.
     """
     from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
     if dp.mode != "sample":
         raise ConfigError(f"DP-SGD local training needs dp mode 'sample', got {dp.mode!r}")
@@ -98,8 +135,9 @@ def train_local_dp(
     # loss_reduction="sum" gives the raw per-example gradients (no rescaling by the
     # batch size); the optimizer then divides Σ clipped + noise by q·N.
     wrapped = GradSampleModule(model, loss_reduction="sum")
-    optimizer = DPOptimizer(
-        torch.optim.SGD(
+    optimizer = _dp_optimizer(
+        noise,
+        optimizer=torch.optim.SGD(
             model.parameters(),
             lr=config.lr,
             momentum=config.momentum,
@@ -109,15 +147,11 @@ def train_local_dp(
         max_grad_norm=dp.clip,
         expected_batch_size=q * n,
         loss_reduction="mean",
-        generator=generator,
-        secure_mode=False,
     )
     optimizer.attach_step_hook(
         lambda opt: accountant.step(opt.noise_multiplier, q)  # only steps actually taken
     )
-    sampler = UniformWithReplacementSampler(
-        num_samples=n, sample_rate=q, generator=generator, steps=config.epochs * steps_per_epoch
-    )
+    batches = poisson_batches(n, q, config.epochs * steps_per_epoch, noise)
     was_training = model.training
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -128,8 +162,7 @@ def train_local_dp(
             # Opacus's backward hooks fire on module outputs because the images do
             # not require grad; PyTorch warns about that on every step.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            for indices in sampler:
-                batch = torch.tensor(indices, dtype=torch.int64)
+            for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(wrapped(data.x[batch]), data.y[batch], reduction="sum")
                 loss.backward()  # type: ignore[no-untyped-call]

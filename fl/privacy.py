@@ -5,38 +5,41 @@ Two granularities, chosen by :attr:`DPConfig.mode`:
 - ``client``: DP-FedAvg of McMahan et al., *Learning Differentially Private
   Recurrent Language Models*, ICLR 2018. The server clips each client's model
   update Δ_c = state_c − global to L2 norm S, sums, adds N(0, (z·S)²·I) to the
-  sum and divides by the number of clients. One round is one application of the
-  sampled Gaussian mechanism at sampling rate q (the client fraction), so a
-  participant's whole dataset is protected. The clip S can follow a target
-  quantile of the update norms (Andrew et al., *Differentially Private Learning
-  with Adaptive Clipping*, NeurIPS 2021).
+  sum and divides by the cohort size m. Each round samples a cohort of exactly
+  m = max(round(C·K), 1) of the K clients without replacement, so one round is
+  one application of the Gaussian mechanism on a fixed-size sample, and a
+  participant's whole dataset is protected (replace-one adjacency: K and m are
+  public). The clip S can follow a target quantile of the update norms (Andrew
+  et al., *Differentially Private Learning with Adaptive Clipping*, NeurIPS 2021).
 - ``sample``: DP-SGD of Abadi et al., *Deep Learning with Differential
   Privacy*, CCS 2016, during local training (see :mod:`fl.dp_training`):
   per-sample gradients are clipped and noised, each step samples a Poisson batch,
-  and a single training example is protected.
+  and a single training example is protected (add/remove adjacency).
 
-Accounting is never hand-written: :class:`PrivacyAccountant` wraps Opacus's RDP
-(Mironov 2017) or PRV (Gopi et al. 2021) accountant. The arithmetic lives in
-pure functions over float64 tensors with explicit generators; the
-:class:`DPFedAvg` strategy is a thin policy layer over them.
+Every random draw of a mechanism — noise, cohort, batch — comes from a
+:class:`fl.noise.NoiseSource`: a CSPRNG unless the run asked for a reproducible
+noise seed, in which case it is not private. Accounting
+(:mod:`fl.accounting`, re-exported here) matches the sampling: Opacus's RDP
+or PRV accountant for Poisson batches, the without-replacement RDP bound of
+Wang, Balle, Kasiviswanathan 2019 for fixed-size cohorts. The arithmetic lives
+in pure functions over float64 tensors; the :class:`DPFedAvg` strategy is a
+thin policy layer over them.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 
+from fl.accounting import ACCOUNTANTS, BudgetExceeded, PrivacyAccountant, epsilon_after
 from fl.aggregation import ClientUpdate, Strategy
-from fl.errors import ConfigError, FedsimError
+from fl.errors import ConfigError
+from fl.noise import NoiseSource, SecureNoise
 from fl.updates import stack_updates, unstack_update
-
-if TYPE_CHECKING:  # Opacus (~60 MB resident) is imported by runs that use DP only
-    from opacus.accountants import IAccountant
 
 __all__ = [
     "ACCOUNTANTS",
@@ -55,7 +58,6 @@ __all__ = [
 ]
 
 DP_MODES: tuple[str, ...] = ("client", "sample")
-ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 
 
 def _positive(x: float) -> bool:
@@ -152,27 +154,21 @@ def clip_updates(updates: torch.Tensor, clip: float) -> tuple[torch.Tensor, torc
 
 
 def gaussian_sum_noise(
-    d: int, noise_multiplier: float, clip: float, generator: torch.Generator
+    d: int, noise_multiplier: float, clip: float, noise: NoiseSource
 ) -> torch.Tensor:
     """N(0, (z·S)²·I_d) in float64: the Gaussian mechanism's noise for a sum of S-bounded terms.
 
-    The noise comes from an explicit, seeded ``torch.Generator`` so that
-    simulated runs are reproducible research artefacts. That is fine for
-    measuring utility, but a deployment must draw DP noise from a CSPRNG (an
-    adversary who knows the seed can subtract the noise) and should also guard
-    against floating-point attacks on the Gaussian sampler (Mironov 2012;
-    Opacus's ``secure_mode``).
+    Drawn from ``noise``: a :class:`fl.noise.SecureNoise` (CSPRNG) unless the run
+    chose a reproducible, non-private :class:`fl.noise.SeededNoise`.
+    Floating-point attacks on the sampler are not ruled out (see :mod:`fl.noise`).
     """
     if d < 0 or not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         raise ConfigError(f"need d >= 0 and noise multiplier >= 0, got {d} and {noise_multiplier}")
-    std = noise_multiplier * clip
-    if std == 0:
-        return torch.zeros(d, dtype=torch.float64)
-    return torch.normal(0.0, std, size=(d,), generator=generator, dtype=torch.float64)
+    return noise.normal(d, noise_multiplier * clip, torch.float64)
 
 
 def dp_mean(
-    updates: torch.Tensor, clip: float, noise_multiplier: float, generator: torch.Generator
+    updates: torch.Tensor, clip: float, noise_multiplier: float, noise: NoiseSource
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σᵢ clip(uᵢ, S) + N(0, (zS)²I)) / n for ``updates`` (n, d); returns (mean (d,), norms (n,)).
 
@@ -180,9 +176,7 @@ def dp_mean(
     mean's sensitivity is S/n and its noise std is z·S/n.
     """
     clipped, norms = clip_updates(updates, clip)
-    total = clipped.sum(dim=0) + gaussian_sum_noise(
-        updates.shape[1], noise_multiplier, clip, generator
-    )
+    total = clipped.sum(dim=0) + gaussian_sum_noise(updates.shape[1], noise_multiplier, clip, noise)
     return total / updates.shape[0], norms
 
 
@@ -210,13 +204,20 @@ def adaptive_clip_update(
 class DPFedAvg(Strategy):
     """DP-FedAvg (McMahan et al. 2018): clipped, noised, unweighted mean of client updates.
 
-    McMahan et al. weight clients by capped sample counts and divide by the
-    *expected* total weight qW, so that the denominator does not depend on who
-    took part. Here every update has weight 1 and the denominator is the number
-    of updates n: :meth:`Strategy.sample_clients` always picks exactly
-    m = round(C·K) clients, so n = m = qK is public and the two estimators
-    coincide. Sample-count weights are dropped because they would let one
-    client's data size change the sensitivity.
+    McMahan et al. sample clients by Poisson sampling and divide by the
+    *expected* total weight qW. Here :meth:`sample_clients` draws a cohort of
+    exactly m = max(round(C·K), 1) clients without replacement, every update has
+    weight 1 and the denominator is the number of updates n (= m unless workers
+    drop out; dropping out is not data-dependent). Replacing one client moves
+    the sum by at most 2S, so the privacy of a round is that of a Gaussian with
+    σ = z/2 on a fixed-size sample, which :mod:`fl.accounting` accounts with
+    ``sampling="fixed-size"`` (Wang, Balle, Kasiviswanathan 2019), not with a
+    Poisson accountant. Sample-count weights are dropped because they would let
+    one client's data size change the sensitivity.
+
+    The cohort and the noise come from ``noise`` (a CSPRNG by default), not from
+    the run's seeded sampler: a cohort anyone can recompute from the logged seed
+    would give no amplification by sampling against that reader.
 
     With ``adaptive_quantile`` set, S follows Andrew et al. 2021 after each round.
     Simplification: the fraction b̄ is used without the noise Andrew et al. add to
@@ -232,15 +233,27 @@ class DPFedAvg(Strategy):
 
     name: ClassVar[str] = "dp-fedavg"
 
-    def __init__(self, dp: DPConfig, *, seed: int = 0) -> None:
+    def __init__(self, dp: DPConfig, *, noise: NoiseSource | None = None) -> None:
         if dp.mode != "client":
             raise ConfigError(f"DP-FedAvg needs dp mode 'client', got {dp.mode!r}")
         self.dp = dp
         self.clip = dp.clip
         self.streaming = dp.adaptive_quantile is None
-        self.generator = torch.Generator().manual_seed(seed)
+        self.noise = SecureNoise() if noise is None else noise
         self.last_clip: float | None = None
         self.last_norms: torch.Tensor | None = None
+
+    def sample_clients(
+        self, client_ids: Sequence[str], fraction: float, generator: torch.Generator
+    ) -> list[str]:
+        """m = max(round(C·K), 1) of the K clients without replacement, drawn from ``self.noise``.
+
+        ``generator`` (the run's seeded sampler) is advanced as the base class
+        does but does not choose the cohort. Returned in the order of ``client_ids``.
+        """
+        chosen = super().sample_clients(client_ids, fraction, generator)  # checks, advances
+        picked = self.noise.choose(len(client_ids), len(chosen))
+        return [client_ids[int(i)] for i in picked]
 
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
@@ -262,7 +275,7 @@ class DPFedAvg(Strategy):
         # A non-finite update (a diverged or hostile client) counts as no update:
         # zero is inside the clip ball, so the sensitivity and the denominator hold.
         deltas[~torch.isfinite(deltas).all(dim=1)] = 0.0
-        mean, norms = dp_mean(deltas, self.clip, self.dp.noise_multiplier, self.generator)
+        mean, norms = dp_mean(deltas, self.clip, self.dp.noise_multiplier, self.noise)
         self.last_clip, self.last_norms = self.clip, norms
         result = unstack_update(global_state, keys, mean, updates[0].state)
         if self.dp.adaptive_quantile is not None:
@@ -273,90 +286,7 @@ class DPFedAvg(Strategy):
         return result
 
 
-# --- accounting --------------------------------------------------------------------------------
-
-
-class BudgetExceeded(FedsimError):
-    """The next round would spend more privacy than ``--dp-target-epsilon`` allows."""
-
-    def __init__(self, round_index: int, epsilon: float, target: float, delta: float) -> None:
-        self.round_index, self.epsilon, self.target, self.delta = (
-            round_index,
-            epsilon,
-            target,
-            delta,
-        )
-        super().__init__(
-            f"privacy budget: round {round_index} would reach ε={epsilon:.3g} > target "
-            f"{target:g} at δ={delta:g}; stopping after round {round_index - 1}"
-        )
-
-
-def _check_step(noise_multiplier: float, sample_rate: float, steps: int) -> None:
-    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
-        raise ConfigError(f"noise multiplier must be >= 0, got {noise_multiplier}")
-    if not (0 < sample_rate <= 1):
-        raise ConfigError(f"sample rate must be in (0, 1], got {sample_rate}")
-    if steps < 0:
-        raise ConfigError(f"steps must be >= 0, got {steps}")
-
-
-class PrivacyAccountant:
-    """Opacus's RDP or PRV accountant for a sequence of sampled Gaussian mechanisms.
-
-    One ``step`` is one application of the mechanism: an optimizer step of
-    DP-SGD (sample rate = batch size / dataset size), or a round of DP-FedAvg
-    (sample rate = client fraction q). The RDP bound assumes Poisson sampling;
-    for fixed-size client sampling it is the customary approximation.
-    """
-
-    def __init__(self, mechanism: str = "rdp") -> None:
-        if mechanism not in ACCOUNTANTS:
-            raise ConfigError(
-                f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {mechanism!r}"
-            )
-        from opacus.accountants import create_accountant
-
-        self.mechanism = mechanism
-        self.opacus: IAccountant = create_accountant(mechanism)
-
-    @property
-    def steps(self) -> int:
-        """Total mechanism applications recorded."""
-        return sum(int(n) for _, _, n in self.opacus.history)
-
-    def step(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
-        """Record ``steps`` applications at noise z and sampling rate q."""
-        _check_step(noise_multiplier, sample_rate, steps)
-        for _ in range(steps):
-            self.opacus.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
-
-    def epsilon(self, delta: float) -> float:
-        """ε spent so far at ``delta`` (0 before any step, ∞ once z = 0 was used)."""
-        if not self.opacus.history:
-            return 0.0
-        if any(z == 0 for z, _, _ in self.opacus.history):
-            return math.inf  # Opacus's PRV accountant cannot represent z = 0
-        return float(self.opacus.get_epsilon(delta=delta))
-
-    def projected_epsilon(
-        self, delta: float, noise_multiplier: float, sample_rate: float, steps: int = 1
-    ) -> float:
-        """ε after ``steps`` more applications, computed on a copy: this accountant is unchanged."""
-        trial = copy.deepcopy(self)
-        trial.step(noise_multiplier, sample_rate, steps)
-        return trial.epsilon(delta)
-
-    def would_exceed(
-        self,
-        target_epsilon: float,
-        delta: float,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int = 1,
-    ) -> bool:
-        """True if ``steps`` more applications would push ε above ``target_epsilon``."""
-        return self.projected_epsilon(delta, noise_multiplier, sample_rate, steps) > target_epsilon
+# --- accounting ------------------------------------------------------------------------------
 
 
 def check_budget(
@@ -376,17 +306,3 @@ def check_budget(
     if dp.target_epsilon is not None and eps > dp.target_epsilon:
         raise BudgetExceeded(round_index, eps, dp.target_epsilon, dp.delta)
     return eps
-
-
-def epsilon_after(
-    steps: int,
-    noise_multiplier: float,
-    sample_rate: float,
-    delta: float,
-    *,
-    mechanism: str = "rdp",
-) -> float:
-    """ε after ``steps`` identical applications (rounds or DP-SGD steps), for planning tables."""
-    accountant = PrivacyAccountant(mechanism)
-    accountant.step(noise_multiplier, sample_rate, steps)
-    return accountant.epsilon(delta)

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from fl.data import Split
 from fl.errors import ConfigError, DataError
+from fl.noise import NoiseSource, SecureNoise, SeededNoise
 from fl.updates import clip_to_reference
 
 __all__ = ["EvalResult", "TrainConfig", "TrainResult", "evaluate", "train_local"]
@@ -43,6 +44,9 @@ class TrainConfig:
     # and noise multiplier z. dp_clip 0 = plain SGD.
     dp_clip: float = 0.0
     dp_noise: float = 0.0
+    # DP-SGD's randomness (fl.noise): -1 = a CSPRNG (private); a seed >= 0 mixed
+    # with the call's generator = reproducible, NOT private (--dp-noise-seed).
+    dp_noise_seed: int = -1
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -60,6 +64,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be finite and >= 0, got {value}")
+        if not -1 <= self.dp_noise_seed < 2**63:
+            raise ConfigError(
+                f"dp_noise_seed must be -1 or in [0, 2**63), got {self.dp_noise_seed}"
+            )
 
     def to_dict(self) -> dict[str, float | int]:
         """JSON-safe form for the wire."""
@@ -119,7 +127,9 @@ def train_local(
     call, so momentum does not carry over between federated rounds — the usual
     FedAvg client. Same weights + data + config + generator state → bitwise
     identical weights on CPU. With ``dp_clip`` the loop is DP-SGD instead
-    (:mod:`fl.dp_training`); with ``update_clip`` the update is clipped after.
+    (:mod:`fl.dp_training`), whose batches and noise come from a CSPRNG — not
+    from ``generator`` — unless ``dp_noise_seed`` asks for reproducible, non-private
+    noise; with ``update_clip`` the update is clipped after.
     """
     n = len(data)
     if n == 0:
@@ -130,13 +140,22 @@ def train_local(
         from fl.privacy import DPConfig, PrivacyAccountant
 
         dp = DPConfig(mode="sample", noise_multiplier=config.dp_noise, clip=config.dp_clip)
+        noise = _dp_noise(config, generator)
         # The coordinator accounts for every client from public sizes (flows.defence).
-        result = train_local_dp(model, data, config, dp, generator, PrivacyAccountant())
+        result = train_local_dp(model, data, config, dp, noise, PrivacyAccountant())
     else:
         result = _train_sgd(model, data, config, generator)
     if start_state is not None:
         _clip_model_update(model, start_state, config.update_clip)
     return result
+
+
+def _dp_noise(config: TrainConfig, generator: torch.Generator) -> NoiseSource:
+    """DP-SGD's randomness: a CSPRNG, or (``dp_noise_seed`` >= 0) a seed mixed with this call's."""
+    if config.dp_noise_seed < 0:
+        return SecureNoise()
+    salt = int(torch.randint(2**62, (1,), generator=generator))  # differs per client and round
+    return SeededNoise((config.dp_noise_seed * 1_000_003 + salt) % 2**63)
 
 
 def _floating_copy(model: nn.Module) -> dict[str, torch.Tensor]:

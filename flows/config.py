@@ -19,6 +19,7 @@ from fl.models import MODELS
 from fl.partition import parse_partition
 from flows.defence import check_defence
 from flows.engine import check_engine
+from workers.party import default_min_cohort
 
 __all__ = [
     "AGGREGATIONS",
@@ -201,6 +202,7 @@ class ExperimentConfig:
     dp_delta: float = 1e-5
     dp_target_epsilon: float | None = None
     dp_adaptive_quantile: float | None = None
+    dp_noise_seed: int | None = None  # simulation only: reproducible, NOT private DP noise
     seed: int = 0
     profile: str = "quick"
     train_samples: int | None = 8_000
@@ -321,7 +323,7 @@ class ExperimentConfig:
                 f"--dp-noise {self.dp_noise!r} --dp-clip {self.dp_clip!r} "
                 f"--dp-delta {self.dp_delta!r}"
             )
-            for name in ("dp_target_epsilon", "dp_adaptive_quantile"):
+            for name in ("dp_target_epsilon", "dp_adaptive_quantile", "dp_noise_seed"):
                 if getattr(self, name) is not None:
                     option = "dp-adaptive-clip" if name == "dp_adaptive_quantile" else name
                     parts.append(f"--{option.replace('_', '-')} {getattr(self, name)!r}")
@@ -385,7 +387,7 @@ class ExperimentConfig:
 
     def cohort_floor(self, clients: int) -> int:
         """The minimum cohort of a round of ``clients``: the option, else 3 (or all, if fewer)."""
-        return self.min_cohort if self.min_cohort is not None else max(2, min(3, clients))
+        return self.min_cohort if self.min_cohort is not None else default_min_cohort(clients)
 
     def _defence_params(self, level: Level) -> dict[str, str]:
         """Aggregator, attack and DP params of a FedAvg level (DESIGN.md: "+ dp/robust")."""
@@ -404,6 +406,7 @@ class ExperimentConfig:
                 "dp_delta": str(self.dp_delta),
                 "dp_target_epsilon": str(self.dp_target_epsilon),
                 "dp_adaptive_quantile": str(self.dp_adaptive_quantile),
+                "dp_noise_seed": str(self.dp_noise_seed),
             }
         return params
 

@@ -27,10 +27,17 @@ Where each piece runs:
   the coordinator opens only the average of ≥ 2 clipped updates and adds the
   noise to it before anything is evaluated or sent back; no party ever sees an
   individual update, noised or not, and the released models carry the full
-  noise, which is what the accountant's ε is about.
+  noise, which is what the accountant's ε is about. The cohort (a fixed-size
+  sample without replacement) and the noise come from the strategy's CSPRNG,
+  and ε is that of sampling without replacement (``fl.accounting``).
 - **Sample-level DP** (DP-SGD) runs inside each client's local training
-  (Opacus); the coordinator accounts for it from the public batch size,
+  (Opacus's clipping; Poisson batches and noise from a CSPRNG on the worker);
+  the coordinator accounts for it (Poisson RDP) from the public batch size,
   partition sizes and epochs, and reports the largest ε over clients.
+- ``--dp-noise-seed`` replaces the CSPRNG by seeded generators, so that runs
+  can be repeated exactly. Anyone with the run's params can then regenerate
+  the noise and the sampling: the run is tagged ``fedsim.dp.private=false``
+  and its ε is not a guarantee.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from fl.data import load_split
 from fl.detection import flag_quality
 from fl.dp_training import dp_sample_rate, dp_steps_per_epoch
 from fl.errors import ConfigError
+from fl.noise import noise_source
 from fl.partition import parse_partition, partition_indices
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget, gaussian_sum_noise
 from fl.robust import parse_aggregator
@@ -63,10 +71,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DP_CHOICES",
+    "DP_PRIVATE_TAG",
     "Defence",
     "attacker_indices",
     "check_defence",
     "dp_config",
+    "dp_tags",
     "partition_sizes",
     "poisoned_indices",
 ]
@@ -76,6 +86,23 @@ DP_CHOICES: tuple[str, ...] = ("none", "client", "sample")
 # shift client sampling or training: an attacked run differs from the clean
 # one with the same seed only by what the attackers do.
 _ATTACKER_STREAM = 0xA77AC4
+# MLflow tag of a DP level: "true", or "false" with the reason in DP_PRIVATE_TAG + ".reason".
+DP_PRIVATE_TAG = "fedsim.dp.private"
+# Mixed into --dp-noise-seed for the coordinator's stream (the workers mix in their own).
+_DP_NOISE_STREAM = 0xD9_0153
+
+
+def dp_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    """Tags saying whether a DP run's noise is private; empty without ``--dp``."""
+    if cfg.dp == "none":
+        return {}
+    if cfg.dp_noise_seed is None:
+        return {DP_PRIVATE_TAG: "true"}
+    reason = (
+        f"reproducible noise seed (--dp-noise-seed {cfg.dp_noise_seed}): anyone with the "
+        "run's params can regenerate the noise and the sampling"
+    )
+    return {DP_PRIVATE_TAG: "false", f"{DP_PRIVATE_TAG}.reason": reason}
 
 
 def dp_config(cfg: ExperimentConfig) -> DPConfig | None:
@@ -98,6 +125,11 @@ def check_defence(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
         raise ConfigError(f"--dp {cfg.dp!r} is not one of: {', '.join(DP_CHOICES)}")
     if cfg.dp == "none" and (cfg.dp_target_epsilon, cfg.dp_adaptive_quantile) != (None, None):
         raise ConfigError("--dp-target-epsilon and --dp-adaptive-clip need --dp client or sample")
+    if cfg.dp_noise_seed is not None:
+        if cfg.dp == "none":
+            raise ConfigError("--dp-noise-seed needs --dp client or sample")
+        if isinstance(cfg.dp_noise_seed, bool) or not 0 <= cfg.dp_noise_seed < 2**62:
+            raise ConfigError(f"--dp-noise-seed must be in [0, 2**62), got {cfg.dp_noise_seed}")
     robust = parse_aggregator(cfg.aggregator).spec != "fedavg"
     attack = parse_attack(cfg.attack, cfg.attackers)
     dp = dp_config(cfg)
@@ -167,7 +199,9 @@ class Defence:
         )
         strategy: Strategy
         if self.dp is not None and self.dp.mode == "client":
-            strategy = DPFedAvg(self.dp, seed=cfg.seed)
+            seed = cfg.dp_noise_seed
+            noise = noise_source(None if seed is None else seed ^ _DP_NOISE_STREAM)
+            strategy = DPFedAvg(self.dp, noise=noise)
         elif cfg.aggregator == "fedavg" and cfg.attack == "none":
             # A clean FedAvg run: no suspicion scores, so no (n, d) matrix per round.
             strategy = FedAvg()
@@ -183,6 +217,15 @@ class Defence:
         self.flags: list[dict[str, object]] = []
 
     # ------------------------------------------------------------------ privacy
+
+    def _accountant(self, key: str) -> PrivacyAccountant:
+        """The accountant of ``key``: a fixed-size cohort for client-level DP, Poisson batches
+        (DP-SGD) for sample level — the sampling each mechanism really uses."""
+        assert self.dp is not None
+        if key not in self.accountants:
+            sampling = "fixed-size" if self.dp.mode == "client" else "poisson"
+            self.accountants[key] = PrivacyAccountant(sampling=sampling)
+        return self.accountants[key]
 
     def _round_mechanisms(self, client_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
         """Per accountant key: (sample rate, steps) of one round."""
@@ -208,7 +251,7 @@ class Defence:
         if self.dp is None or self.dp.target_epsilon is None:
             return
         for key, (rate, steps) in self._round_mechanisms(list(self.sizes)).items():
-            spent = self.accountants.get(key) or PrivacyAccountant()
+            spent = self._accountant(key)
             check_budget(spent, self.dp, round_index=round_index, sample_rate=rate, steps=steps)
 
     def epsilon(self) -> float:
@@ -219,13 +262,16 @@ class Defence:
     def opened(
         self, global_state: Mapping[str, torch.Tensor], average: dict[str, torch.Tensor], n: int
     ) -> dict[str, torch.Tensor]:
-        """A securely opened average, with client-level DP noise N(0, (zS/n)²) added."""
+        """A securely opened (or streamed) average, with client-level DP noise N(0, (zS/n)²) added.
+
+        The noise comes from the strategy's source (a CSPRNG unless ``--dp-noise-seed``).
+        """
         if self.dp is None or self.dp.mode != "client":
             return average
         assert isinstance(self.strategy, DPFedAvg)
         keys, mean = stack_updates(global_state, [average])  # (1, d): the mean clipped update
         noise = gaussian_sum_noise(
-            mean.shape[1], self.dp.noise_multiplier, self.strategy.clip, self.strategy.generator
+            mean.shape[1], self.dp.noise_multiplier, self.strategy.clip, self.strategy.noise
         )
         return unstack_update(global_state, keys, mean[0] + noise / n, average)
 
@@ -237,8 +283,7 @@ class Defence:
         if self.dp is not None:
             sampled = [u.client_id for u in updates]
             for key, (rate, steps) in self._round_mechanisms(sampled).items():
-                accountant = self.accountants.setdefault(key, PrivacyAccountant())
-                accountant.step(self.dp.noise_multiplier, rate, steps)
+                self._accountant(key).step(self.dp.noise_multiplier, rate, steps)
             metrics["dp_epsilon"] = self.epsilon()
             clip = getattr(self.strategy, "clip", None)
             if isinstance(clip, float):

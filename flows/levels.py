@@ -31,7 +31,7 @@ from flows.client_rounds import (
 )
 from flows.client_training import train_sequential_round
 from flows.config import ExperimentConfig, Level, level_for
-from flows.defence import Defence, poisoned_indices
+from flows.defence import Defence, dp_tags, poisoned_indices
 from flows.secure import secure_aggregate_round
 from flows.tasks import (
     RoundOutcome,
@@ -109,13 +109,16 @@ class LevelContext:
     defence: Defence | None = None
     # The modules every virtual worker of the level borrows (workers.model_pool).
     models: ModelPool = field(default_factory=ModelPool)
-    # Indices of the clients each round sampled, logged as clients.json.
+    # Indices of the clients each round sampled, logged as clients.json (not for
+    # client-level DP with private noise: its cohorts are secret).
     sampled: list[list[int]] = field(default_factory=list)
 
     def defend(self, worker_ids: Sequence[str]) -> None:
         """Aggregate with the configured aggregator, attackers and DP from now on."""
         self.defence = Defence(self.cfg, worker_ids)
         self.strategy = self.defence.strategy
+        if tags := dp_tags(self.cfg):
+            self.tracker.set_tags(self.run_id, tags)
 
 
 RoundFn = Callable[[StateDict, int], RoundOutcome]
@@ -297,7 +300,8 @@ def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
     ctx.tracker.log_metrics(ctx.run_id, final, step=ctx.cfg.rounds)
     if ctx.defence is not None and ctx.defence.flags:
         ctx.tracker.log_json(ctx.run_id, ctx.defence.flags, "flags.json")
-    if ctx.sampled:
+    # A private client-DP cohort stays secret: amplification by sampling counts on it.
+    if ctx.sampled and not (ctx.cfg.dp == "client" and ctx.cfg.dp_noise_seed is None):
         rounds = [{"round": r, "clients": c} for r, c in enumerate(ctx.sampled, start=1)]
         ctx.tracker.log_json(ctx.run_id, rounds, "clients.json")
     ctx.tracker.finish(ctx.run_id)

@@ -25,6 +25,7 @@ from flows.report_data import ReportData, find_parent_run, load_report_data
 from flows.report_plots import PLOTS, write_plots
 
 __all__ = [
+    "NOT_PRIVATE",
     "REPORTS_DIR_ENV",
     "ReportData",
     "ReportFiles",
@@ -44,6 +45,8 @@ _VERSIONS = (
     *("version.torchvision", "version.numpy", "version.fedsim"),
 )
 _TEXT_COLUMNS = {"level", "aggregation", "robust aggregator", "attack"}  # left-aligned
+# Said next to the ε of a level run with --dp-noise-seed (tag fedsim.dp.private=false).
+NOT_PRIVATE = "not private (reproducible noise seed)"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ def _summary_rows(levels: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             values = [v for v in values if _present(v) and v > 0]
         if name == "aggregator":  # shown when some level is not plain FedAvg
             values = [v for v in values if v != "fedavg"]
+        if name == "dp_epsilon":  # a seeded DP level is shown, ε or not
+            values += [True for v in frame.get("dp_private", pd.Series()) if v == "false"]
         if any(_present(v) for v in values):
             columns.append((header, name, spec))
     rows = []
@@ -113,6 +118,9 @@ def _summary_rows(levels: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             cells[3] += "×"
         if record["aggregation"] == "none":
             cells[5] = "—"
+        if record.get("dp_private") == "false" and ("DP ε", "dp_epsilon", ".3g") in columns:
+            at = columns.index(("DP ε", "dp_epsilon", ".3g"))
+            cells[at] += f" — {NOT_PRIVATE}"
         rows.append(cells)
     return [c[0] for c in columns], rows
 

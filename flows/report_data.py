@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from fl.errors import ConfigError
 from flows.config import LEVELS
+from flows.defence import DP_PRIVATE_TAG
 from flows.report_plots import LevelSeries
 from flows.tracking import tracking_uri
 
@@ -102,6 +103,7 @@ def _level_record(client: MlflowClient, run: Run) -> tuple[dict[str, Any], Level
         "slowdown_vs_baseline": metrics.get("slowdown_vs_baseline"),
         "bytes_total": metrics.get("bytes_total"),
         "dp_epsilon": metrics.get("dp_epsilon"),
+        "dp_private": run.data.tags.get(DP_PRIVATE_TAG),  # "false": reproducible noise seed
         "aggregator": params.get("aggregator"),
         "attack": _attack(params),
         "flag_recall": _mean(_history(client, run.info.run_id, "flag_recall")),

@@ -26,7 +26,7 @@ from fl.partition import parse_partition, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
 from flows.config import ExperimentConfig
 from flows.timing import timed_body
-from workers.auth import read_secret
+from workers.auth import read_secret, worker_key
 from workers.base import Worker
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore, partition_descriptor
 from workers.fleet import Fleet, RemoteWorkerSpec, check_partition, load_fleet_file
@@ -71,7 +71,8 @@ def client_train_config(cfg: ExperimentConfig) -> TrainConfig:
     """A FedAvg client's settings: plus its side of DP (flows.defence).
 
     Client-level DP clips the update on the worker (with a fixed clip; an
-    adaptive one lives on the coordinator); sample-level DP trains with DP-SGD.
+    adaptive one lives on the coordinator); sample-level DP trains with DP-SGD,
+    its noise from the worker's CSPRNG unless ``--dp-noise-seed`` is given.
     """
     fixed_clip = cfg.dp == "client" and cfg.dp_adaptive_quantile is None
     return dataclasses.replace(
@@ -79,6 +80,7 @@ def client_train_config(cfg: ExperimentConfig) -> TrainConfig:
         update_clip=cfg.dp_clip if fixed_clip else 0.0,
         dp_clip=cfg.dp_clip if cfg.dp == "sample" else 0.0,
         dp_noise=cfg.dp_noise if cfg.dp == "sample" else 0.0,
+        dp_noise_seed=-1 if cfg.dp != "sample" or cfg.dp_noise_seed is None else cfg.dp_noise_seed,
     )
 
 
@@ -207,13 +209,13 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
     """Level 5: connect (TLS + challenge–response) to independently started workers."""
     assert cfg.workers_file is not None  # checked by ExperimentConfig
     specs, token_file = load_fleet_file(cfg.workers_file, cfg.workers)
-    secret = read_secret(token_file)
+    master = read_secret(token_file)
 
     def connector(index: int, spec: RemoteWorkerSpec) -> WebsocketWorker:
         client = WebsocketWorker(
             spec.worker_id,
             spec.url,
-            secret=secret,
+            secret=worker_key(master, spec.worker_id),
             cafile=spec.ca,
             timeout=cfg.request_timeout,
         )

@@ -10,6 +10,7 @@ from fl.data import Split
 from fl.dp_training import dp_sample_rate, dp_steps_per_epoch, train_local_dp
 from fl.errors import ConfigError
 from fl.models import get_state
+from fl.noise import SecureNoise, SeededNoise
 from fl.privacy import DPConfig, PrivacyAccountant
 from fl.training import TrainConfig, evaluate
 from tests.fl.synthetic import separable_split
@@ -44,9 +45,7 @@ def test_train_local_dp_records_steps_and_leaves_the_model_unwrapped() -> None:
     config = TrainConfig(epochs=2, batch_size=8, lr=0.1)
 
     # Execute
-    result = train_local_dp(
-        model, data, config, sample_dp(), torch.Generator().manual_seed(0), accountant
-    )
+    result = train_local_dp(model, data, config, sample_dp(), SecureNoise(), accountant)
 
     # Assert
     assert result.steps == 2 * 8 == accountant.steps
@@ -62,14 +61,12 @@ def test_train_local_dp_records_steps_and_leaves_the_model_unwrapped() -> None:
     assert np.isfinite(evaluate(model, data).loss)
 
 
-def test_train_local_dp_is_reproducible_with_the_generator() -> None:
+def test_train_local_dp_is_reproducible_with_a_seeded_noise_source() -> None:
     data, config = separable_split(64), TrainConfig(epochs=1, batch_size=16, lr=0.1)
     states = []
     for _ in range(2):
         model = small_cnn()
-        train_local_dp(
-            model, data, config, sample_dp(), torch.Generator().manual_seed(5), PrivacyAccountant()
-        )
+        train_local_dp(model, data, config, sample_dp(), SeededNoise(5), PrivacyAccountant())
         states.append(get_state(model))
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key])
@@ -103,7 +100,7 @@ def test_one_full_batch_step_without_noise_is_minus_lr_times_the_clipped_mean() 
         data,
         config,
         sample_dp(0.0, 0.05),
-        torch.Generator().manual_seed(0),
+        SecureNoise(),
         PrivacyAccountant(),
     )
 
@@ -115,10 +112,10 @@ def test_one_full_batch_step_without_noise_is_minus_lr_times_the_clipped_mean() 
 def test_every_step_moves_the_weights_by_at_most_lr_times_clip() -> None:
     data, model = separable_split(n=20), small_cnn()
     config, dp = TrainConfig(epochs=1, batch_size=20, lr=0.5), sample_dp(0.0, 1e-3)
-    generator, accountant = torch.Generator().manual_seed(0), PrivacyAccountant()
+    noise, accountant = SecureNoise(), PrivacyAccountant()
     for _ in range(5):
         before = torch.cat([p.detach().flatten() for p in model.parameters()])
-        train_local_dp(model, data, config, dp, generator, accountant)
+        train_local_dp(model, data, config, dp, noise, accountant)
         after = torch.cat([p.detach().flatten() for p in model.parameters()])
         change = torch.linalg.vector_norm(after - before).item()
         assert 0 < change <= 0.5 * 1e-3 * (1 + 1e-5)
@@ -134,7 +131,7 @@ def test_train_local_dp_learns_separable_data_with_noise() -> None:
         data,
         config,
         sample_dp(0.5, 1.0),
-        torch.Generator().manual_seed(0),
+        SecureNoise(),
         PrivacyAccountant(),
     )
     assert evaluate(model, data).accuracy > max(0.8, before + 0.3)
@@ -148,6 +145,6 @@ def test_train_local_dp_needs_sample_mode() -> None:
             separable_split(64),
             TrainConfig(epochs=1, batch_size=8, lr=0.1),
             dp,
-            torch.Generator(),
+            SecureNoise(),
             PrivacyAccountant(),
         )

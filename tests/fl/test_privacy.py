@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from opacus.accountants import RDPAccountant
 
 from fl.aggregation import ClientUpdate
 from fl.errors import ConfigError, FedsimError
+from fl.noise import NoiseSource, SecureNoise, SeededNoise
 from fl.privacy import (
     BudgetExceeded,
     DPConfig,
@@ -87,15 +89,25 @@ def test_clip_updates_leaves_short_and_zero_rows_untouched() -> None:
     np.testing.assert_allclose(cos.numpy(), 1.0)
 
 
-def test_gaussian_sum_noise_has_std_z_times_s_and_is_reproducible() -> None:
-    noise = gaussian_sum_noise(200_000, 1.5, 2.0, torch.Generator().manual_seed(3))
-    again = gaussian_sum_noise(200_000, 1.5, 2.0, torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("source", [SecureNoise, lambda: SeededNoise(3)])
+def test_gaussian_sum_noise_has_std_z_times_s(source: Callable[[], NoiseSource]) -> None:
+    noise = gaussian_sum_noise(200_000, 1.5, 2.0, source())
     assert noise.dtype == torch.float64 and noise.shape == (200_000,)
-    assert torch.equal(noise, again)
     # std of the sample std ≈ σ/√(2d) = 0.0047: 3.0 ± 0.03 is > 6 sigma.
     assert abs(noise.std().item() - 3.0) < 0.03
     assert abs(noise.mean().item()) < 0.03
-    assert torch.equal(gaussian_sum_noise(5, 0.0, 2.0, torch.Generator()), torch.zeros(5).double())
+    assert torch.equal(gaussian_sum_noise(5, 0.0, 2.0, source()), torch.zeros(5).double())
+
+
+def test_gaussian_sum_noise_repeats_only_from_a_seeded_source() -> None:
+    assert torch.equal(
+        gaussian_sum_noise(1000, 1.0, 1.0, SeededNoise(3)),
+        gaussian_sum_noise(1000, 1.0, 1.0, SeededNoise(3)),
+    )
+    assert not torch.equal(
+        gaussian_sum_noise(1000, 1.0, 1.0, SecureNoise()),
+        gaussian_sum_noise(1000, 1.0, 1.0, SecureNoise()),
+    )
 
 
 def test_adaptive_clip_moves_towards_the_target_quantile() -> None:
@@ -145,7 +157,7 @@ def test_dp_fedavg_without_noise_is_the_clipped_unweighted_mean() -> None:
     mean = np.mean(deltas, axis=0)
 
     # Execute
-    strategy = DPFedAvg(client_dp(), seed=0)
+    strategy = DPFedAvg(client_dp(), noise=SeededNoise(0))
     result = strategy.aggregate(global_state, updates)
 
     # Assert
@@ -168,21 +180,21 @@ def test_dp_fedavg_noise_std_is_z_s_over_n() -> None:
         ClientUpdate(f"c{i}", {"w": torch.full((100_000,), 1e-4, dtype=torch.float64)}, 1, 0.0)
         for i in range(4)
     ]
-    strategy = DPFedAvg(client_dp(noise_multiplier=2.0, clip=1.5), seed=1)
+    strategy = DPFedAvg(client_dp(noise_multiplier=2.0, clip=1.5), noise=SeededNoise(1))
 
     # Execute
     result = strategy.aggregate(global_state, updates)["w"] - 1e-4  # norm 0.03 < S: unclipped
 
     # Assert: std zS/n = 0.75, estimated to ±0.0017 (1 sigma)
     assert abs(result.std().item() - 0.75) < 0.01
-    again = DPFedAvg(client_dp(noise_multiplier=2.0, clip=1.5), seed=1)
+    again = DPFedAvg(client_dp(noise_multiplier=2.0, clip=1.5), noise=SeededNoise(1))
     assert torch.equal(again.aggregate(global_state, updates)["w"] - 1e-4, result)
 
 
 def test_dp_fedavg_adaptive_clip_follows_the_quantile_update() -> None:
     global_state = small_global()
     updates = make_updates(global_state, 6)
-    strategy = DPFedAvg(client_dp(adaptive_quantile=0.5, clip=1.0), seed=0)
+    strategy = DPFedAvg(client_dp(adaptive_quantile=0.5, clip=1.0), noise=SeededNoise(0))
     strategy.aggregate(global_state, updates)
     assert strategy.last_norms is not None
     below = float((strategy.last_norms <= 1.0).double().mean())

@@ -187,6 +187,7 @@ def test_summary_table_fits_80_columns_with_every_level_name() -> None:
         {"levels": "2", "dp": "client", "dp_noise": 0.7, "dp_target_epsilon": 4.0},
         {"levels": "2", "dp": "client", "dp_clip": 0.3, "dp_adaptive_quantile": 0.5},
         {"levels": "2", "dp": "sample", "dp_delta": 1e-6, "attack": "label-flip", "attackers": 1},
+        {"levels": "2", "dp": "client", "dp_noise_seed": 7},
         {"levels": "baseline,3", "task_runner": "dask", "dask_workers": 3, "round_tasks": 6},
         {"levels": "3", "task_runner": "dask", "dask_address": "tcp://10.0.0.5:8786"},
         {"levels": "2", "workers": 1000, "fraction": 0.1, "client_threads": 1},

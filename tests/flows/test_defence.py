@@ -153,7 +153,10 @@ def test_median_flags_sign_flippers_that_fedavg_follows(mlflow_uri: str) -> None
 def test_streamed_dp_fedavg_is_the_aggregate_of_the_held_updates() -> None:
     # Prepare: 5 clients around a global state; one moved past the clip (its
     # worker did not clip), one diverged (NaN), the others inside the ball.
-    cfg = ExperimentConfig(**{**TEN, "workers": 5}, levels="3", dp="client", dp_clip=0.5)
+    # --dp-noise-seed makes two Defences draw the same noise (the default CSPRNG would not).
+    cfg = ExperimentConfig(
+        **{**TEN, "workers": 5}, levels="3", dp="client", dp_clip=0.5, dp_noise_seed=0
+    )
     g = torch.Generator().manual_seed(0)
     global_state = {"w": torch.randn(300, generator=g), "steps": torch.tensor(7)}
     moves = [0.1, 3.0, 0.2, float("nan"), 0.4]
@@ -176,20 +179,44 @@ def test_streamed_dp_fedavg_is_the_aggregate_of_the_held_updates() -> None:
     held = Defence(cfg, ids).strategy.aggregate(global_state, updates)
 
     # Assert: the same model — weight 1 each, the long move clipped to 0.5, the
-    # NaN counted as no move, the same noise — to one float32 ulp (the float64
-    # sums run in another order; the mean stays float64 until the noise is on);
-    # and the clients' counters.
-    torch.testing.assert_close(streamed["w"], held["w"], rtol=2**-23, atol=0)  # ≤ 1 ulp
+    # NaN counted as no move, the same noise — to one float32 ulp of the weights'
+    # scale (≈ 1: the streamed fold holds clipped float32 states, and a weight
+    # that cancels to ≈ 0 keeps that absolute error); and the clients' counters.
+    torch.testing.assert_close(streamed["w"], held["w"], rtol=2**-23, atol=2**-23)
     assert torch.equal(streamed["steps"], held["steps"])
 
 
+def test_each_dp_mode_is_accounted_with_the_sampling_it_uses() -> None:
+    # Prepare: client DP samples m = 3 of K = 10 clients (fixed size); sample DP
+    # trains each client with Poisson batches at q = B/N of its partition.
+    client = ExperimentConfig(**TEN, levels="2", dp="client", fraction=0.3, dp_noise=1.5)
+    sample = ExperimentConfig(**{**TEN, "workers": 2}, levels="2", dp="sample")
+    ids = [str(i) for i in range(10)]
+    clients, samples = Defence(client, ids), Defence(sample, ids[:2])
+    cohort = clients.strategy.sample_clients(ids, client.fraction, torch.Generator())
+
+    # Execute
+    clients.after_round([ClientUpdate(c, {}, 1, 0.0) for c in cohort])
+    samples.after_round([ClientUpdate(c, {}, 1, 0.0) for c in ids[:2]])
+
+    # Assert
+    accountant = clients.accountants["clients"]
+    assert len(cohort) == 3 and accountant.sampling == "fixed-size"
+    assert accountant.history == [(1.5, 0.3, 1)]
+    for cid in ids[:2]:
+        n = samples.sizes[cid]
+        assert samples.accountants[cid].sampling == "poisson"
+        assert samples.accountants[cid].history == [(1.0, 32 / n, n // 32)]
+
+
 def test_client_dp_logs_epsilon_and_stops_at_the_budget(mlflow_uri: str) -> None:
-    # Prepare: z = 1, every client every round; round 2 would pass ε = 5.
+    # Prepare: z = 2, every client every round; round 2 would pass ε = 5 (replace-one
+    # adjacency: σ = z/2 = 1, ε ≈ 4.75 after round 1, 7.1 after round 2).
     cfg = ExperimentConfig(
         **{**TEN, "rounds": 4},
         levels="2",
         dp="client",
-        dp_noise=1.0,
+        dp_noise=2.0,
         dp_clip=1.0,
         dp_target_epsilon=5.0,
     )
@@ -204,6 +231,8 @@ def test_client_dp_logs_epsilon_and_stops_at_the_budget(mlflow_uri: str) -> None
     assert epsilons == sorted(epsilons) and epsilons[-1] <= 5.0
     assert "privacy budget: round" in run.data.tags["dp_stopped"]
     assert run.data.params["dp"] == "client" and run.data.params["dp_target_epsilon"] == "5.0"
+    assert run.data.tags["fedsim.dp.private"] == "true"
+    assert run.data.params["dp_noise_seed"] == "None"
 
 
 def test_client_dp_under_secure_aggregation_noises_the_opened_average(mlflow_uri: str) -> None:

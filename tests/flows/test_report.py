@@ -23,8 +23,9 @@ from fedsim.cli import main
 from fl.errors import ConfigError
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
+from flows.defence import DP_PRIVATE_TAG
 from flows.progress import ProgressSink, use_sink
-from flows.report import REPORTS_DIR_ENV, artifact_key, build_report
+from flows.report import NOT_PRIVATE, REPORTS_DIR_ENV, artifact_key, build_report
 from flows.tracking import BenchmarkTracker
 from tests.flows.test_websocket_levels import SMALL
 
@@ -240,6 +241,30 @@ def test_levels_in_order_with_optional_columns(mlflow_uri: str, tmp_path: Path) 
                           "label-flip ×2", "0.75", "1", "—", "—"]  # fmt: skip
     assert encrypted[3] == "—" and encrypted[-2:] == ["30.5", "80.00%"]
     assert "`3`" in markdown and "`c0ffee`" in markdown and "fedsim run --seed 3" in markdown
+
+
+def test_a_level_with_a_reproducible_noise_seed_is_reported_as_not_private(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    # Prepare: two DP levels, one tagged as a run with --dp-noise-seed.
+    tracker = BenchmarkTracker("seeded-dp")
+    parent = tracker.start_parent("benchmark quick", {"seed": "0"}, "seeded-dp")
+    for name, private in (("L2 federated", "true"), ("L3 decentralized", "false")):
+        run = tracker.start_level(name, name.split()[1], {"seed": "0", "aggregation": "plain"})
+        tracker.set_tags(run, {DP_PRIVATE_TAG: private})
+        tracker.log_metrics(run, {"test_accuracy": 0.5, "final_accuracy": 0.5}, step=1)
+        tracker.log_metrics(run, {"dp_epsilon": 2.5}, step=1)
+        tracker.finish(run)
+    tracker.finish(parent)
+
+    # Execute
+    markdown = build_report("seeded-dp", parent, tmp_path).markdown.read_text()
+
+    # Assert: only the seeded level's ε says so.
+    rows = {row.split("|")[1].strip(): row for row in _summary_rows(markdown)}
+    assert f"2.5 — {NOT_PRIVATE}" in rows["L3 decentralized"]
+    assert NOT_PRIVATE == "not private (reproducible noise seed)"
+    assert NOT_PRIVATE not in rows["L2 federated"]
 
 
 # --- headless Chromium ------------------------------------------------------
