@@ -4,9 +4,13 @@ The level trains the MPC-friendly CNN (``mpc-cnn``) with plain PyTorch on the
 run's training data, evaluates it in plaintext, then evaluates the same model
 on the same images under MPC (``mpc.encrypted_inference``): a model owner and a
 data owner — two workers — hold secret shares of the weights and of the
-images, a third worker deals the correlated randomness, and only the data
-owner learns the predictions. It logs both accuracies and the slowdown of
-encrypted over plaintext inference, timed in the same process.
+images, a third worker deals the correlated randomness, and within the
+protocol only the data owner opens the predictions. The roles are simulated,
+not separate trust domains: this coordinator trained the model and holds the
+test set, hands the model owner its weights and the data owner its images in
+the clear, and gets the predictions back from the data owner to score them
+(docs/threat-model.md). It logs both accuracies and the slowdown of encrypted
+over plaintext inference, timed in the same process.
 
 Training length: ``--rounds × --epochs`` passes (the work a FedAvg level does
 per client), capped at 120,000 samples so the full profile stays in minutes.

@@ -16,12 +16,13 @@ Machine Learning*, CCS 2017, §4:
   ciphertext cannot be moved to another session, recipient or step. Replays
   within one step are the steps' business: each counts a sender once.
 
-Public keys reach the parties through the coordinator, so this protects
-against a coordinator that is honest-but-curious (it relays faithfully but
-reads everything), the model of Bonawitz et al.'s semi-honest server. An
-actively malicious coordinator could substitute keys; defending against that
-needs the workers' long-term identities to sign their session keys — the TLS
-certificates of level 5 are the natural anchor (not done yet).
+Public keys reach the parties through the coordinator. On their own they
+protect against a coordinator that relays faithfully but reads everything
+(Bonawitz et al.'s semi-honest server); one that substitutes its own key for a
+party's could read what is sealed for that party. Workers that share a peer
+secret the coordinator does not hold tag their session keys with it and
+refuse untagged ones (``workers.party.peer_public``); without one they trust
+the coordinator to relay keys faithfully.
 """
 
 from __future__ import annotations

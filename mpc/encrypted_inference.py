@@ -274,7 +274,8 @@ def encrypted_evaluate(
     model owner and ``images``/``labels`` to the data owner, then runs
     :data:`ENCRYPTED_INFERENCE`. ``parallel`` lets the dealer deal batch k + 1
     in a thread while batch k is evaluated (≈ 8 % less wall time on 2 cores).
-    ``report_logits`` makes the data owner also return the opened logits (for tests).
+    ``report_logits`` makes the data owner also return the opened logits (for tests;
+    the flows never ask). The data owner returns the predictions to the caller.
     """
     if images.ndim != 4 or labels.shape != images.shape[:1] or images.shape[0] == 0:
         raise MPCError(f"need (N, 1, 28, 28) images and N labels, got {tuple(images.shape)}")

@@ -12,24 +12,32 @@ usually drawn from the clients), over Z/2^64 with f fractional bits:
 4. ``open``   — each member returns s_j; the coordinator computes
    Σ_j s_j = Σ_c v_c and divides by the total weight Σ_c n_c.
 
-What each party sees, when the coordinator follows the protocol (honest but
-curious, as Bonawitz et al.'s semi-honest server): the coordinator, sealed
-ciphertexts and k sums that are uniformly random subject to adding up to the
-total; a member, for each client either a seed of a stream or the client's
-vector minus k − 1 streams it does not know — uniformly random either way. An
-individual update is revealed only if all k members pool their shares. The
-workers also defend themselves against a coordinator that deviates: a
-trained state is sealed (the worker never sends it back or trains from it), a
-client shares once per session, a member counts each client once, refuses
-to reveal a sum of fewer than two shares and accepts nothing after revealing;
-and a run that fails after the opening is never repeated over fewer clients
-(``ProtocolAborted``), which would give away the difference. Not defended: a
-coordinator that substitutes session keys (see ``mpc.channel``), and a member
-that alters its share — the plain protocol only notices when the total weight
-comes out wrong; ``--mac`` (``mpc.secure_aggregation_mac``) detects it.
+What each party sees: the coordinator, sealed ciphertexts and k sums that are
+uniformly random subject to adding up to the total; a member, for each client
+either a seed of a stream or the client's vector minus k − 1 streams it does
+not know — uniformly random either way. An individual update is revealed only
+if all k members pool their shares.
 
-A member that drops out loses the round's sum (k-of-k sharing; Bonawitz et
-al.'s threshold recovery is future work).
+The workers defend themselves against a coordinator that deviates
+(``workers.contributions``, ``workers.secagg_steps``; the attacks are in
+``tests/adversary``): a trained state is sealed (never sent back or trained
+from) and consumed by the one session that shares it; its weight is the
+worker's own; every share carries the weighting rule and a digest of what the
+client trained from, which members check are the same for all; a member
+counts each client once, reveals only a sum over exactly the contributors
+named and at least the minimum cohort (its own floor included), and accepts
+nothing after revealing; and a run that fails after the opening is never
+repeated (``ProtocolAborted``). Not defended: a coordinator that substitutes
+session keys when the workers share no peer secret (``mpc.channel``); a
+coordinator that makes k − 1 of a cohort's clients its own (Sybil workers it
+runs); and a member that alters its share — the plain protocol only notices
+when the total weight comes out wrong; ``--mac`` (``mpc.secure_aggregation_mac``)
+detects it.
+
+A member that drops out after the shares went out loses this session's sum
+(k-of-k sharing); a surviving member abandons the session and releases the
+clients' states (``workers.release``), and the caller runs the protocol again
+over the survivors (``releases``).
 
 Precision and range: each client's encoding rounds to 2^−(f+1), so the average
 is within n·2^−(f+1)/Σn_c of plain FedAvg (≈ 8·10⁻⁶ at f = 16) — far inside
