@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -57,9 +58,16 @@ def exit_on_second_interrupt() -> None:
 
     def first(signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, exit_now)
+        _INTERRUPTED.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, first)
+
+
+# Set by the first Ctrl-C. Prefect can turn a KeyboardInterrupt raised inside
+# its task engine into another error ("Task run is not set"); the run was still
+# interrupted, and is reported so.
+_INTERRUPTED = threading.Event()
 
 
 def quiet_defaults() -> None:
@@ -429,12 +437,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
         if args.command == "serve":
             return _serve(args)
-    except FedsimError as error:
-        print(f"fedsim: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if _INTERRUPTED.is_set():
+            print("fedsim: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(error, FedsimError):
+            print(f"fedsim: error: {error}", file=sys.stderr)
+            return 1
+        raise
     return 2
 
 

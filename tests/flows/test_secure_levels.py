@@ -145,12 +145,20 @@ def test_he_level2_matches_plain_and_logs_its_costs(mlflow_uri: str) -> None:
     # Execute
     result = benchmark_flow(cfg.to_dict())
 
-    # Assert: the decrypted average is FedAvg's to ~1e-8; the he run logs its costs.
+    # Assert: the released average is FedAvg's plus the key holder's flooding
+    # noise (σ/Σn ≈ 1e-5 per weight at this size); round 2 trains from that
+    # model, so a few of the 200 test predictions may differ (3 did once). The
+    # he run logs its costs and the flood.
     plain, he = result["levels"]
     assert he["run_name"] == "L2 federated (he)"
-    assert he["final_accuracy"] == pytest.approx(plain["final_accuracy"], abs=0.005)
+    assert he["final_accuracy"] == pytest.approx(plain["final_accuracy"], abs=0.03)
     run = _children(result["parent_run_id"])["L2 federated (he)"]
     assert run.data.params["aggregation"] == "he"
-    for metric in ("he_encrypt_seconds", "he_aggregate_seconds", "he_decrypt_seconds"):
+    for metric in (
+        "he_encrypt_seconds",
+        "he_aggregate_seconds",
+        "he_decrypt_seconds",
+        "he_flood_sigma",
+    ):
         assert run.data.metrics[metric] > 0
     assert run.data.metrics["ciphertext_bytes"] > 3 * 199_210 * 8  # CKKS expands the update
