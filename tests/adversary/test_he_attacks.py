@@ -20,50 +20,16 @@ import tenseal as ts
 import torch
 
 from mpc.flatten import flatten_update, float_keys
-from mpc.he import PARAMS, add_ciphertexts, load_context
+from mpc.he import PARAMS, add_ciphertexts
 from mpc.he_aggregation import he_average
-from tests.mpc.secure_inputs import model_states, sealed_input, secure_inputs
+from tests.mpc.he_by_hand import he_session
+from tests.mpc.secure_inputs import model_states, secure_inputs
 from workers.codec import Value
 from workers.errors import RemoteError
 from workers.party import tensor_from_bytes
 from workers.virtual import VirtualWorker
 
 SECURITY_BITS = 30  # the documented statistical security of one released decryption
-
-
-def _setup(workers: list[VirtualWorker], states: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """Run keys + context + encrypt by hand, as the coordinator does; returns what it holds."""
-    session = "attack"
-    publics = [w.party_op("keygen", session=session)["public_key"] for w in workers]
-    holder, others = workers[0], workers[1:]
-    reply = holder.party_op(
-        "he.keygen", session=session, clients=[w.id for w in others], public_keys=publics[1:]
-    )
-    for w, sealed in zip(others, reply["sealed"], strict=True):  # type: ignore[arg-type]
-        w.party_op(
-            "he.accept_key",
-            session=session,
-            sender=holder.id,
-            sender_public_key=publics[0],
-            sealed=sealed,
-            public_context=reply["public_context"],
-            key_id=reply["key_id"],
-        )
-    encrypted = [
-        w.party_op(
-            "he.encrypt",
-            session=session,
-            state_id=sealed_input(w, state, 5).state_id,
-            weighting="samples",
-            keys=float_keys(state),
-            clients=len(workers),
-            key_id=reply["key_id"],
-        )
-        for w, state in zip(workers, states, strict=True)
-    ]
-    public = load_context(reply["public_context"].numpy().tobytes(), secret=False)  # type: ignore[union-attr]
-    chunks = [[c.numpy().tobytes() for c in r["ciphertexts"]] for r in encrypted]  # type: ignore[union-attr]
-    return {"session": session, "key_id": reply["key_id"], "public": public, "chunks": chunks}
 
 
 def _decrypt(holder: VirtualWorker, held: dict[str, Any], total: list[bytes], **args: Value) -> Any:
@@ -85,7 +51,7 @@ def test_a_client_colluding_with_the_coordinator_cannot_decrypt_another_client()
     # Prepare: three clients; k1 (not the key holder) gives the coordinator its
     # whole session vault; the coordinator holds k2's ciphertext.
     workers = [VirtualWorker(f"k{i}") for i in range(3)]
-    held = _setup(workers, _small_states(3))
+    held = he_session(workers, _small_states(3), "attack")
     party = workers[1].core._party
     vault = {key: party.secret(key) for key in party.keys(f"{held['session']}/")}
     victim = held["chunks"][2][0]
@@ -154,7 +120,7 @@ def test_one_client_a_partial_sum_or_a_small_cohort_is_refused(
 ) -> None:
     # Prepare
     workers = [VirtualWorker(f"k{i}") for i in range(3)]
-    held = _setup(workers, _small_states(3))
+    held = he_session(workers, _small_states(3), "attack")
     picked = {"one": held["chunks"][1:2], "two": held["chunks"][:2], "all": held["chunks"]}
     total = add_ciphertexts(held["public"], picked[which])
 

@@ -9,7 +9,10 @@ import torch
 
 from fl.models import build_model, get_state
 from fl.training import TrainConfig
+from mpc.channel import SessionKey, open_sealed
 from mpc.secure_aggregation import SecureInput
+from workers.contributions import Contribution, Contributions
+from workers.party import Party, party_steps, tensor_from_bytes
 
 # What every test contribution vouches it was trained from: one round, one model.
 TEST_DIGEST = bytes(32)
@@ -51,3 +54,45 @@ def trained_inputs(
         trained.append(dict(fetched.state))
         weights.append(reply.num_samples)
     return inputs, trained, weights
+
+
+def member_views(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
+    """What each of 2 committee members decrypts from one client sharing ``update``
+    (past the header and kind byte: a seed, or the lead's full share), as bytes."""
+    steps = party_steps()
+    contributions = Contributions()
+    contributions.add("state", Contribution(1, TEST_DIGEST))
+    client = Party("client", lambda _id: {"w": update}, contributions)
+    members = [Party(f"m{i}", lambda _id: None) for i in range(2)]
+    for party in (client, *members):
+        steps["keygen"](party, {"session": "s"})
+    keys: list[SessionKey] = [m.secret("s/key") for m in members]
+    reply = steps["secagg.share"](
+        client,
+        {
+            "session": "s",
+            "state_id": "state",
+            "weighting": "samples",
+            "keys": ["w"],
+            "clients": 2,
+            "committee": ["m0", "m1"],
+            "public_keys": [tensor_from_bytes(k.public_bytes) for k in keys],
+            "lead": lead,
+            "fractional_bits": 16,
+        },
+    )
+    client_public = client.secret("s/key").public_bytes
+    opened = []
+    for member, key, sealed in zip(members, keys, reply["ciphertexts"], strict=True):
+        payload = open_sealed(
+            key,
+            client_public,
+            sealed.numpy().tobytes(),
+            session="s",
+            sender="client",
+            recipient=member.worker_id,
+            label="secagg/share",
+        )
+        # past the contribution header (weighting, digest) and the kind byte
+        opened.append(torch.frombuffer(bytearray(payload[34:]), dtype=torch.uint8))
+    return opened

@@ -32,7 +32,8 @@ from mpc.he import (
 )
 from mpc.he_aggregation import he_average
 from mpc.random import SecureRandom
-from tests.mpc.secure_inputs import model_states, sealed_input, secure_inputs, trained_inputs
+from tests.mpc.he_by_hand import he_session
+from tests.mpc.secure_inputs import model_states, secure_inputs, trained_inputs
 from tests.worker_processes import worker_processes
 from workers.codec import Value
 from workers.core import WorkerCore
@@ -268,40 +269,9 @@ def test_bad_ciphertexts_give_one_clear_error(
         _hostile_round(rewrite, states)
 
 
-def _setup_session(workers: list[VirtualWorker], state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Run keys + context + encrypt by hand; returns what the coordinator holds."""
-    from mpc.flatten import float_keys
-
-    session = "s1"
-    publics = [w.party_op("keygen", session=session)["public_key"] for w in workers]
-    holder, others = workers[0], workers[1:]
-    reply = holder.party_op(
-        "he.keygen", session=session, clients=[w.id for w in others], public_keys=publics[1:]
-    )
-    for w, sealed in zip(others, reply["sealed"], strict=True):  # type: ignore[arg-type]
-        w.party_op(
-            "he.accept_key",
-            session=session,
-            sender=holder.id,
-            sender_public_key=publics[0],
-            sealed=sealed,
-            public_context=reply["public_context"],
-            key_id=reply["key_id"],
-        )
-    encrypted = [
-        w.party_op(
-            "he.encrypt",
-            session=session,
-            state_id=sealed_input(w, state, 5).state_id,
-            weighting="samples",
-            keys=float_keys(state),
-            clients=len(workers),
-            key_id=reply["key_id"],
-        )
-        for w in workers
-    ]
-    public = load_context(reply["public_context"].numpy().tobytes(), secret=False)  # type: ignore[union-attr]
-    return {"session": session, "fp": reply["key_id"], "public": public, "enc": encrypted}
+def _held(workers: list[VirtualWorker], state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Every worker encrypts ``state`` in one session run by hand; what the coordinator holds."""
+    return he_session(workers, [state] * len(workers))
 
 
 def _bytes_of(reply: dict[str, Value]) -> list[bytes]:
@@ -312,9 +282,9 @@ def test_key_holder_refuses_a_single_client_or_a_second_decrypt() -> None:
     # Prepare
     workers = [VirtualWorker(f"k{i}") for i in range(2)]
     state = {"w": torch.linspace(-1, 1, 5000)}
-    held = _setup_session(workers, state)
-    one = add_ciphertexts(held["public"], [_bytes_of(held["enc"][0])])
-    both = add_ciphertexts(held["public"], [_bytes_of(r) for r in held["enc"]])
+    held = _held(workers, state)
+    one = add_ciphertexts(held["public"], [_bytes_of(held["encrypted"][0])])
+    both = add_ciphertexts(held["public"], [_bytes_of(r) for r in held["encrypted"]])
 
     def decrypt(worker: VirtualWorker, chunks: list[bytes], count: int) -> dict[str, Value]:
         return worker.party_op(
@@ -323,7 +293,7 @@ def test_key_holder_refuses_a_single_client_or_a_second_decrypt() -> None:
             ciphertexts=[tensor_from_bytes(c) for c in chunks],
             length=5000,
             count=count,
-            key_id=held["fp"],
+            key_id=held["key_id"],
         )
 
     # Execute / Assert: count 1 is refused outright; one client's ciphertext passed
@@ -343,14 +313,14 @@ def test_key_holder_decrypts_a_genuine_sum_once() -> None:
     # Prepare
     workers = [VirtualWorker(f"k{i}") for i in range(2)]
     state = {"w": torch.linspace(-1, 1, 5000)}
-    held = _setup_session(workers, state)
-    both = add_ciphertexts(held["public"], [_bytes_of(r) for r in held["enc"]])
+    held = _held(workers, state)
+    both = add_ciphertexts(held["public"], [_bytes_of(r) for r in held["encrypted"]])
     args = {
         "session": held["session"],
         "ciphertexts": [tensor_from_bytes(c) for c in both],
         "length": 5000,
         "count": 2,
-        "key_id": held["fp"],
+        "key_id": held["key_id"],
     }
 
     # Execute
@@ -370,7 +340,7 @@ def test_a_client_encrypts_once_and_checks_the_key() -> None:
     # Prepare
     workers = [VirtualWorker(f"k{i}") for i in range(2)]
     state = {"w": torch.ones(10)}
-    held = _setup_session(workers, state)
+    held = _held(workers, state)
 
     # Execute / Assert
     with pytest.raises(RemoteError, match="already encrypted"):
@@ -381,7 +351,7 @@ def test_a_client_encrypts_once_and_checks_the_key() -> None:
             weighting="samples",
             keys=["w"],
             clients=2,
-            key_id=held["fp"],
+            key_id=held["key_id"],
         )
 
 
@@ -390,8 +360,8 @@ def test_key_holder_refuses_a_client_added_to_itself() -> None:
     # Prepare
     workers = [VirtualWorker(f"k{i}") for i in range(2)]
     state = {"w": torch.linspace(-1, 1, 5000)}
-    held = _setup_session(workers, state)
-    doubled = add_ciphertexts(held["public"], [_bytes_of(held["enc"][1])] * 2)
+    held = _held(workers, state)
+    doubled = add_ciphertexts(held["public"], [_bytes_of(held["encrypted"][1])] * 2)
 
     # Execute / Assert
     with pytest.raises(RemoteError, match="canaries are off"):
@@ -401,7 +371,7 @@ def test_key_holder_refuses_a_client_added_to_itself() -> None:
             ciphertexts=[tensor_from_bytes(c) for c in doubled],
             length=5000,
             count=2,
-            key_id=held["fp"],
+            key_id=held["key_id"],
         )
 
 

@@ -9,18 +9,16 @@ import torch
 
 from fl.aggregation import weighted_average
 from fl.training import TrainConfig
-from mpc.channel import SessionKey, open_sealed
 from mpc.errors import MPCError
 from mpc.flatten import flatten_update, float_keys
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from mpc.secure_aggregation import SecureInput, secure_average
-from tests.mpc.secure_inputs import TEST_DIGEST, model_states, sealed_input, secure_inputs
-from workers.contributions import Contribution, Contributions
+from tests.mpc.secure_inputs import member_views, model_states, sealed_input, secure_inputs
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError
 from workers.messages import PartyReply, decode_message
-from workers.party import Party, party_steps, tensor_from_bytes
+from workers.party import Party
 from workers.virtual import VirtualWorker
 
 
@@ -133,54 +131,13 @@ def test_the_relay_attack_reads_an_unencrypted_relay(monkeypatch: pytest.MonkeyP
         test_relayed_shares_cannot_be_read_by_the_coordinator()
 
 
-def _member_view(update: torch.Tensor, lead: int) -> list[torch.Tensor]:
-    """What each of 2 committee members decrypts from one client sharing ``update``."""
-    steps = party_steps()
-    contributions = Contributions()
-    contributions.add("state", Contribution(1, TEST_DIGEST))
-    client = Party("client", lambda _id: {"w": update}, contributions)
-    members = [Party(f"m{i}", lambda _id: None) for i in range(2)]
-    for party in (client, *members):
-        steps["keygen"](party, {"session": "s"})
-    keys: list[SessionKey] = [m.secret("s/key") for m in members]
-    reply = steps["secagg.share"](
-        client,
-        {
-            "session": "s",
-            "state_id": "state",
-            "weighting": "samples",
-            "keys": ["w"],
-            "clients": 2,
-            "committee": ["m0", "m1"],
-            "public_keys": [tensor_from_bytes(k.public_bytes) for k in keys],
-            "lead": lead,
-            "fractional_bits": 16,
-        },
-    )
-    client_public = client.secret("s/key").public_bytes
-    opened = []
-    for member, key, sealed in zip(members, keys, reply["ciphertexts"], strict=True):
-        payload = open_sealed(
-            key,
-            client_public,
-            sealed.numpy().tobytes(),
-            session="s",
-            sender="client",
-            recipient=member.worker_id,
-            label="secagg/share",
-        )
-        # past the contribution header (weighting, digest) and the kind byte
-        opened.append(torch.frombuffer(bytearray(payload[34:]), dtype=torch.uint8))
-    return opened
-
-
 def test_a_single_member_receives_the_same_distribution_for_any_update() -> None:
     # Prepare: two very different updates of 4,096 values.
     zeros = torch.zeros(4096)
     large = torch.full((4096,), 1000.0)
 
     # Execute: member 0 gets a seed, member 1 the full share (update − stream).
-    views = {name: _member_view(update, lead=1) for name, update in (("0", zeros), ("L", large))}
+    views = {name: member_views(update, lead=1) for name, update in (("0", zeros), ("L", large))}
 
     # Assert: the seed is 32 random bytes and the full share's bits are fair coins
     # either way, so neither view tells the two updates apart.
