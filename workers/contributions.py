@@ -55,7 +55,7 @@ __all__ = [
 
 DIGEST_BYTES = 32
 WEIGHTINGS = ("samples", "uniform")
-_MAX_SPENT = 4096  # consumed ids remembered, oldest forgotten first
+_MAX_SPENT = 4096  # consumed ids remembered once their states are freed, oldest first
 
 
 class ContributionError(PartyError):
@@ -138,10 +138,23 @@ class Contributions:
         contribution = self._live.get(obj_id)
         if contribution is None:
             raise ContributionError(f"no sealed contribution {obj_id!r} on this worker")
+        self._forget_freed()
+        if len(self._spent) >= _MAX_SPENT:
+            # Never forget that a state still held was consumed: it could be shared again.
+            raise ContributionError(
+                f"{len(self._spent)} consumed states are still held: free some before sharing more"
+            )
         self._spent[obj_id] = spending
-        while len(self._spent) > _MAX_SPENT:
-            self._spent.popitem(last=False)
         return contribution
+
+    def _forget_freed(self) -> None:
+        """Drop the oldest records of consumed states that were freed, past the bound."""
+        if len(self._spent) < _MAX_SPENT:
+            return
+        for old in [i for i in self._spent if i not in self._live]:
+            if len(self._spent) < _MAX_SPENT:
+                break
+            del self._spent[old]
 
     def spending(self, obj_id: str) -> Spending | None:
         """Where ``obj_id`` went, if a session took it."""

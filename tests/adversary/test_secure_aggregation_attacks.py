@@ -150,3 +150,30 @@ def test_resessioning_over_worker_processes_is_refused() -> None:
             _aggregate("secure", [trained[i] for i in TRIPLES[1]], template)
         assert all(w.ping().worker_id == w.id for w in workers)
     assert torch.isfinite(first).all()
+
+
+def test_a_consumed_state_cannot_be_pushed_out_of_the_workers_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: a worker that remembers 3 consumed states; client 0's is one of them.
+    monkeypatch.setattr("workers.contributions._MAX_SPENT", 3)
+    template, trained = train_round(data_holders(4))
+    _aggregate("secure", trained[:3], template)
+
+    # Execute: the coordinator has it consume three more states (each session
+    # fails later, on the other clients' consumed states), hoping the record of
+    # client 0's goes, then shares client 0's state again.
+    worker = trained[0].worker
+    filler = [train_round([worker])[1][0] for _ in range(3)]
+    refusals = []
+    for extra in filler:
+        try:
+            open_sum([extra, trained[1], trained[3]], [t.worker for t in trained], template)
+        except RemoteError as exc:
+            refusals.append(str(exc))
+
+    # Assert: while client 0's consumed state is held, its record stays; sharing
+    # more is refused instead, and the state is still refused a second session.
+    assert "consumed states are still held" in refusals[-1]
+    with pytest.raises(RemoteError, match="already shared in session"):
+        _aggregate("secure", [trained[i] for i in (0, 1, 3)], template)
