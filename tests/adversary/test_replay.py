@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 import pytest
+import torch
 
 from mpc.flatten import float_keys
 from tests.adversary.cheating_coordinator import Trained, data_holders, flat, train_round
@@ -51,6 +52,7 @@ def test_replayed_and_reordered_shares_are_refused() -> None:
         )
 
     reveal = {"contributors": [t.worker.id for t in trained], "min_cohort": 3}
+    kept = member.send(torch.arange(4.0))  # an object of the coordinator's on the member
 
     # Execute / Assert: a share sealed for one session does not open in another;
     # a reveal before the shares, a share counted twice, a reveal over other
@@ -74,4 +76,6 @@ def test_replayed_and_reordered_shares_are_refused() -> None:
         accept(first, 0)
     with pytest.raises(RemoteError, match="closed"):
         member.party_op("secagg.reveal", session=first, **reveal)
-    assert member.ping().worker_id == member.id  # the worker serves on
+    # The worker serves on and keeps its other objects.
+    assert member.ping().worker_id == member.id
+    assert torch.equal(kept.get(), torch.arange(4.0))
