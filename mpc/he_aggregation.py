@@ -81,6 +81,8 @@ def _context(run: ProtocolRun) -> None:
         session=run.session,
         clients=[c.id for c in others],
         public_keys=[run.public_key(c) for c in others],
+        weighting=run.state["weighting"],
+        state_id=run.state["inputs"][holder.id].state_id,
     )
     public = _bytes(reply["public_context"], f"public context from {holder.id!r}")
     kid = reply["key_id"]

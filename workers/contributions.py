@@ -156,6 +156,13 @@ class Contributions:
                 break
             del self._spent[old]
 
+    def record(self, obj_id: str) -> Contribution:
+        """What the worker vouches for about ``obj_id``, without consuming it."""
+        contribution = self._live.get(obj_id)
+        if contribution is None:
+            raise ContributionError(f"no sealed contribution {obj_id!r} on this worker")
+        return contribution
+
     def spending(self, obj_id: str) -> Spending | None:
         """Where ``obj_id`` went, if a session took it."""
         return self._spent.get(obj_id)

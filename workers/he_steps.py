@@ -86,6 +86,7 @@ from workers.party import (
     tensor_from_bytes,
 )
 from workers.release import apply_release
+from workers.secagg_steps import HEADER_BYTES, header
 
 __all__ = ["MAX_CLIENTS", "STEPS"]
 
@@ -115,12 +116,17 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Make the session's CKKS key pair and canary keys; seal each client's canary key.
 
     args: session, clients (the other clients' ids), public_keys (their session
-    X25519 keys, same order). Returns the public context (parameters and
-    public key), the key id and, per other client, its canary key and the key
-    id sealed for it (so a coordinator that swaps the public key is caught).
+    X25519 keys, same order), weighting and state_id (this worker's own sealed
+    state, whose training digest every client must match). Returns the public
+    context (parameters and public key), the key id and, per other client, its
+    canary key, the key id, the weighting rule and that digest, sealed for it
+    (so a coordinator that swaps the public key is caught).
     The secret key never leaves this worker.
     """
     session = _open_session(party, args)
+    # Every client must weigh and have trained as the key holder did: it fixes the
+    # rule and its own training digest, and seals both with each canary key.
+    vouched = _vouched_header(party, args)
     if party.has(f"{session}/he/context"):
         raise PartyError(f"session {session!r} already has a CKKS key on {party.worker_id!r}")
     others = [arg_id({"id": c}, "id") for c in arg_list(args, "clients", max_length=MAX_CLIENTS)]
@@ -141,7 +147,7 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
                 session,
                 client,
                 key,
-                client_canary_key(master, client) + bytes.fromhex(kid),
+                client_canary_key(master, client) + bytes.fromhex(kid) + vouched,
                 label=_LABEL,
             )
         )
@@ -152,9 +158,19 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     party.keep(f"{session}/he/clients", sorted([party.worker_id, *others]))
     party.keep(f"{session}/he/canary-master", master)
     party.keep(f"{session}/he/canary-key", client_canary_key(master, party.worker_id))
+    party.keep(f"{session}/he/header", vouched)
     # The key holder alone can release the clients' states from this session.
     party.keep(f"{session}/he/holder", (party.worker_id, session_key(party, session).public_bytes))
     return {"public_context": tensor_from_bytes(public), "key_id": kid, "sealed": sealed}
+
+
+def _vouched_header(party: Party, args: Mapping[str, Value]) -> bytes:
+    """The key holder's weighting rule and the training digest of its own state
+    (args ``weighting``, ``state_id``): what every client must match."""
+    weighting = arg_str(args, "weighting")
+    if weighting not in WEIGHTINGS:
+        raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    return header(weighting, party.contribution(arg_str(args, "state_id")).digest)
 
 
 def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -177,9 +193,11 @@ def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         arg_bytes(args, "sealed"),
         label=_LABEL,
     )
-    if len(opened) != CANARY_KEY_BYTES + 32:
+    if len(opened) != CANARY_KEY_BYTES + 32 + HEADER_BYTES:
         raise PartyError(f"the sealed canary key from {sender!r} has {len(opened)} bytes")
-    canary_key, sealed_id = opened[:CANARY_KEY_BYTES], opened[CANARY_KEY_BYTES:].hex()
+    canary_key = opened[:CANARY_KEY_BYTES]
+    sealed_id = opened[CANARY_KEY_BYTES : CANARY_KEY_BYTES + 32].hex()
+    vouched = opened[CANARY_KEY_BYTES + 32 :]
     mine = key_id(public)
     if not mine == sealed_id == claimed:
         raise PartyError(
@@ -190,10 +208,11 @@ def _accept_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         context = load_context(public, secret=False)
     except MPCError as exc:
         raise PartyError(f"public context from {sender!r}: {exc}") from None
-    party.require_room(4)
+    party.require_room(5)
     party.keep(f"{session}/he/context", context)
     party.keep(f"{session}/he/key-id", mine)
     party.keep(f"{session}/he/canary-key", canary_key)
+    party.keep(f"{session}/he/header", vouched)
     holder_public = peer_public(party, session, sender, args.get("sender_public_key"))
     party.keep(f"{session}/he/holder", (sender, holder_public))
     return {"key_id": mine}
@@ -230,6 +249,13 @@ def _encrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     layout = [str(k) for k in arg_list(args, "keys", max_length=10_000)]
     state_id = arg_str(args, "state_id")
     apply_release(party, args, state_id)
+    if header(weighting, party.contribution(state_id).digest) != party.secret(
+        f"{session}/he/header"
+    ):
+        raise PartyError(
+            f"{party.worker_id!r} would be weighted or has trained differently from the key "
+            f"holder of session {session!r}: refused"
+        )
     holder, holder_public = party.secret(f"{session}/he/holder")
     spending = Spending(session, {holder: holder_public}, session_key(party, session))
     state, contribution = party.take_contribution(state_id, spending)

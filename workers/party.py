@@ -130,6 +130,12 @@ class Party:
         assert isinstance(state, dict)
         return state, contribution
 
+    def contribution(self, obj_id: str) -> Contribution:
+        """What the worker vouches for about the sealed state ``obj_id`` (not consumed)."""
+        if self._contributions is None:
+            raise PartyError(f"{self.worker_id!r} holds no sealed contributions")
+        return self._contributions.record(obj_id)
+
     def spending(self, obj_id: str) -> Spending | None:
         """The session that took the contribution ``obj_id``, if any."""
         return None if self._contributions is None else self._contributions.spending(obj_id)

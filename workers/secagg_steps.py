@@ -60,7 +60,15 @@ from workers.party import (
 )
 from workers.release import apply_release, spending_for
 
-__all__ = ["MAX_COMMITTEE", "STEPS", "check_header", "cohort_arg", "committee_arg", "header"]
+__all__ = [
+    "HEADER_BYTES",
+    "MAX_COMMITTEE",
+    "STEPS",
+    "check_header",
+    "cohort_arg",
+    "committee_arg",
+    "header",
+]
 
 _SEED = b"S"  # payload kinds: a 32-byte ChaCha20 seed, or a full share
 _FULL = b"F"
@@ -87,7 +95,7 @@ def header(weighting: str, digest: bytes) -> bytes:
     return bytes([WEIGHTINGS.index(weighting)]) + digest
 
 
-_HEADER_BYTES = 1 + DIGEST_BYTES
+HEADER_BYTES = 1 + DIGEST_BYTES
 
 
 def check_header(party: Party, session: str, sender: str, payload: bytes) -> bytes:
@@ -96,8 +104,8 @@ def check_header(party: Party, session: str, sender: str, payload: bytes) -> byt
     Every contributor to a sum must use the same weighting and have trained
     the same model the same way; the first share accepted fixes both.
     """
-    got, rest = payload[:_HEADER_BYTES], payload[_HEADER_BYTES:]
-    if len(got) != _HEADER_BYTES or got[0] >= len(WEIGHTINGS):
+    got, rest = payload[:HEADER_BYTES], payload[HEADER_BYTES:]
+    if len(got) != HEADER_BYTES or got[0] >= len(WEIGHTINGS):
         raise PartyError(f"share from {sender!r} carries no contribution header")
     key = f"{session}/header"
     if party.has(key) and party.secret(key) != got:

@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 import torch
 
+from mpc.errors import MPCError
 from mpc.he_aggregation import he_average
 from mpc.secure_aggregation import SecureAggregate, SecureInput, secure_average
 from mpc.secure_aggregation_mac import secure_average_mac
@@ -177,3 +178,42 @@ def test_a_consumed_state_cannot_be_pushed_out_of_the_workers_memory(
     assert "consumed states are still held" in refusals[-1]
     with pytest.raises(RemoteError, match="already shared in session"):
         _aggregate("secure", [trained[i] for i in (0, 1, 3)], template)
+
+
+@pytest.mark.parametrize("lie", ["weighting", "training"])
+def test_he_clients_weighted_or_trained_unlike_the_key_holder_are_refused(lie: str) -> None:
+    # Prepare: client 0 (not the key holder) is to weigh its 16+ samples, the
+    # others 1 each — or clients 1 and 2 trained with a learning rate of 1e-12.
+    frozen = dataclasses.replace(CONFIG, lr=1e-12)
+    configs = [CONFIG, frozen, frozen, CONFIG] if lie == "training" else None
+    template, trained = train_round(data_holders(4), configs)
+    truth = flat(trained[0].truth, template)
+    holder, victim = trained[3], trained[0]
+    victim_weight = victim.samples if lie == "weighting" else 1
+    inputs = [SecureInput(victim.worker, victim.state_id, victim_weight)]
+    inputs += [SecureInput(c.worker, c.state_id, 1) for c in (trained[1], trained[2], holder)]
+    real_encrypt = victim.worker.party_op
+
+    def victim_told_samples(op: str, **args: object) -> dict[str, object]:
+        if op == "he.encrypt" and lie == "weighting":
+            args = {**args, "weighting": "samples"}
+        return real_encrypt(op, **args)  # type: ignore[arg-type]
+
+    victim.worker.party_op = victim_told_samples  # type: ignore[method-assign]
+
+    # Execute: the coordinator opens the sum and reads client 0 out of it.
+    recovered, refusal = None, ""
+    try:
+        result = he_average(inputs, holder.worker, template, weighting="uniform")
+        total = _sum(result, template)
+        if lie == "weighting":
+            recovered = total / victim.samples
+        else:
+            known = flat(template, template) * 3
+            recovered = total - known
+    except (RemoteError, MPCError) as exc:
+        refusal = str(exc)
+
+    # Assert
+    assert recovered is None or _close(recovered, truth) < 0.01
+    assert "key holder" in refusal

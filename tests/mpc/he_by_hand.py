@@ -20,9 +20,15 @@ def he_session(
     encrypting its state (weight 5); returns what the coordinator holds: session,
     key_id, public context, the encrypt replies and their ciphertext bytes."""
     publics = [w.party_op("keygen", session=session)["public_key"] for w in workers]
+    state_ids = [sealed_input(w, s, 5).state_id for w, s in zip(workers, states, strict=True)]
     holder, others = workers[0], workers[1:]
     reply = holder.party_op(
-        "he.keygen", session=session, clients=[w.id for w in others], public_keys=publics[1:]
+        "he.keygen",
+        session=session,
+        clients=[w.id for w in others],
+        public_keys=publics[1:],
+        weighting="samples",
+        state_id=state_ids[0],
     )
     for w, sealed in zip(others, reply["sealed"], strict=True):  # type: ignore[arg-type]
         w.party_op(
@@ -38,13 +44,13 @@ def he_session(
         w.party_op(
             "he.encrypt",
             session=session,
-            state_id=sealed_input(w, state, 5).state_id,
+            state_id=state_id,
             weighting="samples",
             keys=float_keys(state),
             clients=len(workers),
             key_id=reply["key_id"],
         )
-        for w, state in zip(workers, states, strict=True)
+        for w, state, state_id in zip(workers, states, state_ids, strict=True)
     ]
     public = load_context(reply["public_context"].numpy().tobytes(), secret=False)  # type: ignore[union-attr]
     chunks = [[c.numpy().tobytes() for c in r["ciphertexts"]] for r in encrypted]  # type: ignore[union-attr]

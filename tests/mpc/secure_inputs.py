@@ -38,16 +38,17 @@ def secure_inputs(
 
 
 def trained_inputs(
-    workers: list[Any], states: list[dict[str, torch.Tensor]], model: str = "mlp"
+    workers: list[Any], state: dict[str, torch.Tensor], model: str = "mlp"
 ) -> tuple[list[SecureInput], list[dict[str, torch.Tensor]], list[int]]:
-    """Each worker trains from its state on its own data twice with one seed: once to
-    fetch the result (what the aggregate must equal), once sealed (its contribution).
+    """Each worker trains from the global ``state`` on its own data twice with one seed:
+    once to fetch the result (what the aggregate must equal), once sealed (its
+    contribution; every client trains the same model the same way).
 
     For workers in other processes, whose contributions only sealed training makes.
     """
     config = TrainConfig(epochs=1, batch_size=8, lr=0.05)
     inputs, trained, weights = [], [], []
-    for index, (worker, state) in enumerate(zip(workers, states, strict=True)):
+    for index, worker in enumerate(workers):
         fetched = worker.fit(model, worker.send(state), config, seed=index)
         pointer, reply = worker.train(model, worker.send(state), config, seed=index, sealed=True)
         inputs.append(SecureInput(worker, pointer, reply.num_samples))

@@ -33,7 +33,7 @@ from mpc.he import (
 from mpc.he_aggregation import he_average
 from mpc.random import SecureRandom
 from tests.mpc.he_by_hand import he_session
-from tests.mpc.secure_inputs import model_states, secure_inputs, trained_inputs
+from tests.mpc.secure_inputs import model_states, sealed_input, secure_inputs, trained_inputs
 from tests.worker_processes import worker_processes
 from workers.codec import Value
 from workers.core import WorkerCore
@@ -411,7 +411,12 @@ def test_a_client_refuses_a_key_or_parameters_the_coordinator_swapped(
     workers = [VirtualWorker(f"k{i}") for i in range(2)]
     publics = [w.party_op("keygen", session="s")["public_key"] for w in workers]
     reply = workers[0].party_op(
-        "he.keygen", session="s", clients=[workers[1].id], public_keys=publics[1:]
+        "he.keygen",
+        session="s",
+        clients=[workers[1].id],
+        public_keys=publics[1:],
+        weighting="samples",
+        state_id=sealed_input(workers[0], {"w": torch.ones(4)}, 1).state_id,
     )
     small = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 40])
     small.global_scale = 2.0**20
@@ -475,7 +480,7 @@ def test_the_minimum_cohort_of_the_run_and_of_the_key_holder_is_kept(
 def test_he_average_over_websocket_worker_processes(states: list[dict[str, torch.Tensor]]) -> None:
     # Prepare: three worker processes on loopback.
     with worker_processes(3) as workers:
-        inputs, trained, weights = trained_inputs(workers, states)
+        inputs, trained, weights = trained_inputs(workers, states[0])
 
         # Execute
         result = he_average(inputs, workers[1], states[0], parallel=True)
