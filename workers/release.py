@@ -56,9 +56,8 @@ def _abandon(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     order). Refused once this member revealed its share of the session's sum.
     """
     session = session_arg(args)
-    if party.ended(session) == "revealed" or party.has(f"{session}/closed"):
-        raise PartyError(f"session {session!r} was revealed: it cannot be abandoned")
-    if party.has(f"{session}/opened") or party.has(f"{session}/he/closed"):
+    # Every reveal step (secagg, MAC, HE) records its session as revealed.
+    if party.ended(session) == "revealed":
         raise PartyError(f"session {session!r} was revealed: it cannot be abandoned")
     clients = [arg_id({"id": c}, "id") for c in arg_list(args, "clients", max_length=1 << 20)]
     keys = arg_list(args, "client_public_keys", max_length=1 << 20)

@@ -76,6 +76,8 @@ def test_replayed_and_reordered_shares_are_refused() -> None:
         accept(first, 0)
     with pytest.raises(RemoteError, match="closed"):
         member.party_op("secagg.reveal", session=first, **reveal)
+    with pytest.raises(RemoteError, match="was revealed: it cannot be abandoned"):
+        member.party_op("aggregate.abandon", session=first, clients=[], client_public_keys=[])
     # The worker serves on and keeps its other objects.
     assert member.ping().worker_id == member.id
     assert torch.equal(kept.get(), torch.arange(4.0))
