@@ -27,6 +27,7 @@ the coordinator to relay keys faithfully.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -39,7 +40,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mpc.errors import MPCError
 
-__all__ = ["PUBLIC_KEY_BYTES", "SessionKey", "open_sealed", "seal"]
+__all__ = [
+    "ONCE_KEY_BYTES",
+    "PUBLIC_KEY_BYTES",
+    "SessionKey",
+    "once_key_digest",
+    "open_once",
+    "open_sealed",
+    "seal",
+    "seal_once",
+]
 
 PUBLIC_KEY_BYTES = 32
 _INFO = b"fedsim pairwise channel v2"
@@ -47,6 +57,10 @@ _INFO = b"fedsim pairwise channel v2"
 # (key, nonce) pair is never reused even when a step runs twice; with far fewer
 # than 2^32 messages per key the chance of a collision stays below 2^-32.
 _NONCE_BYTES = 12
+ONCE_KEY_BYTES = 32
+_ONCE_NONCE = bytes(_NONCE_BYTES)  # each one-time key encrypts one message: a fixed nonce is safe
+_BROADCAST = "*"  # the recipient named in a one-time box's associated data
+_ONCE_DIGEST_TAG = b"fedsim/once-key\x00"
 
 
 def _encode(*fields: bytes) -> bytes:
@@ -137,3 +151,36 @@ def open_sealed(
             f"ciphertext from {sender!r} to {recipient!r} ({label}) failed authentication: "
             "altered, replayed or not sealed for this recipient"
         ) from None
+
+
+def seal_once(plaintext: bytes, *, session: str, sender: str, label: str) -> tuple[bytes, bytes]:
+    """``plaintext`` encrypted once for several recipients: (one-time key, box).
+
+    For a large message that several parties must receive identically: the
+    sender seals only the 32-byte key for each recipient (:func:`seal`) and
+    the coordinator relays one box to all, instead of one encryption of the
+    whole message per recipient. Recipients that report the same
+    :func:`once_key_digest` and got the same box hold the same plaintext.
+    """
+    key = ChaCha20Poly1305.generate_key()
+    associated = _associated(session, sender, _BROADCAST, label, 0)
+    return key, ChaCha20Poly1305(key).encrypt(_ONCE_NONCE, plaintext, associated)
+
+
+def open_once(key: bytes, box: bytes, *, session: str, sender: str, label: str) -> bytes:
+    """Decrypt a :func:`seal_once` box; MPCError if the key or the box is not the sender's."""
+    if len(key) != ONCE_KEY_BYTES:
+        raise MPCError(f"a one-time key has {ONCE_KEY_BYTES} bytes, got {len(key)}")
+    associated = _associated(session, sender, _BROADCAST, label, 0)
+    try:
+        return ChaCha20Poly1305(key).decrypt(_ONCE_NONCE, box, associated)
+    except InvalidTag:
+        raise MPCError(
+            f"the {label} box from {sender!r} failed authentication under the key it sealed: "
+            "altered, or another sender's"
+        ) from None
+
+
+def once_key_digest(key: bytes) -> str:
+    """A public name of a one-time key (SHA-256, hex): equal names, equal keys."""
+    return hashlib.sha256(_ONCE_DIGEST_TAG + key).hexdigest()

@@ -10,14 +10,17 @@ is used. Roles: ``clients``, ``committee`` (k members) and a ``dealer`` (a
 worker outside the committee, trusted like PySyft's crypto provider).
 
 1. ``keys``    — every worker makes a session key pair (``mpc.channel``);
-2. ``deal``    — the dealer draws α, seals α_j for member j, and per client c a
-   mask r_c (its seed sealed for c) with shares of r_c and α·r_c sealed for
-   the members;
-3. ``input``   — client c publishes ε_c = x_c − r_c, sealed for each member;
-4. ``relay``   — members open their key share, then each client's ε_c and
-   mask shares, and accumulate [Σx] and [αΣx] (MACs are linear);
-5. ``open``    — members reveal their shares of Σx; the coordinator adds them;
-6. ``check``   — the coordinator draws fresh coefficients ρ (after the
+2. ``deal``    — the dealer draws α and seals α_j for member j, and a mask
+   seed for each client c (its mask r_c is the seed's stream);
+3. ``input``   — client c publishes ε_c = x_c − r_c to the committee: one box
+   under a one-time key, the key sealed for each member;
+4. ``relay``   — members open their key share, then each client's ε_c, and
+   add up Σε;
+5. ``mask``    — the dealer seals shares of R = Σ r_c and α·R over the
+   clients every member added (one set per session, naming those clients),
+   so member j holds [Σx]_j and [αΣx]_j = [αR]_j + α_j·Σε (MACs are linear);
+6. ``open``    — members reveal their shares of Σx; the coordinator adds them;
+7. ``check``   — the coordinator draws fresh coefficients ρ (after the
    opening), members return σ_j = Σ_k ρ_k(m_j,k − α_j·y_k), and Σσ_j must be 0.
 
 A failed check raises :class:`~mpc.errors.MPCError` naming it; the caller
@@ -25,9 +28,9 @@ never sees the sum, and the run is not retried (its steps ``open`` and
 ``check`` are marked as opening). The coordinator is the verifier: it draws ρ
 after the opening and collects every σ_j before any party sees another's, so
 no member can adapt its σ to the others' (SPDZ's commitment round is not
-needed with a single honest verifier). Members also report a digest of each
-client's ε, so a client that sends different ε to different members is named
-instead of failing the check anonymously.
+needed with a single honest verifier). Members also report a digest of the
+key each client's ε opened under, so a client that sends different ε to
+different members is named instead of failing the check anonymously.
 
 Trust. The dealer is a trusted third party, as PySyft 0.2's crypto provider
 and CrypTen's TTP are: it knows α and every mask r_c, so it could shift an
@@ -76,25 +79,16 @@ def _committee_args(run: ProtocolRun) -> dict[str, object]:
 
 
 def _deal(run: ProtocolRun) -> None:
-    dealer = run.one("dealer")
-    members = _committee_args(run)
-    run.state["alpha_sealed"] = dealer.party_op(
-        "secagg.mac.deal_key", session=run.session, **members
-    )["sealed"]
-    masks = []
-    for position, client in enumerate(run.workers("clients")):
-        masks.append(
-            dealer.party_op(
-                "secagg.mac.deal_mask",
-                session=run.session,
-                client=client.id,
-                client_public_key=run.public_key(client),
-                length=run.state["length"],
-                lead=position % len(run.workers("committee")),
-                **members,
-            )
-        )
-    run.state["masks"] = masks
+    clients = run.workers("clients")
+    reply = run.one("dealer").party_op(
+        "secagg.mac.deal",
+        session=run.session,
+        clients=[c.id for c in clients],
+        client_public_keys=[run.public_key(c) for c in clients],
+        **_committee_args(run),
+    )
+    run.state["alpha_sealed"] = reply["alpha_sealed"]
+    run.state["seed_sealed"] = reply["seed_sealed"]
 
 
 def _input(run: ProtocolRun) -> None:
@@ -102,7 +96,7 @@ def _input(run: ProtocolRun) -> None:
     inputs: dict[str, SecureInput] = run.state["inputs"]
     members = _committee_args(run)
 
-    def contribute(position: int) -> list[torch.Tensor]:
+    def contribute(position: int) -> dict[str, object]:
         client = run.workers("clients")[position]
         item = inputs[client.id]
         reply = client.party_op(
@@ -110,7 +104,7 @@ def _input(run: ProtocolRun) -> None:
             session=run.session,
             dealer=dealer.id,
             dealer_public_key=run.public_key(dealer),
-            dealer_ciphertext=run.state["masks"][position]["client_sealed"],
+            dealer_ciphertext=run.state["seed_sealed"][position],
             state_id=item.state_id,
             weighting=run.state["weighting"],
             keys=run.state["keys"],
@@ -124,9 +118,7 @@ def _input(run: ProtocolRun) -> None:
             raise MPCError(
                 f"{client.id!r} shared {reply['length']} values, expected {run.state['length']}"
             )
-        sealed = reply["sealed"]
-        assert isinstance(sealed, list)
-        return sealed
+        return reply
 
     run.state["eps"] = run.each(list(range(len(run.workers("clients")))), contribute)
 
@@ -137,12 +129,11 @@ def _relay(run: ProtocolRun) -> None:
 
     def deliver(index: int) -> list[str]:
         member = run.workers("committee")[index]
-        dealer_key = run.public_key(dealer)
         member.party_op(
             "secagg.mac.accept_key",
             session=run.session,
             dealer=dealer.id,
-            dealer_public_key=dealer_key,
+            dealer_public_key=run.public_key(dealer),
             dealer_ciphertext=run.state["alpha_sealed"][index],
             **_committee_args(run),
         )
@@ -152,27 +143,53 @@ def _relay(run: ProtocolRun) -> None:
                 "secagg.mac.accept",
                 session=run.session,
                 client=client.id,
-                dealer=dealer.id,
                 length=run.state["length"],
                 client_public_key=run.public_key(client),
-                client_ciphertext=run.state["eps"][position][index],
-                dealer_public_key=dealer_key,
-                dealer_ciphertext=run.state["masks"][position]["member_sealed"][index],
+                client_ciphertext=run.state["eps"][position]["sealed"][index],
+                box=run.state["eps"][position]["box"],
             )
-            digests.append(str(reply["eps_digest"]))
+            digests.append(str(reply["key_digest"]))
         return digests
 
     by_member = run.each(list(range(len(run.workers("committee")))), deliver)
-    for key in ("eps", "masks", "alpha_sealed"):
+    for key in ("eps", "seed_sealed", "alpha_sealed"):
         del run.state[key]
-    # Every member must hold the same ε from a client: one that sent different
-    # values would make the MAC check fail without saying who cheated.
+    # Every member must have opened a client's ε with the same one-time key: one
+    # that sealed different keys would make the MAC check fail without saying
+    # who cheated.
     for position, client in enumerate(clients):
         if len({digests[position] for digests in by_member}) != 1:
             raise MPCError(
                 f"client {client.id!r} sent different masked inputs to the committee "
                 "members; the round is aborted"
             )
+
+
+def _mask(run: ProtocolRun) -> None:
+    """The dealer's shares of R = Σ r_c and α·R, over the clients every member added."""
+    dealer = run.one("dealer")
+    length = run.state["length"]
+    sealed = dealer.party_op(
+        "secagg.mac.deal_shares",
+        session=run.session,
+        contributors=[c.id for c in run.workers("clients")],
+        length=length,
+        lead=len(run.workers("committee")) - 1,  # member 0 already adds Σε
+        **_committee_args(run),
+    )["sealed"]
+    assert isinstance(sealed, list)
+
+    def accept(index: int) -> None:
+        run.workers("committee")[index].party_op(
+            "secagg.mac.accept_shares",
+            session=run.session,
+            dealer=dealer.id,
+            length=length,
+            dealer_public_key=run.public_key(dealer),
+            dealer_ciphertext=sealed[index],
+        )
+
+    run.each(list(range(len(run.workers("committee")))), accept)
 
 
 def _open(run: ProtocolRun) -> None:
@@ -209,6 +226,7 @@ SECURE_AGGREGATION_MAC = Protocol(
         Step("deal", "dealer", _deal),
         Step("input", "clients", _input),
         Step("relay", "committee", _relay),
+        Step("mask", "dealer", _mask),
         Step("open", "committee", _open, opens=True),
         Step("check", "committee", _check, opens=True),
     ),

@@ -1,20 +1,25 @@
 """Party steps of MAC-authenticated secure aggregation (``--mac``; ``mpc.secure_aggregation_mac``).
 
 SPDZ's input protocol (Damgård et al. 2012) over F_p, p = 2^61 − 1: a dealer
-gives client c a random mask r_c and the committee shares of r_c and α·r_c
-(α: a MAC key secret-shared among the committee); the client publishes
-ε_c = x_c − r_c to the committee only (sealed), and member j holds
-[x_c]_j = [r_c]_j (+ ε_c for member 0) and [αx_c]_j = [αr_c]_j + ε_c·α_j.
-Sums stay authenticated because MACs are linear. The opened total is then
-checked against the MAC shares (``mpc.mac.mac_check_share``): a member that
-alters its share by δ ≠ 0 passes only by guessing α·δ, probability ≈ 2^-60.
+gives client c a random mask r_c (as a ChaCha20 seed); the client publishes
+ε_c = x_c − r_c to the committee only; and the dealer gives the committee
+shares of R = Σ_c r_c and α·R (α: a MAC key secret-shared among the
+committee). Member j then holds [Σx]_j = [R]_j (+ Σε for member 0) and
+[αΣx]_j = [αR]_j + α_j·Σε. Only the sum is ever authenticated, which is all
+that is opened: the dealer deals one set of shares per session rather than
+one per client, after the inputs are in and over exactly the clients whose ε
+every member added (the shares name them; a member refuses others). The
+opened total is then checked against the MAC shares (``mpc.mac.mac_check_share``):
+a member that alters its share by δ ≠ 0 passes only by guessing α·δ,
+probability ≈ 2^-60.
 
 As with plain secure aggregation, k − 1 members get PRG seeds for their
 dealer shares and one member (the *lead*) gets the explicit vectors.
 
-Vault keys under ``<session>/``: ``alpha`` (this member's α_j), ``x``, ``m``,
-``eps`` (running sums of value shares, MAC shares and published ε), ``from/<c>``
-(clients counted), ``opened`` (set once the member has revealed its share).
+Vault keys under ``<session>/``: ``alpha`` (this member's α_j), ``index``
+(its place on the committee), ``eps`` (running Σε), ``from/<c>`` (clients
+counted), ``r`` and ``m`` (its shares of R and α·R), ``opened`` (set once it
+has revealed its share); the dealer's ``seed/<c>`` and ``shares_dealt``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Mapping
 
 import torch
 
+from mpc.channel import once_key_digest, open_once, seal_once
 from mpc.field import (
     MAX_SUMMANDS,
     P,
@@ -40,7 +46,7 @@ from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.mac import mac_check_share, random_coefficients, share_mac_key
 from mpc.random import SecureRandom
 from workers.codec import Value
-from workers.contributions import WEIGHTINGS
+from workers.contributions import DIGEST_BYTES, WEIGHTINGS
 from workers.party import (
     Party,
     PartyError,
@@ -51,6 +57,7 @@ from workers.party import (
     arg_list,
     arg_str,
     arg_tensor,
+    check_tensor,
     open_from,
     seal_for,
     session_arg,
@@ -64,6 +71,7 @@ __all__ = ["STEPS"]
 _SEED_BYTES = 32
 _SEEDS = b"S"  # seeds of this member's r and α·r shares
 _FULL = b"F"  # the lead's explicit r and α·r shares
+_CONTRIBUTORS_TAG = b"fedsim/mac/contributors\x00"
 
 
 def _seal(
@@ -83,36 +91,52 @@ def _open(
 # ------------------------------------------------------------------ dealer
 
 
-def _deal_key(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Dealer: draw the session's MAC key α and seal a share α_j for each member."""
+def _deal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Dealer: draw the session's MAC key α, seal a share α_j for each member and a
+    mask seed for each client (its mask r_c is the seed's ChaCha20 stream)."""
     session = session_arg(args)
     if party.has(f"{session}/alpha"):
         raise PartyError(f"the MAC key of session {session!r} is already dealt")
     members, keys = committee_arg(args)
+    clients = _ids(args, "clients")
+    client_keys = arg_list(args, "client_public_keys", max_length=MAX_SUMMANDS)
+    if len(client_keys) != len(clients):
+        raise PartyError("need one public key per client")
     alpha, shares = share_mac_key(len(members), party.rng)
     party.keep(f"{session}/alpha", alpha)
-    sealed = [
+    sealed_alpha = [
         _seal(party, session, m, k, struct.pack("<q", s), "mac/alpha")
         for m, k, s in zip(members, keys, shares, strict=True)
     ]
-    return {"sealed": sealed}
+    sealed_seeds = []
+    for client, key in zip(clients, client_keys, strict=True):
+        seed = os.urandom(_SEED_BYTES)
+        party.keep(f"{session}/seed/{client}", seed)
+        sealed_seeds.append(_seal(party, session, client, _key_tensor(key), seed, "mac/mask"))
+    return {"alpha_sealed": sealed_alpha, "seed_sealed": sealed_seeds}
 
 
-def _deal_mask(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Dealer: a mask r for one client (its seed sealed for the client), and shares of
-    r and α·r sealed for each member (seeds, or the explicit vectors for the lead)."""
+def _deal_shares(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Dealer, once per session: shares of R = Σ r_c and α·R over exactly the named
+    ``contributors``, sealed for each member (seeds, or the explicit vectors for
+    the lead), each naming the contributors so a member can check them."""
     session = session_arg(args)
     alpha: int = party.secret(f"{session}/alpha")
+    if party.has(f"{session}/shares_dealt"):
+        raise PartyError(f"the mask shares of session {session!r} are already dealt")
     members, keys = committee_arg(args)
-    client = arg_id(args, "client")
+    contributors = _ids(args, "contributors")
     length = _session_length(party, session, arg_int(args, "length", low=1, high=MAX_VECTOR))
     lead = arg_int(args, "lead", low=0, high=len(members) - 1)
-    if party.has(f"{session}/dealt/{client}"):
-        raise PartyError(f"a mask for {client!r} is already dealt in session {session!r}")
-    party.keep(f"{session}/dealt/{client}", True)
-    seed = os.urandom(_SEED_BYTES)
-    r = field_random((length,), SecureRandom(seed))
+    if len(contributors) < 2:
+        raise PartyError(f"refusing masks for a sum of {len(contributors)} client(s)")
+    for client in contributors:
+        if not party.has(f"{session}/seed/{client}"):
+            raise PartyError(f"no mask was dealt to {client!r} in session {session!r}")
+    party.keep(f"{session}/shares_dealt", True)
+    r = _masks(party, session, contributors, length)
     m = field_mul_scalar(r, alpha)
+    named = contributors_digest(contributors)
     payloads: list[bytes] = []
     for index in range(len(members)):
         if index == lead:
@@ -121,17 +145,39 @@ def _deal_mask(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         seeds = os.urandom(2 * _SEED_BYTES)
         r = field_sub(r, field_random((length,), SecureRandom(seeds[:_SEED_BYTES])))
         m = field_sub(m, field_random((length,), SecureRandom(seeds[_SEED_BYTES:])))
-        payloads.append(_SEEDS + seeds)
-    payloads[lead] = _FULL + r.numpy().tobytes() + m.numpy().tobytes()
-    return {
-        "client_sealed": _seal(
-            party, session, client, _arg_key(args, "client_public_key"), seed, "mac/mask"
-        ),
-        "member_sealed": [
-            _seal(party, session, member, key, payload, f"mac/shares/{client}")
-            for member, key, payload in zip(members, keys, payloads, strict=True)
-        ],
-    }
+        payloads.append(named + _SEEDS + seeds)
+    payloads[lead] = named + _FULL + r.numpy().tobytes() + m.numpy().tobytes()
+    sealed = [
+        _seal(party, session, member, key, payload, "mac/shares")
+        for member, key, payload in zip(members, keys, payloads, strict=True)
+    ]
+    return {"sealed": sealed}
+
+
+def _masks(party: Party, session: str, clients: list[str], length: int) -> torch.Tensor:
+    """Σ r_c over ``clients``, each r_c expanded from the seed dealt to c."""
+    total = None
+    for client in clients:
+        r = field_random((length,), SecureRandom(party.secret(f"{session}/seed/{client}")))
+        total = r if total is None else field_add(total, r)
+    assert total is not None
+    return total
+
+
+def contributors_digest(clients: list[str]) -> bytes:
+    """SHA-256 of a set of client ids (order-free, length-prefixed so no two sets collide)."""
+    digest = hashlib.sha256(_CONTRIBUTORS_TAG)
+    for client in sorted(clients):
+        encoded = client.encode()
+        digest.update(len(encoded).to_bytes(4, "big") + encoded)
+    return digest.digest()
+
+
+def _ids(args: Mapping[str, Value], name: str) -> list[str]:
+    ids = [arg_id({"id": c}, "id") for c in arg_list(args, name, max_length=MAX_SUMMANDS)]
+    if len(set(ids)) != len(ids):
+        raise PartyError(f"{name} lists a client twice")
+    return ids
 
 
 def _session_length(party: Party, session: str, length: int) -> int:
@@ -143,17 +189,20 @@ def _session_length(party: Party, session: str, length: int) -> int:
     return length
 
 
-def _arg_key(args: Mapping[str, Value], name: str) -> Value:
-    return arg_tensor(args, name, dtype=torch.uint8, ndim=1)
+def _key_tensor(value: Value) -> Value:
+    return check_tensor(value, "public key", dtype=torch.uint8, ndim=1)
 
 
 # ------------------------------------------------------------------ client
 
 
 def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Client: open the dealer's mask seed, publish ε = x − r to each member (sealed),
+    """Client: open the dealer's mask seed and publish ε = x − r to the committee only,
     behind the header of what the client vouches for (weighting, training digest).
 
+    ε goes into one box under a one-time key (``mpc.channel.seal_once``) and
+    the key is sealed for each member: one encryption of the vector, not one
+    per member, and members that report the same key digest hold the same ε.
     Once per session: a second ε under the same mask would reveal x's
     difference; and the state is consumed, so no other session gets it.
     """
@@ -162,6 +211,8 @@ def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"{party.worker_id!r} already gave its input in session {session!r}")
     dealer = arg_id(args, "dealer")
     seed = _open(party, session, args, dealer, "dealer", "mac/mask")
+    if len(seed) != _SEED_BYTES:
+        raise PartyError("a mask seed is 32 bytes")
     weighting = arg_str(args, "weighting")
     if weighting not in WEIGHTINGS:
         raise PartyError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
@@ -178,10 +229,11 @@ def _input(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     eps = header(weighting, contribution.digest) + (
         field_sub(value, field_random(value.shape, SecureRandom(seed))).numpy().tobytes()
     )
+    once, box = seal_once(eps, session=session, sender=party.worker_id, label="mac/eps")
     sealed = [
-        _seal(party, session, m, k, eps, "mac/eps") for m, k in zip(members, keys, strict=True)
+        _seal(party, session, m, k, once, "mac/eps-key") for m, k in zip(members, keys, strict=True)
     ]
-    return {"sealed": sealed, "length": int(value.numel())}
+    return {"box": tensor_from_bytes(box), "sealed": sealed, "length": int(value.numel())}
 
 
 # ------------------------------------------------------------------ committee
@@ -215,23 +267,48 @@ def _vector(data: bytes, length: int, what: str) -> torch.Tensor:
 
 
 def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Member: add one client's authenticated input to the running sums.
+    """Member: add one client's ε to the running Σε.
 
-    Returns a digest of the client's ε: every member must have received the
-    same ε, which the coordinator checks before opening (a client that sent
-    different ones is named, rather than failing the MAC check anonymously).
+    Returns the digest of the client's one-time key: every member must have
+    opened the box with the same key, which the coordinator checks before
+    dealing the masks (a client that sealed different keys for different
+    members is named, rather than failing the MAC check anonymously).
     """
     session = session_arg(args)
-    client, dealer = arg_id(args, "client"), arg_id(args, "dealer")
-    index: int = party.secret(f"{session}/index")
+    client = arg_id(args, "client")
+    party.secret(f"{session}/index")  # the MAC key share came first
     length = _session_length(party, session, arg_int(args, "length", low=1, high=MAX_VECTOR))
-    if party.has(f"{session}/from/{client}") or party.has(f"{session}/opened"):
-        raise PartyError(f"input of {client!r} already counted, or the sum already opened")
-    party.require_room(4)
-    eps_bytes = _open(party, session, args, client, "client", "mac/eps")
+    if party.has(f"{session}/from/{client}") or party.has(f"{session}/r"):
+        raise PartyError(f"input of {client!r} already counted, or the masks already dealt")
+    party.require_room(2)
+    once = _open(party, session, args, client, "client", "mac/eps-key")
+    eps_bytes = open_once(
+        once, arg_bytes(args, "box"), session=session, sender=client, label="mac/eps"
+    )
     eps = _vector(check_header(party, session, client, eps_bytes), length, "ε")
-    shares = _open(party, session, args, dealer, "dealer", f"mac/shares/{client}")
-    kind, body = shares[:1], shares[1:]
+    party.keep(f"{session}/from/{client}", True)
+    key = f"{session}/eps"
+    party.keep(key, field_add(party.secret(key), eps) if party.has(key) else eps)
+    return {"key_digest": once_key_digest(once)}
+
+
+def _accept_shares(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """Member: take the dealer's shares of R and α·R, which must name exactly the
+    clients whose ε this member added; no ε is accepted after."""
+    session = session_arg(args)
+    length = _session_length(party, session, arg_int(args, "length", low=1, high=MAX_VECTOR))
+    if party.has(f"{session}/r"):
+        raise PartyError(f"the mask shares of session {session!r} are already set")
+    payload = _open(party, session, args, arg_id(args, "dealer"), "dealer", "mac/shares")
+    named, rest = payload[:DIGEST_BYTES], payload[DIGEST_BYTES:]
+    kind, body = rest[:1], rest[1:]
+    counted = [key.rsplit("/", 1)[1] for key in party.keys(f"{session}/from/")]
+    if named != contributors_digest(counted):
+        raise PartyError(
+            f"the dealer's masks cover other clients than the {len(counted)} whose input "
+            "this member added: refused"
+        )
+    party.require_room(2)
     if kind == _SEEDS and len(body) == 2 * _SEED_BYTES:
         r = field_random((length,), SecureRandom(body[:_SEED_BYTES]))
         m = field_random((length,), SecureRandom(body[_SEED_BYTES:]))
@@ -239,12 +316,10 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         r = _vector(body[: 8 * length], length, "mask share")
         m = _vector(body[8 * length :], length, "MAC share")
     else:
-        raise PartyError(f"dealer shares for {client!r} are malformed")
-    party.keep(f"{session}/from/{client}", True)
-    for name, term in (("x", field_add(r, eps) if index == 0 else r), ("m", m), ("eps", eps)):
-        key = f"{session}/{name}"
-        party.keep(key, field_add(party.secret(key), term) if party.has(key) else term)
-    return {"eps_digest": hashlib.sha256(eps_bytes).hexdigest()}
+        raise PartyError("the dealer's mask shares are malformed")
+    party.keep(f"{session}/r", r)
+    party.keep(f"{session}/m", m)
+    return {}
 
 
 def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -259,11 +334,16 @@ def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"session {session!r} is already opened")
     if party.ended(session) == "abandoned":
         raise PartyError(f"session {session!r} was abandoned: its sum is never revealed")
-    cohort_arg(party, args, session, len(party.keys(f"{session}/from/")))
+    if not party.has(f"{session}/r"):
+        raise PartyError(f"session {session!r} has no mask shares yet: nothing to reveal")
     count = len(party.keys(f"{session}/from/"))
+    cohort_arg(party, args, session, count)
+    share = party.secret(f"{session}/r")
+    if party.secret(f"{session}/index") == 0:  # member 0 holds Σε in its share of Σx
+        share = field_add(share, party.secret(f"{session}/eps"))
     party.keep(f"{session}/opened", True)
     party.end_session(session, "revealed")
-    return {"sum_share": party.secret(f"{session}/x"), "count": count}
+    return {"sum_share": share, "count": count}
 
 
 def _check(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -283,11 +363,12 @@ def _check(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 
 
 STEPS: dict[str, PartyStep] = {
-    "secagg.mac.deal_key": _deal_key,
-    "secagg.mac.deal_mask": _deal_mask,
+    "secagg.mac.deal": _deal,
+    "secagg.mac.deal_shares": _deal_shares,
     "secagg.mac.input": _input,
     "secagg.mac.accept_key": _accept_key,
     "secagg.mac.accept": _accept,
+    "secagg.mac.accept_shares": _accept_shares,
     "secagg.mac.reveal": _reveal,
     "secagg.mac.check": _check,
 }

@@ -50,9 +50,10 @@ def test_secure_level2_matches_plain_and_logs_its_costs(mlflow_uri: str) -> None
     assert secure["bytes_total"] > plain["bytes_total"]
 
 
-def test_secure_level4_over_worker_processes(mlflow_uri: str) -> None:
-    # Prepare
-    cfg = ExperimentConfig(**{**SMALL, "workers": 3, "levels": "3,4:secure"})
+@pytest.mark.parametrize("mac", [False, True])
+def test_secure_level4_over_worker_processes(mlflow_uri: str, mac: bool) -> None:
+    # Prepare: with --mac two of the three workers sit on the committee, one deals.
+    cfg = ExperimentConfig(**{**SMALL, "workers": 3, "levels": "3,4:secure", "mac": mac})
 
     # Execute
     result = benchmark_flow(cfg.to_dict())

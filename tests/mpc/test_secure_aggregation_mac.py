@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from mpc.secure_aggregation_mac import secure_average_mac
 from tests.mpc.secure_inputs import secure_inputs
 from workers.codec import Value
 from workers.errors import WorkerError
+from workers.party import seal_for, tensor_from_bytes
 from workers.virtual import VirtualWorker
 
 
@@ -99,6 +101,77 @@ def test_dealer_on_the_committee_is_refused() -> None:
         secure_average_mac(inputs, workers[:2], workers[0], state)
 
 
+class SplitKeyClient(VirtualWorker):
+    """A client that seals a different one-time key for the second member than for the
+    others, so that the members would open different ε (or none) from one box."""
+
+    def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+        values = super().party_op(op, **args)
+        if op == "secagg.mac.input":
+            member, public = args["committee"][1], args["public_keys"][1]  # type: ignore[index]
+            other = seal_for(
+                self.core._party,
+                str(args["session"]),
+                member,
+                public,
+                os.urandom(32),
+                label="mac/eps-key",
+            )
+            sealed = list(values["sealed"])  # type: ignore[call-overload]
+            sealed[1] = tensor_from_bytes(other)
+            values = {**values, "sealed": sealed}
+        return values
+
+
+def test_a_client_that_seals_members_different_keys_is_named() -> None:
+    # Prepare: client w3 (not on the committee) splits its key.
+    workers = [VirtualWorker(f"w{i}") for i in range(3)] + [SplitKeyClient("w3")]
+    workers.append(VirtualWorker("w4"))
+
+    # Execute / Assert: the member with the other key cannot open w3's box.
+    with pytest.raises(WorkerError, match="box from 'w3' failed authentication"):
+        _run(workers, [10, 20, 30, 40, 50])
+
+
+class ForwardingCoordinator(VirtualWorker):
+    """The dealer as a cheating coordinator addresses it: asked for masks over every
+    client but the last (whose ε the members did add)."""
+
+    def party_op(self, op: str, **args: Value) -> dict[str, Value]:
+        if op == "secagg.mac.deal_shares":
+            args = {**args, "contributors": list(args["contributors"])[:-1]}  # type: ignore[call-overload]
+        return super().party_op(op, **args)
+
+
+def test_masks_over_other_clients_than_the_members_added_are_refused() -> None:
+    # Prepare: w0..w2 sit on the committee, w4 deals.
+    workers = [VirtualWorker(f"w{i}") for i in range(4)] + [ForwardingCoordinator("w4")]
+
+    # Execute / Assert: every member refuses the dealer's shares, naming the rule.
+    with pytest.raises(WorkerError, match="masks cover other clients"):
+        _run(workers, [10, 20, 30, 40, 50])
+
+
+def test_the_dealer_deals_mask_shares_once_per_session() -> None:
+    # Prepare: a dealer that gave three clients their mask seeds.
+    dealer, *others = [VirtualWorker(f"w{i}") for i in range(4)]
+    public = {w.id: w.party_op("keygen", session="s")["public_key"] for w in (dealer, *others)}
+    committee = {"committee": ["w1", "w2"], "public_keys": [public["w1"], public["w2"]]}
+    dealer.party_op(
+        "secagg.mac.deal",
+        session="s",
+        clients=["w1", "w2", "w3"],
+        client_public_keys=[public[i] for i in ("w1", "w2", "w3")],
+        **committee,
+    )
+    shares = {"session": "s", "length": 5, "lead": 0, **committee}
+    dealer.party_op("secagg.mac.deal_shares", contributors=["w1", "w2", "w3"], **shares)
+
+    # Execute / Assert: a second set, which would unmask w3's ε as R − R', is refused.
+    with pytest.raises(WorkerError, match="already dealt"):
+        dealer.party_op("secagg.mac.deal_shares", contributors=["w1", "w2"], **shares)
+
+
 class DyingWorker(VirtualWorker):
     """A worker whose connection is lost when it reaches ``step``."""
 
@@ -114,7 +187,11 @@ class DyingWorker(VirtualWorker):
 
 @pytest.mark.parametrize(
     ("step", "error"),
-    [("secagg.mac.accept", WorkerError), ("secagg.mac.check", ProtocolAborted)],
+    [
+        ("secagg.mac.accept", WorkerError),
+        ("secagg.mac.accept_shares", WorkerError),
+        ("secagg.mac.check", ProtocolAborted),
+    ],
 )
 def test_a_lost_worker_is_retryable_only_before_the_opening(step: str, error: type) -> None:
     # Prepare: member w1 is lost during the relay, or during the check (after the opening).
