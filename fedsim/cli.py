@@ -289,6 +289,11 @@ def _add_worker(sub: Any) -> None:
     )
     add("--tls-cert", help="TLS certificate (PEM); serves wss:// with --tls-key")
     add("--tls-key", help="TLS private key (PEM)")
+    add(
+        "--tls-client-ca",
+        help="mutual TLS: accept only peers with a client certificate from this CA (PEM), "
+        "the coordinator's; its secret is still checked on top",
+    )
     add("--threads", type=_positive_int, help="torch threads for this worker")
     add("--max-message-mb", type=_positive_int, default=256, help="largest frame accepted")
     add(

@@ -2,7 +2,8 @@
 
 The way to try level 5 on one host: each worker is an independent
 ``fedsim worker serve`` daemon on its own loopback address (127.0.0.2,
-127.0.0.3, …) with TLS from a CA made for the purpose and a shared token,
+127.0.0.3, …) with mutual TLS from CAs made for the purpose (the workers'
+server certificate, the coordinator's client certificate) and a key each,
 exactly as it would run on remote hosts; ``up`` writes the workers file the
 coordinator reads, ``down`` stops the daemons. Real deployments start the
 same command on each host (see the README).
@@ -70,6 +71,7 @@ def fleet_up(args: argparse.Namespace) -> int:
         command += ["--dataset", args.dataset, "--token-file", str(key_file)]
         command += ["--peer-secret-file", str(folder / "peer-secret")]
         command += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+        command += ["--tls-client-ca", str(pki.client_ca_cert)]
         command += ["--threads", str(threads_per_worker(args.workers))]
         command += ["--min-cohort", str(default_min_cohort(args.workers))]
         if args.train_samples is not None:
@@ -86,7 +88,8 @@ def fleet_up(args: argparse.Namespace) -> int:
         # Recorded at once, so that `down` finds every daemon even if this start fails.
         (folder / _PIDS).write_text(json.dumps([{"pid": p.pid} for _, _, p, _ in started]))
     deadline = time.monotonic() + 120
-    lines = ['token_file = "token"', 'ca = "pki/ca.pem"', ""]
+    lines = ['token_file = "token"', 'ca = "pki/ca.pem"']
+    lines += ['client_cert = "pki/coordinator.pem"', 'client_key = "pki/coordinator-key.pem"', ""]
     daemons = []
     for worker_id, host, process, ready in started:
         try:

@@ -43,6 +43,8 @@ def serve_worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)")
     if args.min_cohort < MIN_COHORT:
         raise ConfigError(f"--min-cohort must be >= {MIN_COHORT}: a sum of one is an update")
     secret = read_secret(args.token_file) if args.token_file else None
@@ -70,7 +72,11 @@ def serve_worker(args: argparse.Namespace) -> int:
         description = partition_descriptor(
             args.dataset, args.partitioner, index, count, args.seed, args.train_samples
         )
-    ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    ssl_context = (
+        server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+        if args.tls_cert
+        else None
+    )
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
@@ -96,6 +102,7 @@ def serve_worker(args: argparse.Namespace) -> int:
             "host": args.host,
             "port": port,
             "tls": ssl_context is not None,
+            "mutual_tls": bool(args.tls_client_ca),
             "samples": int(objects[TRAIN_Y_ID].shape[0]) if objects else 0,  # type: ignore[attr-defined]
         }
         print(json.dumps(line), flush=True)

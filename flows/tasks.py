@@ -217,6 +217,7 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
             spec.url,
             secret=worker_key(master, spec.worker_id),
             cafile=spec.ca,
+            client_cert=spec.client_cert,
             timeout=cfg.request_timeout,
         )
         expected = partition_descriptor(

@@ -22,7 +22,7 @@ from fl.errors import ConfigError, FedsimError
 from workers.base import Worker
 from workers.errors import WorkerError
 from workers.tls import is_loopback_host
-from workers.ws_client import WebsocketWorker
+from workers.ws_client import ClientCertificate, WebsocketWorker
 
 __all__ = [
     "Fleet",
@@ -38,11 +38,13 @@ Connect = Callable[[], WebsocketWorker]
 
 @dataclass(frozen=True)
 class RemoteWorkerSpec:
-    """One entry of a workers file: where a worker listens and which CA vouches for it."""
+    """One entry of a workers file: where a worker listens, which CA vouches for it, and
+    the client certificate the coordinator presents to it (mutual TLS), if any."""
 
     worker_id: str
     url: str
     ca: Path | None
+    client_cert: ClientCertificate | None = None
 
 
 def load_workers_file(path: str | Path) -> tuple[list[RemoteWorkerSpec], Path | None]:
@@ -53,6 +55,8 @@ def load_workers_file(path: str | Path) -> tuple[list[RemoteWorkerSpec], Path | 
         token_file = "token"          # master secret (relative to this file): each
                                       # worker's key is derived from it and its id
         ca = "ca.pem"                 # CA for every worker unless overridden
+        client_cert = "coordinator.pem"       # optional, for workers that require
+        client_key = "coordinator-key.pem"    # mutual TLS (--tls-client-ca)
         [[worker]]
         id = "worker-0"
         url = "wss://10.0.0.5:8765"
@@ -76,6 +80,13 @@ def load_workers_file(path: str | Path) -> tuple[list[RemoteWorkerSpec], Path | 
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"workers file {str(file)!r} lists no [[worker]] entries")
     default_ca = local(data.get("ca"), "ca")
+    cert, key = (
+        local(data.get("client_cert"), "client_cert"),
+        local(data.get("client_key"), "client_key"),
+    )
+    if (cert is None) != (key is None):
+        raise ConfigError(f"workers file {str(file)!r}: client_cert and client_key go together")
+    client_cert = None if cert is None or key is None else (cert, key)
     specs = []
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict) or not {"id", "url"} <= set(entry):
@@ -88,7 +99,7 @@ def load_workers_file(path: str | Path) -> tuple[list[RemoteWorkerSpec], Path | 
                 f"workers file {str(file)!r}: {url!r} must use wss:// (TLS) beyond loopback"
             )
         ca = local(entry.get("ca"), "ca") or default_ca
-        specs.append(RemoteWorkerSpec(str(entry["id"]), url, ca))
+        specs.append(RemoteWorkerSpec(str(entry["id"]), url, ca, client_cert))
     ids = [spec.worker_id for spec in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"workers file {str(file)!r}: worker ids must be distinct")

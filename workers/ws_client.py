@@ -14,7 +14,7 @@ import ssl
 import time
 from pathlib import Path
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage
 from websockets.sync.client import ClientConnection, connect
 
 from fl.errors import FedsimError
@@ -31,7 +31,10 @@ from workers.messages import (
 from workers.peers import CROWDED
 from workers.ws_server import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["CONNECT_TIMEOUT_SECONDS", "WebsocketWorker", "client_ssl_context"]
+__all__ = ["CONNECT_TIMEOUT_SECONDS", "ClientCertificate", "WebsocketWorker", "client_ssl_context"]
+
+# The coordinator's certificate and private key (PEM files), for mutual TLS.
+ClientCertificate = tuple[Path, Path]
 
 # Connecting and authenticating: a refused port fails at once, so this bounds
 # only a peer that is slow to answer — a TLS handshake on a crowded 2-core
@@ -49,9 +52,33 @@ def _crowded_out(closed: ConnectionClosed) -> bool:
     return closed.rcvd is not None and closed.rcvd.reason == CROWDED
 
 
-def client_ssl_context(cafile: str | Path | None) -> ssl.SSLContext:
-    """Verify the worker's certificate and host name against ``cafile`` (or the system CAs)."""
-    return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+def client_ssl_context(
+    cafile: str | Path | None, client_cert: ClientCertificate | None = None
+) -> ssl.SSLContext:
+    """Verify the worker's certificate and host name against ``cafile`` (or the system CAs);
+    present ``client_cert`` (certificate, key) to workers that require one (mutual TLS)."""
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    if client_cert is not None:
+        certfile, keyfile = client_cert
+        try:
+            context.load_cert_chain(str(certfile), str(keyfile))
+        except (OSError, ssl.SSLError) as exc:
+            raise WorkerError(
+                f"cannot load the client certificate {str(certfile)!r}: {exc}"
+            ) from None
+    return context
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc``, if one is in its chain of causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class WebsocketWorker(MessageWorker):
@@ -64,6 +91,7 @@ class WebsocketWorker(MessageWorker):
         *,
         secret: bytes | None,
         cafile: str | Path | None = None,
+        client_cert: ClientCertificate | None = None,
         timeout: float = 600.0,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -75,7 +103,7 @@ class WebsocketWorker(MessageWorker):
         # The worker's frame limit, from its AuthResult (without a secret there
         # is none: the worker's default is assumed, which is also ours).
         self._peer_max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
-        ssl_context = client_ssl_context(cafile) if url.startswith("wss://") else None
+        ssl_context = client_ssl_context(cafile, client_cert) if url.startswith("wss://") else None
         deadline = time.monotonic() + connect_timeout
         pause = _FIRST_RETRY_PAUSE
         while True:
@@ -110,9 +138,21 @@ class WebsocketWorker(MessageWorker):
                 ping_timeout=20,
                 close_timeout=2,
             )
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
+        except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
+            reason = str(exc) or type(exc).__name__
+            if ssl_context is not None and (
+                isinstance(exc, (ConnectionClosed, InvalidMessage)) or _tls_error(exc)
+            ):
+                # Under TLS 1.3 a worker refuses a client certificate (or its
+                # absence) after the handshake: the HTTP upgrade then meets a
+                # closed connection, with the alert itself lost on the way.
+                reason = (
+                    f"the connection closed during the TLS or HTTP handshake ({reason}); a "
+                    "worker serving mutual TLS (--tls-client-ca) closes it unless the "
+                    "coordinator presents a client certificate from that CA"
+                )
             raise WorkerError(
-                f"cannot connect to worker {self.id!r} at {self.url}: {exc}"
+                f"cannot connect to worker {self.id!r} at {self.url}: {reason}"
             ) from None
 
     def _recv(self, timeout: float, what: str) -> bytes:

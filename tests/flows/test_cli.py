@@ -221,3 +221,37 @@ def test_robustness_profile_attacks_and_attack_none_means_a_clean_run() -> None:
     assert (attacked.attack, attacked.attackers, attacked.workers) == ("sign-flip", 2, 10)
     assert (clean.attack, clean.attackers) == ("none", 0)
     assert defended.aggregator == "krum:2" and defended.attackers == 2
+
+
+def test_a_half_given_client_certificate_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a workers file with the coordinator's certificate but not its key.
+    listing = tmp_path / "workers.toml"
+    listing.write_text(
+        'token_file = "token"\nclient_cert = "coordinator.pem"\n'
+        '[[worker]]\nid = "worker-0"\nurl = "wss://127.0.0.2:8765"\n'
+    )
+
+    # Execute
+    code = main(["run", "--levels", "5", "--workers", "1", "--workers-file", str(listing)])
+
+    # Assert
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code not in (0, None)
+    assert len(lines) == 1 and "client_cert and client_key go together" in lines[0]
+
+
+def test_mutual_tls_without_tls_is_refused_before_serving() -> None:
+    # Execute: a worker asked to check client certificates on a plain ws:// socket.
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsim", "worker", "serve", "--id", "w", "--tls-client-ca", "ca"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Assert
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0
+    assert len(lines) == 1 and "--tls-client-ca needs --tls-cert" in lines[0]
