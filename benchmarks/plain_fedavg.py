@@ -1,7 +1,7 @@
 """A hand-written FedAvg in plain PyTorch: the reference fedsim's scale cells are read against.
 
 ``benchmarks/scale.py`` compares ``fedsim run --levels 3`` with the centralized
-baseline, as DESIGN.md defines slowdown. Part of that gap is not fedsim's: with
+baseline, as docs/design.md ("Slowdown") defines slowdown. Part of that gap is not fedsim's: with
 1,000 clients of 60 samples, FL itself trains in batches of 32 and 28, starts a
 fresh optimizer per client, copies the global model in and folds every update
 out. This script does that same work the way one would write it by hand,

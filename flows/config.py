@@ -35,7 +35,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Level:
-    """One level of simulation realism (see DESIGN.md, "The five levels").
+    """One level of simulation realism (see docs/design.md, "The levels and the round loop").
 
     FedAvg levels (2-5) also carry their aggregation, so one run can compare
     ``2`` and ``2:secure`` side by side; other levels have none.
@@ -339,7 +339,7 @@ class ExperimentConfig:
         return " ".join(parts)
 
     def mlflow_params(self, level: Level) -> dict[str, str]:
-        """Params of one level's MLflow run (names fixed by DESIGN.md)."""
+        """Params of one level's MLflow run (names listed in docs/operations.md, "MLflow")."""
         return (
             {
                 "level": level.name,
@@ -390,7 +390,7 @@ class ExperimentConfig:
         return self.min_cohort if self.min_cohort is not None else default_min_cohort(clients)
 
     def _defence_params(self, level: Level) -> dict[str, str]:
-        """Aggregator, attack and DP params of a FedAvg level (DESIGN.md: "+ dp/robust")."""
+        """Aggregator, attack and DP params of a FedAvg level (docs/operations.md, "MLflow")."""
         if level.number not in FEDAVG_LEVELS:
             return {}
         params = {

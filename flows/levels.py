@@ -3,8 +3,8 @@
 Levels 4 and 5 (``flows.websocket_levels``) reuse the loop over websocket workers.
 
 Every level runs the same loop — train, aggregate, evaluate, log — and differs
-only in where the data lives and how a round trains (DESIGN.md, "The five
-levels"). A level flow is self-contained: it takes JSON parameters, opens its
+only in where the data lives and how a round trains (docs/design.md, "The levels
+and the round loop"). A level flow is self-contained: it takes JSON parameters, opens its
 own MLflow child run under the benchmark's parent run, and returns a summary.
 """
 
@@ -271,7 +271,7 @@ def slowdown(summary: LevelSummary, baseline: dict[str, float]) -> float:
     """Training seconds over the baseline's, for the same amount of work.
 
     With every client taking part (C = 1) both sides pass over the same samples
-    the same number of times and this is the plain ratio of seconds (DESIGN.md).
+    the same number of times and this is the plain ratio of seconds (docs/design.md, "Slowdown").
     With C < 1 a level trains on fewer samples than the baseline, so seconds are
     compared per sample trained rather than letting sampling pass for speed.
     """

@@ -60,7 +60,7 @@ class ReportFiles:
 
 
 def reports_dir() -> Path:
-    """``$FEDSIM_REPORTS_DIR`` or ``reports/`` (git-ignored, DESIGN.md layout)."""
+    """``$FEDSIM_REPORTS_DIR`` or ``reports/`` (git-ignored, docs/design.md "Layout")."""
     return Path(os.environ.get(REPORTS_DIR_ENV) or "reports")
 
 

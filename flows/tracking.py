@@ -1,6 +1,6 @@
 """MLflow tracking for benchmark runs: one parent run, one child run per level.
 
-Layout and names are the contract of DESIGN.md ("MLflow"). Metrics are logged
+Layout and names are the contract of docs/operations.md ("MLflow"). Metrics are logged
 in batches (one ``log_batch`` per round): on SQLite one call per value costs
 ~4 ms and over HTTP ~56 ms, which would otherwise show up in the slowdown.
 """
@@ -121,7 +121,7 @@ class BenchmarkTracker:
         artifact_location = None
         uri = self.client.tracking_uri
         if uri.startswith("sqlite:///"):
-            # Artifacts beside the SQLite store, under mlruns/ (DESIGN.md).
+            # Artifacts beside the SQLite store, under mlruns/ (docs/operations.md, "MLflow").
             db_path = Path(uri.removeprefix("sqlite:///")).resolve()
             artifact_location = (db_path.parent / "artifacts").as_uri()
         return str(self.client.create_experiment(name, artifact_location=artifact_location))
