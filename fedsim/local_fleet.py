@@ -6,7 +6,7 @@ The way to try level 5 on one host: each worker is an independent
 server certificate, the coordinator's client certificate) and a key each,
 exactly as it would run on remote hosts; ``up`` writes the workers file the
 coordinator reads, ``down`` stops the daemons. Real deployments start the
-same command on each host (see the README).
+same command on each host (see docs/levels.md).
 """
 
 from __future__ import annotations

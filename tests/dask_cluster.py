@@ -1,4 +1,4 @@
-"""A Dask cluster started the way the README tells users to: ``dask scheduler`` and
+"""A Dask cluster started the way docs/scale.md tells users to: ``dask scheduler`` and
 ``dask worker`` commands, separate process trees that fedsim only knows by address.
 
 Loopback only, free ports, bounded waits; every process is stopped on exit.

@@ -1,4 +1,4 @@
-"""An existing Dask cluster, by address: the README's commands, equal results, clear refusals."""
+"""An existing Dask cluster, by address: docs/scale.md's commands, equal results, clear refusals."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _prefect_env() -> dict[str, str]:
 def test_existing_cluster_equals_in_process_run(
     mlflow_uri: str, tmp_path: Path, scheduler: DaskCommands
 ) -> None:
-    # Prepare: `dask scheduler` and `dask worker --nworkers 2`, as the README says.
+    # Prepare: `dask scheduler` and `dask worker --nworkers 2`, as docs/scale.md says.
     scheduler.add_workers(2, _prefect_env())
     on_cluster = ExperimentConfig(**BASE, task_runner="dask", dask_address=scheduler.address)
     preflight(on_cluster)
