@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: run test lint typecheck unit data chromium install benchmark clean ui
+.PHONY: run test test-fast lint typecheck unit data chromium install benchmark clean ui
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ unit: $(STAMP) data chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint typecheck unit
+
+# The tests that start no server, process or flow (no `e2e` marker): about a minute.
+test-fast: $(STAMP) data
+	$(BIN)/python -m pytest -m "not e2e" -q $(ARGS)
 
 UI_PORT ?= 5000
 

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from fedsim.cli import quiet_defaults
 
 _scratch = Path(tempfile.mkdtemp(prefix="fedsim-tests-"))
@@ -23,3 +25,16 @@ os.environ["FEDSIM_CACHE"] = str(_scratch / "cache")
 os.environ["FEDSIM_REPORTS_DIR"] = str(_scratch / "reports")  # inherited by served flow runs
 os.environ["FEDSIM_OFFLINE"] = "1"
 quiet_defaults()
+
+
+# Fixtures that start a server, worker daemons or a whole flow: a test that uses
+# one is end to end. Tests that start processes without them say so themselves.
+_E2E_FIXTURES = frozenset(
+    {"prefect_harness", "mlflow_uri", "level5", "level5_daemons", "level5_shared"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)

@@ -138,6 +138,7 @@ def test_clients_weighted_by_different_rules_are_refused() -> None:
         )
 
 
+@pytest.mark.e2e
 def test_resessioning_over_worker_processes_is_refused() -> None:
     # Prepare: four worker processes with their own data, trained sealed.
     with worker_processes(4) as workers:

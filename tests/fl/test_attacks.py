@@ -23,28 +23,13 @@ from fl.attacks import (
 )
 from fl.data import Split
 from fl.errors import ConfigError, DataError
+from tests.fl.synthetic import tiny_round
 
 IDS = tuple(f"c{i}" for i in range(10))
 
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def tiny_round() -> tuple[dict[str, torch.Tensor], list[ClientUpdate]]:
-    """Global w = [1, 1]; honest a trains to [2, 3], attacker b to [3, 1] (Δ_b = [2, 0])."""
-    glob = {
-        "w": torch.tensor([1.0, 1.0]),
-        "h": torch.tensor([0.5], dtype=torch.float16),
-        "n": torch.tensor(7),
-    }
-    a = {"w": torch.tensor([2.0, 3.0]), "h": torch.tensor([1.0], dtype=torch.float16)}
-    b = {"w": torch.tensor([3.0, 1.0]), "h": torch.tensor([1.5], dtype=torch.float16)}
-    updates = [
-        ClientUpdate("a", {**a, "n": torch.tensor(7)}, num_samples=1, train_loss=0.1),
-        ClientUpdate("b", {**b, "n": torch.tensor(7)}, num_samples=1, train_loss=0.2),
-    ]
-    return glob, updates
 
 
 # --- parse_attack / AttackSpec -------------------------------------------------

@@ -20,8 +20,7 @@ from fl.errors import ConfigError
 from fl.noise import NoiseSource, SecureNoise, SeededNoise
 from fl.privacy import DPConfig, DPFedAvg
 from fl.training import TrainConfig, train_local
-from tests.fl.synthetic import separable_split
-from tests.fl.test_dp_training import small_cnn
+from tests.fl.synthetic import separable_split, small_cnn
 
 CLIENT_DP = DPConfig(mode="client", noise_multiplier=1.0, clip=1.0)
 

@@ -13,18 +13,7 @@ from fl.models import get_state
 from fl.noise import SecureNoise, SeededNoise
 from fl.privacy import DPConfig, PrivacyAccountant
 from fl.training import TrainConfig, evaluate
-from tests.fl.synthetic import separable_split
-
-
-def small_cnn(seed: int = 0) -> nn.Sequential:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Conv2d(1, 2, kernel_size=5, stride=4),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(2 * 6 * 6, 10),
-        )
+from tests.fl.synthetic import separable_split, small_cnn
 
 
 def sample_dp(noise: float = 1.0, clip: float = 1.0) -> DPConfig:

@@ -7,7 +7,7 @@ import torch
 
 from fl.errors import ConfigError
 from fl.updates import stack_updates, unstack_update
-from tests.fl.test_attacks import tiny_round as attack_round
+from tests.fl.synthetic import tiny_round as attack_round
 
 
 def tiny_round() -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:

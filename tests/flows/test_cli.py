@@ -64,6 +64,7 @@ def test_bad_option_is_one_line_and_nonzero(
     assert "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_missing_dataset_names_the_ways_to_get_it(tmp_path: Path) -> None:
     # Prepare: $FEDSIM_DATA empty and no other source of MNIST on this machine (offline).
     env = {
@@ -90,6 +91,7 @@ def test_missing_dataset_names_the_ways_to_get_it(tmp_path: Path) -> None:
     assert "--data-dir" in lines[0] and "FEDSIM_DATA" in lines[0]
 
 
+@pytest.mark.e2e
 def test_run_twice_with_a_seed_prints_the_same_table_and_a_report(tmp_path: Path) -> None:
     # Prepare: the real entry point, a private MLflow store, Prefect home and
     # reports. Prefect's own start-up deadline is cut to 1 s, less than its
@@ -242,6 +244,7 @@ def test_a_half_given_client_certificate_is_one_clear_line(
     assert len(lines) == 1 and "client_cert and client_key go together" in lines[0]
 
 
+@pytest.mark.e2e
 def test_mutual_tls_without_tls_is_refused_before_serving() -> None:
     # Execute: a worker asked to check client certificates on a plain ws:// socket.
     done = subprocess.run(

@@ -15,7 +15,7 @@ from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.preflight import preflight
 from tests.dask_cluster import DaskCommands, dask_commands
-from tests.flows.test_scale import THOUSAND, assert_same_level_3
+from tests.flows.scenarios import THOUSAND, assert_same_level_3
 from tests.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

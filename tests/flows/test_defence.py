@@ -21,7 +21,7 @@ from flows.tasks import (
     load_train_set,
     partition_train_set,
 )
-from tests.flows.test_websocket_levels import SMALL
+from tests.flows.scenarios import SMALL
 from workers.core import TRAIN_Y_ID, WorkerCore
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

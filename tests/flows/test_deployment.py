@@ -32,6 +32,8 @@ from flows.config import PROFILES, ExperimentConfig
 from flows.deployment import full_name
 from tests.ports import free_port
 
+pytestmark = pytest.mark.e2e  # Prefect servers, deployments and workers
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,9 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.flows.test_websocket_levels import launched_workers, started_by
+from tests.flows.scenarios import launched_workers, started_by
+
+pytestmark = pytest.mark.e2e  # whole `fedsim run` processes, interrupted
 
 LEVEL4 = ["--levels", "4", "--model", "mlp", "--workers", "2", "--rounds", "200"]
 LEVEL4 += ["--train-samples", "2000", "--test-samples", "200", "--experiment", "interrupts"]

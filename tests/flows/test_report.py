@@ -27,7 +27,7 @@ from flows.defence import DP_PRIVATE_TAG
 from flows.progress import ProgressSink, use_sink
 from flows.report import NOT_PRIVATE, REPORTS_DIR_ENV, artifact_key, build_report
 from flows.tracking import BenchmarkTracker
-from tests.flows.test_websocket_levels import SMALL
+from tests.flows.scenarios import SMALL
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -14,7 +14,7 @@ from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig, parse_levels
 from mpc.errors import MPCError
 from mpc.field import P
-from tests.flows.test_websocket_levels import SMALL, launched_workers
+from tests.flows.scenarios import SMALL, launched_workers
 from workers.codec import Value
 from workers.virtual import VirtualWorker
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,52 +19,10 @@ from mlflow.tracking import MlflowClient
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.progress import ProgressSink, use_sink
+from tests.flows.scenarios import SMALL, launched_workers
 from workers.errors import WorkerError
-from workers.lifetime import PARENT_PID_ENV
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-SMALL: dict[str, Any] = {
-    "model": "mlp",
-    "workers": 2,
-    "rounds": 2,
-    "epochs": 1,
-    "batch_size": 32,
-    "lr": 0.05,
-    "train_samples": 400,
-    "test_samples": 200,
-    "experiment": "ws-test",
-}
-
-
-def started_by(parent: int) -> list[int]:
-    """Live (non-zombie) processes that ``parent`` started to die with it
-    (level-4 workers, Prefect's temporary API server)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if f"{PARENT_PID_ENV}={parent}".encode() in environ and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def launched_workers(parent: int) -> list[int]:
-    """The level-4 worker processes among them."""
-    found = []
-    for pid in started_by(parent):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"\0worker\0serve\0" in command:
-            found.append(pid)
-    return found
 
 
 def test_level4_matches_level3_and_leaves_no_process(
@@ -139,20 +97,36 @@ def test_too_few_workers_fails_clearly_and_stops_every_process(mlflow_uri: str) 
     assert launched_workers(os.getpid()) == []
 
 
-@pytest.fixture
-def level5_daemons(tmp_path: Path) -> Iterator[Path]:
+@contextmanager
+def _daemons(folder: Path) -> Iterator[Path]:
     """Two TLS worker daemons on 127.0.0.2 and 127.0.0.3, as `make run` starts them."""
-    up = [sys.executable, "-m", "fedsim", "worker", "up", "--dir", str(tmp_path)]
+    up = [sys.executable, "-m", "fedsim", "worker", "up", "--dir", str(folder)]
     up += ["--workers", "2", "--train-samples", "400"]
     subprocess.run(up, check=True, capture_output=True, timeout=300)
-    yield tmp_path / "workers.toml"
-    down = [sys.executable, "-m", "fedsim", "worker", "down", "--dir", str(tmp_path)]
-    subprocess.run(down, check=True, capture_output=True, timeout=60)
+    try:
+        yield folder / "workers.toml"
+    finally:
+        down = [sys.executable, "-m", "fedsim", "worker", "down", "--dir", str(folder)]
+        subprocess.run(down, check=True, capture_output=True, timeout=60)
 
 
-def test_level5_trains_on_independent_tls_daemons(mlflow_uri: str, level5_daemons: Path) -> None:
+@pytest.fixture(scope="module")
+def level5_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Daemons for the tests that leave them as they found them: started once."""
+    with _daemons(tmp_path_factory.mktemp("level5")) as workers_file:
+        yield workers_file
+
+
+@pytest.fixture
+def level5_daemons(tmp_path: Path) -> Iterator[Path]:
+    """Daemons of one test's own, for the tests that kill one."""
+    with _daemons(tmp_path) as workers_file:
+        yield workers_file
+
+
+def test_level5_trains_on_independent_tls_daemons(mlflow_uri: str, level5_shared: Path) -> None:
     # Prepare
-    cfg = ExperimentConfig(**{**SMALL, "levels": "3,5", "workers_file": str(level5_daemons)})
+    cfg = ExperimentConfig(**{**SMALL, "levels": "3,5", "workers_file": str(level5_shared)})
 
     # Execute
     result = benchmark_flow(cfg.to_dict())
@@ -164,10 +138,10 @@ def test_level5_trains_on_independent_tls_daemons(mlflow_uri: str, level5_daemon
     )
 
 
-def test_level5_refuses_workers_holding_other_data(mlflow_uri: str, level5_daemons: Path) -> None:
+def test_level5_refuses_workers_holding_other_data(mlflow_uri: str, level5_shared: Path) -> None:
     # Prepare: the daemons hold partitions of the first 400 samples, the run wants 300.
     cfg = ExperimentConfig(
-        **{**SMALL, "levels": "5", "train_samples": 300, "workers_file": str(level5_daemons)}
+        **{**SMALL, "levels": "5", "train_samples": 300, "workers_file": str(level5_shared)}
     )
 
     # Execute / Assert

@@ -264,6 +264,7 @@ def ws_parties() -> Iterator[dict[str, Worker]]:
         yield dict(zip(roles, workers, strict=True))
 
 
+@pytest.mark.e2e
 def test_predictions_equal_plaintext_over_websocket_workers(
     trained: dict[str, torch.Tensor], test_split: Split, ws_parties: dict[str, Worker]
 ) -> None:

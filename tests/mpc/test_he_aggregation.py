@@ -477,6 +477,7 @@ def test_the_minimum_cohort_of_the_run_and_of_the_key_holder_is_kept(
 # ------------------------------------------------------------------ websocket
 
 
+@pytest.mark.e2e
 def test_he_average_over_websocket_worker_processes(states: list[dict[str, torch.Tensor]]) -> None:
     # Prepare: three worker processes on loopback.
     with worker_processes(3) as workers:

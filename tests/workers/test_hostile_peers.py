@@ -23,18 +23,20 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.workers.test_websocket import HOST, RunningWorker, _client, _start, _stop
+from tests.workers.running import HOST, RunningWorker, client_for, start_worker, stop_worker
 from workers.codec import MAGIC
 from workers.errors import WorkerError
 from workers.messages import AuthResult, ErrorReply, decode_message
 from workers.peers import PEER_LOG_BURST
 
+pytestmark = pytest.mark.e2e  # a real worker process under hostile peers
+
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWorker]:
-    running = _start(tmp_path_factory.mktemp("hostile"), "ws-0", HOST, tls=False)
+    running = start_worker(tmp_path_factory.mktemp("hostile"), "ws-0", HOST, tls=False)
     yield running
-    _stop(running)
+    stop_worker(running)
 
 
 def _port(worker: RunningWorker) -> int:
@@ -135,7 +137,7 @@ def test_a_put_answered_with_an_error_stores_nothing(worker: RunningWorker) -> N
     # Prepare: an id no reply can carry back (a lone surrogate).
     put = '{"tag":"put","value":{"map":{"obj_id":"x\\ud800","value":1.0}},"tensors":[]}'
 
-    with _client(worker, "ws-0") as client:
+    with client_for(worker, "ws-0") as client:
         before = client.ping().num_objects
 
         # Execute
@@ -180,7 +182,7 @@ def test_a_crowd_of_silent_peers_cannot_lock_the_coordinator_out(worker: Running
     try:
         for _ in range(20):
             try:
-                with _client(worker, "ws-0") as client:
+                with client_for(worker, "ws-0") as client:
                     answered += client.ping().worker_id == "ws-0"
             except WorkerError as error:
                 refused.append(str(error))
@@ -199,12 +201,12 @@ def test_what_a_connection_made_the_worker_hold_is_returned_when_it_closes(
 ) -> None:
     # Prepare: the worker's resident size after a first, empty connection.
     process = psutil.Process(worker.process.pid)
-    with _client(worker, "ws-0") as client:
+    with client_for(worker, "ws-0") as client:
         client.ping()
     before = _settled_rss(process, above=None)
 
     # Execute: a connection that makes it hold 240 MB in 4 MB objects, then ends.
-    with _client(worker, "ws-0") as client:
+    with client_for(worker, "ws-0") as client:
         for index in range(60):
             client.send(torch.ones(2**20 + index), obj_id=f"big:{index}", owned=False)
         held = process.memory_info().rss

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from websockets.sync.client import connect
 from fl.data import load_partition
 from fl.models import build_model, get_state, set_state
 from fl.training import TrainConfig, train_local
+from tests.workers.running import HOST, RunningWorker, client_for, start_worker, stop_worker
 from workers.auth import read_secret, write_secret
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError, WorkerError
@@ -29,71 +29,23 @@ from workers.pointer import Pointer
 from workers.tls import make_worker_pki
 from workers.ws_client import WebsocketWorker
 
-HOST = "127.0.0.1"
+pytestmark = pytest.mark.e2e  # real worker processes
+
 TLS_HOST = "127.0.0.2"  # a distinct loopback address, as a remote host would be
-
-
-@dataclass
-class RunningWorker:
-    process: subprocess.Popen[str]
-    url: str
-    token: Path
-    log: Path
-    ca: Path | None = None
-
-
-def _start(
-    tmp: Path,
-    worker_id: str,
-    host: str,
-    *,
-    tls: bool,
-    partition: str = "0/2",
-    samples: int = 400,
-) -> RunningWorker:
-    token = tmp / f"{worker_id}.token"
-    write_secret(token)
-    command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", worker_id]
-    command += ["--host", host, "--port", "0", "--token-file", str(token), "--threads", "1"]
-    command += ["--partition", partition, "--train-samples", str(samples)]
-    ca = None
-    if tls:
-        pki = make_worker_pki(tmp / "pki", [host])
-        command += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
-        ca = pki.ca_cert
-    log = tmp / f"{worker_id}.log"
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, stdin=subprocess.DEVNULL
-    )
-    assert process.stdout is not None
-    ready = json.loads(process.stdout.readline())  # the worker's first stdout line
-    scheme = "wss" if tls else "ws"
-    return RunningWorker(process, f"{scheme}://{host}:{ready['port']}", token, log, ca)
-
-
-def _stop(worker: RunningWorker) -> None:
-    worker.process.terminate()
-    worker.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def plain_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWorker]:
-    worker = _start(tmp_path_factory.mktemp("ws"), "ws-0", HOST, tls=False)
+    worker = start_worker(tmp_path_factory.mktemp("ws"), "ws-0", HOST, tls=False)
     yield worker
-    _stop(worker)
+    stop_worker(worker)
 
 
 @pytest.fixture(scope="module")
 def tls_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWorker]:
-    worker = _start(tmp_path_factory.mktemp("wss"), "wss-0", TLS_HOST, tls=True)
+    worker = start_worker(tmp_path_factory.mktemp("wss"), "wss-0", TLS_HOST, tls=True)
     yield worker
-    _stop(worker)
-
-
-def _client(worker: RunningWorker, worker_id: str) -> WebsocketWorker:
-    return WebsocketWorker(
-        worker_id, worker.url, secret=read_secret(worker.token), cafile=worker.ca, timeout=60
-    )
+    stop_worker(worker)
 
 
 def test_pointers_and_plans_over_websocket(plain_worker: RunningWorker) -> None:
@@ -103,7 +55,7 @@ def test_pointers_and_plans_over_websocket(plain_worker: RunningWorker) -> None:
     plan = trace_plan(lambda a, b: torch.relu(a @ b).sum(), 2)
 
     # Execute
-    with _client(plain_worker, "ws-0") as worker:
+    with client_for(plain_worker, "ws-0") as worker:
         px, pw = worker.send(x), worker.send(w)
         remote = ((px @ pw) * 2 - 1).get()
         stored = worker.send_plan(plan)
@@ -125,7 +77,7 @@ def test_remote_training_equals_local_training(tls_worker: RunningWorker) -> Non
     config = TrainConfig(epochs=1, batch_size=32, lr=0.05)
 
     # Execute
-    with _client(tls_worker, "wss-0") as worker:
+    with client_for(tls_worker, "wss-0") as worker:
         new_ptr, reply = worker.train("mlp", worker.send(start), config, seed=7)
         remote_state = new_ptr.get()
     local = build_model("mlp")
@@ -192,7 +144,7 @@ def test_bad_frames_get_error_replies_and_objects_survive(plain_worker: RunningW
     # Prepare
     rng = random.Random(0)
     kept = torch.arange(10.0)
-    with _client(plain_worker, "ws-0") as worker:
+    with client_for(plain_worker, "ws-0") as worker:
         pointer = worker.send(kept)
         good = Ping().encode()
         frames = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))) for _ in range(200)]
@@ -213,8 +165,8 @@ def test_bad_frames_get_error_replies_and_objects_survive(plain_worker: RunningW
 
 
 def test_second_coordinator_is_refused_while_one_is_connected(plain_worker: RunningWorker) -> None:
-    with _client(plain_worker, "ws-0"), pytest.raises(WorkerError):
-        _client(plain_worker, "ws-0")
+    with client_for(plain_worker, "ws-0"), pytest.raises(WorkerError):
+        client_for(plain_worker, "ws-0")
 
 
 def test_worker_refuses_to_serve_beyond_loopback_without_a_token(tmp_path: Path) -> None:
@@ -265,7 +217,7 @@ def test_fuzz_ten_thousand_bad_frames(plain_worker: RunningWorker) -> None:
     ]
     kept = torch.randn(5, 5, generator=torch.Generator().manual_seed(3))
 
-    with _client(plain_worker, "ws-0") as worker:
+    with client_for(plain_worker, "ws-0") as worker:
         pointer = worker.send(kept)
         before = worker.ping().num_objects
 
@@ -342,11 +294,11 @@ def test_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
 
 def test_each_connection_has_its_own_objects_and_private_data(plain_worker: RunningWorker) -> None:
     # Prepare
-    with _client(plain_worker, "ws-0") as first:
+    with client_for(plain_worker, "ws-0") as first:
         pointer_id = first.send(torch.ones(2), obj_id="mine", owned=False).id
 
     # Execute / Assert: a new connection sees neither the old objects nor raw data.
-    with _client(plain_worker, "ws-0") as second:
+    with client_for(plain_worker, "ws-0") as second:
         with pytest.raises(RemoteError, match="not_found"):
             second.get(pointer_id)
         for private in (TRAIN_X_ID, TRAIN_Y_ID):
@@ -381,7 +333,7 @@ def test_unauthenticated_peers_cannot_make_the_worker_buffer_or_lock_it(
 
     # Assert: the coordinator still gets in while strangers hold connections open.
     try:
-        with _client(plain_worker, "ws-0") as worker:
+        with client_for(plain_worker, "ws-0") as worker:
             assert worker.ping().worker_id == "ws-0"
     finally:
         for connection in silent:

@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from fl.models import build_model, get_state
 from fl.training import TrainConfig
-from tests.workers.test_websocket import HOST, _client, _start, _stop
+from tests.workers.running import HOST, client_for, start_worker, stop_worker
+
+pytestmark = pytest.mark.e2e  # real worker processes, measured
 
 BUDGET = 400 * 2**20
 
@@ -40,12 +43,12 @@ def test_a_worker_with_2000_images_stays_within_400_mb_of_torch_after_training(
     tmp_path: Path,
 ) -> None:
     # Prepare: a worker loading partition 0/1 of the first 2,000 training images.
-    worker = _start(tmp_path, "ws-0", HOST, tls=False, partition="0/1", samples=2000)
+    worker = start_worker(tmp_path, "ws-0", HOST, tls=False, partition="0/1", samples=2000)
     try:
         process = psutil.Process(worker.process.pid)
 
         # Execute: one round of CNN training on all of it.
-        with _client(worker, "ws-0") as client:
+        with client_for(worker, "ws-0") as client:
             start = client.send(get_state(build_model("cnn", seed=0)))
             config = TrainConfig(epochs=1, batch_size=32, lr=0.05)
             _, reply = client.train("cnn", start, config, seed=1)
@@ -56,4 +59,4 @@ def test_a_worker_with_2000_images_stays_within_400_mb_of_torch_after_training(
         assert reply.num_samples == 2000
         assert rss - bare < BUDGET, f"worker {rss >> 20} MB, bare torch {bare >> 20} MB"
     finally:
-        _stop(worker)
+        stop_worker(worker)
