@@ -153,7 +153,9 @@ def train_specs_here(
 
 # In this process (the thread-pool task runner) the batch's outcome is returned
 # as it is: no process boundary is crossed, so no frame is built or decoded.
-train_client_specs_local = task(name="train-client-specs", cache_policy=NO_CACHE)(train_specs_here)
+train_client_specs_local = task(name="train-client-specs-here", cache_policy=NO_CACHE)(
+    train_specs_here
+)
 
 
 def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> bytearray:

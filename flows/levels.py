@@ -137,7 +137,7 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
             break
         start = time.perf_counter()
         outcome = round_fn(state, round_index)
-        if outcome.global_state is not None:  # opened by secure aggregation
+        if outcome.global_state is not None:  # averaged already: opened, or folded as streamed
             state = _opened(ctx, state, outcome)
         elif outcome.aggregated:
             state = dict(outcome.updates[0].state)
@@ -197,7 +197,8 @@ def _within_budget(ctx: LevelContext, round_index: int) -> bool:
 
 
 def _opened(ctx: LevelContext, state: StateDict, outcome: RoundOutcome) -> StateDict:
-    """The average secure aggregation opened, with client-level DP noise if configured."""
+    """The round's average, opened by secure aggregation or folded as the clients
+    streamed in, with client-level DP noise if configured."""
     assert outcome.global_state is not None
     if ctx.defence is None:
         return outcome.global_state
