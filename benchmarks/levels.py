@@ -25,7 +25,8 @@ exit_on_sigterm()
 import torch  # noqa: E402
 
 from fedsim.display import run_with_display  # noqa: E402
-from flows.config import LEVELS, PROFILES, ExperimentConfig  # noqa: E402
+from flows.config import PROFILES, ExperimentConfig  # noqa: E402
+from flows.level import LEVELS  # noqa: E402
 
 _RUN_NAMES = {level.name: level.run_name for level in LEVELS}
 

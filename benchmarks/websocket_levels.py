@@ -26,7 +26,8 @@ exit_on_sigterm()
 
 from fedsim.display import run_with_display  # noqa: E402
 from fedsim.local_fleet import fleet_down, fleet_up  # noqa: E402
-from flows.config import LEVELS, ExperimentConfig  # noqa: E402
+from flows.config import ExperimentConfig  # noqa: E402
+from flows.level import LEVELS  # noqa: E402
 
 _RUN_NAMES = {level.name: level.run_name for level in LEVELS}
 

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.config import LEVELS, ExperimentConfig
+from flows.config import ExperimentConfig
+from flows.level import LEVELS
 from flows.progress import ProgressSink, use_sink
 
 __all__ = ["RichProgressSink", "run_with_display", "summary_table"]

@@ -8,12 +8,10 @@ from typing import Any
 from prefect import flow
 
 from fl.data import dataset_checksum
-from flows.config import ExperimentConfig, Level
-from flows.encrypted_eval import ENCRYPTED_EVAL_LEVEL, encrypted_eval_flow
+from flows.config import ExperimentConfig
 from flows.engine import dask_task_runner
-from flows.levels import baseline_flow, federated_flow, sequential_flow
+from flows.level import Level
 from flows.tracking import BenchmarkTracker, status_after
-from flows.websocket_levels import websocket_local_flow, websocket_remote_flow
 
 __all__ = ["benchmark_flow", "describe", "run_level"]
 
@@ -36,25 +34,14 @@ def run_level(
     parent_run_id: str | None,
     baseline: dict[str, float] | None,
 ) -> dict[str, Any]:
-    """Dispatch to the flow of ``level``; ``baseline`` holds the baseline's
+    """Run the flow of ``level``; ``baseline`` holds the baseline's
     ``train_seconds`` and ``samples_trained`` once it has run."""
-    if level.number == 0:
-        return baseline_flow(config, parent_run_id, baseline)
-    if level.number == 1:
-        return sequential_flow(config, parent_run_id, baseline)
-    if level.number == 3 and config.get("task_runner") == "dask":
-        cfg = ExperimentConfig.from_dict(config)
-        runner = dask_task_runner(cfg, _prefect_api_url())
-        return federated_flow.with_options(task_runner=runner)(config, 3, parent_run_id, baseline)
-    if level.number in (2, 3):
-        return federated_flow(config, level.number, parent_run_id, baseline)
-    if level.number == 4:
-        return websocket_local_flow(config, parent_run_id, baseline)
-    if level.number == 5:
-        return websocket_remote_flow(config, parent_run_id, baseline)
-    if level.number == ENCRYPTED_EVAL_LEVEL:
-        return encrypted_eval_flow(config, parent_run_id, baseline)
-    raise ValueError(f"level {level.name} has no flow in this version")
+    flow: Any = level.load_flow()
+    if level.dask and config.get("task_runner") == "dask":
+        runner = dask_task_runner(ExperimentConfig.from_dict(config), _prefect_api_url())
+        flow = flow.with_options(task_runner=runner)
+    result: dict[str, Any] = flow(config, parent_run_id, baseline)
+    return result
 
 
 def _prefect_api_url() -> str | None:
@@ -116,7 +103,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
                 {"prefect_seconds": summary["prefect_seconds"]},
                 step=cfg.rounds,
             )
-            if level.number == 0:
+            if level.centralized:
                 baseline = {k: summary[k] for k in ("train_seconds", "samples_trained")}
             summaries.append(summary)
     except BaseException as error:

@@ -19,111 +19,10 @@ from fl.models import MODELS
 from fl.partition import parse_partition
 from flows.defence import check_defence
 from flows.engine import check_engine
+from flows.level import AGGREGATIONS, Level, parse_levels
 from workers.party import default_min_cohort
 
-__all__ = [
-    "AGGREGATIONS",
-    "FEDAVG_LEVELS",
-    "LEVELS",
-    "PROFILES",
-    "ExperimentConfig",
-    "Level",
-    "level_for",
-    "parse_levels",
-]
-
-
-@dataclass(frozen=True)
-class Level:
-    """One level of simulation realism (see docs/design.md, "The levels and the round loop").
-
-    FedAvg levels (2-5) also carry their aggregation, so one run can compare
-    ``2`` and ``2:secure`` side by side; other levels have none.
-    """
-
-    number: int
-    name: str
-    aggregation: str | None = None
-
-    @property
-    def run_name(self) -> str:
-        """MLflow child-run name: ``L<n> <name>``, plus `` (secure)`` / `` (he)`` for
-        secret-shared / homomorphic aggregation."""
-        suffix = f" ({self.aggregation})" if self.aggregation not in (None, "plain") else ""
-        return f"L{self.number} {self.name}{suffix}"
-
-    @property
-    def key(self) -> str:
-        """How the level is written in ``--levels`` (``2:secure`` for a secure variant)."""
-        suffix = f":{self.aggregation}" if self.aggregation not in (None, "plain") else ""
-        return f"{self.name}{suffix}"
-
-    def with_aggregation(self, aggregation: str) -> Level:
-        """This level aggregating with ``aggregation`` (FedAvg levels only)."""
-        if self.number not in FEDAVG_LEVELS:
-            raise ConfigError(
-                f"level {self.name!r} does not aggregate client updates: "
-                f"':{aggregation}' applies to levels 2-5"
-            )
-        return dataclasses.replace(self, aggregation=aggregation)
-
-
-LEVELS: tuple[Level, ...] = (
-    Level(0, "baseline"),
-    Level(1, "sequential"),
-    Level(2, "federated"),
-    Level(3, "decentralized"),
-    Level(4, "websocket-local"),
-    Level(5, "websocket-remote"),
-    Level(6, "encrypted-eval"),
-)
-_BY_KEY: dict[str, Level] = {}
-for _level in LEVELS:
-    _BY_KEY[_level.name] = _level
-    if _level.number <= 5:
-        _BY_KEY[str(_level.number)] = _level
-_BY_KEY["0"] = LEVELS[0]
-
-AGGREGATIONS: tuple[str, ...] = ("plain", "secure", "he")
-FEDAVG_LEVELS = (2, 3, 4, 5)  # the levels whose rounds aggregate client updates
-
-
-def level_for(number: int, aggregation: str) -> Level:
-    """Level ``number`` as run with ``aggregation`` (ignored by non-FedAvg levels)."""
-    level = LEVELS[number]
-    return level.with_aggregation(aggregation) if number in FEDAVG_LEVELS else level
-
-
-def parse_levels(spec: str, aggregation: str = "plain") -> tuple[Level, ...]:
-    """Parse ``baseline,1,2,2:secure,3`` (words or numbers) into levels, in run order.
-
-    A FedAvg level without a suffix aggregates with ``aggregation`` (the
-    ``--aggregation`` option). The baseline always runs first when present,
-    because every other level's slowdown is measured against it; the remaining
-    order and duplicates are normalised so the same set of levels always gives
-    the same run (plain, then secure, then homomorphic aggregation).
-    """
-    keys = [part.strip().lower() for part in spec.split(",") if part.strip()]
-    if not keys:
-        raise ConfigError(f"no levels in {spec!r}: use e.g. baseline,1,2,3")
-    chosen: set[Level] = set()
-    for key in keys:
-        name, _, suffix = key.partition(":")
-        level = _BY_KEY.get(name)
-        if level is None:
-            valid = ", ".join(f"{lv.name}" for lv in LEVELS)
-            raise ConfigError(f"unknown level {name!r}: choose from {valid} or 0-5")
-        if suffix and suffix not in AGGREGATIONS:
-            raise ConfigError(
-                f"unknown aggregation {suffix!r} in level {key!r}: plain, secure or he"
-            )
-        if suffix:
-            level = level.with_aggregation(suffix)
-        elif level.number in FEDAVG_LEVELS:
-            level = level.with_aggregation(aggregation)
-        chosen.add(level)
-    order = {None: 0, "plain": 0, "secure": 1, "he": 2}
-    return tuple(sorted(chosen, key=lambda lv: (lv.number, order[lv.aggregation])))
+__all__ = ["PROFILES", "ExperimentConfig"]
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -269,8 +168,9 @@ class ExperimentConfig:
             )
         if not self.request_timeout > 0:
             raise ConfigError(f"--timeout must be > 0, got {self.request_timeout}")
-        if any(level.number == 5 for level in self.level_list) and not self.workers_file:
-            raise ConfigError("level 5 (websocket-remote) needs --workers-file")
+        remote = [level for level in self.level_list if level.remote]
+        if remote and not self.workers_file:
+            raise ConfigError(f"level {remote[0].number} ({remote[0].name}) needs --workers-file")
         if not self.experiment.strip():
             raise ConfigError("--experiment must not be empty")
         check_defence(self, levels)
@@ -353,7 +253,7 @@ class ExperimentConfig:
                 "lr": str(self.lr),
                 "fraction": str(self.fraction),
                 "seed": str(self.seed),
-                "aggregation": self.aggregation if level.number in FEDAVG_LEVELS else "none",
+                "aggregation": self.aggregation if level.fedavg else "none",
                 "profile": self.profile,
                 "train_samples": str(self.train_samples or "all"),
                 "test_samples": str(self.test_samples or "all"),
@@ -364,10 +264,10 @@ class ExperimentConfig:
         )
 
     def _engine_params(self, level: Level) -> dict[str, str]:
-        if level.number not in (2, 3):
+        if not level.in_process_batches:
             return {}
         params = {"round_tasks": str(self.round_tasks), "task_runner": "local"}
-        if level.number == 3 and self.task_runner == "dask":
+        if level.dask and self.task_runner == "dask":
             params |= {
                 "task_runner": "dask",
                 "dask_address": self.dask_address or f"LocalCluster({self.dask_workers})",
@@ -377,7 +277,7 @@ class ExperimentConfig:
         return params
 
     def _secure_params(self, level: Level) -> dict[str, str]:
-        if level.number not in FEDAVG_LEVELS or self.aggregation != "secure":
+        if not level.fedavg or self.aggregation != "secure":
             return {}
         return {
             "committee": str(self.committee),
@@ -391,7 +291,7 @@ class ExperimentConfig:
 
     def _defence_params(self, level: Level) -> dict[str, str]:
         """Aggregator, attack and DP params of a FedAvg level (docs/operations.md, "MLflow")."""
-        if level.number not in FEDAVG_LEVELS:
+        if not level.fedavg:
             return {}
         params = {
             "aggregator": self.aggregator,

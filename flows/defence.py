@@ -67,7 +67,8 @@ from fl.robust import parse_aggregator
 from fl.updates import stack_updates, unstack_update
 
 if TYPE_CHECKING:
-    from flows.config import ExperimentConfig, Level
+    from flows.config import ExperimentConfig
+    from flows.level import Level
 
 __all__ = [
     "DP_CHOICES",
@@ -146,7 +147,7 @@ def check_defence(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
             f"--attack {attack.kind} rewrites updates the coordinator never sees under "
             f"{hidden[0]}: use --attack label-flip or plain aggregation"
         )
-    if attack.kind in DATA_ATTACKS and any(lv.number in (4, 5) for lv in levels):
+    if attack.kind in DATA_ATTACKS and any(lv.processes or lv.remote for lv in levels):
         raise ConfigError(
             f"--attack {attack.kind} poisons training data, which workers at levels 4-5 load "
             "themselves: run it at levels 2-3"

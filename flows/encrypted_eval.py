@@ -36,9 +36,8 @@ from flows.timing import timed_body
 from mpc.encrypted_inference import MODEL, EncryptedEvalResult, encrypted_evaluate
 from workers.virtual import VirtualWorker
 
-__all__ = ["ENCRYPTED_EVAL_LEVEL", "encrypted_eval_flow", "training_epochs"]
+__all__ = ["encrypted_eval_flow", "training_epochs"]
 
-ENCRYPTED_EVAL_LEVEL = 6
 _MAX_TRAIN_SAMPLES = 120_000
 BATCH_SIZE = 250  # images per encrypted batch: every tensor < 32 MiB, every frame < 256 MiB
 
@@ -142,4 +141,4 @@ def encrypted_eval_flow(
     baseline: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Encrypted evaluation of the MPC-friendly CNN on the run's test images."""
-    return run_level_body(ENCRYPTED_EVAL_LEVEL, config, parent_run_id, baseline, _body)
+    return run_level_body("encrypted-eval", config, parent_run_id, baseline, _body)

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 from fl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from flows.config import ExperimentConfig, Level
+    from flows.config import ExperimentConfig
+    from flows.level import Level
 
 __all__ = [
     "MAX_LOCAL_PROCESSES",
@@ -58,10 +59,9 @@ __all__ = [
 ]
 
 TASK_RUNNERS: tuple[str, ...] = ("local", "dask")
-# Level 4 starts one OS process per worker on this host: past this many, the
+# A level of worker processes starts one per worker on this host: past this many, the
 # processes would only fight over the cores (many clients: levels 2-3, or Dask).
 MAX_LOCAL_PROCESSES = 64
-_DASK_LEVELS = frozenset({0, 3})
 _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://[^\s/]+$")
 
 
@@ -78,10 +78,11 @@ def check_engine(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):  # fmt: skip
         raise ConfigError(f"--client-threads must be an integer >= 1, got {threads!r}")
-    if any(level.number == 4 for level in levels) and cfg.workers > MAX_LOCAL_PROCESSES:
+    processes = [level for level in levels if level.processes]
+    if processes and cfg.workers > MAX_LOCAL_PROCESSES:
         raise ConfigError(
-            f"level 4 starts one process per worker; {cfg.workers} workers is more than "
-            f"{MAX_LOCAL_PROCESSES}: simulate many clients at levels 2-3 (or on Dask)"
+            f"level {processes[0].number} starts one process per worker; {cfg.workers} workers "
+            f"is more than {MAX_LOCAL_PROCESSES}: simulate many clients at levels 2-3 (or on Dask)"
         )
     if cfg.task_runner != "dask":
         if cfg.dask_address is not None:
@@ -91,7 +92,7 @@ def check_engine(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
         raise ConfigError(
             f"--dask-address {cfg.dask_address!r} is not a scheduler address like tcp://HOST:8786"
         )
-    others = [level.run_name for level in levels if level.number not in _DASK_LEVELS]
+    others = [lv.run_name for lv in levels if not (lv.dask or lv.centralized)]
     if others:
         raise ConfigError(
             f"--task-runner dask trains level 3 on Dask workers (clients load their own "

@@ -30,8 +30,9 @@ from flows.client_rounds import (
     with_round_metrics,
 )
 from flows.client_training import train_sequential_round
-from flows.config import ExperimentConfig, Level, level_for
+from flows.config import ExperimentConfig
 from flows.defence import Defence, dp_tags, poisoned_indices
+from flows.level import Level, level_named
 from flows.secure import secure_aggregate_round
 from flows.tasks import (
     RoundOutcome,
@@ -292,9 +293,9 @@ def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
         "bytes_total": float(summary.bytes_total),
         "samples_trained": float(summary.samples_trained),
     }
-    if ctx.level.number == 0:
+    if ctx.level.centralized:
         summary.slowdown_vs_baseline = 1.0
-    elif ctx.baseline and ctx.level.number <= 5:  # encrypted-eval trains no FedAvg rounds
+    elif ctx.baseline and ctx.level.slowdown:
         summary.slowdown_vs_baseline = slowdown(summary, ctx.baseline)
     if summary.slowdown_vs_baseline is not None:
         final["slowdown_vs_baseline"] = summary.slowdown_vs_baseline
@@ -314,7 +315,7 @@ def _finish(ctx: LevelContext, summary: LevelSummary) -> LevelSummary:
 
 
 def run_level_body(
-    number: int,
+    name: str,
     config: dict[str, Any],
     parent_run_id: str | None,
     baseline: dict[str, float] | None,
@@ -323,7 +324,7 @@ def run_level_body(
     """Open the level's MLflow run, run ``body`` inside its meter, close the run."""
     entered = time.perf_counter()
     cfg = ExperimentConfig.from_dict(config)
-    level = level_for(number, cfg.aggregation)
+    level = level_named(name, cfg.aggregation)
     tracker = BenchmarkTracker(cfg.experiment)
     tracker.parent_id = parent_run_id
     run_id = tracker.start_level(level.run_name, level.name, cfg.mlflow_params(level))
@@ -387,7 +388,7 @@ def baseline_flow(
     baseline: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Level 0: centralized PyTorch training, same model, B, lr, seed and passes."""
-    return run_level_body(0, config, parent_run_id, baseline, _baseline_body)
+    return run_level_body("baseline", config, parent_run_id, baseline, _baseline_body)
 
 
 @flow(name="fedsim-sequential", log_prints=False)
@@ -401,25 +402,29 @@ def sequential_flow(
     def body(ctx: LevelContext) -> LevelSummary:
         return _federated_body(ctx, coordinator_splits=True, sequential=True)
 
-    return run_level_body(1, config, parent_run_id, baseline, body)
+    return run_level_body("sequential", config, parent_run_id, baseline, body)
 
 
 @flow(name="fedsim-federated", log_prints=False)
 def federated_flow(
     config: dict[str, Any],
-    level: int = 2,
     parent_run_id: str | None = None,
     baseline: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Levels 2 and 3: local training on virtual workers, then FedAvg.
+    """Level 2: the coordinator splits the data and sends the shards to virtual
+    workers; local training, then FedAvg."""
+    return run_level_body("federated", config, parent_run_id, baseline, _fedavg_body)
 
-    Level 2 splits the data on the coordinator and sends the shards; level 3
-    has each worker load its own partition.
-    """
-    if level not in (2, 3):
-        raise ValueError(f"federated_flow runs levels 2 and 3, not {level}")
 
-    def body(ctx: LevelContext) -> LevelSummary:
-        return _federated_body(ctx, coordinator_splits=level == 2, sequential=False)
+@flow(name="fedsim-decentralized", log_prints=False)
+def decentralized_flow(
+    config: dict[str, Any],
+    parent_run_id: str | None = None,
+    baseline: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Level 3: each virtual worker loads its own partition; local training, then FedAvg."""
+    return run_level_body("decentralized", config, parent_run_id, baseline, _fedavg_body)
 
-    return run_level_body(level, config, parent_run_id, baseline, body)
+
+def _fedavg_body(ctx: LevelContext) -> LevelSummary:
+    return _federated_body(ctx, coordinator_splits=not ctx.level.own_data, sequential=False)

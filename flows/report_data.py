@@ -16,8 +16,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fl.errors import ConfigError
-from flows.config import LEVELS
 from flows.defence import DP_PRIVATE_TAG
+from flows.level import LEVELS
 from flows.report_plots import LevelSeries
 from flows.tracking import tracking_uri
 

@@ -140,7 +140,7 @@ def websocket_local_flow(
 ) -> dict[str, Any]:
     """Level 4: one websocket worker process per client on this host, each loading
     its own partition; parallel local training; FedAvg."""
-    return run_level_body(4, config, parent_run_id, baseline, _local_processes_body)
+    return run_level_body("websocket-local", config, parent_run_id, baseline, _local_processes_body)
 
 
 @flow(name="fedsim-websocket-remote", log_prints=False)
@@ -151,4 +151,4 @@ def websocket_remote_flow(
 ) -> dict[str, Any]:
     """Level 5: independently started TLS workers, each holding its own partition,
     reached by address from a workers file; every connection authenticated."""
-    return run_level_body(5, config, parent_run_id, baseline, _remote_body)
+    return run_level_body("websocket-remote", config, parent_run_id, baseline, _remote_body)

@@ -23,8 +23,9 @@ from fl.aggregation import ClientUpdate
 from fl.data import Split
 from fl.privacy import clip_updates
 from fl.training import TrainConfig, train_local
-from flows.config import ExperimentConfig, level_for
+from flows.config import ExperimentConfig
 from flows.defence import DP_PRIVATE_TAG, Defence, dp_tags
+from flows.level import level_named
 from flows.tasks import client_seed
 
 D = 4_000  # parameters of the client-level toy model
@@ -44,7 +45,7 @@ CLIENT = {
 
 def logged_integers(cfg: ExperimentConfig) -> list[int]:
     """Every integer among the level's MLflow params: candidate seeds."""
-    params = cfg.mlflow_params(level_for(2, cfg.aggregation))
+    params = cfg.mlflow_params(level_named("federated", cfg.aggregation))
     return sorted({int(v) for v in params.values() if v.isdigit()})
 
 
@@ -210,7 +211,7 @@ def test_with_a_noise_seed_the_same_attack_succeeds_and_the_run_says_it_is_not_p
     # Assert: the noise comes off (the option is for simulation only), and the
     # logged params and tags say so.
     assert residual < 1e-9
-    assert cfg.mlflow_params(level_for(2, "secure"))["dp_noise_seed"] == "99"
+    assert cfg.mlflow_params(level_named("federated", "secure"))["dp_noise_seed"] == "99"
     assert dp_tags(cfg)[DP_PRIVATE_TAG] == "false"
     assert dp_tags(ExperimentConfig(**CLIENT)) == {DP_PRIVATE_TAG: "true"}
 

@@ -147,10 +147,10 @@ def test_summary_table_fits_80_columns_with_every_level_name() -> None:
     from rich.console import Console
 
     from fedsim.display import summary_table
-    from flows.config import FEDAVG_LEVELS, LEVELS
+    from flows.level import LEVELS
 
     names = [lv.run_name for lv in LEVELS]
-    names += [lv.with_aggregation("secure").run_name for lv in LEVELS if lv.number in FEDAVG_LEVELS]
+    names += [lv.with_aggregation("secure").run_name for lv in LEVELS if lv.fedavg]
     rows = [
         {
             "run_name": name,

@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from fl.errors import ConfigError
 from flows.benchmark import benchmark_flow
-from flows.config import ExperimentConfig, parse_levels
+from flows.config import ExperimentConfig
+from flows.level import parse_levels
 from mpc.errors import MPCError
 from mpc.field import P
 from tests.flows.scenarios import SMALL, launched_workers
