@@ -197,7 +197,7 @@ def main() -> None:
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {cell: [] for cell in cells}
     for repeat in range(1, args.repeats + 1):
         # Each repeat measures its own baseline first and compares its cells
-        # with it: this machine's speed drifts by several percent over minutes.
+        # with it: a machine's speed drifts over minutes (docs/scale.md, "Measured").
         print(f"repeat {repeat}: baseline, one centralized epoch", flush=True)
         base = run_cell(["--levels", "baseline", "--rounds", "1"])
         per_sample = base["train_seconds"] / base["samples"]

@@ -19,12 +19,11 @@ the first 2000 Fashion-MNIST samples, one torch thread) on 127.0.0.1 and, for
   counted with how the worker answered it.
 
 The hostile peers run in a child process by default (``--hostile-in``). In
-threads of this process they share its GIL with the coordinator: measured on 2
-cores (30 s each), the coordinator then completed ~10 % fewer rounds, with
-slower worst rounds, and the peers sent ~8 % fewer frames; the worker process is
-the bottleneck either way. The defaults send ~1500 hostile frames a second (the
-target of 100,000 in 10 minutes with a wide margin) while the coordinator still
-completes about one round a second (3.5 without the strangers). Silent peers
+threads of this process they share its GIL with the coordinator, which then
+completes fewer rounds, with slower worst rounds, and the peers send fewer
+frames; the worker process is the bottleneck either way. The defaults pass the
+target of 100,000 hostile frames in 10 minutes with a wide margin while the
+coordinator still completes rounds (docs/levels.md, "Under attack"). Silent peers
 reconnect ``--silent-pause`` s after each drop; with 0 they churn, evicting each
 other hundreds of times a second. The worker's lines about strangers (refusals,
 dropped and failed handshakes) pass a quota of 20 per 10 s (``PEER_LOG_BURST``

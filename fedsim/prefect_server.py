@@ -2,7 +2,7 @@
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary server on first use and
 gives it 20 s; on a fresh ``PREFECT_HOME`` it creates its database first, which
-takes longer than that on a busy 2-core machine, and the run dies with "Timed
+takes longer than that on a busy machine, and the run dies with "Timed
 out while attempting to connect to ephemeral Prefect API server". fedsim starts
 the same server (Prefect's own ``create_app`` under uvicorn) before the run:
 
@@ -32,9 +32,9 @@ from workers.lifetime import child_environment
 
 __all__ = ["STARTUP_DEADLINE_SECONDS", "prefect_api"]
 
-# Creating the database on a fresh PREFECT_HOME takes ~10 s on an idle 2-core
-# machine and several times that on a busy one; the deadline is only there so
-# that a server that never answers cannot hang the run.
+# Creating the database on a fresh PREFECT_HOME takes seconds on an idle machine
+# and several times that on a busy one (docs/operations.md, "Prefect"); the
+# deadline is only there so that a server that never answers cannot hang the run.
 STARTUP_DEADLINE_SECONDS = 600.0
 _SAY_WAITING_AFTER_SECONDS = 3.0
 _POLL_SECONDS = 0.2

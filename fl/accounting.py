@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 from fl.errors import ConfigError, FedsimError
 
-if TYPE_CHECKING:  # Opacus (~60 MB resident) is imported by runs that use DP only
+if TYPE_CHECKING:  # Opacus is a heavy import: only runs that use DP make it
     from opacus.accountants import IAccountant
 
 __all__ = [

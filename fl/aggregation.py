@@ -118,12 +118,11 @@ class WeightedSum:
     def _fold(self, acc: torch.Tensor, tensors: list[torch.Tensor], weights: list[float]) -> None:
         """``acc += Σ wᵢ · tensorᵢ`` in float64, in order, one cache-sized slice at a time.
 
-        Torch's mixed-dtype ``add_`` converts element by element and runs ~2×
-        slower than a float64 add of a float64 copy (measured on a 1.7 M-element
-        state, cold cache: 4.1 ms vs 2.3 ms in 32 K-element slices, 1.9 ms per
-        state folding 4 at once). Converting a slice into a reused float64
-        scratch buffer (exact: float32 ⊂ float64) and adding it computes the same
-        values, so the bits do not change.
+        Torch's mixed-dtype ``add_`` converts element by element and does not
+        vectorise, so it is slower than a float64 add of a float64 copy
+        (docs/scale.md, "What a client costs"). Converting a slice into a reused
+        float64 scratch buffer (exact: float32 ⊂ float64) and adding it computes
+        the same values, so the bits do not change.
         """
         flat_acc = acc.view(-1)
         flats = [tensor.reshape(-1) for tensor in tensors]

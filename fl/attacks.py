@@ -84,8 +84,8 @@ class AttackSpec:
     ``alie_z`` (default None = :func:`alie_z` of the round's n and attacker count).
 
     ``sign_factor`` κ (default 4): sign flippers send −κΔ. With κ = 1 two
-    attackers of ten only shrink FedAvg's step to 60% (measured: their updates
-    sit 1.6-1.8 median distances from the centre, inside the honest spread); κ = 4
+    attackers of ten only shrink FedAvg's step to 60%, and their updates sit
+    inside the honest spread (docs/privacy-and-robustness.md, "Attacks"); κ = 4
     cancels the honest clients' progress (0.8μ − 2·0.4μ ≈ 0), the regime in which
     a defence is needed at all.
     """

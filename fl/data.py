@@ -161,7 +161,7 @@ def _local_root(candidate: Path, dataset: str) -> Path | None:
 
 def _download(dataset: str, root: Path) -> None:
     """Let torchvision fetch the dataset into ``root`` (needs the internet)."""
-    import torchvision  # only here: importing it costs a process ~160 MB
+    import torchvision  # only here: its import is heavy (docs/operations.md, "Data")
 
     cls = getattr(torchvision.datasets, _CLASS_NAME[dataset])
     cls(str(root), train=True, download=True)
@@ -239,8 +239,9 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
     """The uint8 array in an idx file (LeCun's format, as MNIST ships), checked.
 
     Read here rather than through torchvision's dataset classes, whose import
-    alone costs a worker process ~160 MB; the format is a 4-byte magic (0, 0,
-    type 0x08 for uint8, number of dimensions), big-endian int32 sizes, data.
+    alone weighs on every worker process (docs/operations.md, "Data"); the
+    format is a 4-byte magic (0, 0, type 0x08 for uint8, number of dimensions),
+    big-endian int32 sizes, data.
     """
     data = path.read_bytes()
     header = 4 + 4 * ndim

@@ -41,7 +41,7 @@ from fl.noise import NoiseSource
 from fl.privacy import DPConfig, PrivacyAccountant
 from fl.training import TrainConfig, TrainResult
 
-if TYPE_CHECKING:  # Opacus (~60 MB resident) is imported when DP-SGD runs, not before
+if TYPE_CHECKING:  # Opacus is a heavy import: made when DP-SGD runs, not before
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 

@@ -104,8 +104,8 @@ class MPCFriendlyCNN(nn.Module):
     Shapes: (B,1,28,28) → conv5×5 (pad 2) → (B,16,28,28) → avgpool → (B,16,14,14)
     → conv5×5 (pad 2) → (B,32,14,14) → avgpool → (B,32,7,7) → FC 1568→128 → FC 128→10.
     Widths are half of McMahan's CNN (and FC 128 instead of 512): matmuls in the
-    ring are ~17× slower than float32, and the narrower net still reaches > 80 %
-    on Fashion-MNIST within a few epochs.
+    ring are far slower than float32 (docs/mpc-and-he.md, "Encrypted evaluation"),
+    and the narrower net still reaches > 80 % on Fashion-MNIST within a few epochs.
     """
 
     def __init__(self) -> None:
@@ -194,7 +194,7 @@ def adopt_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, take: bo
             tensor = tensor.to(ref.dtype, memory_format=torch.contiguous_format, copy=True)
         own[key] = tensor
     # What load_state_dict(assign=True) does, without its per-call Python
-    # machinery (hooks, dynamo guards: ~0.15 ms, paid per simulated client).
+    # machinery (hooks, dynamo guards), which would be paid per simulated client.
     for key, tensor in own.items():
         owner_name, _, name = key.rpartition(".")
         owner = model.get_submodule(owner_name)

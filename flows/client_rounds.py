@@ -278,12 +278,12 @@ def _free_frame(frame: bytes | bytearray) -> None:
 
     Prefect keeps every task run's parameters and return value in reference
     cycles (its state and result records) that only Python's cyclic collector
-    frees, and with the ~800 K long-lived objects of a flow process that
+    frees, and with the many long-lived objects of a flow process that
     collector's full passes come every several rounds: a round's model-sized
-    frames and sums piled up until then (measured: +26 MB a round at 1,000
-    clients and C = 0.01, 250 MB before a pass). Emptying what this flow handed
-    to or got from Prefect frees it at once; the records keep empty shells. A
-    frame still viewed elsewhere is left as it is, freed with the view.
+    frames and sums piled up until then (docs/scale.md, "What a client costs").
+    Emptying what this flow handed to or got from Prefect frees it at once; the
+    records keep empty shells. A frame still viewed elsewhere is left as it is,
+    freed with the view.
     """
     if isinstance(frame, bytearray):
         with contextlib.suppress(BufferError):

@@ -136,8 +136,8 @@ def train_specs_here(
     """
     start = time.perf_counter()
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: every freed
-    # model-sized block would go back to the kernel and fault in again (measured:
-    # local training 1.7x slower). Keep them in the heap, as fedsim's CLI does.
+    # model-sized block would go back to the kernel and fault in again (see
+    # docs/scale.md, "Dask"). Keep them in the heap, as fedsim's CLI does.
     tune_malloc()
     cfg = ExperimentConfig.from_dict(config)
     source = client_data_source(cfg)

@@ -1,8 +1,9 @@
 """MLflow tracking for benchmark runs: one parent run, one child run per level.
 
 Layout and names are the contract of docs/operations.md ("MLflow"). Metrics are logged
-in batches (one ``log_batch`` per round): on SQLite one call per value costs
-~4 ms and over HTTP ~56 ms, which would otherwise show up in the slowdown.
+in batches (one ``log_batch`` per round): one call per value is one write to the
+store (an HTTP request to a server), whose cost would otherwise show up in the
+slowdown (docs/operations.md, "MLflow").
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ def encrypted_evaluate(
     The coordinator plays both owners' clients here: it sends ``state`` to the
     model owner and ``images``/``labels`` to the data owner, then runs
     :data:`ENCRYPTED_INFERENCE`. ``parallel`` lets the dealer deal batch k + 1
-    in a thread while batch k is evaluated (≈ 8 % less wall time on 2 cores).
+    in a thread while batch k is evaluated (docs/mpc-and-he.md, "Encrypted evaluation").
     ``report_logits`` makes the data owner also return the opened logits (for tests;
     the flows never ask). The data owner returns the predictions to the caller.
     """

@@ -106,8 +106,8 @@ def field_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a · b mod p, exactly, for broadcastable int64 tensors in [0, p).
 
     Large operands go through ``_mul`` in chunks of 2^16 elements: its dozen
-    temporaries then stay in cache and the allocator reuses their memory,
-    which halves the time on 1.7 M elements.
+    temporaries then stay in cache and the allocator reuses their memory
+    (docs/mpc-and-he.md, "Malicious security").
     """
     wide_a, wide_b = torch.broadcast_tensors(a, b)  # type: ignore[no-untyped-call]
     shape, count = wide_a.shape, wide_a.numel()

@@ -100,8 +100,9 @@ def ring_linear(layer: Layer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The layer's bilinear map op(x, w) in Z/2^64 (no bias, no truncation).
 
     torch's int64 conv2d/matmul (no BLAS behind them) are the cost centre here;
-    splitting into limbs for exact float64 convolutions measured ≈ 4× slower
-    still, as float64 conv2d has no fast CPU kernel either.
+    splitting into limbs for exact float64 convolutions was slower still, as
+    float64 conv2d has no fast CPU kernel either (docs/mpc-and-he.md, "Encrypted
+    evaluation").
     """
     if layer.kind == "conv":
         return F.conv2d(x, w, padding=layer.padding)
@@ -122,8 +123,8 @@ def expand(seed: bytes, stream: int, shape: Sequence[int]) -> torch.Tensor:
     """Stream ``stream`` of the ChaCha20 keystream keyed by ``seed``, as uniform int64s.
 
     The 16-byte ChaCha20 nonce is (block counter 0 ‖ stream id), so streams of one
-    seed are independent. The keystream is written straight into the tensor
-    (≈ 1.6 GB/s here, against 0.6 GB/s through ``SecureRandom.ring_elements``).
+    seed are independent. The keystream is written straight into the tensor, not
+    into bytes first and then a copy, as ``SecureRandom.ring_elements`` does.
     """
     if len(seed) != SEED_BYTES:
         raise MPCError(f"a seed has {SEED_BYTES} bytes, got {len(seed)}")
@@ -159,7 +160,7 @@ def sum_pool2(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     pairs = x.reshape(b, c, h, w // 2, 2)
     rows = (pairs[..., 0] + pairs[..., 1]).reshape(b, c, h // 2, 2, w // 2)
-    return rows[:, :, :, 0] + rows[:, :, :, 1]  # two adds: ≈ 3× faster than .sum(dim=(3, 5))
+    return rows[:, :, :, 0] + rows[:, :, :, 1]  # two adds: faster than .sum(dim=(3, 5))
 
 
 def activation_share(

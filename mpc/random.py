@@ -3,8 +3,8 @@
 Shares must be uniformly random in Z/2^64 and unpredictable to every other
 party: PySyft 0.2 drew them from torch's default (Mersenne-Twister-like)
 generator, which is neither. Here a ChaCha20 keystream (the ``cryptography``
-package) keyed from ``os.urandom`` produces the bytes: ≈ 0.6 GB/s on these
-machines, against ≈ 0.24 GB/s for ``os.urandom`` itself.
+package) keyed from ``os.urandom`` produces the bytes, faster than
+``os.urandom`` itself (docs/mpc-and-he.md).
 """
 
 from __future__ import annotations

@@ -345,8 +345,8 @@ def _decode_tensor(
         # Through numpy: its array holds an export of the buffer (which pins it
         # against resizing) and the tensor holds the array. torch.frombuffer
         # would hold neither. One array per tensor, not views of one for the
-        # whole frame: a model trained on views of one shared base ran ~1%
-        # slower (measured twice, within noise; not worth the ~50 µs saved).
+        # whole frame: views of one shared base made training no faster, so the
+        # little they save per frame is not worth it (docs/scale.md, "Measured").
         view = torch.from_numpy(np.frombuffer(owner, dtype=np.uint8, count=nbytes, offset=start))
         if view.data_ptr() % itemsize == 0:
             return view.view(dtype).reshape(shape)

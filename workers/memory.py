@@ -24,8 +24,8 @@ def tune_malloc() -> bool:
 
     Encrypted evaluation allocates and frees tens of MB per tensor many times per
     batch; with glibc's defaults each such block is a fresh mmap whose pages the
-    kernel faults in and zeroes again (measured: ~35 % of wall time in the
-    kernel). M_MMAP_THRESHOLD at its 32 MiB maximum and a 1 GiB M_TRIM_THRESHOLD
+    kernel faults in and zeroes again (docs/mpc-and-he.md, "Encrypted
+    evaluation"). M_MMAP_THRESHOLD at its 32 MiB maximum and a 1 GiB M_TRIM_THRESHOLD
     let blocks up to 32 MiB be reused — batches of ≤ 250 images keep every
     tensor under that. Process-wide, so the programs (``fedsim run``, ``fedsim worker serve``,
     the benchmarks) set it, not the library. Returns whether glibc took it.

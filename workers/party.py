@@ -103,9 +103,9 @@ class Party:
         """This party's CSPRNG, keyed from the OS on first use.
 
         Lazily: a simulation materialises a worker per sampled client and most
-        never run an MPC step, and keying a ChaCha20 stream is ~0.1 ms of each
-        client's round (measured). Were two steps to race on first use, each
-        would key a stream of its own from the OS: still a CSPRNG.
+        never run an MPC step, and keying a ChaCha20 stream would be a cost in
+        every client's round (docs/scale.md, "Measured"). Were two steps to race
+        on first use, each would key a stream of its own from the OS: still a CSPRNG.
         """
         if self._rng is None:
             self._rng = SecureRandom()

@@ -14,8 +14,8 @@ as one binary frame. The server
 - serves one coordinator connection at a time (a second gets close code 1013)
   and keeps the objects of each connection in that connection's own store,
   seeded with the worker's own data (which is never copied per connection);
-- turns off permessage-deflate (it cuts tensor throughput ~30×) and enforces an
-  explicit frame size limit sized for model states.
+- turns off permessage-deflate (it cuts tensor throughput, see docs/levels.md)
+  and enforces an explicit frame size limit sized for model states.
 """
 
 from __future__ import annotations
