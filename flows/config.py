@@ -26,9 +26,9 @@ __all__ = ["PROFILES", "ExperimentConfig"]
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Finishes in under 5 minutes on 2 CPU cores with every FedAvg level >= 80%
-    # (measured: see README). Four workers, so that level 4's worker processes
-    # and level 5's daemons share the two cores without thrashing.
+    # Meant to finish in minutes on 2 cores with every FedAvg level >= 80%
+    # (docs/levels.md, "The quick run"). Four workers, so that level 4's worker
+    # processes and level 5's daemons share two cores without thrashing.
     "quick": {
         "levels": "baseline,1,2,3,4",
         "workers": 4,

@@ -2,16 +2,16 @@
 
 A round's sampled clients are cut into ``--round-tasks`` batches of consecutive
 clients, one Prefect task each (``flows.client_rounds``): Prefect's per-task cost
-(measured here: 0.1-0.2 s per task run on Dask) is paid per batch, not per
-client, so a round of a thousand clients is still a handful of task runs.
+(docs/scale.md, "Measured") is paid per batch, not per client, so a round of a
+thousand clients is still a handful of task runs.
 
 With ``--task-runner local`` (the default) the batches run at once on the level
-flow's thread pool in this process, one torch thread each on this 2-core
-machine. With ``--task-runner dask`` the level's flow runs under
-``prefect_dask.DaskTaskRunner`` and the batches run in parallel on Dask workers:
-on an existing cluster when ``--dask-address`` names its scheduler (checked
-before the run starts: ``flows.dask_check``), otherwise on a ``LocalCluster`` of
-``--dask-workers`` processes bound to 127.0.0.1. Each batch
+flow's thread pool in this process, the cores divided among them. With
+``--task-runner dask`` the level's flow runs under ``prefect_dask.DaskTaskRunner``
+and the batches run in parallel on Dask workers: on an existing cluster when
+``--dask-address`` names its scheduler (checked before the run starts:
+``flows.dask_check``), otherwise on a ``LocalCluster`` of ``--dask-workers``
+processes bound to 127.0.0.1. Each batch
 materialises its clients on the Dask worker from their partition descriptors —
 the worker reads the dataset from its own dataset location, as level 3's
 clients do — so no training data is shipped per task: only the global model
@@ -25,9 +25,8 @@ Identical results: the batching depends only on ``--round-tasks``, never on the
 engine, and every batch folds its clients in the same order wherever it runs. A
 Dask run therefore equals the in-process run with the same seed bit for bit when
 local training uses the same number of torch threads (``--client-threads``; on a
-LocalCluster the default is the cores divided among its processes). Floating-point
-sums split across threads round differently: 1 vs 2 threads moved CNN weights by
-4e-8 after 19 SGD steps here.
+LocalCluster the default is the cores divided among its processes): floating-point
+sums split across threads round differently (docs/scale.md, "Same results").
 
 Trust: Dask ships Prefect's task functions to its workers with (cloud)pickle, so a
 Dask cluster must be as trusted as this process — it is the coordinator's own
@@ -119,7 +118,7 @@ def dask_task_runner(cfg: ExperimentConfig, prefect_api_url: str | None) -> Any:
 
     A LocalCluster's workers get ``PREFECT_API_URL`` of this process's Prefect
     API, so that they report their task runs to it rather than each starting a
-    temporary server of its own (~7 s apiece).
+    temporary server of its own, which takes seconds.
     """
     from prefect_dask import DaskTaskRunner  # Dask is only imported when used
 

@@ -37,8 +37,8 @@ __all__ = ["CONNECT_TIMEOUT_SECONDS", "ClientCertificate", "WebsocketWorker", "c
 ClientCertificate = tuple[Path, Path]
 
 # Connecting and authenticating: a refused port fails at once, so this bounds
-# only a peer that is slow to answer — a TLS handshake on a crowded 2-core
-# machine took more than 5 s.
+# only a peer that is slow to answer; a TLS handshake on a crowded machine can
+# take seconds, hence the margin.
 CONNECT_TIMEOUT_SECONDS = 30.0
 # Retrying a handshake the worker dropped for a newer one (workers.peers.Admission).
 _FIRST_RETRY_PAUSE, _LAST_RETRY_PAUSE = 0.05, 1.0
