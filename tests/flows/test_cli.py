@@ -199,7 +199,8 @@ def test_logged_command_reproduces_the_config(options: dict[str, Any]) -> None:
     # Prepare
     import shlex
 
-    from fedsim.cli import _config_from_args, build_parser
+    from fedsim.cli import _config_from_args
+    from fedsim.options import build_parser
     from flows.config import ExperimentConfig
 
     cfg = ExperimentConfig(**options)
@@ -212,7 +213,8 @@ def test_logged_command_reproduces_the_config(options: dict[str, Any]) -> None:
 
 
 def test_robustness_profile_attacks_and_attack_none_means_a_clean_run() -> None:
-    from fedsim.cli import _config_from_args, build_parser
+    from fedsim.cli import _config_from_args
+    from fedsim.options import build_parser
 
     parse = build_parser().parse_args
     attacked = _config_from_args(parse(["run", "--profile", "robustness"]))
