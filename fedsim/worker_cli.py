@@ -29,8 +29,9 @@ def serve_worker(args: argparse.Namespace) -> int:
     import torch
 
     from fl.data import forget_loaded_data, load_partition
+    from fl.partition import partition_descriptor
     from workers.auth import read_secret
-    from workers.core import TRAIN_X_ID, TRAIN_Y_ID, partition_descriptor
+    from workers.core import TRAIN_X_ID, TRAIN_Y_ID
     from workers.lifetime import die_with_parent
     from workers.memory import one_heap, return_free_memory
     from workers.party import MIN_COHORT

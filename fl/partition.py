@@ -36,6 +36,7 @@ __all__ = [
     "dirichlet_partition",
     "iid_partition",
     "parse_partition",
+    "partition_descriptor",
     "partition_indices",
     "shard_partition",
 ]
@@ -192,3 +193,22 @@ def partition_indices(
     assert spec.kind == "shards" and spec.shards_per_client is not None
     generator = torch.Generator().manual_seed(seed)
     return shard_partition(labels, num_clients, spec.shards_per_client, generator)
+
+
+def partition_descriptor(
+    dataset: str,
+    partition: str,
+    index: int,
+    count: int,
+    seed: int,
+    limit: int | None,
+) -> str:
+    """One line naming a worker's training partition, reported in Pong.
+
+    A worker holds the partition a coordinator expects exactly when their
+    descriptors are equal: partitions are a pure function of these values.
+    """
+    return (
+        f"{dataset} {partition} {index}/{count} seed={seed} "
+        f"limit={'all' if limit is None else limit}"
+    )

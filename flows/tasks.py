@@ -22,13 +22,13 @@ from fl.aggregation import ClientUpdate, Strategy, WeightedSum
 from fl.attacks import flip_labels
 from fl.data import PartitionSource, Split, load_split, partition_source
 from fl.models import build_model, get_state, set_state
-from fl.partition import parse_partition, partition_indices
+from fl.partition import parse_partition, partition_descriptor, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
 from flows.config import ExperimentConfig
 from flows.timing import timed_body
 from workers.auth import read_secret, worker_key
 from workers.base import Worker
-from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore, partition_descriptor
+from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore
 from workers.fleet import Fleet, RemoteWorkerSpec, check_partition, load_fleet_file
 from workers.launcher import LocalWorkerPool, WorkerSpec, threads_per_worker
 from workers.model_pool import ModelPool

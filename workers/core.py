@@ -16,28 +16,25 @@ that fails *during* training has consumed it; every check runs before that.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from fl.attacks import flip_labels
-from fl.data import PartitionSource, Split, partition_source
-from fl.errors import FedsimError
-from fl.training import TrainConfig, evaluate, train_local
+from fl.data import PartitionSource, partition_source
+from fl.partition import partition_descriptor
 from mpc.errors import MPCError
 from workers.codec import DTYPES, Ref, Value, check_value
-from workers.contributions import Contribution, Contributions, training_digest
+from workers.contributions import Contribution, Contributions
 from workers.errors import ProtocolError, WorkerError
+from workers.failures import ERROR_CODES, RequestFailure
 from workers.messages import (
     PROTOCOL_VERSION,
     Ack,
     DeleteObjects,
     ErrorReply,
-    EvalReply,
     Evaluate,
     Fit,
     FitReply,
@@ -55,13 +52,13 @@ from workers.messages import (
     RunPlan,
     SendPlan,
     Train,
-    TrainReply,
     decode_message,
 )
-from workers.model_pool import ModelPool, trained_state
+from workers.model_pool import ModelPool
 from workers.ops import OPS, apply_op
 from workers.party import MIN_COHORT, Party, PartyError, party_steps
 from workers.plan import Plan
+from workers.training_requests import TrainingRequests
 
 __all__ = [
     "ERROR_CODES",
@@ -69,7 +66,6 @@ __all__ = [
     "TRAIN_X_ID",
     "TRAIN_Y_ID",
     "WorkerCore",
-    "partition_descriptor",
 ]
 
 # Where a worker that loads its own partition keeps it (level 3 and 5): the
@@ -78,50 +74,12 @@ TRAIN_X_ID = "data/train/x"
 TRAIN_Y_ID = "data/train/y"
 MAX_ID_LENGTH = 256
 
-ERROR_CODES: tuple[str, ...] = (
-    "protocol",  # the bytes are not a valid message
-    "bad_request",  # a valid message the worker cannot act on (bad id, config, plan...)
-    "not_found",  # an id that names no stored object or plan
-    "exists",  # an id that is already taken (ids are chosen by the client)
-    "op_failed",  # an op or plan raised while computing
-    "train_failed",  # local training or evaluation raised while computing
-    "internal",  # a bug in the worker; the message names the exception
-)
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _MISSING = object()
 
 
-def partition_descriptor(
-    dataset: str,
-    partition: str,
-    index: int,
-    count: int,
-    seed: int,
-    limit: int | None,
-) -> str:
-    """One line naming a worker's training partition, reported in Pong.
-
-    A worker holds the partition a coordinator expects exactly when their
-    descriptors are equal: partitions are a pure function of these values.
-    """
-    return (
-        f"{dataset} {partition} {index}/{count} seed={seed} "
-        f"limit={'all' if limit is None else limit}"
-    )
-
-
-class _Failure(Exception):
-    """Raised inside handlers; becomes an ErrorReply."""
-
-    def __init__(self, code: str, message: str) -> None:
-        assert code in ERROR_CODES, code
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class WorkerCore:
-    """Object store and request handlers of one worker."""
+class WorkerCore(TrainingRequests):
+    """Object store and request handlers of one worker (training: ``workers.training_requests``)."""
 
     def __init__(
         self,
@@ -153,7 +111,7 @@ class WorkerCore:
             try:
                 self._new_id(obj_id)
                 check_value(value)
-            except (_Failure, ProtocolError) as exc:
+            except (RequestFailure, ProtocolError) as exc:
                 raise WorkerError(f"initial object {obj_id!r}: {exc}") from None
             self._objects[obj_id] = value
         self._handlers: dict[type[Message], Callable[[Any], Reply]] = {
@@ -291,7 +249,7 @@ class WorkerCore:
             return ErrorReply("bad_request", f"{msg.TAG!r} is not a request")
         try:
             return handler(msg)
-        except _Failure as failure:
+        except RequestFailure as failure:
             return ErrorReply(failure.code, failure.message)
         except Exception as exc:
             return ErrorReply("internal", f"{type(exc).__name__}: {exc}")
@@ -300,19 +258,19 @@ class WorkerCore:
 
     def _new_id(self, obj_id: str) -> str:
         if not isinstance(obj_id, str) or not 0 < len(obj_id) <= MAX_ID_LENGTH:
-            raise _Failure("bad_request", f"object id must be 1..{MAX_ID_LENGTH} chars")
+            raise RequestFailure("bad_request", f"object id must be 1..{MAX_ID_LENGTH} chars")
         if obj_id in self._objects or obj_id in self._plans:
-            raise _Failure("exists", f"id {obj_id!r} already exists on {self._worker_id!r}")
+            raise RequestFailure("exists", f"id {obj_id!r} already exists on {self._worker_id!r}")
         return obj_id
 
     def _public(self, obj_id: str) -> Value:
         """An object the coordinator may read, delete or compute on."""
         if obj_id in self._private:
-            raise _Failure(
+            raise RequestFailure(
                 "bad_request", f"{obj_id!r} is the worker's own data: train/evaluate only"
             )
         if obj_id in self._contributions:
-            raise _Failure(
+            raise RequestFailure(
                 "bad_request", f"{obj_id!r} is sealed for secure aggregation: party steps only"
             )
         return self._lookup(obj_id)
@@ -321,12 +279,14 @@ class WorkerCore:
         try:
             return self._objects[obj_id]
         except KeyError:
-            raise _Failure("not_found", f"no object {obj_id!r} on {self._worker_id!r}") from None
+            raise RequestFailure(
+                "not_found", f"no object {obj_id!r} on {self._worker_id!r}"
+            ) from None
 
     def _tensor(self, obj_id: str, what: str) -> torch.Tensor:
         value = self._lookup(obj_id)
         if not isinstance(value, torch.Tensor):
-            raise _Failure("bad_request", f"{what} {obj_id!r} is not a tensor")
+            raise RequestFailure("bad_request", f"{what} {obj_id!r} is not a tensor")
         return value
 
     def _resolve(self, value: Value) -> Value:
@@ -339,9 +299,11 @@ class WorkerCore:
 
     def _check_result(self, value: Any, what: str) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
-            raise _Failure("op_failed", f"{what} returned a {type(value).__name__}, not a tensor")
+            raise RequestFailure(
+                "op_failed", f"{what} returned a {type(value).__name__}, not a tensor"
+            )
         if value.dtype not in _DTYPE_NAMES:
-            raise _Failure("op_failed", f"{what} returned dtype {value.dtype}")
+            raise RequestFailure("op_failed", f"{what} returned dtype {value.dtype}")
         return value
 
     # --------------------------------------------------------------- handlers
@@ -373,13 +335,13 @@ class WorkerCore:
     def _run_op(self, msg: RunOp) -> OpReply:
         self._new_id(msg.result_id)
         if msg.op not in OPS:
-            raise _Failure("bad_request", f"op {msg.op!r} is not allowlisted")
+            raise RequestFailure("bad_request", f"op {msg.op!r} is not allowlisted")
         args = tuple(self._resolve(arg) for arg in msg.args)
         kwargs = {key: self._resolve(arg) for key, arg in msg.kwargs.items()}
         try:
             result = apply_op(msg.op, args, kwargs)
         except Exception as exc:
-            raise _Failure("op_failed", f"{msg.op}: {type(exc).__name__}: {exc}") from None
+            raise RequestFailure("op_failed", f"{msg.op}: {type(exc).__name__}: {exc}") from None
         tensor = self._check_result(result, f"op {msg.op!r}")
         self._objects[msg.result_id] = tensor
         return OpReply(msg.result_id, tuple(tensor.shape), _DTYPE_NAMES[tensor.dtype])
@@ -389,154 +351,44 @@ class WorkerCore:
         try:
             plan = Plan.from_dict(msg.plan)
         except WorkerError as exc:
-            raise _Failure("bad_request", f"plan {msg.plan_id!r} refused: {exc}") from None
+            raise RequestFailure("bad_request", f"plan {msg.plan_id!r} refused: {exc}") from None
         self._plans[msg.plan_id] = plan
         return Ack((msg.plan_id,))
 
     def _run_plan(self, msg: RunPlan) -> Ack:
         plan = self._plans.get(msg.plan_id)
         if plan is None:
-            raise _Failure("not_found", f"no plan {msg.plan_id!r} on {self._worker_id!r}")
+            raise RequestFailure("not_found", f"no plan {msg.plan_id!r} on {self._worker_id!r}")
         if len(msg.result_ids) != len(plan.outputs):
-            raise _Failure(
+            raise RequestFailure(
                 "bad_request",
                 f"plan has {len(plan.outputs)} outputs, got {len(msg.result_ids)} ids",
             )
         if len(set(msg.result_ids)) != len(msg.result_ids):
-            raise _Failure("bad_request", "result ids must be distinct")
+            raise RequestFailure("bad_request", "result ids must be distinct")
         for result_id in msg.result_ids:
             self._new_id(result_id)
         inputs = [self._public(arg_id) for arg_id in msg.arg_ids]
         try:
             outputs = plan.run(inputs)
         except Exception as exc:
-            raise _Failure(
+            raise RequestFailure(
                 "op_failed", f"plan {msg.plan_id!r}: {type(exc).__name__}: {exc}"
             ) from None
         checked = [self._check_result(out, f"plan {msg.plan_id!r}") for out in outputs]
         self._objects.update(zip(msg.result_ids, checked, strict=True))
         return Ack(msg.result_ids)
 
-    @contextmanager
-    def _model(self, name: str, state_id: str, *, take: bool = False) -> Iterator[nn.Module]:
-        """A pooled module for ``name`` holding the stored state ``state_id``: a copy,
-        or with ``take`` the stored tensors themselves, the id freed (``Fit``).
-
-        A sealed state is refused: training or evaluating from it would give the
-        coordinator a readable copy, or a model to query.
-        """
-        if state_id in self._contributions:
-            raise _Failure(
-                "bad_request", f"{state_id!r} is sealed for secure aggregation: party steps only"
-            )
-        state = self._lookup(state_id)
-        if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        ):
-            raise _Failure("bad_request", f"{state_id!r} is not a state dict of tensors")
-        with ExitStack() as stack:
-            try:
-                model = stack.enter_context(self._models.lease(name, state, take=take))
-            except FedsimError as exc:
-                raise _Failure("bad_request", str(exc)) from None
-            if take:
-                # Stored objects never share memory (each PutObject's tensors view
-                # its own request frame, Train results are a module's own): the
-                # module holds the only copy.
-                del self._objects[state_id]
-            yield model
-
-    def _split(self, x_id: str, y_id: str) -> Split:
-        x, y = self._tensor(x_id, "data"), self._tensor(y_id, "labels")
-        if x.ndim == 0 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise _Failure("bad_request", f"data {tuple(x.shape)} and labels {tuple(y.shape)}")
-        return Split(x, y)
-
-    @staticmethod
-    def _training_setup(msg: Train | Fit) -> tuple[TrainConfig, torch.Generator]:
-        """The request's checked train config, and its seeded shuffling generator."""
-        if not 0 <= msg.seed < 2**64:  # torch would silently wrap a negative seed
-            raise _Failure("bad_request", f"train seed must be in [0, 2**64), got {msg.seed}")
-        try:
-            return TrainConfig.from_dict(msg.config), torch.Generator().manual_seed(msg.seed)
-        except (FedsimError, RuntimeError) as exc:
-            raise _Failure("bad_request", f"{msg.TAG}: {exc}") from None
-
-    def _train(self, msg: Train) -> TrainReply:
-        self._new_id(msg.result_id)
-        config, generator = self._training_setup(msg)
-        digest = self._contribution_digest(msg) if msg.sealed else b""
-        with self._model(msg.model, msg.state_id) as model:
-            data = self._split(msg.x_id, msg.y_id)
-            try:
-                result = train_local(model, data, config, generator)
-            except Exception as exc:
-                raise _Failure("train_failed", f"train: {type(exc).__name__}: {exc}") from None
-            self._objects[msg.result_id] = trained_state(model)  # the pool never writes it again
-        if msg.sealed:
-            self._contributions.add(msg.result_id, Contribution(result.num_samples, digest))
-        return TrainReply(
-            msg.result_id, result.num_samples, result.steps, result.mean_loss, result.seconds
-        )
-
-    def _contribution_digest(self, msg: Train) -> bytes:
-        """What a sealed result is trained from, checked to be this worker's own data.
-
-        A worker that holds data of its own contributes only what it trained on
-        it: a sealed result from data the coordinator sent would be one the
-        coordinator can predict, and so subtract from a sum.
-        """
-        if self._private and not {msg.x_id, msg.y_id} <= self._private:
-            raise _Failure(
-                "bad_request", "sealed training uses this worker's own data, not data it was sent"
-            )
-        initial = self._lookup(msg.state_id)
-        if not isinstance(initial, dict) or not all(
-            isinstance(v, torch.Tensor) for v in initial.values()
-        ):
-            raise _Failure("bad_request", f"{msg.state_id!r} is not a state dict of tensors")
-        return training_digest(msg.model, msg.config, initial)
-
-    def _fit(self, msg: Fit) -> FitReply:
-        """Train from a state the worker takes over, and answer with the trained state.
-
-        Everything is checked before the state is taken, so a refused Fit leaves
-        the store as it was. Once taken, the tensors are trained in place: a Fit
-        that then fails has consumed its state (the error says so).
-        """
-        config, generator = self._training_setup(msg)
-        data = self._split(msg.x_id, msg.y_id)
-        with self._model(msg.model, msg.state_id, take=True) as model:
-            try:
-                result = train_local(model, data, config, generator)
-            except Exception as exc:
-                raise _Failure(
-                    "train_failed", f"fit: {type(exc).__name__}: {exc} ({msg.state_id!r} consumed)"
-                ) from None
-            trained = trained_state(model)
-        return FitReply(trained, result.num_samples, result.steps, result.mean_loss, result.seconds)
-
-    def _evaluate(self, msg: Evaluate) -> EvalReply:
-        if msg.batch_size < 1:
-            raise _Failure("bad_request", f"batch size must be >= 1, got {msg.batch_size}")
-        with self._model(msg.model, msg.state_id) as model:
-            data = self._split(msg.x_id, msg.y_id)
-            try:
-                result = evaluate(model, data, batch_size=msg.batch_size)
-            except Exception as exc:
-                raise _Failure("train_failed", f"evaluate: {type(exc).__name__}: {exc}") from None
-        return EvalReply(result.loss, result.accuracy, result.num_samples)
-
     def _party_op(self, msg: PartyOp) -> PartyReply:
         step = party_steps().get(msg.op)
         if step is None:
-            raise _Failure("bad_request", f"party step {msg.op!r} is not registered")
+            raise RequestFailure("bad_request", f"party step {msg.op!r} is not registered")
         try:
             values = step(self._party, msg.args)
-        except _Failure:
+        except RequestFailure:
             raise
         except (PartyError, MPCError) as exc:
-            raise _Failure("bad_request", f"{msg.op}: {exc}") from None
+            raise RequestFailure("bad_request", f"{msg.op}: {exc}") from None
         except Exception as exc:
-            raise _Failure("op_failed", f"{msg.op}: {type(exc).__name__}: {exc}") from None
+            raise RequestFailure("op_failed", f"{msg.op}: {type(exc).__name__}: {exc}") from None
         return PartyReply(values)

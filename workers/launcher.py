@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from fl.partition import partition_descriptor
 from workers.auth import new_secret, worker_key
-from workers.core import partition_descriptor
 from workers.errors import WorkerError
 from workers.fleet import Fleet, check_partition
 from workers.lifetime import child_environment

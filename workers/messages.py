@@ -242,7 +242,7 @@ class Pong(Reply):
     worker_id: str
     version: int
     num_objects: int
-    # What training data the worker holds (see workers.core.partition_descriptor),
+    # What training data the worker holds (see fl.partition.partition_descriptor),
     # so a coordinator can refuse a worker started for another experiment.
     data: str = ""
 
