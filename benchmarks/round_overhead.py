@@ -8,7 +8,7 @@ repeat runs one real benchmark flow (Prefect + MLflow, ``run_with_display``, as
 plain, secure, ... so that drift on a shared machine hits every mode alike.
 
 A round's time is read from the flow's own MLflow log: the round loop
-(``flows.levels.run_rounds``) logs each round's metrics in one batch with one
+(``flows.round_loop.run_rounds``) logs each round's metrics in one batch with one
 time stamp, so stamp(r) - stamp(r-1) is round r end to end: client sampling,
 local training, the aggregation protocol (its per-round key set-up included),
 averaging, test-set evaluation, the MLflow call of round r-1 and the progress

@@ -30,7 +30,7 @@ from fl.models import build_model
 from fl.training import TrainConfig, TrainResult, evaluate, train_local
 from flows import progress
 from flows.config import ExperimentConfig
-from flows.levels import LevelContext, LevelSummary, run_level_body
+from flows.round_loop import LevelContext, LevelSummary, run_level_body
 from flows.tasks import load_test_set, load_train_set
 from flows.timing import timed_body
 from mpc.encrypted_inference import MODEL, EncryptedEvalResult, encrypted_evaluate

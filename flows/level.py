@@ -79,13 +79,19 @@ class Level:
 
 
 LEVELS: tuple[Level, ...] = (
-    Level(0, "baseline", "flows.levels:baseline_flow", centralized=True),
-    Level(1, "sequential", "flows.levels:sequential_flow"),
-    Level(2, "federated", "flows.levels:federated_flow", fedavg=True, in_process_batches=True),
+    Level(0, "baseline", "flows.in_process_levels:baseline_flow", centralized=True),
+    Level(1, "sequential", "flows.in_process_levels:sequential_flow"),
+    Level(
+        2,
+        "federated",
+        "flows.in_process_levels:federated_flow",
+        fedavg=True,
+        in_process_batches=True,
+    ),
     Level(
         3,
         "decentralized",
-        "flows.levels:decentralized_flow",
+        "flows.in_process_levels:decentralized_flow",
         fedavg=True,
         own_data=True,
         in_process_batches=True,

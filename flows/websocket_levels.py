@@ -1,4 +1,4 @@
-"""Levels 4 and 5: the round loop of ``flows.levels`` over websocket workers.
+"""Levels 4 and 5: the round loop of ``flows.round_loop`` over websocket workers.
 
 Level 4 launches one worker process per client on this host; level 5 connects
 to workers started independently, by address. Both train in parallel and
@@ -16,7 +16,7 @@ from prefect import flow
 
 from flows import progress
 from flows.client_training import train_federated_round
-from flows.levels import (
+from flows.round_loop import (
     LevelContext,
     LevelSummary,
     RoundFn,

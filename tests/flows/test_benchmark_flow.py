@@ -15,7 +15,7 @@ from fl.partition import parse_partition, partition_indices
 from fl.training import TrainConfig, evaluate, train_local
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
-from flows.levels import LevelSummary, slowdown
+from flows.round_loop import LevelSummary, slowdown
 from flows.tasks import client_seed
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
