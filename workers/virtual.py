@@ -18,9 +18,10 @@ and every frame is still built, counted and validated.
 
 from __future__ import annotations
 
-from workers.base import DELETE_BATCH_SIZE, MessageWorker
+from workers.base import DELETE_BATCH_SIZE
 from workers.core import WorkerCore
 from workers.errors import WorkerError
+from workers.message_worker import MessageWorker
 
 __all__ = ["VirtualWorker"]
 

@@ -19,8 +19,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from fl.errors import FedsimError
 from workers.auth import certificate_binding, client_proof, new_nonce, verify, worker_proof
-from workers.base import DELETE_BATCH_SIZE, MessageWorker
+from workers.base import DELETE_BATCH_SIZE
 from workers.errors import ProtocolError, WorkerError
+from workers.message_worker import MessageWorker
 from workers.messages import (
     PROTOCOL_VERSION,
     AuthChallenge,
