@@ -6,7 +6,7 @@ import torch
 
 from workers.base import REPLY_HEADER_RESERVE, Broadcast
 from workers.core import WorkerCore
-from workers.messages import PutObject
+from workers.messages import PutObject, decode_message
 from workers.virtual import VirtualWorker
 
 
@@ -26,7 +26,7 @@ def test_one_frame_reaches_every_worker_and_each_counts_its_bytes() -> None:
     reserved = PutObject(broadcast.obj_id, state).encode(reserve=REPLY_HEADER_RESERVE)
     assert broadcast.frame == reserved
     assert len(broadcast.frame) - len(plain) >= REPLY_HEADER_RESERVE
-    decoded = PutObject.decode(broadcast.frame)
+    decoded = decode_message(broadcast.frame)
     assert isinstance(decoded, PutObject) and decoded.obj_id == broadcast.obj_id
     assert all(torch.equal(decoded.value[k], state[k]) for k in state)
     values = [p.get(delete=False) for p in pointers]
