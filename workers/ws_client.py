@@ -141,9 +141,12 @@ class WebsocketWorker(MessageWorker):
             )
         except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
             reason = str(exc) or type(exc).__name__
-            if ssl_context is not None and (
-                isinstance(exc, (ConnectionClosed, InvalidMessage)) or _tls_error(exc)
-            ):
+            tls = _tls_error(exc)
+            # A certificate of the worker's that this side refuses is its own error.
+            refused_by_worker = not isinstance(tls, ssl.SSLCertVerificationError) and (
+                tls is not None or isinstance(exc, (ConnectionClosed, InvalidMessage))
+            )
+            if ssl_context is not None and refused_by_worker:
                 # Under TLS 1.3 a worker refuses a client certificate (or its
                 # absence) after the handshake: the HTTP upgrade then meets a
                 # closed connection, with the alert itself lost on the way.
