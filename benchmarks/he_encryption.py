@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 
 import tenseal as ts
 import torch
+from provenance import git_commit
 from table import write_table
 
 from fl.models import build_model, get_state
@@ -45,16 +45,6 @@ def _timed(fn: Callable[[], Any], repeats: int) -> list[float]:
         fn()
         seconds.append(time.perf_counter() - start)
     return seconds
-
-
-def _git_commit() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return done.stdout.strip()
 
 
 def main() -> None:
@@ -95,7 +85,7 @@ def main() -> None:
     raw = {name: _timed(fn, args.repeats) for name, fn in steps.items()}
     facts = {
         "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
         "load_before": load_before,

@@ -32,12 +32,12 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from provenance import git_commit, source
 from table import write_table
 
 from fedsim.cli import exit_on_sigterm, quiet_defaults
@@ -143,20 +143,6 @@ def summarise(runs: list[dict[str, Any]], key: str) -> dict[str, dict[str, float
     return out
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
-def _source() -> dict[str, Any]:
-    """The commit and whether tracked files differ from it (the tree may change mid-run)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "--short", "HEAD"), "dirty": status not in ("", "unknown")}
-
-
 def _described(facts: dict[str, Any]) -> str:
     before, after = facts["source_before"], facts["source_after"]
     text = before["commit"] + (" + local changes" if before["dirty"] else "")
@@ -220,8 +206,8 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "nproc": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "source_before": _source(),
+        "git_commit": git_commit(),
+        "source_before": source(),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "load_before": os.getloadavg(),
     }
@@ -234,7 +220,7 @@ def main() -> None:
                 runs.append(run_once(args, mode, repeat))
                 print(f"repeat {repeat} {mode}: round {runs[-1]['round_wall_seconds']:.2f} s")
     facts["load_after"] = os.getloadavg()
-    facts["source_after"] = _source()
+    facts["source_after"] = source()
     summary = {key: summarise(runs, key) for key in ("round_wall_seconds", "flows_round_seconds")}
     raw = {**facts, "summary": summary, "runs": runs}
     json_path = args.out_prefix.with_suffix(".json")

@@ -18,12 +18,12 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from provenance import git_commit
 from table import write_table
 
 from fedsim.cli import quiet_defaults
@@ -39,16 +39,6 @@ from workers.memory import tune_malloc  # noqa: E402
 from workers.virtual import VirtualWorker  # noqa: E402
 
 CLIENTS, SAMPLES = 10, 1500
-
-
-def _git_commit() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return done.stdout.strip()
 
 
 def main() -> None:
@@ -104,7 +94,7 @@ def main() -> None:
         print(f"{mode}: {seconds:.2f} s", flush=True)
     facts = {
         "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
