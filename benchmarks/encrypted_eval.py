@@ -3,7 +3,7 @@
 Trains a quick ``mpc-cnn`` (plain PyTorch, a few thousand training images),
 then evaluates it on the first ``--limit`` test images twice in this process:
 plain PyTorch inference (batch 1000, best of ``--repeats``) and encrypted
-evaluation (``mpc.encrypted_inference``) on three in-process virtual workers,
+evaluation (``mpc.protocols.encrypted_inference``) on three in-process virtual workers,
 and prints a markdown table: images/s, slowdown, accuracy both ways,
 bytes moved, offline vs online seconds, and the expected number of
 local-truncation failures for this model and these images.
@@ -23,8 +23,8 @@ import torch
 from fl.data import load_split
 from fl.models import build_model, get_state
 from fl.training import TrainConfig, train_local
-from mpc.encrypted_inference import encrypted_evaluate
 from mpc.inference_layers import reference_forward
+from mpc.protocols.encrypted_inference.coordinator import encrypted_evaluate
 from workers.memory import tune_malloc
 from workers.virtual import VirtualWorker
 

@@ -34,7 +34,7 @@ from fedsim.display import run_with_display  # noqa: E402
 from fl.models import build_model, get_state  # noqa: E402
 from flows.config import ExperimentConfig  # noqa: E402
 from flows.tracking import tracking_uri  # noqa: E402
-from mpc.secure_aggregation import SecureInput, secure_average  # noqa: E402
+from mpc.protocols.secure_aggregation.coordinator import SecureInput, secure_average  # noqa: E402
 from workers.virtual import VirtualWorker  # noqa: E402
 
 

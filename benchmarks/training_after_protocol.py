@@ -32,8 +32,8 @@ quiet_defaults()
 
 from fl.models import build_model, get_state  # noqa: E402
 from fl.training import TrainConfig  # noqa: E402
-from mpc.secure_aggregation import SecureInput, secure_average  # noqa: E402
-from mpc.secure_aggregation_mac import secure_average_mac  # noqa: E402
+from mpc.protocols.secure_aggregation.coordinator import SecureInput, secure_average  # noqa: E402
+from mpc.protocols.secure_aggregation_mac.coordinator import secure_average_mac  # noqa: E402
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore  # noqa: E402
 from workers.memory import tune_malloc  # noqa: E402
 from workers.virtual import VirtualWorker  # noqa: E402

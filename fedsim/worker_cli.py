@@ -30,6 +30,7 @@ def serve_worker(args: argparse.Namespace) -> int:
 
     from fl.data import forget_loaded_data, load_partition
     from fl.partition import partition_descriptor
+    from mpc.protocols import all_steps  # noqa: F401  (registers every protocol's party steps)
     from workers.auth import read_secret
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID
     from workers.lifetime import die_with_parent

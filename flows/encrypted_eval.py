@@ -2,7 +2,7 @@
 
 The level trains the MPC-friendly CNN (``mpc-cnn``) with plain PyTorch on the
 run's training data, evaluates it in plaintext, then evaluates the same model
-on the same images under MPC (``mpc.encrypted_inference``): a model owner and a
+on the same images under MPC (``mpc.protocols.encrypted_inference``): a model owner and a
 data owner — two workers — hold secret shares of the weights and of the
 images, a third worker deals the correlated randomness, and within the
 protocol only the data owner opens the predictions. The roles are simulated,
@@ -33,7 +33,11 @@ from flows.config import ExperimentConfig
 from flows.round_loop import LevelContext, LevelSummary, run_level_body
 from flows.tasks import load_test_set, load_train_set
 from flows.timing import timed_body
-from mpc.encrypted_inference import MODEL, EncryptedEvalResult, encrypted_evaluate
+from mpc.protocols.encrypted_inference.coordinator import (
+    MODEL,
+    EncryptedEvalResult,
+    encrypted_evaluate,
+)
 from workers.virtual import VirtualWorker
 
 __all__ = ["encrypted_eval_flow", "training_epochs"]

@@ -2,9 +2,9 @@
 
 The round trains as usual but leaves each trained state sealed on its worker;
 this module then runs, over the clients that delivered, either secure
-aggregation (``mpc.secure_aggregation``, with ``--mac`` its SPDZ variant) with
+aggregation (``mpc.protocols.secure_aggregation``, with ``--mac`` its SPDZ variant) with
 a committee of ``--committee`` of them drawn at random each round, or CKKS
-aggregation (``mpc.he_aggregation``) with a key holder drawn at random, and
+aggregation (``mpc.protocols.he_aggregation``) with a key holder drawn at random, and
 hands the opened average to the loop as the round's global state.
 
 Workers that fail during the protocol (levels 4 and 5) before anything is
@@ -12,7 +12,7 @@ opened are found by pinging, left out, and the protocol is run once more over
 the rest: their trained states are still on their workers, so nothing is
 retrained. A state is consumed by the session it was shared in; a surviving
 committee member abandons that session and releases the clients' states
-(``workers.release``), which lets them be shared once more. A failure after
+(``mpc.protocols.release``), which lets them be shared once more. A failure after
 the opening is never retried (two sums over different client sets would give
 away a client's update), and a protocol
 error that is not a lost worker (a refused share, a total weight that does not
@@ -34,9 +34,14 @@ from flows.config import ExperimentConfig
 from flows.tasks import Client, RoundOutcome, StateDict
 from flows.timing import timed_body
 from mpc.errors import MPCError
-from mpc.he_aggregation import he_average
-from mpc.secure_aggregation import Release, SecureAggregate, SecureInput, secure_average
-from mpc.secure_aggregation_mac import secure_average_mac
+from mpc.protocols.he_aggregation.coordinator import he_average
+from mpc.protocols.release import Release
+from mpc.protocols.secure_aggregation.coordinator import (
+    SecureAggregate,
+    SecureInput,
+    secure_average,
+)
+from mpc.protocols.secure_aggregation_mac.coordinator import secure_average_mac
 from workers.base import Worker
 from workers.errors import RemoteError
 

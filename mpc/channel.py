@@ -21,7 +21,7 @@ protect against a coordinator that relays faithfully but reads everything
 (Bonawitz et al.'s semi-honest server); one that substitutes its own key for a
 party's could read what is sealed for that party. Workers that share a peer
 secret the coordinator does not hold tag their session keys with it and
-refuse untagged ones (``workers.party.peer_public``); without one they trust
+refuse untagged ones (``mpc.protocols.sessions.peer_public``); without one they trust
 the coordinator to relay keys faithfully.
 """
 

@@ -1,8 +1,8 @@
-"""Pure ring math of two-party encrypted inference for ``mpc-cnn`` (``mpc.encrypted_inference``).
+"""Pure ring math of two-party encrypted inference of ``mpc-cnn`` (``mpc.protocols``).
 
 Everything here is a pure function of int64 tensors (elements of Z/2^64,
 fixed point with f fractional bits) and of explicit seeds: the party steps in
-``workers.inference_steps`` call it with their vault's contents, and tests call
+``mpc.protocols.encrypted_inference.steps`` call it with their vault's contents, and tests call
 it directly against float references.
 
 The network (public, as the architecture always is; the weights are secret) is

@@ -21,7 +21,7 @@ itself here, whatever the coordinator asks:
 A session that is abandoned before its sum is opened (a committee member was
 lost) gives its contributions back only against a release: a member's promise,
 sealed for the client over the session's channel, that it never revealed and
-never will reveal its share of that sum (``workers.release``); with k-of-k
+never will reveal its share of that sum (``mpc.protocols.release``); with k-of-k
 sharing, one such member makes the old sum unopenable, so sharing the state
 again in a new session gives away nothing.
 
@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mpc.channel import SessionKey
 from workers.party import PartyError
 
 __all__ = [
@@ -88,7 +87,9 @@ class Spending:
     # Session public keys of the members that could release it, by id (as checked
     # when the shares were sealed for them).
     releasers: Mapping[str, bytes] = field(default_factory=dict)
-    key: SessionKey | None = None  # this worker's key of that session
+    # This worker's key of that session (an ``mpc.channel.SessionKey``, opaque here):
+    # the release step opens with it after the session's own secrets are forgotten.
+    key: object | None = None
 
 
 def training_digest(

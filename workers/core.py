@@ -24,8 +24,8 @@ import torch
 
 from fl.attacks import flip_labels
 from fl.data import PartitionSource, partition_source
+from fl.errors import FedsimError
 from fl.partition import partition_descriptor
-from mpc.errors import MPCError
 from workers.codec import DTYPES, Ref, Value, check_value
 from workers.contributions import Contribution, Contributions
 from workers.errors import ProtocolError, WorkerError
@@ -56,7 +56,7 @@ from workers.messages import (
 )
 from workers.model_pool import ModelPool
 from workers.ops import OPS, apply_op
-from workers.party import MIN_COHORT, Party, PartyError, party_steps
+from workers.party import MIN_COHORT, Party, party_steps
 from workers.plan import Plan
 from workers.training_requests import TrainingRequests
 
@@ -387,7 +387,7 @@ class WorkerCore(TrainingRequests):
             values = step(self._party, msg.args)
         except RequestFailure:
             raise
-        except (PartyError, MPCError) as exc:
+        except FedsimError as exc:  # a step's deliberate refusal (PartyError, MPCError...)
             raise RequestFailure("bad_request", f"{msg.op}: {exc}") from None
         except Exception as exc:
             raise RequestFailure("op_failed", f"{msg.op}: {type(exc).__name__}: {exc}") from None

@@ -1,4 +1,4 @@
-"""A worker's MPC side: its vault of secrets and the registry of party steps.
+"""A worker's party side: its vault of secrets and the registry of party steps.
 
 Multi-party protocols (``mpc.protocols``) drive workers through one request,
 :class:`~workers.messages.PartyOp`, naming a *party step*: a small function
@@ -9,25 +9,24 @@ shares) live in the party's vault, which ``GetObject`` cannot reach: a
 coordinator that follows the protocol sees what it must, and one that does
 not still cannot ask a worker for its shares.
 
-Steps are registered by name in modules listed in :func:`party_steps`; the
-worker runs nothing else (as with the op allowlist in ``workers.ops``). Each
-step validates its arguments with the ``arg_*`` helpers, so hostile input gets
-a ``bad_request`` reply and leaves the vault untouched.
+This module knows no protocol: each protocol module registers its steps with
+:func:`register_party_steps` when it is imported, and the worker runs nothing
+else (as with the op allowlist in ``workers.ops``). A worker process imports
+every protocol at start (``mpc.protocols.all_steps``); in one process, the
+coordinator's driver imports its protocol's steps. Each step validates its
+arguments with the ``arg_*`` helpers, so hostile input gets a ``bad_request``
+reply and leaves the vault untouched.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from mpc.channel import PUBLIC_KEY_BYTES, SessionKey, open_sealed, seal
-from mpc.random import SecureRandom
 from workers.codec import Value
 from workers.errors import WorkerError
 
@@ -46,14 +45,13 @@ __all__ = [
     "arg_str",
     "arg_tensor",
     "check_tensor",
-    "open_from",
     "party_steps",
-    "peer_public",
-    "seal_for",
+    "register_party_steps",
     "session_arg",
-    "session_key",
     "tensor_from_bytes",
 ]
+
+T = TypeVar("T")
 
 MAX_SECRETS = 4096  # vault entries per worker: a bound on what a coordinator can make it hold
 MIN_COHORT = 2  # no sum of fewer contributions is ever revealed: it would be an update
@@ -70,7 +68,7 @@ class PartyError(WorkerError):
 
 
 class Party:
-    """The MPC state of one worker: a vault of secrets, a CSPRNG, its stored objects."""
+    """The party state of one worker: a vault of secrets, lasting objects, its stored objects."""
 
     def __init__(
         self,
@@ -91,25 +89,24 @@ class Party:
         # for each session public key, so a coordinator relaying keys cannot
         # substitute its own (see peer_public).
         self.peer_secret = peer_secret
-        self._rng: SecureRandom | None = None
+        self._lasting: dict[str, Any] = {}
         self._read_object = read_object
         self._contributions = contributions
         self._vault: dict[str, Any] = {}
         # Sessions this party revealed a share of, or abandoned: never run again.
         self._ended: OrderedDict[str, str] = OrderedDict()
 
-    @property
-    def rng(self) -> SecureRandom:
-        """This party's CSPRNG, keyed from the OS on first use.
+    def lasting(self, name: str, make: Callable[[], T]) -> T:
+        """An object kept for this party's lifetime, not one session's secret (say a
+        protocol's CSPRNG): made by ``make`` on first use.
 
         Lazily: a simulation materialises a worker per sampled client and most
-        never run an MPC step, and keying a ChaCha20 stream would be a cost in
-        every client's round (docs/scale.md, "Measured"). Were two steps to race
-        on first use, each would key a stream of its own from the OS: still a CSPRNG.
+        never run a party step, so nothing is made for them. Were two steps to
+        race on first use, each would make one; the last is kept.
         """
-        if self._rng is None:
-            self._rng = SecureRandom()
-        return self._rng
+        if name not in self._lasting:
+            self._lasting[name] = make()
+        return self._lasting[name]  # type: ignore[no-any-return]
 
     def read_object(self, obj_id: str) -> Value:
         """An object from the worker's store (its own data included), never a sealed one:
@@ -193,18 +190,21 @@ class Party:
 
 PartyStep = Callable[[Party, Mapping[str, Value]], dict[str, Value]]
 
+_STEPS: dict[str, PartyStep] = {}
 
-@functools.cache
+
+def register_party_steps(steps: Mapping[str, PartyStep]) -> None:
+    """Let workers of this process run ``steps`` (by name): called by each protocol
+    module as it is imported. A name registered to another function is refused."""
+    for name, step in steps.items():
+        if _STEPS.get(name, step) is not step:
+            raise WorkerError(f"party step {name!r} is registered twice")
+    _STEPS.update(steps)
+
+
 def party_steps() -> Mapping[str, PartyStep]:
-    """Every registered party step by name (imported lazily: the step modules use ``mpc``)."""
-    from workers import he_steps, inference_steps, release, secagg_mac_steps, secagg_steps
-
-    steps: dict[str, PartyStep] = {"forget": _forget, "keygen": _keygen}
-    for module in (secagg_steps, secagg_mac_steps, inference_steps, he_steps, release):
-        overlap = set(steps) & set(module.STEPS)
-        assert not overlap, f"party steps registered twice: {overlap}"
-        steps.update(module.STEPS)
-    return steps
+    """Every registered party step by name (read-only)."""
+    return MappingProxyType(_STEPS)
 
 
 def session_arg(args: Mapping[str, Value]) -> str:
@@ -215,107 +215,13 @@ def session_arg(args: Mapping[str, Value]) -> str:
     return session
 
 
-def session_key(party: Party, session: str) -> SessionKey:
-    """This party's X25519 key pair for ``session`` (made by the ``keygen`` step)."""
-    key = party.secret(f"{session}/key")
-    assert isinstance(key, SessionKey)
-    return key
-
-
-_TAG_LABEL = b"fedsim-session-key-v1"
-
-
-def _key_tag(peer_secret: bytes, session: str, worker_id: str, public: bytes) -> bytes:
-    """HMAC over a session public key and whose it is, under the workers' peer secret."""
-    fields = [_TAG_LABEL, session.encode(), worker_id.encode(), public]
-    message = b"".join(len(f).to_bytes(4, "big") + f for f in fields)
-    return hmac.new(peer_secret, message, hashlib.sha256).digest()
-
-
-def peer_public(party: Party, session: str, peer: str, value: Value) -> bytes:
-    """``peer``'s session public key as relayed by the coordinator, checked if this
-    party has a peer secret: the key must carry ``peer``'s tag for this session.
-
-    Without a peer secret the key is taken as relayed: the coordinator is then
-    trusted not to substitute keys (it could otherwise read what is sealed).
-    """
-    data = check_tensor(value, f"public key of {peer!r}", dtype=torch.uint8, ndim=1)
-    raw = data.numpy().tobytes()
-    public, tag = raw[:PUBLIC_KEY_BYTES], raw[PUBLIC_KEY_BYTES:]
-    if party.peer_secret is not None and not hmac.compare_digest(
-        tag, _key_tag(party.peer_secret, session, peer, public)
-    ):
-        raise PartyError(
-            f"the public key given for {peer!r} is not vouched for by the workers' peer "
-            "secret: refused (a substituted key would let the relay read the message)"
-        )
-    return public
-
-
-def seal_for(
-    party: Party,
-    session: str,
-    recipient: str,
-    recipient_public: Value,
-    payload: bytes,
-    *,
-    label: str,
-    purpose: int = 0,
-) -> bytes:
-    """``payload`` sealed with this party's session key for ``recipient`` (``mpc.channel``)."""
-    return seal(
-        session_key(party, session),
-        peer_public(party, session, recipient, recipient_public),
-        payload,
-        session=session,
-        sender=party.worker_id,
-        recipient=recipient,
-        label=label,
-        purpose=purpose,
-    )
-
-
-def open_from(
-    party: Party,
-    session: str,
-    sender: str,
-    sender_public: Value,
-    ciphertext: bytes,
-    *,
-    label: str,
-    purpose: int = 0,
-) -> bytes:
-    """A message ``sender`` sealed for this party; MPCError if altered or misdirected."""
-    return open_sealed(
-        session_key(party, session),
-        peer_public(party, session, sender, sender_public),
-        ciphertext,
-        session=session,
-        sender=sender,
-        recipient=party.worker_id,
-        label=label,
-        purpose=purpose,
-    )
-
-
-def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Make this party's X25519 key pair for the session and publish the public half,
-    tagged under the peer secret if the worker has one."""
-    session = session_arg(args)
-    if party.has(f"{session}/key") or party.ended(session):
-        raise PartyError(f"session {session!r} already has a key on {party.worker_id!r}")
-    key = SessionKey.generate()
-    party.keep(f"{session}/key", key)
-    public = key.public_bytes
-    if party.peer_secret is not None:
-        public += _key_tag(party.peer_secret, session, party.worker_id, public)
-    return {"public_key": tensor_from_bytes(public)}
-
-
 def _forget(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Drop a session's secrets (the coordinator's clean-up after a protocol run)."""
     prefix = session_arg(args)
     return {"forgotten": party.forget(prefix + "/")}
+
+
+register_party_steps({"forget": _forget})
 
 
 # ------------------------------------------------------------------ arguments

@@ -84,6 +84,10 @@ class Pointer(OperatorMixin):
     def _op(self, op: str, *args: Any, **kwargs: Any) -> Pointer:
         return self._worker.run_op(op, *args, **kwargs)
 
+    def id_on(self, worker: Worker) -> str:
+        """The object's id, checked to be alive on ``worker`` (for a request to it)."""
+        return self._ref(worker).obj_id
+
     def _ref(self, worker: Worker) -> Ref:
         """This pointer as a wire reference for a request to ``worker``."""
         if not self._alive:

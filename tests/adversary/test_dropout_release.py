@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from fl.aggregation import weighted_average
-from mpc.he_aggregation import he_average
-from mpc.secure_aggregation import Release, SecureInput, secure_average
+from mpc.protocols.he_aggregation.coordinator import he_average
+from mpc.protocols.release import Release
+from mpc.protocols.secure_aggregation.coordinator import SecureInput, secure_average
 from tests.mpc.secure_inputs import model_states, secure_inputs
 from workers.codec import Value
 from workers.errors import RemoteError, WorkerError

@@ -21,7 +21,7 @@ import torch
 
 from mpc.flatten import flatten_update, float_keys
 from mpc.he import PARAMS, add_ciphertexts
-from mpc.he_aggregation import he_average
+from mpc.protocols.he_aggregation.coordinator import he_average
 from tests.mpc.he_by_hand import he_session
 from tests.mpc.secure_inputs import model_states, secure_inputs
 from workers.codec import Value

@@ -14,9 +14,13 @@ import pytest
 import torch
 
 from mpc.errors import MPCError
-from mpc.he_aggregation import he_average
-from mpc.secure_aggregation import SecureAggregate, SecureInput, secure_average
-from mpc.secure_aggregation_mac import secure_average_mac
+from mpc.protocols.he_aggregation.coordinator import he_average
+from mpc.protocols.secure_aggregation.coordinator import (
+    SecureAggregate,
+    SecureInput,
+    secure_average,
+)
+from mpc.protocols.secure_aggregation_mac.coordinator import secure_average_mac
 from tests.adversary.cheating_coordinator import (
     CONFIG,
     Trained,

@@ -10,7 +10,7 @@ import torch
 from fl.models import build_model, get_state
 from fl.training import TrainConfig
 from mpc.channel import SessionKey, open_sealed
-from mpc.secure_aggregation import SecureInput
+from mpc.protocols.secure_aggregation.coordinator import SecureInput
 from workers.contributions import Contribution, Contributions
 from workers.party import Party, party_steps, tensor_from_bytes
 

@@ -11,8 +11,8 @@ import torch
 from fl.data import Split, load_split
 from fl.models import build_model, get_state
 from fl.training import TrainConfig, train_local
-from mpc.encrypted_inference import EncryptedEvalResult, encrypted_evaluate
 from mpc.errors import MPCError
+from mpc.protocols.encrypted_inference.coordinator import EncryptedEvalResult, encrypted_evaluate
 from mpc.ring import FixedPointEncoder
 from tests.worker_processes import worker_processes
 from workers.base import Worker

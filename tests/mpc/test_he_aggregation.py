@@ -30,7 +30,7 @@ from mpc.he import (
     new_context,
     public_context_bytes,
 )
-from mpc.he_aggregation import he_average
+from mpc.protocols.he_aggregation.coordinator import he_average
 from mpc.random import SecureRandom
 from tests.mpc.he_by_hand import he_session
 from tests.mpc.secure_inputs import model_states, sealed_input, secure_inputs, trained_inputs

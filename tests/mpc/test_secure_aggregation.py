@@ -11,9 +11,10 @@ from fl.aggregation import weighted_average
 from fl.training import TrainConfig
 from mpc.errors import MPCError
 from mpc.flatten import flatten_update, float_keys
+from mpc.protocols.secure_aggregation.coordinator import SecureInput, secure_average
+from mpc.protocols.sessions import party_rng
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
-from mpc.secure_aggregation import SecureInput, secure_average
 from tests.mpc.secure_inputs import member_views, model_states, sealed_input, secure_inputs
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import RemoteError
@@ -123,8 +124,8 @@ def test_relayed_shares_cannot_be_read_by_the_coordinator() -> None:
 
 def test_the_relay_attack_reads_an_unencrypted_relay(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: a relay whose "sealing" leaves the payload as it is.
-    monkeypatch.setattr("workers.party.seal", lambda _key, _public, payload, **_: payload)
-    monkeypatch.setattr("workers.party.open_sealed", lambda _key, _public, data, **_: data)
+    monkeypatch.setattr("mpc.protocols.sessions.seal", lambda _key, _public, payload, **_: payload)
+    monkeypatch.setattr("mpc.protocols.sessions.open_sealed", lambda _key, _public, data, **_: data)
 
     # Execute / Assert: the attack of the test above recovers client 0's update.
     with pytest.raises(AssertionError):
@@ -281,9 +282,9 @@ def test_each_party_keys_one_stream_of_its_own() -> None:
     a, b = Party("a", lambda _id: None), Party("b", lambda _id: None)
 
     # Execute
-    first, then = a.rng.random_bytes(32), a.rng.random_bytes(32)
-    other = b.rng.random_bytes(32)
+    first, then = party_rng(a).random_bytes(32), party_rng(a).random_bytes(32)
+    other = party_rng(b).random_bytes(32)
 
     # Assert: a party's stream goes on (it is not keyed again) and is not the other's.
-    assert a.rng is a.rng
+    assert party_rng(a) is party_rng(a)
     assert first != then and first != other

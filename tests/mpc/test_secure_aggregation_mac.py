@@ -12,13 +12,14 @@ from fl.aggregation import weighted_average
 from fl.models import build_model, get_state
 from mpc.errors import MPCError
 from mpc.field import P
-from mpc.protocol import ProtocolAborted
-from mpc.secure_aggregation import SecureInput
-from mpc.secure_aggregation_mac import secure_average_mac
+from mpc.protocols.base import ProtocolAborted
+from mpc.protocols.secure_aggregation.coordinator import SecureInput
+from mpc.protocols.secure_aggregation_mac.coordinator import secure_average_mac
+from mpc.protocols.sessions import seal_for
 from tests.mpc.secure_inputs import secure_inputs
 from workers.codec import Value
 from workers.errors import WorkerError
-from workers.party import seal_for, tensor_from_bytes
+from workers.party import tensor_from_bytes
 from workers.virtual import VirtualWorker
 
 

@@ -27,7 +27,7 @@ import torch
 from mpc.errors import MPCError
 from workers.base import Worker
 
-__all__ = ["Protocol", "ProtocolAborted", "ProtocolRun", "Step", "exchange_keys"]
+__all__ = ["Protocol", "ProtocolAborted", "ProtocolRun", "Step"]
 
 T = TypeVar("T")
 
@@ -131,7 +131,7 @@ class ProtocolRun:
         return [future.result() for future in futures]
 
     def public_key(self, worker: Worker) -> torch.Tensor:
-        """``worker``'s session public key (from :func:`exchange_keys`), as party steps take it."""
+        """``worker``'s session public key (``sessions.exchange_keys``), as party steps take it."""
         data: bytes = self.state["public_keys"][worker.id]
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
@@ -181,19 +181,3 @@ class ProtocolRun:
             # Clean-up must not hide the error that ended the run.
             with contextlib.suppress(Exception):
                 worker.party_op("forget", session=self.session)
-
-
-def exchange_keys(run: ProtocolRun) -> None:
-    """A first step for protocols whose parties seal messages for each other: every
-    bound worker makes a session key pair (``mpc.channel``) and publishes the public half."""
-
-    def keygen(worker: Worker) -> bytes:
-        public = worker.party_op("keygen", session=run.session)["public_key"]
-        if not isinstance(public, torch.Tensor) or public.dtype != torch.uint8:
-            raise MPCError(f"{worker.id!r} returned no public key")
-        return public.numpy().tobytes()
-
-    workers = run.all_workers()
-    run.state["public_keys"] = dict(
-        zip([w.id for w in workers], run.each(workers, keygen), strict=True)
-    )

@@ -1,4 +1,4 @@
-"""Party steps of secure aggregation (the worker side of ``mpc.secure_aggregation``).
+"""Party steps of secure aggregation (the driver is ``coordinator``).
 
 A client secret-shares its sample-weighted update among a committee of k
 workers; each committee member adds up the shares it receives; the
@@ -38,6 +38,8 @@ from collections.abc import Mapping
 import torch
 
 from mpc.flatten import MAX_VECTOR, flatten_update
+from mpc.protocols.release import apply_release, spending_for
+from mpc.protocols.sessions import open_from, seal_for, session_key
 from mpc.random import SecureRandom
 from mpc.ring import FixedPointEncoder
 from workers.codec import Value
@@ -45,30 +47,33 @@ from workers.contributions import DIGEST_BYTES, WEIGHTINGS
 from workers.party import (
     Party,
     PartyError,
-    PartyStep,
     arg_bytes,
     arg_id,
     arg_int,
     arg_list,
     arg_str,
     check_tensor,
-    open_from,
-    seal_for,
+    register_party_steps,
     session_arg,
-    session_key,
     tensor_from_bytes,
 )
-from workers.release import apply_release, spending_for
 
 __all__ = [
+    "ACCEPT",
     "HEADER_BYTES",
     "MAX_COMMITTEE",
-    "STEPS",
+    "REVEAL",
+    "SHARE",
     "check_header",
     "cohort_arg",
     "committee_arg",
     "header",
 ]
+
+# The party steps, by the name the coordinator's driver sends.
+SHARE = "secagg.share"
+ACCEPT = "secagg.accept"
+REVEAL = "secagg.reveal"
 
 _SEED = b"S"  # payload kinds: a 32-byte ChaCha20 seed, or a full share
 _FULL = b"F"
@@ -245,8 +250,10 @@ def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     return {"sum_share": total, "count": count}
 
 
-STEPS: dict[str, PartyStep] = {
-    "secagg.share": _share,
-    "secagg.accept": _accept,
-    "secagg.reveal": _reveal,
-}
+register_party_steps(
+    {
+        SHARE: _share,
+        ACCEPT: _accept,
+        REVEAL: _reveal,
+    }
+)

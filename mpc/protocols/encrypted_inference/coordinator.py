@@ -5,7 +5,7 @@ model owner P1 (holds the trained ``mpc-cnn`` weights), dealer D (supplies
 correlated randomness, sees no data). Arithmetic is in Z/2^64 with f = 16
 fractional bits and two-party local truncation (SecureML, Mohassel & Zhang,
 S&P 2017) after every product. Pure ring math: ``mpc.inference_layers``; the
-party steps: ``workers.inference_steps``.
+party steps: ``mpc.protocols.encrypted_inference.steps``.
 
 Sharing. The weights are shared as W = f + b: the dealer draws a mask b per
 layer (P1 gets its seed), P1 opens f = W − b to P0 **once**, and every batch
@@ -77,7 +77,9 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.inference_layers import MPC_CNN
-from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
+from mpc.protocols.base import Protocol, ProtocolRun, Step
+from mpc.protocols.encrypted_inference import steps as party
+from mpc.protocols.sessions import exchange_keys
 from mpc.ring import DEFAULT_FRACTIONAL_BITS
 from workers.base import Worker
 from workers.codec import Value
@@ -136,12 +138,12 @@ def _setup(run: ProtocolRun) -> None:
     """D deals the weight masks b; P1 opens f = W − b to P0 (once for the whole run)."""
     dealer, p0, p1 = run.one("dealer"), run.one("data_owner"), run.one("model_owner")
     bits = run.state["fractional_bits"]
-    reply = _timed(run, "setup", dealer, "infer.deal_weights", **_peers(run, "model_owner"))
+    reply = _timed(run, "setup", dealer, party.DEAL_WEIGHTS, **_peers(run, "model_owner"))
     reply = _timed(
         run,
         "setup",
         p1,
-        "infer.setup_model",
+        party.SETUP_MODEL,
         state_id=run.state["state_id"],
         sealed=reply["sealed"],
         fractional_bits=bits,
@@ -151,7 +153,7 @@ def _setup(run: ProtocolRun) -> None:
         run,
         "setup",
         p0,
-        "infer.setup_data",
+        party.SETUP_DATA,
         masked_weights=reply["masked_weights"],
         images_id=run.state["images_id"],
         labels_id=run.state["labels_id"],
@@ -168,7 +170,7 @@ def _deal(run: ProtocolRun, batch: int, count: int) -> dict[str, Value]:
         run,
         "deal",
         run.one("dealer"),
-        "infer.deal_batch",
+        party.DEAL_BATCH,
         batch=batch,
         count=count,
         **_peers(run, "data_owner", "model_owner"),
@@ -181,7 +183,7 @@ def _prepare(run: ProtocolRun, batch: int, start: int, count: int, dealt: dict[s
         run,
         "prepare_data",
         p0,
-        "infer.prepare_data",
+        party.PREPARE_DATA,
         batch=batch,
         start=start,
         count=count,
@@ -192,7 +194,7 @@ def _prepare(run: ProtocolRun, batch: int, start: int, count: int, dealt: dict[s
         run,
         "prepare_model",
         p1,
-        "infer.prepare_model",
+        party.PREPARE_MODEL,
         batch=batch,
         count=count,
         sealed=dealt["to_model_owner"],
@@ -204,19 +206,19 @@ def _prepare(run: ProtocolRun, batch: int, start: int, count: int, dealt: dict[s
 def _online(run: ProtocolRun, batch: int) -> dict[str, Value]:
     """Relay e (P0 → P1) and d1 (P1 → P0) layer by layer; P0 opens the logits."""
     p0, p1 = run.one("data_owner"), run.one("model_owner")
-    e = _timed(run, "input", p0, "infer.input", batch=batch)["e"]
+    e = _timed(run, "input", p0, party.INPUT, batch=batch)["e"]
     last = len(MPC_CNN) - 1
     for index in range(last):
-        d = _timed(run, "linear", p1, "infer.linear", batch=batch, layer=index, e=e)["d"]
-        e = _timed(run, "activate", p0, "infer.activate", batch=batch, layer=index, d=d)["e"]
+        d = _timed(run, "linear", p1, party.LINEAR, batch=batch, layer=index, e=e)["d"]
+        e = _timed(run, "activate", p0, party.ACTIVATE, batch=batch, layer=index, d=d)["e"]
     reply = _timed(
-        run, "linear", p1, "infer.linear", batch=batch, layer=last, e=e, **_peers(run, "data_owner")
+        run, "linear", p1, party.LINEAR, batch=batch, layer=last, e=e, **_peers(run, "data_owner")
     )
     return _timed(
         run,
         "output",
         p0,
-        "infer.output",
+        party.OUTPUT,
         batch=batch,
         sealed=reply["sealed"],
         report_logits=run.state["report_logits"],

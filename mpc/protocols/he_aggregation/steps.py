@@ -1,4 +1,4 @@
-"""Party steps of homomorphic aggregation (the worker side of ``mpc.he_aggregation``).
+"""Party steps of homomorphic aggregation (the driver is ``coordinator``).
 
 One designated client, the *key holder*, makes a CKKS key pair (``mpc.he``)
 and keeps the secret key: it never leaves that worker. Every client and the
@@ -32,7 +32,7 @@ ciphertext with an error far beyond the bound the flooding covers in its data
 slots only (the canary check catches excess error in the canary slots); and a
 key holder that colludes with the coordinator — it could decrypt any client's
 ciphertext. TenSEAL has no threshold decryption to remove that single key.
-Secure aggregation (``mpc.secure_aggregation``), where no single party holds
+Secure aggregation (``mpc.protocols.secure_aggregation``), where no single party holds
 a key, covers all three.
 
 Vault keys, all under ``<session>/``: ``key`` (the X25519 pair, from the
@@ -66,29 +66,38 @@ from mpc.he import (
     new_context,
     public_context_bytes,
 )
+from mpc.protocols.release import apply_release
+from mpc.protocols.secure_aggregation.steps import HEADER_BYTES, header
+from mpc.protocols.sessions import open_from, party_rng, peer_public, seal_for, session_key
 from workers.codec import Value
 from workers.contributions import WEIGHTINGS, Spending
 from workers.party import (
     Party,
     PartyError,
-    PartyStep,
     arg_bytes,
     arg_id,
     arg_int,
     arg_list,
     arg_str,
     check_tensor,
-    open_from,
-    peer_public,
-    seal_for,
+    register_party_steps,
     session_arg,
-    session_key,
     tensor_from_bytes,
 )
-from workers.release import apply_release
-from workers.secagg_steps import HEADER_BYTES, header
 
-__all__ = ["MAX_CLIENTS", "STEPS"]
+__all__ = [
+    "ACCEPT_KEY",
+    "DECRYPT",
+    "ENCRYPT",
+    "KEYGEN",
+    "MAX_CLIENTS",
+]
+
+# The party steps, by the name the coordinator's driver sends.
+KEYGEN = "he.keygen"
+ACCEPT_KEY = "he.accept_key"
+ENCRYPT = "he.encrypt"
+DECRYPT = "he.decrypt"
 
 _LABEL = "he/canary-key"
 MAX_CLIENTS = 1024
@@ -139,7 +148,7 @@ def _keygen(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     context = new_context()
     public = public_context_bytes(context)
     kid = key_id(public)
-    master = party.rng.random_bytes(CANARY_KEY_BYTES)
+    master = party_rng(party).random_bytes(CANARY_KEY_BYTES)
     sealed = [
         tensor_from_bytes(
             seal_for(
@@ -320,13 +329,15 @@ def _decrypt(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         exact = decrypt_sum(context, chunks, length=length, expected=expected, count=count)
     except MPCError as exc:
         raise PartyError(str(exc)) from None
-    total, sigma = flood(exact, count, party.rng)
+    total, sigma = flood(exact, count, party_rng(party))
     return {"sum": total, "count": count, "sigma": sigma}
 
 
-STEPS: dict[str, PartyStep] = {
-    "he.keygen": _keygen,
-    "he.accept_key": _accept_key,
-    "he.encrypt": _encrypt,
-    "he.decrypt": _decrypt,
-}
+register_party_steps(
+    {
+        KEYGEN: _keygen,
+        ACCEPT_KEY: _accept_key,
+        ENCRYPT: _encrypt,
+        DECRYPT: _decrypt,
+    }
+)

@@ -1,4 +1,4 @@
-"""Party steps of MAC-authenticated secure aggregation (``--mac``; ``mpc.secure_aggregation_mac``).
+"""Party steps of MAC-authenticated secure aggregation (``--mac``; the driver is ``coordinator``).
 
 SPDZ's input protocol (Damgård et al. 2012) over F_p, p = 2^61 − 1: a dealer
 gives client c a random mask r_c (as a ChaCha20 seed); the client publishes
@@ -44,13 +44,15 @@ from mpc.field import (
 )
 from mpc.flatten import MAX_VECTOR, flatten_update
 from mpc.mac import mac_check_share, random_coefficients, share_mac_key
+from mpc.protocols.release import apply_release, spending_for
+from mpc.protocols.secure_aggregation.steps import check_header, cohort_arg, committee_arg, header
+from mpc.protocols.sessions import open_from, party_rng, seal_for
 from mpc.random import SecureRandom
 from workers.codec import Value
 from workers.contributions import DIGEST_BYTES, WEIGHTINGS
 from workers.party import (
     Party,
     PartyError,
-    PartyStep,
     arg_bytes,
     arg_id,
     arg_int,
@@ -58,15 +60,31 @@ from workers.party import (
     arg_str,
     arg_tensor,
     check_tensor,
-    open_from,
-    seal_for,
+    register_party_steps,
     session_arg,
     tensor_from_bytes,
 )
-from workers.release import apply_release, spending_for
-from workers.secagg_steps import check_header, cohort_arg, committee_arg, header
 
-__all__ = ["STEPS"]
+__all__ = [
+    "ACCEPT",
+    "ACCEPT_KEY",
+    "ACCEPT_SHARES",
+    "CHECK",
+    "DEAL",
+    "DEAL_SHARES",
+    "INPUT",
+    "REVEAL",
+]
+
+# The party steps, by the name the coordinator's driver sends.
+DEAL = "secagg.mac.deal"
+DEAL_SHARES = "secagg.mac.deal_shares"
+INPUT = "secagg.mac.input"
+ACCEPT_KEY = "secagg.mac.accept_key"
+ACCEPT = "secagg.mac.accept"
+ACCEPT_SHARES = "secagg.mac.accept_shares"
+REVEAL = "secagg.mac.reveal"
+CHECK = "secagg.mac.check"
 
 _SEED_BYTES = 32
 _SEEDS = b"S"  # seeds of this member's r and α·r shares
@@ -102,7 +120,7 @@ def _deal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     client_keys = arg_list(args, "client_public_keys", max_length=MAX_SUMMANDS)
     if len(client_keys) != len(clients):
         raise PartyError("need one public key per client")
-    alpha, shares = share_mac_key(len(members), party.rng)
+    alpha, shares = share_mac_key(len(members), party_rng(party))
     party.keep(f"{session}/alpha", alpha)
     sealed_alpha = [
         _seal(party, session, m, k, struct.pack("<q", s), "mac/alpha")
@@ -326,7 +344,7 @@ def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Member: this member's share of the sum; its MAC share stays for the check.
 
     args: session, contributors, min_cohort: refused below the minimum cohort
-    or over other clients than those named (``workers.secagg_steps``) and,
+    or over other clients than those named (``mpc.protocols.secure_aggregation.steps``) and,
     like every step after it, only once per session.
     """
     session = session_arg(args)
@@ -362,13 +380,15 @@ def _check(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     return {"sigma": mac_check_share(opened, mac, alpha, rho)}
 
 
-STEPS: dict[str, PartyStep] = {
-    "secagg.mac.deal": _deal,
-    "secagg.mac.deal_shares": _deal_shares,
-    "secagg.mac.input": _input,
-    "secagg.mac.accept_key": _accept_key,
-    "secagg.mac.accept": _accept,
-    "secagg.mac.accept_shares": _accept_shares,
-    "secagg.mac.reveal": _reveal,
-    "secagg.mac.check": _check,
-}
+register_party_steps(
+    {
+        DEAL: _deal,
+        DEAL_SHARES: _deal_shares,
+        INPUT: _input,
+        ACCEPT_KEY: _accept_key,
+        ACCEPT: _accept,
+        ACCEPT_SHARES: _accept_shares,
+        REVEAL: _reveal,
+        CHECK: _check,
+    }
+)

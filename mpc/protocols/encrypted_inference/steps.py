@@ -1,8 +1,8 @@
-"""Party steps of encrypted inference (the worker side of ``mpc.encrypted_inference``).
+"""Party steps of encrypted inference (the driver is ``coordinator``).
 
 Three roles: the dealer (``infer.deal_*``), the data owner P0 and the model
 owner P1; the protocol and its security argument are in
-``mpc.encrypted_inference``, the ring math in ``mpc.inference_layers``.
+``mpc.protocols.encrypted_inference``, the ring math in ``mpc.inference_layers``.
 
 Vault keys, all under ``<session>/``: ``key`` (X25519 pair, generic ``keygen``);
 dealer: ``b`` (the weight masks); P1: ``weights`` (its plain model, encoded);
@@ -29,9 +29,7 @@ from mpc.inference_layers import (
     ring_linear,
     truncate_share,
 )
-from mpc.ring import FixedPointEncoder
-from workers.codec import Value
-from workers.inference_wire import (
+from mpc.protocols.encrypted_inference.wire import (
     SLOTS,
     batch_arg,
     claim_batch,
@@ -45,17 +43,42 @@ from workers.inference_wire import (
     take_secret,
     tensor_bytes,
 )
+from mpc.ring import FixedPointEncoder
+from workers.codec import Value
 from workers.party import (
     Party,
     PartyError,
-    PartyStep,
     arg_int,
     arg_list,
     arg_str,
+    register_party_steps,
     session_arg,
 )
 
-__all__ = ["STEPS"]
+__all__ = [
+    "ACTIVATE",
+    "DEAL_BATCH",
+    "DEAL_WEIGHTS",
+    "INPUT",
+    "LINEAR",
+    "OUTPUT",
+    "PREPARE_DATA",
+    "PREPARE_MODEL",
+    "SETUP_DATA",
+    "SETUP_MODEL",
+]
+
+# The party steps, by the name the coordinator's driver sends.
+DEAL_WEIGHTS = "infer.deal_weights"
+DEAL_BATCH = "infer.deal_batch"
+SETUP_MODEL = "infer.setup_model"
+PREPARE_MODEL = "infer.prepare_model"
+LINEAR = "infer.linear"
+SETUP_DATA = "infer.setup_data"
+PREPARE_DATA = "infer.prepare_data"
+INPUT = "infer.input"
+ACTIVATE = "infer.activate"
+OUTPUT = "infer.output"
 
 # ChaCha20 stream ids under one seed: layer i uses 4·i + kind.
 _A, _C, _S, _T = range(4)
@@ -340,15 +363,17 @@ def _output(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     return reply
 
 
-STEPS: dict[str, PartyStep] = {
-    "infer.deal_weights": _deal_weights,
-    "infer.deal_batch": _deal_batch,
-    "infer.setup_model": _setup_model,
-    "infer.prepare_model": _prepare_model,
-    "infer.linear": _linear,
-    "infer.setup_data": _setup_data,
-    "infer.prepare_data": _prepare_data,
-    "infer.input": _input,
-    "infer.activate": _activate,
-    "infer.output": _output,
-}
+register_party_steps(
+    {
+        DEAL_WEIGHTS: _deal_weights,
+        DEAL_BATCH: _deal_batch,
+        SETUP_MODEL: _setup_model,
+        PREPARE_MODEL: _prepare_model,
+        LINEAR: _linear,
+        SETUP_DATA: _setup_data,
+        PREPARE_DATA: _prepare_data,
+        INPUT: _input,
+        ACTIVATE: _activate,
+        OUTPUT: _output,
+    }
+)

@@ -19,7 +19,7 @@ not know — uniformly random either way. An individual update is revealed only
 if all k members pool their shares.
 
 The workers defend themselves against a coordinator that deviates
-(``workers.contributions``, ``workers.secagg_steps``; the attacks are in
+(``workers.contributions``, ``mpc.protocols.secure_aggregation.steps``; the attacks are in
 ``tests/adversary``): a trained state is sealed (never sent back or trained
 from) and consumed by the one session that shares it; its weight is the
 worker's own; every share carries the weighting rule and a digest of what the
@@ -31,12 +31,12 @@ repeated (``ProtocolAborted``). Not defended: a coordinator that substitutes
 session keys when the workers share no peer secret (``mpc.channel``); a
 coordinator that makes k − 1 of a cohort's clients its own (Sybil workers it
 runs); and a member that alters its share — the plain protocol only notices
-when the total weight comes out wrong; ``--mac`` (``mpc.secure_aggregation_mac``)
+when the total weight comes out wrong; ``--mac`` (``mpc.protocols.secure_aggregation_mac``)
 detects it.
 
 A member that drops out after the shares went out loses this session's sum
 (k-of-k sharing); a surviving member abandons the session and releases the
-clients' states (``workers.release``), and the caller runs the protocol again
+clients' states (``mpc.protocols.release``), and the caller runs the protocol again
 over the survivors (``releases``).
 
 Precision and range: each client's encoding rounds to 2^−(f+1), so the average
@@ -55,10 +55,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fl.errors import FedsimError
 from mpc.errors import MPCError
 from mpc.flatten import float_keys, unflatten_average, vector_length
-from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
+from mpc.protocols.base import Protocol, ProtocolRun, Step
+from mpc.protocols.release import Release, abandon_session, release_args
+from mpc.protocols.secure_aggregation import steps as party
+from mpc.protocols.sessions import exchange_keys
 from mpc.ring import FixedPointEncoder
 from mpc.sharing import reconstruct
 from workers.base import Worker
@@ -66,12 +68,9 @@ from workers.pointer import Pointer
 
 __all__ = [
     "SECURE_AGGREGATION",
-    "Release",
     "SecureAggregate",
     "SecureInput",
-    "abandon_session",
     "check_cohort",
-    "release_args",
     "reveal_sum_shares",
     "secure_average",
 ]
@@ -94,53 +93,7 @@ class SecureInput:
     @property
     def state_id(self) -> str:
         """The id of the trained state on ``worker`` (checked to live there)."""
-        return self.state if isinstance(self.state, str) else self.state._ref(self.worker).obj_id
-
-
-@dataclass(frozen=True)
-class Release:
-    """A committee member's sealed promise that ``session`` is never opened: the client
-    it is for may share its state again (``workers.release``)."""
-
-    session: str
-    member: str
-    token: torch.Tensor
-
-    def arg(self) -> dict[str, object]:
-        return {"session": self.session, "member": self.member, "token": self.token}
-
-
-def release_args(run: ProtocolRun, client: Worker) -> dict[str, object]:
-    """The ``release`` argument for ``client``'s share step, if an abandoned session took
-    its state (``run.state["releases"]``, by client id)."""
-    release = run.state["releases"].get(client.id)
-    return {} if release is None else {"release": release.arg()}
-
-
-def abandon_session(run: ProtocolRun, role: str = "committee") -> None:
-    """The run failed before its opening: the first worker of ``role`` (a committee
-    member; HE's key holder) that answers abandons the session and releases every
-    client that shared in it, so that the round can be run again over the
-    survivors (``mpc.protocol.Protocol.abandon``)."""
-    shared = [c for c in run.workers("clients") if c.id in run.state.get("shared", set())]
-    if not shared:
-        return
-    for member in run.workers(role):
-        if member.closed:
-            continue
-        try:
-            tokens = member.party_op(
-                "aggregate.abandon",
-                session=run.session,
-                clients=[c.id for c in shared],
-                client_public_keys=[run.public_key(c) for c in shared],
-            )["releases"]
-        except FedsimError:
-            continue  # lost too: another member will do
-        assert isinstance(tokens, list)
-        for client, token in zip(shared, tokens, strict=True):
-            run.state["releases"][client.id] = Release(run.session, member.id, token)
-        return
+        return self.state if isinstance(self.state, str) else self.state.id_on(self.worker)
 
 
 @dataclass(frozen=True)
@@ -174,7 +127,7 @@ def _share(run: ProtocolRun) -> None:
         client = run.workers("clients")[position]
         item = inputs[client.id]
         reply = client.party_op(
-            "secagg.share",
+            party.SHARE,
             session=run.session,
             state_id=item.state_id,
             weighting=run.state["weighting"],
@@ -205,7 +158,7 @@ def _relay(run: ProtocolRun) -> None:
         member = run.workers("committee")[index]
         for client, ciphertexts in zip(clients, sealed, strict=True):
             member.party_op(
-                "secagg.accept",
+                party.ACCEPT,
                 session=run.session,
                 sender=client.id,
                 sender_public_key=run.public_key(client),
@@ -245,7 +198,7 @@ def reveal_sum_shares(run: ProtocolRun, step: str) -> list[torch.Tensor]:
 
 def _open(run: ProtocolRun) -> None:
     run.state["total"] = run.state["encoder"].decode(
-        reconstruct(reveal_sum_shares(run, "secagg.reveal"))
+        reconstruct(reveal_sum_shares(run, party.REVEAL))
     )
 
 

@@ -1,6 +1,6 @@
 """Argument checks and wire helpers shared by the encrypted-inference party steps.
 
-Kept apart from the steps (``workers.inference_steps``) so that module holds
+Kept apart from the steps (``mpc.protocols.encrypted_inference.steps``) so that module holds
 only what each role does; everything here is about validating what arrives
 and moving ring tensors and sealed bytes without extra copies.
 """
@@ -15,6 +15,7 @@ from typing import Any, cast
 import torch
 
 from mpc.inference_layers import MPC_CNN, Layer
+from mpc.protocols.sessions import open_from, seal_for
 from mpc.ring import FixedPointEncoder
 from workers.codec import Value
 from workers.party import (
@@ -23,8 +24,6 @@ from workers.party import (
     arg_int,
     arg_str,
     check_tensor,
-    open_from,
-    seal_for,
     tensor_from_bytes,
 )
 

@@ -24,27 +24,39 @@ clients check a release inside their share step (:func:`apply_release`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from mpc.channel import open_sealed
+import torch
+
+from fl.errors import FedsimError
+from mpc.channel import SessionKey, open_sealed
+from mpc.protocols.base import ProtocolRun
+from mpc.protocols.sessions import peer_public, seal_for, session_key
+from workers.base import Worker
 from workers.codec import Value
 from workers.contributions import Spending
 from workers.party import (
     Party,
     PartyError,
-    PartyStep,
     arg_bytes,
     arg_id,
     arg_list,
     arg_str,
-    peer_public,
-    seal_for,
+    register_party_steps,
     session_arg,
-    session_key,
     tensor_from_bytes,
 )
 
-__all__ = ["STEPS", "apply_release", "spending_for"]
+__all__ = [
+    "ABANDON",
+    "Release",
+    "abandon_session",
+    "apply_release",
+    "release_args",
+    "spending_for",
+]
 
+ABANDON = "aggregate.abandon"
 _LABEL = "aggregate/release"
 _PROMISE = b"this member abandoned the session and never reveals its share"
 
@@ -91,7 +103,7 @@ def apply_release(party: Party, args: Mapping[str, Value], state_id: str) -> Non
     public = spending.releasers.get(member)
     if public is None:
         raise PartyError(f"{member!r} was not on the committee of session {session!r}")
-    if spending.key is None:
+    if not isinstance(spending.key, SessionKey):
         raise PartyError(f"no key of session {session!r} to check a release with")
     promise = open_sealed(
         spending.key,
@@ -114,4 +126,53 @@ def spending_for(party: Party, session: str, members: list[str], keys: list[Valu
     return Spending(session, releasers, session_key(party, session))
 
 
-STEPS: dict[str, PartyStep] = {"aggregate.abandon": _abandon}
+# ------------------------------------------------------------------ coordinator
+
+
+@dataclass(frozen=True)
+class Release:
+    """A committee member's sealed promise that ``session`` is never opened: the client
+    it is for may share its state again (``mpc.protocols.release``)."""
+
+    session: str
+    member: str
+    token: torch.Tensor
+
+    def arg(self) -> dict[str, object]:
+        return {"session": self.session, "member": self.member, "token": self.token}
+
+
+def release_args(run: ProtocolRun, client: Worker) -> dict[str, object]:
+    """The ``release`` argument for ``client``'s share step, if an abandoned session took
+    its state (``run.state["releases"]``, by client id)."""
+    release = run.state["releases"].get(client.id)
+    return {} if release is None else {"release": release.arg()}
+
+
+def abandon_session(run: ProtocolRun, role: str = "committee") -> None:
+    """The run failed before its opening: the first worker of ``role`` (a committee
+    member; HE's key holder) that answers abandons the session and releases every
+    client that shared in it, so that the round can be run again over the
+    survivors (``mpc.protocols.base.Protocol.abandon``)."""
+    shared = [c for c in run.workers("clients") if c.id in run.state.get("shared", set())]
+    if not shared:
+        return
+    for member in run.workers(role):
+        if member.closed:
+            continue
+        try:
+            tokens = member.party_op(
+                ABANDON,
+                session=run.session,
+                clients=[c.id for c in shared],
+                client_public_keys=[run.public_key(c) for c in shared],
+            )["releases"]
+        except FedsimError:
+            continue  # lost too: another member will do
+        assert isinstance(tokens, list)
+        for client, token in zip(shared, tokens, strict=True):
+            run.state["releases"][client.id] = Release(run.session, member.id, token)
+        return
+
+
+register_party_steps({ABANDON: _abandon})

@@ -32,7 +32,7 @@ precision: σ/Σ n_c per averaged weight (``mpc.he`` gives σ). Unlike secure
 aggregation, one party (the key holder) could decrypt any client's
 ciphertext if the coordinator gave it one: HE moves the trust from a committee
 to the key holder's refusal, which rests on the keyed canaries
-(``workers.he_steps`` says how much the key holder checks); a key holder that
+(``mpc.protocols.he_aggregation.steps`` says how much the key holder checks); a key holder that
 colludes with the coordinator reads every update. A key holder that drops out
 loses the round.
 
@@ -53,15 +53,15 @@ import torch
 from mpc.errors import MPCError
 from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.he import add_ciphertexts, chunk_count, key_id, load_context
-from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
-from mpc.secure_aggregation import (
-    Release,
+from mpc.protocols.base import Protocol, ProtocolRun, Step
+from mpc.protocols.he_aggregation import steps as party
+from mpc.protocols.release import Release, abandon_session, release_args
+from mpc.protocols.secure_aggregation.coordinator import (
     SecureAggregate,
     SecureInput,
-    abandon_session,
     check_cohort,
-    release_args,
 )
+from mpc.protocols.sessions import exchange_keys
 from workers.base import Worker
 
 __all__ = ["HE_AGGREGATION", "he_average"]
@@ -77,7 +77,7 @@ def _context(run: ProtocolRun) -> None:
     holder = run.one("key_holder")
     others = [c for c in run.workers("clients") if c.id != holder.id]
     reply = holder.party_op(
-        "he.keygen",
+        party.KEYGEN,
         session=run.session,
         clients=[c.id for c in others],
         public_keys=[run.public_key(c) for c in others],
@@ -100,7 +100,7 @@ def _context(run: ProtocolRun) -> None:
     def deliver(index: int) -> None:
         client = others[index]
         answer = client.party_op(
-            "he.accept_key",
+            party.ACCEPT_KEY,
             session=run.session,
             sender=holder.id,
             sender_public_key=run.public_key(holder),
@@ -122,7 +122,7 @@ def _encrypt(run: ProtocolRun) -> None:
     def encrypt(client: Worker) -> list[bytes]:
         item = inputs[client.id]
         reply = client.party_op(
-            "he.encrypt",
+            party.ENCRYPT,
             session=run.session,
             state_id=item.state_id,
             weighting=run.state["weighting"],
@@ -164,7 +164,7 @@ def _decrypt(run: ProtocolRun) -> None:
     holder = run.one("key_holder")
     count = len(run.workers("clients"))
     reply = holder.party_op(
-        "he.decrypt",
+        party.DECRYPT,
         session=run.session,
         ciphertexts=[torch.frombuffer(bytearray(c), dtype=torch.uint8) for c in run.state["sum"]],
         length=run.state["length"],

@@ -1,6 +1,6 @@
 """Malicious-secure aggregation: secure aggregation whose opened sum carries SPDZ MACs.
 
-Plain secure aggregation (``mpc.secure_aggregation``) trusts the committee to
+Plain secure aggregation (``mpc.protocols.secure_aggregation``) trusts the committee to
 return its shares faithfully: a member that adds δ to its share silently
 shifts the global model by δ. Here every share is authenticated under a MAC
 key α that no single worker knows (SPDZ; Damgård, Pastro, Smart, Zakarias,
@@ -53,16 +53,16 @@ from mpc.errors import MPCError
 from mpc.field import P, field_decode
 from mpc.flatten import float_keys, unflatten_average, vector_length
 from mpc.mac import reconstruct_field
-from mpc.protocol import Protocol, ProtocolRun, Step, exchange_keys
-from mpc.secure_aggregation import (
-    Release,
+from mpc.protocols.base import Protocol, ProtocolRun, Step
+from mpc.protocols.release import Release, abandon_session, release_args
+from mpc.protocols.secure_aggregation.coordinator import (
     SecureAggregate,
     SecureInput,
-    abandon_session,
     check_cohort,
-    release_args,
     reveal_sum_shares,
 )
+from mpc.protocols.secure_aggregation_mac import steps as party
+from mpc.protocols.sessions import exchange_keys
 from workers.base import Worker
 
 __all__ = ["SECURE_AGGREGATION_MAC", "secure_average_mac"]
@@ -81,7 +81,7 @@ def _committee_args(run: ProtocolRun) -> dict[str, object]:
 def _deal(run: ProtocolRun) -> None:
     clients = run.workers("clients")
     reply = run.one("dealer").party_op(
-        "secagg.mac.deal",
+        party.DEAL,
         session=run.session,
         clients=[c.id for c in clients],
         client_public_keys=[run.public_key(c) for c in clients],
@@ -100,7 +100,7 @@ def _input(run: ProtocolRun) -> None:
         client = run.workers("clients")[position]
         item = inputs[client.id]
         reply = client.party_op(
-            "secagg.mac.input",
+            party.INPUT,
             session=run.session,
             dealer=dealer.id,
             dealer_public_key=run.public_key(dealer),
@@ -130,7 +130,7 @@ def _relay(run: ProtocolRun) -> None:
     def deliver(index: int) -> list[str]:
         member = run.workers("committee")[index]
         member.party_op(
-            "secagg.mac.accept_key",
+            party.ACCEPT_KEY,
             session=run.session,
             dealer=dealer.id,
             dealer_public_key=run.public_key(dealer),
@@ -140,7 +140,7 @@ def _relay(run: ProtocolRun) -> None:
         digests = []
         for position, client in enumerate(clients):
             reply = member.party_op(
-                "secagg.mac.accept",
+                party.ACCEPT,
                 session=run.session,
                 client=client.id,
                 length=run.state["length"],
@@ -170,7 +170,7 @@ def _mask(run: ProtocolRun) -> None:
     dealer = run.one("dealer")
     length = run.state["length"]
     sealed = dealer.party_op(
-        "secagg.mac.deal_shares",
+        party.DEAL_SHARES,
         session=run.session,
         contributors=[c.id for c in run.workers("clients")],
         length=length,
@@ -181,7 +181,7 @@ def _mask(run: ProtocolRun) -> None:
 
     def accept(index: int) -> None:
         run.workers("committee")[index].party_op(
-            "secagg.mac.accept_shares",
+            party.ACCEPT_SHARES,
             session=run.session,
             dealer=dealer.id,
             length=length,
@@ -193,7 +193,7 @@ def _mask(run: ProtocolRun) -> None:
 
 
 def _open(run: ProtocolRun) -> None:
-    run.state["opened"] = reconstruct_field(reveal_sum_shares(run, "secagg.mac.reveal"))
+    run.state["opened"] = reconstruct_field(reveal_sum_shares(run, party.REVEAL))
 
 
 def _check(run: ProtocolRun) -> None:
@@ -201,9 +201,9 @@ def _check(run: ProtocolRun) -> None:
     rho_seed = torch.frombuffer(bytearray(os.urandom(32)), dtype=torch.uint8)  # drawn after opening
 
     def sigma(member: Worker) -> int:
-        value = member.party_op(
-            "secagg.mac.check", session=run.session, opened=opened, rho_seed=rho_seed
-        )["sigma"]
+        value = member.party_op(party.CHECK, session=run.session, opened=opened, rho_seed=rho_seed)[
+            "sigma"
+        ]
         if not isinstance(value, int) or not 0 <= value < P:
             raise MPCError(f"{member.id!r} returned no MAC check value")
         return value
@@ -245,7 +245,7 @@ def secure_average_mac(
     min_cohort: int = 2,
     releases: dict[str, Release] | None = None,
 ) -> SecureAggregate:
-    """Like :func:`mpc.secure_aggregation.secure_average`, with every share MAC-checked."""
+    """Like :func:`~mpc.protocols.secure_aggregation.coordinator.secure_average`, MAC-checked."""
     if len(committee) < 2:
         raise MPCError(
             f"secure aggregation needs a committee of >= 2 workers, got {len(committee)}"

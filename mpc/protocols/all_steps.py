@@ -1,0 +1,22 @@
+"""Import every protocol's party steps, so that this process's workers run them all.
+
+Imported for its effect by ``fedsim worker serve``: a worker process answers
+whichever protocol a coordinator drives.
+"""
+
+from __future__ import annotations
+
+from mpc.protocols import release, sessions
+from mpc.protocols.encrypted_inference import steps as encrypted_inference
+from mpc.protocols.he_aggregation import steps as he_aggregation
+from mpc.protocols.secure_aggregation import steps as secure_aggregation
+from mpc.protocols.secure_aggregation_mac import steps as secure_aggregation_mac
+
+__all__ = [
+    "encrypted_inference",
+    "he_aggregation",
+    "release",
+    "secure_aggregation",
+    "secure_aggregation_mac",
+    "sessions",
+]

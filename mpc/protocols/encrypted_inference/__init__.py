@@ -1,0 +1,1 @@
+"""Two-party inference of ``mpc-cnn``: its driver (``coordinator``), steps (``steps``, ``wire``)."""

@@ -1,0 +1,1 @@
+"""Secure aggregation by additive sharing: its driver (``coordinator``) and steps (``steps``)."""

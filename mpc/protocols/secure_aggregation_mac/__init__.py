@@ -1,0 +1,1 @@
+"""Secure aggregation with SPDZ MACs: the driver (``coordinator``), the party steps (``steps``)."""
