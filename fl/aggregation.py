@@ -1,19 +1,27 @@
-"""Aggregation strategies: client sampling and combining client models.
+"""Aggregation strategies: client sampling, and how a round's updates become the next model.
 
 FedAvg is Algorithm 1 of McMahan et al., *Communication-Efficient Learning of
 Deep Networks from Decentralized Data*, AISTATS 2017: each round a fraction C of
 the K clients is sampled, each trains locally from the global model, and the new
 global model is the average of their models weighted by local sample counts.
 
-Structured like Flower's ``strategy/aggregate.py``: the arithmetic lives in the
-pure function :func:`weighted_average`; a :class:`Strategy` holds the policy, and
-later strategies (robust aggregators, differential privacy) subclass it and
-override only :meth:`Strategy.aggregate`.
+Structured like Flower's ``strategy/aggregate.py``: the arithmetic lives in pure
+functions and :class:`WeightedSum`; a :class:`Strategy` holds the policy. A round
+asks its strategy for a :class:`RoundAggregate` (:meth:`Strategy.start_round`),
+hands it the clients' results as batches report, and finishes it once:
+
+- a strategy with a :class:`MeanFold` (FedAvg, DP-FedAvg with a fixed clip) folds
+  each update into a running sum as it arrives (:class:`FoldedMean`) and
+  finishes the mean in :meth:`Strategy.finish_mean` — where DP-FedAvg adds its
+  noise, to a folded mean as to one opened by secure aggregation;
+- any other strategy holds the updates (:class:`HeldUpdates`) and computes the
+  new state in :meth:`Strategy.aggregate` (median, Krum, adaptive clipping...).
+
+A new aggregator is one subclass of :class:`Strategy` (docs/design.md, "Aggregation").
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,185 +30,21 @@ from typing import ClassVar
 import torch
 
 from fl.errors import ConfigError
+from fl.updates import clip_to_reference
+from fl.weighted_sum import WeightedSum, weighted_average
 
-__all__ = ["ClientUpdate", "FedAvg", "Strategy", "WeightedSum", "weighted_average"]
+__all__ = [
+    "ClientUpdate",
+    "FedAvg",
+    "Finished",
+    "FoldedMean",
+    "HeldUpdates",
+    "MeanFold",
+    "RoundAggregate",
+    "Strategy",
+]
 
-
-# Float64 elements folded per step (256 KiB): the slice of the sum being added
-# to stays in a core's L2 cache while it is read and written.
-_FOLD_SLICE = 1 << 15
-
-
-def _check_weights(weights: Sequence[float]) -> float:
-    """Validate aggregation weights and return their sum."""
-    bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
-    if bad:
-        raise ConfigError(f"aggregation weights must be finite and >= 0, got {list(weights)}")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ConfigError(f"aggregation weights must have a positive sum, got {list(weights)}")
-    return total
-
-
-def _check_same_layout(states: Sequence[Mapping[str, torch.Tensor]]) -> None:
-    """Every state must have the first state's keys, shapes and dtypes."""
-    first = states[0]
-    for i, state in enumerate(states[1:], start=1):
-        if set(state) != set(first):
-            diff = sorted(set(state) ^ set(first))
-            raise ConfigError(f"state {i} has different keys than state 0: {diff}")
-        for key, ref in first.items():
-            t = state[key]
-            if t.shape != ref.shape or t.dtype != ref.dtype:
-                raise ConfigError(
-                    f"state {i} {key!r} is {tuple(t.shape)} {t.dtype}, "
-                    f"state 0 has {tuple(ref.shape)} {ref.dtype}"
-                )
-
-
-class WeightedSum:
-    """A running Σᵢ wᵢ·stateᵢ and Σᵢ wᵢ: FedAvg without holding the states.
-
-    A round with thousands of sampled clients cannot keep every client model
-    alive until the end of the round; folding each update into one float64
-    accumulator as it arrives keeps memory at one model whatever the count.
-    Sums computed apart (one per batch of clients, possibly on other machines)
-    combine with :meth:`merge`. Folding the same states in the same order gives
-    the same bits as :func:`weighted_average`, which is built on this class.
-
-    Accumulates in float64 (averaging many float32 models in float32 loses low
-    bits and makes the result depend on client order) and casts back to each
-    tensor's dtype. Non-floating tensors (counters such as BatchNorm's
-    ``num_batches_tracked``) cannot be averaged: they are kept from the first
-    state and every later state must agree (else ConfigError).
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}  # float64 Σ w·x, or the kept counter
-        self.total = 0.0
-        self.count = 0
-        self._scratch: torch.Tensor | None = None  # see _fold
-
-    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None:
-        """Fold ``weight · state`` into the sum."""
-        self.add_many([(state, weight)])
-
-    def add_many(self, items: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> None:
-        """Fold several ``(state, weight)`` at once: the same bits as adding them in
-        order (each element's additions happen in that order), but each slice of
-        the float64 sum is read and written once for all of them, not once each.
-        """
-        if not items:
-            return
-        for _, weight in items:
-            if not (math.isfinite(weight) and weight >= 0):
-                raise ConfigError(f"aggregation weights must be finite and >= 0, got {weight}")
-        states = [state for state, _ in items]
-        weights = [float(weight) for _, weight in items]
-        self._check_layout(states[0])
-        _check_same_layout(states)
-        for key, first in states[0].items():  # every check before any sum changes
-            kept = self.sums.get(key, first)
-            if not first.is_floating_point() and not all(torch.equal(kept, s[key]) for s in states):
-                raise ConfigError(f"non-floating tensor {key!r} differs between states")
-        for key, first in states[0].items():
-            if not first.is_floating_point():
-                if key not in self.sums:
-                    self.sums[key] = first.clone()
-                continue
-            if self.count == 0:
-                self.sums[key] = torch.zeros(first.shape, dtype=torch.float64)
-            self._fold(self.sums[key], [state[key] for state in states], weights)
-        for weight in weights:
-            self.total += weight
-        self.count += len(items)
-
-    def _fold(self, acc: torch.Tensor, tensors: list[torch.Tensor], weights: list[float]) -> None:
-        """``acc += Σ wᵢ · tensorᵢ`` in float64, in order, one cache-sized slice at a time.
-
-        Torch's mixed-dtype ``add_`` converts element by element and does not
-        vectorise, so it is slower than a float64 add of a float64 copy
-        (docs/scale.md, "What a client costs"). Converting a slice into a reused
-        float64 scratch buffer (exact: float32 ⊂ float64) and adding it computes
-        the same values, so the bits do not change.
-        """
-        flat_acc = acc.view(-1)
-        flats = [tensor.reshape(-1) for tensor in tensors]
-        size = flat_acc.numel()
-        if self._scratch is None:
-            self._scratch = torch.empty(_FOLD_SLICE, dtype=torch.float64)
-        for start in range(0, size, _FOLD_SLICE):
-            stop = min(start + _FOLD_SLICE, size)
-            part, target = self._scratch[: stop - start], flat_acc[start:stop]
-            for flat, weight in zip(flats, weights, strict=True):
-                part.copy_(flat[start:stop])
-                target.add_(part, alpha=weight)
-
-    def merge(self, other: WeightedSum) -> None:
-        """Add a sum computed apart (another batch of clients) into this one."""
-        if other.count == 0:
-            return
-        if self.count == 0:
-            self.sums = {k: t.clone() for k, t in other.sums.items()}
-        else:
-            self._check_layout(other.sums, floating_as=torch.float64)
-            for key, tensor in other.sums.items():
-                if tensor.is_floating_point():
-                    self.sums[key].add_(tensor)
-                elif not torch.equal(self.sums[key], tensor):
-                    raise ConfigError(f"non-floating tensor {key!r} differs between states")
-        self.total += other.total
-        self.count += other.count
-
-    def average(self, dtypes: Mapping[str, torch.dtype]) -> dict[str, torch.Tensor]:
-        """Σ w·x / Σ w, each tensor cast to ``dtypes[key]`` (the model's own dtypes)."""
-        if self.count == 0:
-            raise ConfigError("no state was added to the weighted sum")
-        if self.total <= 0:
-            raise ConfigError(f"aggregation weights must have a positive sum, got {self.total}")
-        return {
-            key: (t.div(self.total).to(dtypes[key]) if t.is_floating_point() else t.clone())
-            for key, t in self.sums.items()
-        }
-
-    def _check_layout(
-        self, state: Mapping[str, torch.Tensor], floating_as: torch.dtype | None = None
-    ) -> None:
-        """Every state must have the first state's keys and shapes (and dtype kinds)."""
-        if self.count == 0:
-            return
-        if set(state) != set(self.sums):
-            diff = sorted(set(state) ^ set(self.sums))
-            raise ConfigError(f"state {self.count} has different keys than state 0: {diff}")
-        for key, ref in self.sums.items():
-            t = state[key]
-            if t.shape != ref.shape or t.is_floating_point() != ref.is_floating_point():
-                raise ConfigError(
-                    f"state {self.count} {key!r} is {tuple(t.shape)} {t.dtype}, "
-                    f"state 0 has {tuple(ref.shape)}"
-                )
-            if floating_as is not None and t.is_floating_point() and t.dtype != floating_as:
-                raise ConfigError(f"partial sum {key!r} is {t.dtype}, expected {floating_as}")
-
-
-def weighted_average(
-    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
-) -> dict[str, torch.Tensor]:
-    """Σᵢ wᵢ·stateᵢ / Σᵢ wᵢ, key by key, in float64 (see :class:`WeightedSum`).
-
-    Every state must have the first state's keys, shapes and dtypes (else ConfigError).
-    """
-    if len(states) == 0 or len(states) != len(weights):
-        raise ConfigError(
-            f"need >= 1 state and one weight per state, got {len(states)} states "
-            f"and {len(weights)} weights"
-        )
-    _check_weights(weights)
-    _check_same_layout(states)
-    acc = WeightedSum()
-    for state, weight in zip(states, weights, strict=True):
-        acc.add(state, weight)
-    return acc.average({key: t.dtype for key, t in states[0].items()})
+StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -213,14 +57,50 @@ class ClientUpdate:
     train_loss: float
 
 
+@dataclass(frozen=True)
+class MeanFold:
+    """How a strategy that averages weighs and bounds an update before folding it.
+
+    Plain data, so that a batch of clients trained in another process (Dask)
+    folds exactly as one trained here. FedAvg weighs a client by its sample
+    count. DP-FedAvg (``clip`` set) weighs every client 1 and clips its move
+    around the round's global state on the coordinator too — the workers clip
+    already, but a client that skipped it must gain nothing — and keeps the
+    mean in float64, so its noise goes on before anything is rounded.
+    """
+
+    clip: float | None = None
+
+    @property
+    def weighted(self) -> bool:
+        """True when clients weigh their sample counts (else 1 each)."""
+        return self.clip is None
+
+    def weighed(
+        self, update: ClientUpdate, global_state: Mapping[str, torch.Tensor]
+    ) -> tuple[Mapping[str, torch.Tensor], float]:
+        """The ``(state, weight)`` to fold for ``update``."""
+        if self.clip is None:
+            return update.state, float(update.num_samples)
+        return clip_to_reference(update.state, global_state, self.clip) or update.state, 1.0
+
+    def mean_dtypes(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.dtype]:
+        """Per key, the dtype the round's mean is handed on in."""
+        wide = self.clip is not None
+        return {
+            key: torch.float64 if wide and t.is_floating_point() else t.dtype
+            for key, t in global_state.items()
+        }
+
+
 class Strategy(ABC):
     """How a round picks its clients and combines their updates."""
 
     name: ClassVar[str]
-    # True when ``aggregate`` is a mean a round can fold update by update into a
-    # WeightedSum as they arrive instead of holding them all: FedAvg's weighted
-    # mean, or DP-FedAvg's clipped, unweighted one (noised after the fold).
-    streaming: bool = False
+    # Set when the strategy's aggregate is a mean a round can fold update by
+    # update as they arrive instead of holding them all: FedAvg's weighted mean,
+    # or DP-FedAvg's clipped, unweighted one (noised in finish_mean).
+    fold: MeanFold | None = None
 
     def sample_clients(
         self, client_ids: Sequence[str], fraction: float, generator: torch.Generator
@@ -243,18 +123,37 @@ class Strategy(ABC):
         chosen = torch.randperm(k, generator=generator)[:m].sort().values
         return [client_ids[int(i)] for i in chosen]
 
+    def start_round(
+        self, global_state: Mapping[str, torch.Tensor], *, folded: bool
+    ) -> RoundAggregate:
+        """This round's aggregate: a running mean if ``folded`` (the batches fold
+        with :attr:`fold`), else one that holds every update."""
+        if folded:
+            if self.fold is None:
+                raise ConfigError(f"aggregator {self.name!r} needs every update: it cannot fold")
+            return FoldedMean(self, global_state)
+        return HeldUpdates(self, global_state)
+
     @abstractmethod
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
     ) -> dict[str, torch.Tensor]:
         """The new global state from this round's client updates."""
 
+    def finish_mean(
+        self, global_state: Mapping[str, torch.Tensor], mean: StateDict, count: int
+    ) -> StateDict:
+        """The new global state from the mean of ``count`` updates, folded with
+        :attr:`fold` or opened by secure aggregation: the mean itself, unless the
+        strategy post-processes it (DP-FedAvg's noise). Only averaging strategies can."""
+        raise ConfigError(f"aggregator {self.name!r} does not average: it needs every update")
+
 
 class FedAvg(Strategy):
     """Federated Averaging (McMahan et al. 2017): average weighted by client sample count."""
 
     name: ClassVar[str] = "fedavg"
-    streaming = True
+    fold: MeanFold | None = MeanFold()
 
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
@@ -268,3 +167,86 @@ class FedAvg(Strategy):
         if not updates:
             raise ConfigError("FedAvg needs at least one client update")
         return weighted_average([u.state for u in updates], [float(u.num_samples) for u in updates])
+
+    def finish_mean(
+        self, global_state: Mapping[str, torch.Tensor], mean: StateDict, count: int
+    ) -> StateDict:
+        """The mean is the new global state."""
+        return mean
+
+
+class RoundAggregate(ABC):
+    """How one round's client results become the next global state.
+
+    Batches of clients report as they finish (:meth:`take`, in batch order, so
+    the result does not depend on which finished first); :meth:`finish` is
+    called once, after the last.
+    """
+
+    @abstractmethod
+    def take(self, updates: Sequence[ClientUpdate], folded: WeightedSum | None) -> None:
+        """A batch's results: its updates, and the sum it folded them into if it did."""
+
+    @abstractmethod
+    def finish(self) -> StateDict:
+        """The next global state."""
+
+
+class HeldUpdates(RoundAggregate):
+    """Every update, held until the strategy aggregates them all at once."""
+
+    def __init__(self, strategy: Strategy, global_state: Mapping[str, torch.Tensor]) -> None:
+        self.strategy, self.global_state = strategy, global_state
+        self.updates: list[ClientUpdate] = []
+
+    def take(self, updates: Sequence[ClientUpdate], folded: WeightedSum | None) -> None:
+        if folded is not None:
+            raise ConfigError("a batch folded its updates, but the round holds them")
+        self.updates.extend(updates)
+
+    def finish(self) -> StateDict:
+        return self.strategy.aggregate(self.global_state, self.updates)
+
+
+class FoldedMean(RoundAggregate):
+    """The batches' folded sums, merged in batch order, averaged and finished by the strategy.
+
+    The sums are the round's own, used once: the first batch's becomes the
+    total and the others are merged into it in place and emptied, which spares
+    a model-sized float64 copy on the round's critical path and frees each
+    batch's sum as soon as it is merged.
+    """
+
+    def __init__(self, strategy: Strategy, global_state: Mapping[str, torch.Tensor]) -> None:
+        assert strategy.fold is not None
+        self.strategy, self.fold, self.global_state = strategy, strategy.fold, global_state
+        self.total: WeightedSum | None = None
+
+    def take(self, updates: Sequence[ClientUpdate], folded: WeightedSum | None) -> None:
+        if folded is None:
+            raise ConfigError("a batch held its updates, but the round folds them")
+        if self.total is None:
+            self.total = folded
+        else:
+            self.total.merge(folded)
+            folded.sums.clear()
+
+    def finish(self) -> StateDict:
+        if self.total is None:
+            raise ConfigError("no batch reported to the round")
+        mean = self.total.average(self.fold.mean_dtypes(self.global_state))
+        return self.strategy.finish_mean(self.global_state, mean, self.total.count)
+
+
+class Finished(RoundAggregate):
+    """A round that produced the next state itself: the centralised baseline, the
+    model passed from worker to worker, a sum opened by secure aggregation."""
+
+    def __init__(self, state: StateDict) -> None:
+        self.state = state
+
+    def take(self, updates: Sequence[ClientUpdate], folded: WeightedSum | None) -> None:
+        raise ConfigError("the round has its next state already")
+
+    def finish(self) -> StateDict:
+        return self.state

@@ -36,7 +36,7 @@ from typing import ClassVar, Literal
 import torch
 
 from fl.accounting import ACCOUNTANTS, BudgetExceeded, PrivacyAccountant, epsilon_after
-from fl.aggregation import ClientUpdate, Strategy
+from fl.aggregation import ClientUpdate, MeanFold, Strategy
 from fl.errors import ConfigError
 from fl.noise import NoiseSource, SecureNoise
 from fl.updates import stack_updates, unstack_update
@@ -224,11 +224,11 @@ class DPFedAvg(Strategy):
     it, so the accountant does not cover the quantile estimate (it leaks a little
     about the norms); the noise on the update is not reduced to compensate either.
 
-    With a fixed S the round may stream (:attr:`streaming`): each update is
-    clipped around the global state (:func:`fl.updates.clip_to_reference`) and
-    folded with weight 1 as it arrives, and the noise is added to the mean of the
-    fold (``flows.defence.Defence.opened``, as for a securely opened sum), so no
-    (n, d) matrix is built. Adaptive clipping needs every norm: it does not stream.
+    With a fixed S a round may fold the updates as they arrive (:attr:`fold`):
+    each is clipped around the global state (:func:`fl.updates.clip_to_reference`)
+    and folded with weight 1, and :meth:`finish_mean` adds the noise to the
+    mean — to a folded mean as to a securely opened one — so no (n, d) matrix is
+    built. Adaptive clipping needs every norm: it does not fold.
     """
 
     name: ClassVar[str] = "dp-fedavg"
@@ -238,7 +238,7 @@ class DPFedAvg(Strategy):
             raise ConfigError(f"DP-FedAvg needs dp mode 'client', got {dp.mode!r}")
         self.dp = dp
         self.clip = dp.clip
-        self.streaming = dp.adaptive_quantile is None
+        self.fold = MeanFold(clip=dp.clip) if dp.adaptive_quantile is None else None
         self.noise = SecureNoise() if noise is None else noise
         self.last_clip: float | None = None
         self.last_norms: torch.Tensor | None = None
@@ -284,6 +284,19 @@ class DPFedAvg(Strategy):
                 self.clip, below, self.dp.adaptive_quantile, self.dp.clip_lr
             )
         return result
+
+    def finish_mean(
+        self, global_state: Mapping[str, torch.Tensor], mean: dict[str, torch.Tensor], count: int
+    ) -> dict[str, torch.Tensor]:
+        """The mean of ``count`` clipped updates plus N(0, (zS/count)²): the noise of
+        :func:`dp_mean`, on a mean folded by the round or opened by secure aggregation."""
+        if self.fold is None:
+            raise ConfigError("DP-FedAvg with adaptive clipping needs every update: it cannot fold")
+        keys, stacked = stack_updates(global_state, [mean])  # (1, d): the mean clipped update
+        noise = gaussian_sum_noise(
+            stacked.shape[1], self.dp.noise_multiplier, self.clip, self.noise
+        )
+        return unstack_update(global_state, keys, stacked[0] + noise / count, mean)
 
 
 # --- accounting ------------------------------------------------------------------------------

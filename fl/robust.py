@@ -247,7 +247,7 @@ class ScoredFedAvg(FedAvg, ScoredStrategy):
     """
 
     spec = "fedavg"
-    streaming = False  # the report needs every update
+    fold = None  # the report needs every update
 
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]

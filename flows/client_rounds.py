@@ -1,4 +1,4 @@
-"""A FedAvg round over many virtual clients: batched into few tasks, streamed, on any engine.
+"""A FedAvg round over many virtual clients: batched into few tasks, folded, on any engine.
 
 A round's sampled clients are cut into ``cfg.round_tasks`` batches of consecutive
 clients (:func:`client_batches`), one Prefect task each (``flows.client_tasks``),
@@ -9,15 +9,14 @@ level 3 under secure or he aggregation) trains resident virtual workers
 all between rounds: each batch materialises its clients from their partition
 descriptors where it runs (:func:`train_spec_batches`).
 
-Streaming: when the strategy's mean can be folded update by update
-(``Strategy.streaming``: FedAvg, and DP-FedAvg with a fixed clip) and aggregation
-is plain, each batch folds its clients' models into one float64
-:class:`~fl.aggregation.WeightedSum` (weighed and clipped by
-``flows.client_training.fold_rule``) and drops them; the round merges the
-batches' sums in batch order (:func:`combine`); DP noise is added to the mean
-afterwards. A round then holds one model per batch in flight, whatever the
-number of clients. Other strategies (robust aggregators, adaptive clipping,
-update attacks) need every update, and get them.
+Folding: when the strategy's mean can be folded update by update (its
+``MeanFold``: FedAvg, and DP-FedAvg with a fixed clip) and aggregation is
+plain, each batch folds its clients' models into one float64
+:class:`~fl.weighted_sum.WeightedSum` and drops them; the round's aggregate
+merges the batches' sums in batch order (:func:`combine`) and the strategy
+finishes the mean (DP noise included). A round then holds one model per batch
+in flight, whatever the number of clients. Other strategies (robust
+aggregators, adaptive clipping, update attacks) need every update, and get them.
 """
 
 from __future__ import annotations
@@ -26,12 +25,13 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 
+from fl.aggregation import MeanFold, RoundAggregate, Strategy
 from fl.errors import ConfigError
 from flows.client_tasks import (
     STATE_TAG,
@@ -42,7 +42,6 @@ from flows.client_tasks import (
     train_client_specs,
     train_client_specs_local,
 )
-from flows.client_training import FoldRule, fold_rule
 from flows.config import ExperimentConfig
 from flows.engine import dask_client_threads
 from flows.resources import tree_rss_bytes
@@ -85,7 +84,7 @@ def with_round_metrics(outcome: RoundOutcome, stats: BatchStats) -> RoundOutcome
     (bounded by the batches running at once, not by the client count);
     ``memory_mb`` the resident memory of this process tree after the round;
     ``updates_held`` the client updates kept whole for the strategy (0 when the
-    round streamed them into its sum).
+    round folded them into its sum).
     """
     metrics = {
         "clients_sampled": float(len(outcome.updates) + len(outcome.dropped)),
@@ -118,27 +117,11 @@ def client_batches(items: Sequence[T], count: int) -> list[list[T]]:
     return batches
 
 
-def combine(
-    parts: Sequence[RoundOutcome], global_state: Mapping[str, torch.Tensor], rule: FoldRule
-) -> RoundOutcome:
-    """One round's outcome from its batches' outcomes, in batch order.
-
-    Streamed batches' sums are merged and averaged here, in ``rule``'s dtypes:
-    the result goes out as ``global_state``, the slot through which a round
-    hands back a model it aggregated itself (as secure aggregation does; DP
-    noise is added to it next). They are merged into the first batch's sum, in
-    place — the sums are the round's own, used once — which spares a model-sized
-    float64 copy on the round's critical path.
-    """
-    streamed = [p.partial for p in parts if p.partial is not None]
-    average = None
-    if streamed:
-        if len(streamed) != len(parts):
-            raise ConfigError("a round cannot mix streamed and unstreamed batches")
-        total, *rest = streamed
-        for partial in rest:
-            total.merge(partial)
-        average = total.average(rule.mean_dtypes(global_state))
+def combine(parts: Sequence[RoundOutcome], aggregate: RoundAggregate) -> RoundOutcome:
+    """One round's outcome from its batches' outcomes: each batch's updates (or the
+    sum it folded them into) go to the round's ``aggregate`` in batch order."""
+    for part in parts:
+        aggregate.take(part.updates, part.partial)
     return RoundOutcome(
         [u for p in parts for u in p.updates],
         sum(p.bytes_sent for p in parts),
@@ -147,7 +130,7 @@ def combine(
         comm_seconds=sum(p.comm_seconds for p in parts),
         compute_seconds=sum(p.compute_seconds for p in parts),
         remote_states=tuple(s for p in parts for s in p.remote_states),
-        global_state=average,
+        aggregate=aggregate,
     )
 
 
@@ -158,19 +141,23 @@ def train_live_batches(
     cfg: ExperimentConfig,
     round_index: int,
     *,
-    stream: bool,
+    strategy: Strategy,
+    folded: bool,
     models: ModelPool,
 ) -> tuple[RoundOutcome, BatchStats]:
     """The round's batches over this process's virtual workers (levels 2-3), as tasks
-    on the flow's thread-pool task runner: they train at once, sharing the cores."""
+    on the flow's thread-pool task runner: they train at once, sharing the cores.
+    With ``folded`` each batch folds its updates with the strategy's MeanFold."""
     batches = client_batches(clients, cfg.round_tasks)
+    fold = strategy.fold if folded else None
     results, wall, shared = _run_here(
-        cfg, train_client_batch, batches, state, cfg, round_index, stream
+        cfg, train_client_batch, batches, state, cfg, round_index, fold
     )
     stats = BatchStats(body_seconds=[body for _, body in results])
     stats.models_by_process[os.getpid()] = models.built
     _account(meter, wall, stats, len(results))
-    return _combine_here([outcome for outcome, _ in results], state, shared, cfg), stats
+    parts = [outcome for outcome, _ in results]
+    return _combine_here(parts, strategy.start_round(state, folded=folded), shared), stats
 
 
 def train_spec_batches(
@@ -180,7 +167,8 @@ def train_spec_batches(
     cfg: ExperimentConfig,
     round_index: int,
     *,
-    stream: bool,
+    strategy: Strategy,
+    folded: bool,
     on_dask: bool,
 ) -> tuple[RoundOutcome, BatchStats]:
     """Level 3's batches, each materialising its clients where it runs: in this
@@ -192,13 +180,15 @@ def train_spec_batches(
     """
     config = cfg.to_dict()
     batches = client_batches(specs, cfg.round_tasks)
+    fold = strategy.fold if folded else None
+    aggregate = strategy.start_round(state, folded=folded)
     if on_dask:
-        return _dask_spec_batches(meter, batches, state, config, round_index, stream, cfg)
+        return _dask_spec_batches(meter, batches, state, config, round_index, fold, aggregate, cfg)
     results, wall, shared = _run_here(
-        cfg, train_client_specs_local, batches, state, config, round_index, stream
+        cfg, train_client_specs_local, batches, state, config, round_index, fold
     )
     stats = _spec_stats(meter, wall, results)
-    return _combine_here([outcome for outcome, *_ in results], state, shared, cfg), stats
+    return _combine_here([outcome for outcome, *_ in results], aggregate, shared), stats
 
 
 def _run_here(
@@ -222,13 +212,10 @@ def _run_here(
 
 
 def _combine_here(
-    parts: list[RoundOutcome],
-    state: StateDict,
-    shared: dict[str, torch.Tensor],
-    cfg: ExperimentConfig,
+    parts: list[RoundOutcome], aggregate: RoundAggregate, shared: dict[str, torch.Tensor]
 ) -> RoundOutcome:
     """:func:`combine` of in-process batches, then :func:`_empty_batches`."""
-    outcome = combine(parts, state, fold_rule(cfg))
+    outcome = combine(parts, aggregate)
     _empty_batches(shared, parts)
     return outcome
 
@@ -239,7 +226,8 @@ def _dask_spec_batches(
     state: StateDict,
     config: dict[str, Any],
     round_index: int,
-    stream: bool,
+    fold: MeanFold | None,
+    aggregate: RoundAggregate,
     cfg: ExperimentConfig,
 ) -> tuple[RoundOutcome, BatchStats]:
     """:func:`train_spec_batches` on Dask workers, through codec frames."""
@@ -247,7 +235,7 @@ def _dask_spec_batches(
     threads = dask_client_threads(cfg)
     start = time.perf_counter()
     futures = [
-        train_client_specs.submit(batch, frame, config, round_index, stream, threads)
+        train_client_specs.submit(batch, frame, config, round_index, fold, threads)
         for batch in batches
     ]
     results = []
@@ -258,7 +246,7 @@ def _dask_spec_batches(
     wall = time.perf_counter() - start
     _free_frame(frame)
     stats = _spec_stats(meter, wall, results)
-    return combine([outcome for outcome, *_ in results], state, fold_rule(cfg)), stats
+    return combine([outcome for outcome, *_ in results], aggregate), stats
 
 
 def _spec_stats(
@@ -292,12 +280,11 @@ def _free_frame(frame: bytes | bytearray) -> None:
 
 def _empty_batches(shared: dict[str, torch.Tensor], parts: Sequence[RoundOutcome]) -> None:
     """:func:`_free_frame` for in-process batches: their shared state parameter, and
-    the updates and sums they returned, once :func:`combine` has copied them."""
+    the update lists they returned, once :func:`combine` has taken them (the
+    round's aggregate empties the sums it merged)."""
     shared.clear()
     for part in parts:
         part.updates.clear()
-        if part.partial is not None:
-            part.partial.sums.clear()
 
 
 def _threads_per_batch(batches: int) -> int:

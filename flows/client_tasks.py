@@ -26,8 +26,9 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fl.aggregation import ClientUpdate, WeightedSum
+from fl.aggregation import ClientUpdate, MeanFold
 from fl.data import load_partition
+from fl.weighted_sum import WeightedSum
 from flows.client_training import train_clients_in_turn
 from flows.config import ExperimentConfig
 from flows.tasks import (
@@ -70,13 +71,13 @@ def train_client_batch(
     state: StateDict,
     cfg: ExperimentConfig,
     round_index: int,
-    stream: bool,
+    fold: MeanFold | None,
     threads: int,
 ) -> tuple[RoundOutcome, float]:
     """One batch of this process's virtual workers, in turn; with its body's seconds."""
     start = time.perf_counter()
     _set_thread_count(threads)
-    outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
+    outcome = train_clients_in_turn(clients, state, cfg, round_index, fold)
     return outcome, time.perf_counter() - start
 
 
@@ -103,7 +104,7 @@ def train_client_specs_body(
     state_frame: bytes | bytearray,
     config: dict[str, Any],
     round_index: int,
-    stream: bool,
+    fold: MeanFold | None,
     threads: int | None,
 ) -> bytearray:
     """A batch of level-3 clients on a Dask worker: decode the global state's frame,
@@ -112,7 +113,7 @@ def train_client_specs_body(
     tag, state = decode_frame(state_frame)
     if tag != STATE_TAG or not isinstance(state, dict):
         raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
-    outcome, _, pid, built = train_specs_here(specs, state, config, round_index, stream, threads)
+    outcome, _, pid, built = train_specs_here(specs, state, config, round_index, fold, threads)
     return _encode_result(outcome, time.perf_counter() - start, pid, built)
 
 
@@ -124,7 +125,7 @@ def train_specs_here(
     state: StateDict,
     config: dict[str, Any],
     round_index: int,
-    stream: bool,
+    fold: MeanFold | None,
     threads: int | None,
 ) -> tuple[RoundOutcome, float, int, int]:
     """A batch of level-3 clients in this process: materialise, train, fold.
@@ -147,7 +148,7 @@ def train_specs_here(
     )
     if threads is not None:
         _set_thread_count(threads)
-    outcome = train_clients_in_turn(clients, state, cfg, round_index, stream)
+    outcome = train_clients_in_turn(clients, state, cfg, round_index, fold)
     return outcome, time.perf_counter() - start, os.getpid(), PROCESS_MODELS.built
 
 

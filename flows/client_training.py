@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -19,9 +19,9 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fl.aggregation import ClientUpdate, WeightedSum
+from fl.aggregation import ClientUpdate, Finished, MeanFold
 from fl.errors import FedsimError
-from fl.updates import clip_to_reference
+from fl.weighted_sum import WeightedSum
 from flows.config import ExperimentConfig
 from flows.tasks import (
     Client,
@@ -39,8 +39,6 @@ from workers.pointer import Pointer
 __all__ = [
     "FOLD_GROUP",
     "ClientResult",
-    "FoldRule",
-    "fold_rule",
     "train_clients_in_turn",
     "train_federated_round",
     "train_sequential_round",
@@ -50,42 +48,6 @@ logger = logging.getLogger("fedsim.rounds")
 # Streamed updates folded at once (WeightedSum.add_many): the float64 sum is read
 # and written once per group instead of once per client, for a few models held.
 FOLD_GROUP = 4
-
-
-@dataclass(frozen=True)
-class FoldRule:
-    """How a streamed round weighs and bounds an update before folding it, and in
-    which dtypes it hands the mean on.
-
-    FedAvg weighs a client by its sample count, and the mean becomes the model.
-    DP-FedAvg (``dp_clip`` set) weighs every client 1 and clips its move around
-    the round's global state on the coordinator too — the workers clip already,
-    but a client that skipped it must gain nothing, as in
-    :class:`fl.privacy.DPFedAvg` holding the updates — and keeps the mean in
-    float64: the noise goes onto it before anything is rounded.
-    """
-
-    dp_clip: float | None = None
-
-    def weighed(self, update: ClientUpdate, global_state: StateDict) -> tuple[StateDict, float]:
-        """The ``(state, weight)`` to fold for ``update``."""
-        if self.dp_clip is None:
-            return update.state, float(update.num_samples)
-        return clip_to_reference(update.state, global_state, self.dp_clip) or update.state, 1.0
-
-    def mean_dtypes(self, global_state: StateDict) -> dict[str, torch.dtype]:
-        """Per key, the dtype the round's mean is handed on in."""
-        wide = self.dp_clip is not None
-        return {
-            key: torch.float64 if wide and t.is_floating_point() else t.dtype
-            for key, t in global_state.items()
-        }
-
-
-def fold_rule(cfg: ExperimentConfig) -> FoldRule:
-    """The run's :class:`FoldRule`, from its configuration alone, so that a Dask
-    batch folds exactly as an in-process one."""
-    return FoldRule(dp_clip=cfg.dp_clip if cfg.dp == "client" else None)
 
 
 def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
@@ -148,19 +110,17 @@ def train_clients_in_turn(
     global_state: StateDict,
     cfg: ExperimentConfig,
     round_index: int,
-    stream: bool,
+    fold: MeanFold | None,
 ) -> RoundOutcome:
-    """Clients one after another; with ``stream`` the updates are folded into a
-    WeightedSum as they arrive, :data:`FOLD_GROUP` at a time, and dropped: the
-    batch holds a few models, not one per client. How each is weighed and
-    bounded first is the run's :func:`fold_rule`.
+    """Clients one after another; with ``fold`` (the strategy's) the updates are
+    folded into a WeightedSum as they arrive, :data:`FOLD_GROUP` at a time, and
+    dropped: the batch holds a few models, not one per client.
 
     ``clients`` may be a generator that materialises each client when its turn
     comes: then only one client's data is held at a time.
     """
-    partial = WeightedSum() if stream else None
-    rule = fold_rule(cfg)
-    pending: list[tuple[StateDict, float]] = []  # updates not folded yet
+    partial = WeightedSum() if fold is not None else None
+    pending: list[tuple[Mapping[str, torch.Tensor], float]] = []  # updates not folded yet
     updates, sealed, comm, compute, sent, received = [], [], 0.0, 0.0, 0, 0
     broadcast = Broadcast.of(global_state)  # encoded once for the batch
     for client in clients:
@@ -170,7 +130,8 @@ def train_clients_in_turn(
         sent, received = sent + sent1 - sent0, received + received1 - received0
         update = result.update
         if partial is not None:
-            pending.append(rule.weighed(update, global_state))
+            assert fold is not None
+            pending.append(fold.weighed(update, global_state))
             if len(pending) == FOLD_GROUP:
                 partial.add_many(pending)
                 pending.clear()
@@ -270,4 +231,6 @@ def train_sequential_round(
     state = pointer.get()
     update = ClientUpdate("sequential", state, sum(samples), sum(losses) / max(sum(samples), 1))
     sent1, received1 = _traffic(clients)
-    return RoundOutcome([update], sent1 - sent0, received1 - received0, aggregated=True)
+    return RoundOutcome(
+        [update], sent1 - sent0, received1 - received0, aggregate=Finished(dict(state))
+    )

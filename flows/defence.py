@@ -43,7 +43,7 @@ Where each piece runs:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -62,9 +62,8 @@ from fl.dp_training import dp_sample_rate, dp_steps_per_epoch
 from fl.errors import ConfigError
 from fl.noise import noise_source
 from fl.partition import parse_partition, partition_indices
-from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget, gaussian_sum_noise
+from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget
 from fl.robust import parse_aggregator
-from fl.updates import stack_updates, unstack_update
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig
@@ -259,22 +258,6 @@ class Defence:
         """ε spent so far (the largest over clients for sample-level DP)."""
         assert self.dp is not None
         return max((a.epsilon(self.dp.delta) for a in self.accountants.values()), default=0.0)
-
-    def opened(
-        self, global_state: Mapping[str, torch.Tensor], average: dict[str, torch.Tensor], n: int
-    ) -> dict[str, torch.Tensor]:
-        """A securely opened (or streamed) average, with client-level DP noise N(0, (zS/n)²) added.
-
-        The noise comes from the strategy's source (a CSPRNG unless ``--dp-noise-seed``).
-        """
-        if self.dp is None or self.dp.mode != "client":
-            return average
-        assert isinstance(self.strategy, DPFedAvg)
-        keys, mean = stack_updates(global_state, [average])  # (1, d): the mean clipped update
-        noise = gaussian_sum_noise(
-            mean.shape[1], self.dp.noise_multiplier, self.strategy.clip, self.strategy.noise
-        )
-        return unstack_update(global_state, keys, mean[0] + noise / n, average)
 
     # ------------------------------------------------------------------ per round
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from prefect import flow
 
-from fl.aggregation import ClientUpdate
+from fl.aggregation import ClientUpdate, Finished
 from fl.data import Split
 from fl.models import get_state, set_state
 from flows.client_rounds import (
@@ -47,7 +47,7 @@ def _baseline_rounds(ctx: LevelContext, train: Split) -> RoundFn:
         set_state(model, state)
         result = ctx.meter.call(train_centralized, model, train, ctx.cfg, generator)
         update = ClientUpdate("baseline", get_state(model), result.num_samples, result.mean_loss)
-        return RoundOutcome([update], 0, 0, aggregated=True)
+        return RoundOutcome([update], 0, 0, aggregate=Finished(dict(update.state)))
 
     return round_fn
 
@@ -66,12 +66,12 @@ def _federated_rounds(
         if sequential:
             return ctx.meter.call(train_sequential_round, sampled, state, ctx.cfg, round_index)
         outcome, stats = train_live_batches(
-            ctx.meter, sampled, state, ctx.cfg, round_index, stream=_streams(ctx),
-            models=ctx.models,
+            ctx.meter, sampled, state, ctx.cfg, round_index, strategy=ctx.strategy,
+            folded=_folds(ctx), models=ctx.models,
         )  # fmt: skip
         if ctx.cfg.aggregation in ("secure", "he"):
             outcome = ctx.meter.call(
-                secure_aggregate_round, ctx.cfg, sampled, outcome, state, round_index
+                secure_aggregate_round, ctx.cfg, ctx.strategy, sampled, outcome, state, round_index
             )
         return with_round_metrics(outcome, stats)
 
@@ -90,16 +90,17 @@ def _spec_rounds(ctx: LevelContext, ids: list[str], poisoned: frozenset[int]) ->
         ctx.sampled.append(chosen)
         specs = [(index, index in poisoned) for index in chosen]
         outcome, stats = train_spec_batches(
-            ctx.meter, specs, state, ctx.cfg, round_index, stream=_streams(ctx), on_dask=on_dask
-        )
+            ctx.meter, specs, state, ctx.cfg, round_index, strategy=ctx.strategy,
+            folded=_folds(ctx), on_dask=on_dask,
+        )  # fmt: skip
         return with_round_metrics(outcome, stats)
 
     return round_fn
 
 
-def _streams(ctx: LevelContext) -> bool:
-    """Whether rounds fold updates into FedAvg's sum as they arrive (flows.client_rounds)."""
-    return ctx.strategy.streaming and ctx.cfg.aggregation == "plain"
+def _folds(ctx: LevelContext) -> bool:
+    """Whether rounds fold updates into the strategy's mean as they arrive (flows.client_rounds)."""
+    return ctx.strategy.fold is not None and ctx.cfg.aggregation == "plain"
 
 
 def _baseline_body(ctx: LevelContext) -> LevelSummary:

@@ -24,8 +24,8 @@ from flows.level import Level, level_named
 from flows.tasks import (
     RoundOutcome,
     StateDict,
-    aggregate_updates,
     evaluate_state,
+    finish_round,
     initial_state,
 )
 from flows.timing import OrchestrationMeter
@@ -116,12 +116,8 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
             break
         start = time.perf_counter()
         outcome = round_fn(state, round_index)
-        if outcome.global_state is not None:  # averaged already: opened, or folded as streamed
-            state = _opened(ctx, state, outcome)
-        elif outcome.aggregated:
-            state = dict(outcome.updates[0].state)
-        else:
-            state = meter.call(aggregate_updates, ctx.strategy, state, outcome.updates)
+        assert outcome.aggregate is not None, "a round function returns its round's aggregate"
+        state = meter.call(finish_round, outcome.aggregate)
         round_seconds = time.perf_counter() - start
         train_seconds += round_seconds
         evaluation = meter.call(evaluate_state, model, state, test)
@@ -173,15 +169,6 @@ def _within_budget(ctx: LevelContext, round_index: int) -> bool:
         ctx.tracker.set_tags(ctx.run_id, {"dp_stopped": str(exc)})
         return False
     return True
-
-
-def _opened(ctx: LevelContext, state: StateDict, outcome: RoundOutcome) -> StateDict:
-    """The round's average, opened by secure aggregation or folded as the clients
-    streamed in, with client-level DP noise if configured."""
-    assert outcome.global_state is not None
-    if ctx.defence is None:
-        return outcome.global_state
-    return ctx.defence.opened(state, outcome.global_state, len(outcome.updates))
 
 
 def slowdown(summary: LevelSummary, baseline: dict[str, float]) -> float:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from fl.aggregation import Finished, Strategy
 from fl.errors import FedsimError
 from flows.config import ExperimentConfig
 from flows.tasks import Client, RoundOutcome, StateDict
@@ -160,13 +161,15 @@ def _protocol_metrics(cfg: ExperimentConfig, result: SecureAggregate) -> dict[st
 @timed_body
 def secure_aggregate_round(
     cfg: ExperimentConfig,
+    strategy: Strategy,
     clients: Sequence[Client],
     outcome: RoundOutcome,
     template: StateDict,
     round_index: int,
     parallel: bool = False,
 ) -> RoundOutcome:
-    """The round's outcome with ``global_state`` opened by secure aggregation."""
+    """The round's outcome, its next state the mean opened by secure aggregation as
+    the strategy finishes it (DP-FedAvg adds its noise)."""
     index_of = {worker.id: index for index, worker in clients}
     workers = [ptr.worker for ptr in outcome.remote_states]
     sent0 = sum(w.bytes_sent for w in workers)
@@ -205,7 +208,7 @@ def secure_aggregate_round(
     received = sum(w.bytes_received for w in workers) - received0
     return dataclasses.replace(
         outcome,
-        global_state=result.state,
+        aggregate=Finished(strategy.finish_mean(template, result.state, len(outcome.updates))),
         remote_states=(),
         bytes_sent=outcome.bytes_sent + sent,
         bytes_received=outcome.bytes_received + received,

@@ -18,12 +18,13 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fl.aggregation import ClientUpdate, Strategy, WeightedSum
+from fl.aggregation import ClientUpdate, RoundAggregate
 from fl.attacks import flip_labels
 from fl.data import PartitionSource, Split, load_split, partition_source
 from fl.models import build_model, get_state, set_state
 from fl.partition import parse_partition, partition_descriptor, partition_indices
 from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
+from fl.weighted_sum import WeightedSum
 from flows.config import ExperimentConfig
 from flows.timing import timed_body
 from workers.auth import read_secret, worker_key
@@ -38,10 +39,10 @@ from workers.ws_client import WebsocketWorker
 
 __all__ = [
     "RoundOutcome",
-    "aggregate_updates",
     "client_seed",
     "connect_remote_workers",
     "evaluate_state",
+    "finish_round",
     "launch_virtual_workers",
     "launch_worker_processes",
     "load_test_set",
@@ -88,24 +89,24 @@ def client_train_config(cfg: ExperimentConfig) -> TrainConfig:
 class RoundOutcome:
     """What one round of local training returns to the coordinator."""
 
+    # Every client that delivered, for the round's metrics; a folded or sealed
+    # update carries no state.
     updates: list[ClientUpdate]
     bytes_sent: int
     bytes_received: int
-    # True when the round itself produced the next global model (baseline,
-    # sequential): there is nothing for the strategy to aggregate.
-    aggregated: bool = False
     # Clients that were sampled but did not deliver an update (websocket levels).
     dropped: tuple[int, ...] = ()
     comm_seconds: float = 0.0
     # Seconds the clients spent in their local training loops (summed).
     compute_seconds: float = 0.0
-    # Streamed FedAvg: the updates were folded into this sum as they arrived and
-    # carry no state (``flows.client_rounds``).
+    # A batch that folded its updates (the strategy's MeanFold) as they arrived:
+    # their sum (``flows.client_rounds``).
     partial: WeightedSum | None = None
     # Secure aggregation: the trained states stay on the workers (one pointer per
-    # update, same order) until the protocol opens their sum as ``global_state``.
+    # update, same order) until the protocol opens their sum (``flows.secure``).
     remote_states: tuple[Pointer, ...] = ()
-    global_state: StateDict | None = None
+    # A whole round's: what makes the next global state of it (fl.aggregation).
+    aggregate: RoundAggregate | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -263,10 +264,9 @@ def train_centralized(
 
 @task(name="aggregate", cache_policy=NO_CACHE)
 @timed_body
-def aggregate_updates(
-    strategy: Strategy, global_state: StateDict, updates: Sequence[ClientUpdate]
-) -> StateDict:
-    return strategy.aggregate(global_state, updates)
+def finish_round(aggregate: RoundAggregate) -> StateDict:
+    """The next global state: the strategy finishes what the round's batches reported."""
+    return aggregate.finish()
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

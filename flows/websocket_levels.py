@@ -60,11 +60,22 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
         _check_min_workers(ctx, outcome, round_index)
         if ctx.cfg.aggregation in ("secure", "he"):
             outcome = ctx.meter.call(
-                secure_aggregate_round, ctx.cfg, live, outcome, state, round_index, True
+                secure_aggregate_round,
+                ctx.cfg,
+                ctx.strategy,
+                live,
+                outcome,
+                state,
+                round_index,
+                True,
             )
             for index in set(outcome.dropped) - set(dropped):
                 fleet.mark_failed(index)
             _check_min_workers(ctx, outcome, round_index)
+        else:
+            aggregate = ctx.strategy.start_round(state, folded=False)
+            aggregate.take(outcome.updates, None)
+            outcome = dataclasses.replace(outcome, aggregate=aggregate)
         # Said only of a round that goes on: one that cannot fails with its own line.
         if outcome.dropped:
             progress.emit_warning(

@@ -72,7 +72,7 @@ def rerun_noise(cfg: ExperimentConfig) -> torch.Tensor:
     """The noise/n fedsim itself adds with these params, read off an update-free opening."""
     zero = {"w": torch.zeros(D, dtype=torch.float64)}
     ids = [str(i) for i in range(N_CLIENTS)]
-    return Defence(cfg, ids).opened(zero, dict(zero), N_CLIENTS)["w"]
+    return Defence(cfg, ids).strategy.finish_mean(zero, dict(zero), N_CLIENTS)["w"]
 
 
 def best_residual_client(
@@ -129,7 +129,9 @@ def test_noise_on_a_securely_opened_average_cannot_be_regenerated() -> None:
     average = {"w": global_state["w"] + truth}
 
     # Execute: the coordinator noises the opened average; the adversary attacks.
-    released = Defence(cfg, [u.client_id for u in updates]).opened(global_state, average, N_CLIENTS)
+    released = Defence(cfg, [u.client_id for u in updates]).strategy.finish_mean(
+        global_state, average, N_CLIENTS
+    )
     residual = best_residual_client(cfg, released["w"] - global_state["w"], truth)
 
     # Assert
@@ -205,7 +207,9 @@ def test_with_a_noise_seed_the_same_attack_succeeds_and_the_run_says_it_is_not_p
     average = {"w": global_state["w"] + truth}
 
     # Execute
-    released = Defence(cfg, [u.client_id for u in updates]).opened(global_state, average, N_CLIENTS)
+    released = Defence(cfg, [u.client_id for u in updates]).strategy.finish_mean(
+        global_state, average, N_CLIENTS
+    )
     residual = best_residual_client(cfg, released["w"] - global_state["w"], truth)
 
     # Assert: the noise comes off (the option is for simulation only), and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fl.aggregation import weighted_average
+from fl.weighted_sum import weighted_average
 from mpc.protocols.he_aggregation.coordinator import he_average
 from mpc.protocols.release import Release
 from mpc.protocols.secure_aggregation.coordinator import SecureInput, secure_average

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fl.aggregation import ClientUpdate, FedAvg, Strategy, weighted_average
+from fl.aggregation import ClientUpdate, FedAvg, Strategy
 from fl.errors import ConfigError
+from fl.weighted_sum import weighted_average
 
 
 def tiny_states() -> list[dict[str, torch.Tensor]]:

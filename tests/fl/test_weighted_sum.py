@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fl.aggregation import FedAvg, WeightedSum, weighted_average
+from fl.aggregation import FedAvg, MeanFold
 from fl.errors import ConfigError
 from fl.privacy import DPConfig, DPFedAvg
 from fl.robust import ScoredFedAvg
+from fl.weighted_sum import WeightedSum, weighted_average
 
 
 def random_states(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -85,13 +86,17 @@ def test_layout_mismatches_and_bad_weights_are_config_errors() -> None:
         zero.average({k: t.dtype for k, t in state.items()})
 
 
-def test_fedavg_and_fixed_clip_dp_fedavg_stream() -> None:
+def test_fedavg_and_fixed_clip_dp_fedavg_fold() -> None:
     # ScoredFedAvg reports per-client scores, adaptive clipping needs every norm:
     # both need every update, not a sum.
     fixed = DPConfig(mode="client", noise_multiplier=1.0, clip=1.0)
     adaptive = DPConfig(mode="client", noise_multiplier=1.0, clip=1.0, adaptive_quantile=0.5)
-    assert FedAvg.streaming and not ScoredFedAvg.streaming
-    assert DPFedAvg(fixed).streaming and not DPFedAvg(adaptive).streaming
+    state = {"w": torch.zeros(2), "steps": torch.tensor(1)}
+    assert FedAvg.fold == MeanFold() and ScoredFedAvg.fold is None
+    assert DPFedAvg(fixed).fold == MeanFold(clip=1.0) and DPFedAvg(adaptive).fold is None
+    # DP-FedAvg keeps its folded mean in float64: the noise goes on before rounding.
+    assert MeanFold().mean_dtypes(state) == {"w": torch.float32, "steps": torch.int64}
+    assert MeanFold(clip=1.0).mean_dtypes(state) == {"w": torch.float64, "steps": torch.int64}
 
 
 def test_folding_in_groups_gives_the_bits_of_folding_one_by_one() -> None:

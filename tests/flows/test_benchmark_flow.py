@@ -8,11 +8,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from fl.aggregation import weighted_average
 from fl.data import load_split
 from fl.models import build_model, get_state, set_state
 from fl.partition import parse_partition, partition_indices
 from fl.training import TrainConfig, evaluate, train_local
+from fl.weighted_sum import weighted_average
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.round_loop import LevelSummary, slowdown
@@ -66,12 +66,13 @@ PARAMS = {
 }
 # Task calls per level with 2 rounds: set-up tasks + per-round tasks.
 TASK_CALLS = {
-    "baseline": 2 + 2 * 2,  # load train, load test; train + evaluate
-    "sequential": 4 + 2 * 2,  # load test, load train, partition, launch; train + evaluate
-    # ... 2 client batches (--round-tasks 2, FedAvg folded inside them) + evaluate
-    "federated": 4 + 2 * 3,
+    # Every round ends in one "aggregate" task (the round's aggregate finishes).
+    "baseline": 2 + 2 * 3,  # load train, load test; train + aggregate + evaluate
+    "sequential": 4 + 2 * 3,  # load test, load train, partition, launch; train + agg. + eval.
+    # ... 2 client batches (--round-tasks 2, FedAvg folded inside them) + aggregate + evaluate
+    "federated": 4 + 2 * 4,
     # load test, prepare clients (read the data where the batches will run)
-    "decentralized": 2 + 2 * 3,
+    "decentralized": 2 + 2 * 4,
 }
 
 

@@ -9,12 +9,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fl.aggregation import ClientUpdate, WeightedSum, weighted_average
+from fl.aggregation import ClientUpdate, FedAvg
 from fl.errors import ConfigError
 from fl.models import build_model, get_state
+from fl.robust import Median
+from fl.weighted_sum import WeightedSum, weighted_average
 from flows.client_rounds import client_batches, combine
 from flows.client_tasks import _encode_result, decode_result
-from flows.client_training import FoldRule, train_federated_round
+from flows.client_training import train_federated_round
 from flows.config import ExperimentConfig
 from flows.tasks import RoundOutcome
 from workers.base import Worker
@@ -61,19 +63,30 @@ def test_combined_batches_average_like_fedavg() -> None:
     parts = [streamed(s[:3], weights[:3]), streamed(s[3:], weights[3:])]
 
     # Execute
-    outcome = combine(parts, s[0], FoldRule())
-    wide = combine([streamed(s[:3], weights[:3]), streamed(s[3:], weights[3:])], s[0],
-                   FoldRule(dp_clip=1.0))  # fmt: skip
+    outcome = combine(parts, FedAvg().start_round(s[0], folded=True))
+    assert outcome.aggregate is not None
+    average = outcome.aggregate.finish()
 
-    # Assert: FedAvg's mean in the model's dtypes; under DP in float64, for the noise.
-    assert outcome.global_state is not None and wide.global_state is not None
+    # Assert: FedAvg's mean, in the model's dtypes.
     expected = weighted_average(s, weights)
     for key in expected:
-        torch.testing.assert_close(outcome.global_state[key], expected[key], rtol=1e-6, atol=1e-7)
-        assert outcome.global_state[key].dtype == s[0][key].dtype
-        if s[0][key].is_floating_point():
-            assert wide.global_state[key].dtype == torch.float64
+        torch.testing.assert_close(average[key], expected[key], rtol=1e-6, atol=1e-7)
+        assert average[key].dtype == s[0][key].dtype
     assert len(outcome.updates) == 5 and outcome.bytes_sent == 20 and outcome.compute_seconds == 2
+
+
+def test_a_round_takes_batches_only_as_it_aggregates() -> None:
+    # Prepare
+    s = states(2)
+
+    # Execute / Assert: a held round refuses a folded batch and the reverse; a
+    # strategy that needs every update cannot fold.
+    with pytest.raises(ConfigError, match="folded its updates"):
+        combine([streamed(s, [1.0, 1.0])], FedAvg().start_round(s[0], folded=False))
+    with pytest.raises(ConfigError, match="held its updates"):
+        combine([RoundOutcome([], 0, 0)], FedAvg().start_round(s[0], folded=True))
+    with pytest.raises(ConfigError, match="cannot fold"):
+        Median().start_round(s[0], folded=True)
 
 
 def test_batch_result_frame_round_trips_and_rejects_garbage() -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from fl.aggregation import ClientUpdate, WeightedSum
+from fl.aggregation import ClientUpdate
 from fl.errors import ConfigError
+from fl.weighted_sum import WeightedSum
 from flows.benchmark import benchmark_flow
-from flows.client_training import fold_rule
 from flows.config import ExperimentConfig
 from flows.defence import Defence, attacker_indices
 from flows.tasks import (
@@ -170,12 +170,14 @@ def test_streamed_dp_fedavg_is_the_aggregate_of_the_held_updates() -> None:
 
     # Execute: the streamed fold (as a batch does it), then the noise on its mean;
     # and DP-FedAvg holding every update, with the same seed.
-    rule = fold_rule(cfg)
+    strategy = Defence(cfg, ids).strategy
+    assert strategy.fold is not None
     folded = WeightedSum()
     for update in updates:
-        folded.add(*rule.weighed(update, global_state))
-    mean = folded.average(rule.mean_dtypes(global_state))
-    streamed = Defence(cfg, ids).opened(global_state, mean, len(updates))
+        folded.add(*strategy.fold.weighed(update, global_state))
+    aggregate = strategy.start_round(global_state, folded=True)
+    aggregate.take([], folded)
+    streamed = aggregate.finish()
     held = Defence(cfg, ids).strategy.aggregate(global_state, updates)
 
     # Assert: the same model — weight 1 each, the long move clipped to 0.5, the

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from fl.aggregation import weighted_average
+from fl.weighted_sum import weighted_average
 from mpc.errors import MPCError
 from mpc.he import (
     CANARY_KEY_BYTES,

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from fl.aggregation import weighted_average
 from fl.training import TrainConfig
+from fl.weighted_sum import weighted_average
 from mpc.errors import MPCError
 from mpc.flatten import flatten_update, float_keys
 from mpc.protocols.secure_aggregation.coordinator import SecureInput, secure_average

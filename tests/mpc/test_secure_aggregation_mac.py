@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from fl.aggregation import weighted_average
 from fl.models import build_model, get_state
+from fl.weighted_sum import weighted_average
 from mpc.errors import MPCError
 from mpc.field import P
 from mpc.protocols.base import ProtocolAborted
