@@ -205,7 +205,8 @@ class HeldUpdates(RoundAggregate):
         self.updates.extend(updates)
 
     def finish(self) -> StateDict:
-        return self.strategy.aggregate(self.global_state, self.updates)
+        updates, self.updates = self.updates, []  # freed now (see FoldedMean.finish)
+        return self.strategy.aggregate(self.global_state, updates)
 
 
 class FoldedMean(RoundAggregate):
@@ -233,9 +234,13 @@ class FoldedMean(RoundAggregate):
 
     def finish(self) -> StateDict:
         if self.total is None:
-            raise ConfigError("no batch reported to the round")
-        mean = self.total.average(self.fold.mean_dtypes(self.global_state))
-        return self.strategy.finish_mean(self.global_state, mean, self.total.count)
+            raise ConfigError("no batch reported to the round, or it was finished already")
+        total, self.total = self.total, None
+        mean = total.average(self.fold.mean_dtypes(self.global_state))
+        # Freed now, not when the round's objects are: an orchestrator may hold the
+        # aggregate (a task's parameter) in reference cycles until a full collection.
+        total.sums.clear()
+        return self.strategy.finish_mean(self.global_state, mean, total.count)
 
 
 class Finished(RoundAggregate):
