@@ -30,8 +30,9 @@ import torch
 
 from fl.data import load_split, partition_source
 from fl.models import build_model, get_state
+from fl.partition import Partitioning
 from fl.training import TrainConfig, evaluate, train_local
-from flows.tasks import client_seed
+from flows.rounds.clients import client_seed
 from workers.memory import tune_malloc
 
 StateDict = dict[str, torch.Tensor]
@@ -66,7 +67,7 @@ def main() -> None:
     tune_malloc()  # as fedsim's CLI does
 
     source = partition_source(
-        "fashion-mnist", data_dir=None, partition="iid", num_partitions=args.workers, seed=args.seed
+        Partitioning("fashion-mnist", "iid", args.workers, args.seed), data_dir=None
     )
     parts = [source.part(i) for i in range(args.workers)]
     test = load_split("fashion-mnist", train=False, data_dir=None)

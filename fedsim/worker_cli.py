@@ -29,7 +29,7 @@ def serve_worker(args: argparse.Namespace) -> int:
     import torch
 
     from fl.data import forget_loaded_data, load_partition
-    from fl.partition import partition_descriptor
+    from fl.partition import Partitioning
     from mpc.protocols import all_steps  # noqa: F401  (registers every protocol's party steps)
     from workers.auth import read_secret
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID
@@ -59,21 +59,14 @@ def serve_worker(args: argparse.Namespace) -> int:
     description = ""
     if args.partition:
         index, count = parse_partition_slot(args.partition)
-        split = load_partition(
-            args.dataset,
-            data_dir=args.data_dir,
-            partition=args.partitioner,
-            num_partitions=count,
-            index=index,
-            seed=args.seed,
-            limit=args.train_samples,
+        partitioning = Partitioning(
+            args.dataset, args.partitioner, count, args.seed, args.train_samples
         )
+        split = load_partition(partitioning, index, data_dir=args.data_dir)
         objects = {TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y}
         forget_loaded_data()  # the split it was cut from
         return_free_memory()
-        description = partition_descriptor(
-            args.dataset, args.partitioner, index, count, args.seed, args.train_samples
-        )
+        description = partitioning.describe(index)
     ssl_context = (
         server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
         if args.tls_cert

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fl.errors import ConfigError, DataError
-from fl.partition import parse_partition, partition_indices
+from fl.partition import Partitioning
 
 __all__ = [
     "DATASETS",
@@ -302,20 +302,12 @@ class PartitionSource:
         return self.split.subset(self.parts[index])
 
 
-def partition_source(
-    dataset: str,
-    *,
-    data_dir: str | Path | None,
-    partition: str,
-    num_partitions: int,
-    seed: int,
-    limit: int | None = None,
-) -> PartitionSource:
+def partition_source(partitioning: Partitioning, *, data_dir: str | Path | None) -> PartitionSource:
     """Where workers that load their own data take their partitions from."""
-    root = resolve_data_root(dataset, data_dir)
-    split = load_split(dataset, train=True, data_dir=root, limit=limit)
-    parts = _partitions(str(root), dataset, partition, num_partitions, seed, limit)
-    return PartitionSource(split, parts)
+    key = partitioning
+    root = resolve_data_root(key.dataset, data_dir)
+    split = load_split(key.dataset, train=True, data_dir=root, limit=key.limit)
+    return PartitionSource(split, _partitions(str(root), key))
 
 
 def forget_loaded_data() -> None:
@@ -330,46 +322,31 @@ def forget_loaded_data() -> None:
 
 
 def load_partition(
-    dataset: str,
-    *,
-    data_dir: str | Path | None,
-    partition: str,
-    num_partitions: int,
-    index: int,
-    seed: int,
-    limit: int | None = None,
+    partitioning: Partitioning, index: int, *, data_dir: str | Path | None = None
 ) -> Split:
     """Partition ``index`` of the train split — what a worker that loads its own data calls.
 
     Gives exactly the tensors a coordinator gets from ``load_split(train=True,
-    limit=limit).subset(partition_indices(parse_partition(partition), y,
-    num_partitions, seed)[index])``.
+    limit=limit).subset(partition_indices(parse_partition(partitioner), y,
+    count, seed)[index])``.
     """
-    if not 0 <= index < num_partitions:
-        raise ConfigError(f"partition index {index} out of range for {num_partitions} partitions")
-    source = partition_source(
-        dataset,
-        data_dir=data_dir,
-        partition=partition,
-        num_partitions=num_partitions,
-        seed=seed,
-        limit=limit,
-    )
-    return source.part(index)
+    if not 0 <= index < partitioning.count:
+        raise ConfigError(
+            f"partition index {index} out of range for {partitioning.count} partitions"
+        )
+    return partition_source(partitioning, data_dir=data_dir).part(index)
 
 
 @functools.lru_cache(maxsize=4)
-def _partitions(
-    root: str, dataset: str, partition: str, num_partitions: int, seed: int, limit: int | None
-) -> tuple[torch.Tensor, ...]:
+def _partitions(root: str, key: Partitioning) -> tuple[torch.Tensor, ...]:
     """Every client's indices, computed once per process for all of its virtual workers.
 
     Partitioners split the whole label vector at once, so a thousand workers each
     asking for their own part would otherwise repeat the whole split a thousand
     times. The tuple is shared: callers index it and never mutate the tensors.
     """
-    split = load_split(dataset, train=True, data_dir=root, limit=limit)
-    return tuple(partition_indices(parse_partition(partition), split.y, num_partitions, seed))
+    split = load_split(key.dataset, train=True, data_dir=root, limit=key.limit)
+    return tuple(key.indices(split.y))
 
 
 @functools.lru_cache(maxsize=8)

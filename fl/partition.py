@@ -33,10 +33,10 @@ from fl.errors import ConfigError, DataError
 __all__ = [
     "PARTITION_KINDS",
     "PartitionSpec",
+    "Partitioning",
     "dirichlet_partition",
     "iid_partition",
     "parse_partition",
-    "partition_descriptor",
     "partition_indices",
     "shard_partition",
 ]
@@ -195,20 +195,30 @@ def partition_indices(
     return shard_partition(labels, num_clients, spec.shards_per_client, generator)
 
 
-def partition_descriptor(
-    dataset: str,
-    partition: str,
-    index: int,
-    count: int,
-    seed: int,
-    limit: int | None,
-) -> str:
-    """One line naming a worker's training partition, reported in Pong.
+@dataclass(frozen=True)
+class Partitioning:
+    """How a federation's training data is cut: which dataset, by which
+    partitioner (a ``--partition`` spec), into how many parts, with which seed,
+    from how many training samples (None: all).
 
-    A worker holds the partition a coordinator expects exactly when their
-    descriptors are equal: partitions are a pure function of these values.
+    A worker that loads its own part and a coordinator that cuts the data hold
+    the same tensors exactly when their partitionings are equal (and the data
+    files the same): partitions are a pure function of these values.
     """
-    return (
-        f"{dataset} {partition} {index}/{count} seed={seed} "
-        f"limit={'all' if limit is None else limit}"
-    )
+
+    dataset: str
+    partitioner: str
+    count: int
+    seed: int
+    limit: int | None = None
+
+    def indices(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Every part's sample indices into ``labels`` (the training split's)."""
+        return partition_indices(parse_partition(self.partitioner), labels, self.count, self.seed)
+
+    def describe(self, index: int) -> str:
+        """One line naming part ``index``, reported in Pong and compared by the coordinator."""
+        return (
+            f"{self.dataset} {self.partitioner} {index}/{self.count} seed={self.seed} "
+            f"limit={'all' if self.limit is None else self.limit}"
+        )

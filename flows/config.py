@@ -16,7 +16,7 @@ from typing import Any
 from fl.data import DATASETS
 from fl.errors import ConfigError
 from fl.models import MODELS
-from fl.partition import parse_partition
+from fl.partition import Partitioning, parse_partition
 from flows.defence import check_defence
 from flows.engine import check_engine
 from flows.level import AGGREGATIONS, Level, parse_levels
@@ -175,6 +175,13 @@ class ExperimentConfig:
             raise ConfigError("--experiment must not be empty")
         check_defence(self, levels)
         check_engine(self, levels)
+
+    @property
+    def partitioning(self) -> Partitioning:
+        """How the run cuts its training data among its ``workers`` clients."""
+        return Partitioning(
+            self.dataset, self.partition, self.workers, self.seed, self.train_samples
+        )
 
     @property
     def level_list(self) -> tuple[Level, ...]:

@@ -61,7 +61,6 @@ from fl.detection import flag_quality
 from fl.dp_training import dp_sample_rate, dp_steps_per_epoch
 from fl.errors import ConfigError
 from fl.noise import noise_source
-from fl.partition import parse_partition, partition_indices
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget
 from fl.robust import parse_aggregator
 
@@ -173,7 +172,7 @@ def attacker_indices(cfg: ExperimentConfig) -> tuple[int, ...]:
 def partition_sizes(cfg: ExperimentConfig) -> list[int]:
     """Training samples of each worker's partition (public: the partition is seeded)."""
     train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
-    parts = partition_indices(parse_partition(cfg.partition), train.y, cfg.workers, cfg.seed)
+    parts = cfg.partitioning.indices(train.y)
     return [len(part) for part in parts]
 
 

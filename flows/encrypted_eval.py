@@ -31,7 +31,7 @@ from fl.training import TrainConfig, TrainResult, evaluate, train_local
 from flows import progress
 from flows.config import ExperimentConfig
 from flows.round_loop import LevelContext, LevelSummary, run_level_body
-from flows.tasks import load_test_set, load_train_set
+from flows.rounds.tasks import load_test_set, load_train_set
 from flows.timing import timed_body
 from mpc.protocols.encrypted_inference.coordinator import (
     MODEL,

@@ -1,7 +1,7 @@
 """Where a FedAvg round's client training runs: in this process, or on a Dask cluster.
 
 A round's sampled clients are cut into ``--round-tasks`` batches of consecutive
-clients, one Prefect task each (``flows.client_rounds``): Prefect's per-task cost
+clients, one Prefect task each (``flows.rounds.batches``): Prefect's per-task cost
 (docs/scale.md, "Measured") is paid per batch, not per client, so a round of a
 thousand clients is still a handful of task runs.
 

@@ -14,19 +14,17 @@ from prefect import flow
 from fl.aggregation import ClientUpdate, Finished
 from fl.data import Split
 from fl.models import get_state, set_state
-from flows.client_rounds import (
+from flows.defence import poisoned_indices
+from flows.round_loop import LevelContext, LevelSummary, RoundFn, run_level_body, run_rounds
+from flows.rounds.batches import (
     prepare_spec_clients,
     train_live_batches,
     train_spec_batches,
     with_round_metrics,
 )
-from flows.client_training import train_sequential_round
-from flows.defence import poisoned_indices
-from flows.round_loop import LevelContext, LevelSummary, RoundFn, run_level_body, run_rounds
-from flows.secure import secure_aggregate_round
-from flows.tasks import (
-    RoundOutcome,
-    StateDict,
+from flows.rounds.clients import Client, ClientSpec
+from flows.rounds.outcome import RoundOutcome, StateDict
+from flows.rounds.tasks import (
     initial_state,
     launch_virtual_workers,
     load_test_set,
@@ -34,6 +32,8 @@ from flows.tasks import (
     partition_train_set,
     train_centralized,
 )
+from flows.rounds.training import train_sequential_round
+from flows.secure import secure_aggregate_round
 from workers.base import Worker
 
 __all__ = ["baseline_flow", "decentralized_flow", "federated_flow", "sequential_flow"]
@@ -57,12 +57,12 @@ def _federated_rounds(
 ) -> RoundFn:
     """Rounds over in-process virtual workers (levels 1-3), batched into few tasks."""
     sampler = torch.Generator().manual_seed(ctx.cfg.seed)
-    by_id = {w.id: (index, w) for index, w in enumerate(workers)}
+    by_id = {w.id: Client(index, w) for index, w in enumerate(workers)}
 
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = ctx.strategy.sample_clients(list(by_id), ctx.cfg.fraction, sampler)
         sampled = [by_id[client_id] for client_id in chosen]
-        ctx.sampled.append([index for index, _ in sampled])
+        ctx.sampled.append([client.index for client in sampled])
         if sequential:
             return ctx.meter.call(train_sequential_round, sampled, state, ctx.cfg, round_index)
         outcome, stats = train_live_batches(
@@ -88,7 +88,7 @@ def _spec_rounds(ctx: LevelContext, ids: list[str], poisoned: frozenset[int]) ->
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = [index_of[c] for c in ctx.strategy.sample_clients(ids, ctx.cfg.fraction, sampler)]
         ctx.sampled.append(chosen)
-        specs = [(index, index in poisoned) for index in chosen]
+        specs = [ClientSpec(index, index in poisoned) for index in chosen]
         outcome, stats = train_spec_batches(
             ctx.meter, specs, state, ctx.cfg, round_index, strategy=ctx.strategy,
             folded=_folds(ctx), on_dask=on_dask,
@@ -99,7 +99,7 @@ def _spec_rounds(ctx: LevelContext, ids: list[str], poisoned: frozenset[int]) ->
 
 
 def _folds(ctx: LevelContext) -> bool:
-    """Whether rounds fold updates into the strategy's mean as they arrive (flows.client_rounds)."""
+    """Whether rounds fold updates into the strategy's mean as they arrive (``rounds.batches``)."""
     return ctx.strategy.fold is not None and ctx.cfg.aggregation == "plain"
 
 

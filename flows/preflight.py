@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fl.data import load_split
-from fl.partition import parse_partition, partition_indices
 from flows.config import ExperimentConfig
 
 __all__ = ["preflight"]
@@ -19,7 +18,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     """
     train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
     load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)
-    partition_indices(parse_partition(cfg.partition), train.y, cfg.workers, cfg.seed)
+    cfg.partitioning.indices(train.y)
     if cfg.workers_file is not None:
         from workers.fleet import load_fleet_file
 

@@ -21,13 +21,8 @@ from flows import progress
 from flows.config import ExperimentConfig
 from flows.defence import Defence, dp_tags
 from flows.level import Level, level_named
-from flows.tasks import (
-    RoundOutcome,
-    StateDict,
-    evaluate_state,
-    finish_round,
-    initial_state,
-)
+from flows.rounds.outcome import RoundOutcome, StateDict
+from flows.rounds.tasks import evaluate_state, finish_round, initial_state
 from flows.timing import OrchestrationMeter
 from flows.tracking import BenchmarkTracker, status_after
 from workers.model_pool import ModelPool

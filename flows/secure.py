@@ -32,7 +32,8 @@ from prefect.cache_policies import NO_CACHE
 from fl.aggregation import Finished, Strategy
 from fl.errors import FedsimError
 from flows.config import ExperimentConfig
-from flows.tasks import Client, RoundOutcome, StateDict
+from flows.rounds.clients import Client
+from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.timing import timed_body
 from mpc.errors import MPCError
 from mpc.protocols.he_aggregation.coordinator import he_average
@@ -170,7 +171,7 @@ def secure_aggregate_round(
 ) -> RoundOutcome:
     """The round's outcome, its next state the mean opened by secure aggregation as
     the strategy finishes it (DP-FedAvg adds its noise)."""
-    index_of = {worker.id: index for index, worker in clients}
+    index_of = {client.worker.id: client.index for client in clients}
     workers = [ptr.worker for ptr in outcome.remote_states]
     sent0 = sum(w.bytes_sent for w in workers)
     received0 = sum(w.bytes_received for w in workers)

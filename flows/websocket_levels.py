@@ -15,7 +15,6 @@ import torch
 from prefect import flow
 
 from flows import progress
-from flows.client_training import train_federated_round
 from flows.round_loop import (
     LevelContext,
     LevelSummary,
@@ -23,14 +22,11 @@ from flows.round_loop import (
     run_level_body,
     run_rounds,
 )
+from flows.rounds.clients import Client
+from flows.rounds.outcome import RoundOutcome, StateDict
+from flows.rounds.tasks import connect_remote_workers, launch_worker_processes, load_test_set
+from flows.rounds.training import train_federated_round
 from flows.secure import secure_aggregate_round
-from flows.tasks import (
-    RoundOutcome,
-    StateDict,
-    connect_remote_workers,
-    launch_worker_processes,
-    load_test_set,
-)
 from workers.errors import WorkerError
 from workers.fleet import Fleet
 from workers.launcher import LocalWorkerPool
@@ -51,7 +47,8 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
 
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = [int(i) for i in ctx.strategy.sample_clients(positions, ctx.cfg.fraction, sampler)]
-        live, down = fleet.available(chosen)
+        reachable, down = fleet.available(chosen)
+        live = [Client(index, worker) for index, worker in reachable]
         outcome = ctx.meter.call(train_federated_round, live, state, ctx.cfg, round_index)
         for index in outcome.dropped:
             fleet.mark_failed(index)

@@ -66,7 +66,7 @@ class DaskCommands:
         from distributed import Client
 
         def built() -> int:  # nested: shipped by value, as workers cannot import tests/
-            from flows.client_tasks import PROCESS_MODELS
+            from flows.rounds.batch_tasks import PROCESS_MODELS
 
             return PROCESS_MODELS.built
 

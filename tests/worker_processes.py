@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from fl.partition import Partitioning
 from workers.base import Worker
 from workers.launcher import LocalWorkerPool, WorkerSpec
 
@@ -19,15 +20,7 @@ __all__ = ["worker_processes"]
 def worker_processes(count: int) -> Iterator[list[Worker]]:
     """``count`` single-threaded worker processes (each with a few training samples,
     which protocol tests ignore); every process is stopped on exit."""
-    spec = WorkerSpec(
-        dataset="fashion-mnist",
-        data_dir=None,
-        partitioner="iid",
-        seed=0,
-        train_samples=10 * count,
-        count=count,
-        threads=1,
-    )
+    spec = WorkerSpec(Partitioning("fashion-mnist", "iid", count, 0, 10 * count), None, 1)
     with LocalWorkerPool(spec, request_timeout=60) as pool:
         assert pool.fleet is not None
         yield pool.fleet.clients

@@ -25,7 +25,7 @@ import torch
 from fl.attacks import flip_labels
 from fl.data import PartitionSource, partition_source
 from fl.errors import FedsimError
-from fl.partition import partition_descriptor
+from fl.partition import Partitioning
 from workers.codec import DTYPES, Ref, Value, check_value
 from workers.contributions import Contribution, Contributions
 from workers.errors import ProtocolError, WorkerError
@@ -139,14 +139,10 @@ class WorkerCore(TrainingRequests):
     def with_partition(
         cls,
         worker_id: str,
-        *,
-        dataset: str,
-        data_dir: str | Path | None,
-        partition: str,
-        num_partitions: int,
+        partitioning: Partitioning,
         index: int,
-        seed: int,
-        limit: int | None = None,
+        *,
+        data_dir: str | Path | None,
         label_flip: bool = False,
         models: ModelPool | None = None,
         source: PartitionSource | None = None,
@@ -161,22 +157,15 @@ class WorkerCore(TrainingRequests):
         ``source``, the same arguments' :func:`~fl.data.partition_source`, already resolved.
         """
         if source is None:
-            source = partition_source(
-                dataset,
-                data_dir=data_dir,
-                partition=partition,
-                num_partitions=num_partitions,
-                seed=seed,
-                limit=limit,
-            )
-        if len(source.parts) != num_partitions:
+            source = partition_source(partitioning, data_dir=data_dir)
+        if len(source.parts) != partitioning.count:
             raise WorkerError(
-                f"partition source has {len(source.parts)} parts, expected {num_partitions}"
+                f"partition source has {len(source.parts)} parts, expected {partitioning.count}"
             )
         split = source.part(index)
         if label_flip:
             split = flip_labels(split)
-        description = partition_descriptor(dataset, partition, index, num_partitions, seed, limit)
+        description = partitioning.describe(index)
         return cls(
             worker_id,
             objects={TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y},

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from fl.partition import partition_descriptor
+from fl.partition import Partitioning
 from workers.auth import new_secret, worker_key
 from workers.errors import WorkerError
 from workers.fleet import Fleet, check_partition
@@ -56,14 +56,10 @@ def _connect(worker_id: str, url: str, secret: bytes, timeout: float, data: str)
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerSpec:
-    """What a launched worker loads: partition ``index`` of ``count``."""
+    """What the launched workers load: worker i, part i of ``partitioning``."""
 
-    dataset: str
+    partitioning: Partitioning
     data_dir: str | None
-    partitioner: str
-    seed: int
-    train_samples: int | None
-    count: int
     threads: int
 
 
@@ -112,23 +108,23 @@ class LocalWorkerPool:
         self.stop()
 
     def _command(self, index: int) -> list[str]:
-        spec = self.spec
+        spec, key = self.spec, self.spec.partitioning
         command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", f"worker-{index}"]
-        command += ["--host", self.host, "--port", "0", "--dataset", spec.dataset]
-        command += ["--partition", f"{index}/{spec.count}", "--partitioner", spec.partitioner]
-        command += ["--seed", str(spec.seed), "--token-file", "-"]
+        command += ["--host", self.host, "--port", "0", "--dataset", key.dataset]
+        command += ["--partition", f"{index}/{key.count}", "--partitioner", key.partitioner]
+        command += ["--seed", str(key.seed), "--token-file", "-"]
         command += ["--threads", str(spec.threads)]
         # A run of fewer clients than the served floor aggregates them all.
-        command += ["--min-cohort", str(default_min_cohort(spec.count))]
-        if spec.train_samples is not None:
-            command += ["--train-samples", str(spec.train_samples)]
+        command += ["--min-cohort", str(default_min_cohort(key.count))]
+        if key.limit is not None:
+            command += ["--train-samples", str(key.limit)]
         if spec.data_dir is not None:
             command += ["--data-dir", spec.data_dir]
         return command
 
     def start(self) -> Fleet:
         """Launch every process, wait for each ready line, connect and ping each."""
-        for index in range(self.spec.count):
+        for index in range(self.spec.partitioning.count):
             log = tempfile.TemporaryFile(prefix=f"fedsim-worker-{index}-")  # noqa: SIM115 (closed in stop)
             popen = subprocess.Popen(
                 self._command(index),
@@ -147,15 +143,7 @@ class LocalWorkerPool:
         for process in self.processes:
             process.port = self._wait_ready(process, deadline)
             url = f"ws://{self.host}:{process.port}"
-            spec = self.spec
-            data = partition_descriptor(
-                spec.dataset,
-                spec.partitioner,
-                len(connectors),
-                spec.count,
-                spec.seed,
-                spec.train_samples,
-            )
+            data = self.spec.partitioning.describe(len(connectors))
             connectors.append(
                 functools.partial(
                     _connect,

@@ -202,7 +202,7 @@ class Pong(Reply):
     worker_id: str
     version: int
     num_objects: int
-    # What training data the worker holds (see fl.partition.partition_descriptor),
+    # What training data the worker holds (see fl.partition.Partitioning.describe),
     # so a coordinator can refuse a worker started for another experiment.
     data: str = ""
 

@@ -1,6 +1,6 @@
 """The tasks that train a batch of clients, in this process or on a Dask worker.
 
-``flows.client_rounds`` cuts a round into batches and submits these tasks to the
+``flows.rounds.batches`` cuts a round into batches and submits these tasks to the
 level flow's task runner. :func:`train_client_batch` trains resident virtual
 workers (this process only). Level-3 clients are materialised from their
 partition descriptors where their batch runs (:func:`train_specs_here`): on a
@@ -29,15 +29,11 @@ from prefect.cache_policies import NO_CACHE
 from fl.aggregation import ClientUpdate, MeanFold
 from fl.data import load_partition
 from fl.weighted_sum import WeightedSum
-from flows.client_training import train_clients_in_turn
 from flows.config import ExperimentConfig
-from flows.tasks import (
-    Client,
-    RoundOutcome,
-    StateDict,
-    client_data_source,
-    self_loading_worker,
-)
+from flows.rounds.clients import Client, ClientSpec
+from flows.rounds.outcome import RoundOutcome, StateDict
+from flows.rounds.tasks import client_data_source, self_loading_worker
+from flows.rounds.training import train_clients_in_turn
 from workers.codec import decode_frame, encode_frame_writable
 from workers.errors import ProtocolError
 from workers.memory import tune_malloc
@@ -46,7 +42,6 @@ from workers.model_pool import ModelPool
 __all__ = [
     "PROCESS_MODELS",
     "STATE_TAG",
-    "ClientSpec",
     "decode_result",
     "prepare_clients",
     "train_client_batch",
@@ -57,7 +52,6 @@ __all__ = [
 
 # A level-3 client to materialise: its index among all clients and whether it
 # is a simulated label-flipping attacker.
-ClientSpec = tuple[int, bool]
 STATE_TAG = "fedsim.global-state"
 _RESULT_TAG = "fedsim.batch-result"
 # Modules of the clients materialised in this process (a Dask worker, or this
@@ -85,15 +79,7 @@ def prepare_clients_body(config: dict[str, Any]) -> None:
     """Read the dataset and every client's partition indices into this process's caches."""
     tune_malloc()
     cfg = ExperimentConfig.from_dict(config)
-    load_partition(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        partition=cfg.partition,
-        num_partitions=cfg.workers,
-        index=0,
-        seed=cfg.seed,
-        limit=cfg.train_samples,
-    )
+    load_partition(cfg.partitioning, 0, data_dir=cfg.data_dir)
 
 
 prepare_clients = task(name="prepare-clients", cache_policy=NO_CACHE)(prepare_clients_body)
@@ -143,8 +129,7 @@ def train_specs_here(
     cfg = ExperimentConfig.from_dict(config)
     source = client_data_source(cfg)
     clients = (
-        (index, self_loading_worker(cfg, index, poisoned, PROCESS_MODELS, source))
-        for index, poisoned in specs
+        Client(spec.index, self_loading_worker(cfg, spec, PROCESS_MODELS, source)) for spec in specs
     )
     if threads is not None:
         _set_thread_count(threads)
@@ -178,7 +163,7 @@ def _encode_result(outcome: RoundOutcome, body: float, pid: int, built: int) -> 
         "seconds": [outcome.comm_seconds, outcome.compute_seconds, body],
         "process": [pid, built],
     }
-    # A bytearray, so that the round can free it once decoded (client_rounds._free_frame).
+    # A bytearray, so that the round can free it once decoded (batches._free_frame).
     return encode_frame_writable(_RESULT_TAG, value)
 
 

@@ -1,7 +1,7 @@
 """A FedAvg round over many virtual clients: batched into few tasks, folded, on any engine.
 
 A round's sampled clients are cut into ``cfg.round_tasks`` batches of consecutive
-clients (:func:`client_batches`), one Prefect task each (``flows.client_tasks``),
+clients (:func:`client_batches`), one Prefect task each (``flows.rounds.batch_tasks``),
 submitted to the level flow's task runner so that they train at once: Prefect's
 thread pool in this process, or Dask workers (``flows.engine``). Level 2 (and
 level 3 under secure or he aggregation) trains resident virtual workers
@@ -33,19 +33,19 @@ import torch
 
 from fl.aggregation import MeanFold, RoundAggregate, Strategy
 from fl.errors import ConfigError
-from flows.client_tasks import (
+from flows.config import ExperimentConfig
+from flows.engine import dask_client_threads
+from flows.resources import tree_rss_bytes
+from flows.rounds.batch_tasks import (
     STATE_TAG,
-    ClientSpec,
     decode_result,
     prepare_clients,
     train_client_batch,
     train_client_specs,
     train_client_specs_local,
 )
-from flows.config import ExperimentConfig
-from flows.engine import dask_client_threads
-from flows.resources import tree_rss_bytes
-from flows.tasks import Client, RoundOutcome, StateDict
+from flows.rounds.clients import Client, ClientSpec
+from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.timing import OrchestrationMeter
 from workers.codec import encode_frame_writable
 from workers.model_pool import ModelPool

@@ -8,24 +8,21 @@ would cost more than the work itself (and would pickle them).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fl.aggregation import ClientUpdate, RoundAggregate
+from fl.aggregation import RoundAggregate
 from fl.attacks import flip_labels
 from fl.data import PartitionSource, Split, load_split, partition_source
 from fl.models import build_model, get_state, set_state
-from fl.partition import parse_partition, partition_descriptor, partition_indices
-from fl.training import EvalResult, TrainConfig, TrainResult, evaluate, train_local
-from fl.weighted_sum import WeightedSum
+from fl.training import EvalResult, TrainResult, evaluate, train_local
 from flows.config import ExperimentConfig
+from flows.rounds.clients import ClientSpec, train_config
+from flows.rounds.outcome import StateDict
 from flows.timing import timed_body
 from workers.auth import read_secret, worker_key
 from workers.base import Worker
@@ -33,13 +30,10 @@ from workers.core import TRAIN_X_ID, TRAIN_Y_ID, WorkerCore
 from workers.fleet import Fleet, RemoteWorkerSpec, check_partition, load_fleet_file
 from workers.launcher import LocalWorkerPool, WorkerSpec, threads_per_worker
 from workers.model_pool import ModelPool
-from workers.pointer import Pointer
 from workers.virtual import VirtualWorker
 from workers.ws_client import WebsocketWorker
 
 __all__ = [
-    "RoundOutcome",
-    "client_seed",
     "connect_remote_workers",
     "evaluate_state",
     "finish_round",
@@ -51,63 +45,6 @@ __all__ = [
     "self_loading_worker",
     "train_centralized",
 ]
-
-StateDict = dict[str, torch.Tensor]
-# A sampled client: its index among all workers (which seeds its training) and its worker.
-Client = tuple[int, Worker]
-
-
-def client_seed(seed: int, round_index: int, client_index: int) -> int:
-    """Independent, reproducible seed for one client's local training in one round."""
-    sequence = np.random.SeedSequence([seed, round_index, client_index])
-    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def train_config(cfg: ExperimentConfig) -> TrainConfig:
-    """Local SGD settings of the baseline and level 1 (the clean references)."""
-    return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
-
-
-def client_train_config(cfg: ExperimentConfig) -> TrainConfig:
-    """A FedAvg client's settings: plus its side of DP (flows.defence).
-
-    Client-level DP clips the update on the worker (with a fixed clip; an
-    adaptive one lives on the coordinator); sample-level DP trains with DP-SGD,
-    its noise from the worker's CSPRNG unless ``--dp-noise-seed`` is given.
-    """
-    fixed_clip = cfg.dp == "client" and cfg.dp_adaptive_quantile is None
-    return dataclasses.replace(
-        train_config(cfg),
-        update_clip=cfg.dp_clip if fixed_clip else 0.0,
-        dp_clip=cfg.dp_clip if cfg.dp == "sample" else 0.0,
-        dp_noise=cfg.dp_noise if cfg.dp == "sample" else 0.0,
-        dp_noise_seed=-1 if cfg.dp != "sample" or cfg.dp_noise_seed is None else cfg.dp_noise_seed,
-    )
-
-
-@dataclass(frozen=True)
-class RoundOutcome:
-    """What one round of local training returns to the coordinator."""
-
-    # Every client that delivered, for the round's metrics; a folded or sealed
-    # update carries no state.
-    updates: list[ClientUpdate]
-    bytes_sent: int
-    bytes_received: int
-    # Clients that were sampled but did not deliver an update (websocket levels).
-    dropped: tuple[int, ...] = ()
-    comm_seconds: float = 0.0
-    # Seconds the clients spent in their local training loops (summed).
-    compute_seconds: float = 0.0
-    # A batch that folded its updates (the strategy's MeanFold) as they arrived:
-    # their sum (``flows.client_rounds``).
-    partial: WeightedSum | None = None
-    # Secure aggregation: the trained states stay on the workers (one pointer per
-    # update, same order) until the protocol opens their sum (``flows.secure``).
-    remote_states: tuple[Pointer, ...] = ()
-    # A whole round's: what makes the next global state of it (fl.aggregation).
-    aggregate: RoundAggregate | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @task(name="load-train-set", cache_policy=NO_CACHE)
@@ -125,8 +62,7 @@ def load_test_set(cfg: ExperimentConfig) -> Split:
 @task(name="partition", cache_policy=NO_CACHE)
 @timed_body
 def partition_train_set(cfg: ExperimentConfig, labels: torch.Tensor) -> list[torch.Tensor]:
-    spec = parse_partition(cfg.partition)
-    return partition_indices(spec, labels, cfg.workers, cfg.seed)
+    return cfg.partitioning.indices(labels)
 
 
 @task(name="launch-workers", cache_policy=NO_CACHE)
@@ -154,7 +90,8 @@ def launch_virtual_workers(
     for index in range(cfg.workers):
         worker_id = f"worker-{index}"
         if source is not None:
-            workers.append(self_loading_worker(cfg, index, index in poisoned, models, source))
+            spec = ClientSpec(index, index in poisoned)
+            workers.append(self_loading_worker(cfg, spec, models, source))
             continue
         worker = VirtualWorker(worker_id, core=WorkerCore(worker_id, models=models))
         shard = train.subset(shards[index])
@@ -168,36 +105,24 @@ def launch_virtual_workers(
 
 def client_data_source(cfg: ExperimentConfig) -> PartitionSource:
     """Where level 3's clients load their partitions from, resolved once for many clients."""
-    return partition_source(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        partition=cfg.partition,
-        num_partitions=cfg.workers,
-        seed=cfg.seed,
-        limit=cfg.train_samples,
-    )
+    return partition_source(cfg.partitioning, data_dir=cfg.data_dir)
 
 
 def self_loading_worker(
     cfg: ExperimentConfig,
-    index: int,
-    poisoned: bool,
+    spec: ClientSpec,
     models: ModelPool,
     source: PartitionSource | None = None,
 ) -> VirtualWorker:
-    """Client ``index`` as a virtual worker that loads its own partition (level 3);
+    """Client ``spec`` as a virtual worker that loads its own partition (level 3);
     ``source`` is :func:`client_data_source` of ``cfg`` when the caller has it."""
-    worker_id = f"worker-{index}"
+    worker_id = f"worker-{spec.index}"
     core = WorkerCore.with_partition(
         worker_id,
-        dataset=cfg.dataset,
+        cfg.partitioning,
+        spec.index,
         data_dir=cfg.data_dir,
-        partition=cfg.partition,
-        num_partitions=cfg.workers,
-        index=index,
-        seed=cfg.seed,
-        limit=cfg.train_samples,
-        label_flip=poisoned,
+        label_flip=spec.poisoned,
         models=models,
         source=source,
     )
@@ -221,9 +146,7 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
             client_cert=spec.client_cert,
             timeout=cfg.request_timeout,
         )
-        expected = partition_descriptor(
-            cfg.dataset, cfg.partition, index, cfg.workers, cfg.seed, cfg.train_samples
-        )
+        expected = cfg.partitioning.describe(index)
         return check_partition(client, expected)
 
     connectors = [functools.partial(connector, i, spec) for i, spec in enumerate(specs)]
@@ -235,15 +158,7 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
 def launch_worker_processes(cfg: ExperimentConfig) -> LocalWorkerPool:
     """Level 4: one websocket worker process per client on loopback, each loading
     its own partition; returns the started pool (the caller stops it)."""
-    spec = WorkerSpec(
-        dataset=cfg.dataset,
-        data_dir=cfg.data_dir,
-        partitioner=cfg.partition,
-        seed=cfg.seed,
-        train_samples=cfg.train_samples,
-        count=cfg.workers,
-        threads=threads_per_worker(cfg.workers),
-    )
+    spec = WorkerSpec(cfg.partitioning, cfg.data_dir, threads_per_worker(cfg.workers))
     pool = LocalWorkerPool(spec, request_timeout=cfg.request_timeout)
     try:
         pool.start()

@@ -3,7 +3,7 @@
 Each trains sampled clients through the worker protocol — send the global model,
 ``Train`` on the worker's own data, fetch (or, under secure aggregation, seal)
 the result — and reports the bytes moved and where the time went. Batching many
-clients into these tasks is ``flows.client_rounds``'s job.
+clients into these tasks is ``flows.rounds.batches``'s job.
 """
 
 from __future__ import annotations
@@ -23,14 +23,8 @@ from fl.aggregation import ClientUpdate, Finished, MeanFold
 from fl.errors import FedsimError
 from fl.weighted_sum import WeightedSum
 from flows.config import ExperimentConfig
-from flows.tasks import (
-    Client,
-    RoundOutcome,
-    StateDict,
-    client_seed,
-    client_train_config,
-    train_config,
-)
+from flows.rounds.clients import Client, client_seed, client_train_config, train_config
+from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.timing import timed_body
 from workers.base import Broadcast
 from workers.errors import ProtocolError
@@ -51,7 +45,7 @@ FOLD_GROUP = 4
 
 
 def _traffic(clients: Sequence[Client]) -> tuple[int, int]:
-    return sum(w.bytes_sent for _, w in clients), sum(w.bytes_received for _, w in clients)
+    return sum(c.worker.bytes_sent for c in clients), sum(c.worker.bytes_received for c in clients)
 
 
 @dataclass(frozen=True)
@@ -72,10 +66,10 @@ def _train_client(
     Under secure aggregation the trained state stays on the worker: the update
     has no state and the pointer to it is returned instead.
     """
-    index, worker = client
+    worker = client.worker
     start = time.perf_counter()
     state_ptr = worker.send_broadcast(global_state)
-    config, seed = client_train_config(cfg), client_seed(cfg.seed, round_index, index)
+    config, seed = client_train_config(cfg), client_seed(cfg.seed, round_index, client.index)
     if cfg.aggregation in ("secure", "he"):
         # The trained state stays sealed on the worker: the update carries none.
         new_ptr, reply = worker.train(cfg.model, state_ptr, config, seed=seed, sealed=True)
@@ -181,13 +175,13 @@ def train_federated_round(
         # On Ctrl-C, return at once: stopping the workers unblocks the threads.
         pool.shutdown(wait=False, cancel_futures=True)
     results, dropped = [], []
-    for (index, worker), future in zip(clients, futures, strict=True):
+    for client, future in zip(clients, futures, strict=True):
         error = future.exception()
         if isinstance(error, FedsimError):
             # A worker that died, stalled past the timeout, garbled its reply or
             # failed to train is left out of this round; the others go on.
-            logger.warning("round %d: dropped %s: %s", round_index, worker.id, error)
-            dropped.append(index)
+            logger.warning("round %d: dropped %s: %s", round_index, client.worker.id, error)
+            dropped.append(client.index)
         elif error is not None:
             raise error
         else:
@@ -216,13 +210,14 @@ def train_sequential_round(
     """Level 1: the model moves worker to worker and trains on each in turn."""
     sent0, received0 = _traffic(clients)
     config = train_config(cfg)
-    pointer = clients[0][1].send(global_state)
+    pointer = clients[0].worker.send(global_state)
     losses, samples = [], []
-    for position, (index, worker) in enumerate(clients):
+    for position, client in enumerate(clients):
+        worker = client.worker
         if position > 0:
             pointer = pointer.move(worker)
         new_ptr, reply = worker.train(
-            cfg.model, pointer, config, seed=client_seed(cfg.seed, round_index, index)
+            cfg.model, pointer, config, seed=client_seed(cfg.seed, round_index, client.index)
         )
         pointer.delete()
         pointer = new_ptr

@@ -26,7 +26,7 @@ from fl.training import TrainConfig, train_local
 from flows.config import ExperimentConfig
 from flows.defence import DP_PRIVATE_TAG, Defence, dp_tags
 from flows.level import level_named
-from flows.tasks import client_seed
+from flows.rounds.clients import client_seed
 
 D = 4_000  # parameters of the client-level toy model
 N_CLIENTS = 4

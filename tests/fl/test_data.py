@@ -14,7 +14,7 @@ import torch
 import fl.data
 from fl.data import dataset_checksum, load_partition, load_split, resolve_data_root
 from fl.errors import ConfigError, DataError
-from fl.partition import parse_partition, partition_indices
+from fl.partition import Partitioning, parse_partition, partition_indices
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 needs_debian = pytest.mark.skipif(
@@ -229,9 +229,7 @@ def test_bad_dataset_and_limits_are_config_errors(tmp_path: Path, cache: Path) -
     with pytest.raises(ConfigError, match="limit 13 exceeds the 12 fashion-mnist train samples"):
         load_split("fashion-mnist", train=True, data_dir=source, limit=13)
     with pytest.raises(ConfigError, match="index 3 out of range for 3"):
-        load_partition(
-            "fashion-mnist", data_dir=source, partition="iid", num_partitions=3, index=3, seed=0
-        )
+        load_partition(Partitioning("fashion-mnist", "iid", 3, 0), 3, data_dir=source)
 
 
 @needs_debian
@@ -261,15 +259,7 @@ def test_load_partition_equals_coordinator_partitioning(partition: str) -> None:
 
     # Execute: what each level-3 worker does for itself.
     mine = [
-        load_partition(
-            "fashion-mnist",
-            data_dir=DEBIAN,
-            partition=partition,
-            num_partitions=4,
-            index=i,
-            seed=11,
-            limit=2000,
-        )
+        load_partition(Partitioning("fashion-mnist", partition, 4, 11, 2000), i, data_dir=DEBIAN)
         for i in range(4)
     ]
 

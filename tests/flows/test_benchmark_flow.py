@@ -16,7 +16,7 @@ from fl.weighted_sum import weighted_average
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.round_loop import LevelSummary, slowdown
-from flows.tasks import client_seed
+from flows.rounds.clients import client_seed
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -1,4 +1,4 @@
-"""Batching, merging and the batch-result frame of flows.client_rounds / client_tasks."""
+"""Batching, merging and the batch-result frame of flows.rounds.batches / batch_tasks."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from fl.errors import ConfigError
 from fl.models import build_model, get_state
 from fl.robust import Median
 from fl.weighted_sum import WeightedSum, weighted_average
-from flows.client_rounds import client_batches, combine
-from flows.client_tasks import _encode_result, decode_result
-from flows.client_training import train_federated_round
 from flows.config import ExperimentConfig
-from flows.tasks import RoundOutcome
-from workers.base import Worker
+from flows.rounds.batch_tasks import _encode_result, decode_result
+from flows.rounds.batches import client_batches, combine
+from flows.rounds.clients import Client
+from flows.rounds.outcome import RoundOutcome
+from flows.rounds.training import train_federated_round
 from workers.codec import encode_frame
 from workers.core import TRAIN_X_ID, TRAIN_Y_ID
 from workers.errors import ProtocolError
@@ -127,13 +127,13 @@ def test_a_fit_answered_with_a_misshapen_state_drops_that_client_only() -> None:
     # Prepare: three workers with a few random samples; worker 1 lies.
     cfg = ExperimentConfig(levels="4", model="mlp", workers=3, rounds=1, batch_size=4)
     g = torch.Generator().manual_seed(0)
-    clients: list[tuple[int, Worker]] = []
+    clients: list[Client] = []
     for index in range(3):
         kind = MisshapenFitWorker if index == 1 else VirtualWorker
         worker = kind(f"w{index}")
         worker.send(torch.randn(8, 1, 28, 28, generator=g), obj_id=TRAIN_X_ID)
         worker.send(torch.randint(0, 10, (8,), generator=g), obj_id=TRAIN_Y_ID)
-        clients.append((index, worker))
+        clients.append(Client(index, worker))
     state = get_state(build_model("mlp", seed=0))
 
     # Execute

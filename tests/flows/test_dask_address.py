@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from fl.errors import ConfigError
-from flows import client_tasks
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.preflight import preflight
+from flows.rounds import batch_tasks
 from tests.dask_cluster import DaskCommands, dask_commands
 from tests.flows.scenarios import THOUSAND, assert_same_level_3
 from tests.ports import free_port
@@ -52,13 +52,13 @@ def test_existing_cluster_equals_in_process_run(
 
     # Execute
     local = benchmark_flow(ExperimentConfig(**BASE).to_dict())
-    built_here = client_tasks.PROCESS_MODELS.built
+    built_here = batch_tasks.PROCESS_MODELS.built
     remote = benchmark_flow(on_cluster.to_dict())
 
     # Assert: the cluster's run is the in-process run; both of its workers
     # trained clients, and none trained here.
     assert_same_level_3(remote["parent_run_id"], local["parent_run_id"], tmp_path)
-    assert client_tasks.PROCESS_MODELS.built == built_here
+    assert batch_tasks.PROCESS_MODELS.built == built_here
     built = scheduler.models_built()
     assert len(built) == 2 and all(count >= 1 for count in built.values()), built
 

@@ -11,16 +11,13 @@ from mlflow.tracking import MlflowClient
 
 from fl.aggregation import ClientUpdate
 from fl.errors import ConfigError
+from fl.partition import Partitioning
 from fl.weighted_sum import WeightedSum
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.defence import Defence, attacker_indices
-from flows.tasks import (
-    client_train_config,
-    launch_virtual_workers,
-    load_train_set,
-    partition_train_set,
-)
+from flows.rounds.clients import client_train_config
+from flows.rounds.tasks import launch_virtual_workers, load_train_set, partition_train_set
 from tests.flows.scenarios import SMALL
 from workers.core import TRAIN_Y_ID, WorkerCore
 
@@ -82,13 +79,9 @@ def test_attackers_follow_the_seed_and_do_not_shift_client_sampling() -> None:
 def test_a_label_flipping_worker_holds_flipped_labels() -> None:
     # Prepare
     args: dict[str, Any] = {
-        "dataset": "fashion-mnist",
-        "data_dir": None,
-        "partition": "iid",
-        "num_partitions": 4,
+        "partitioning": Partitioning("fashion-mnist", "iid", 4, 0, 400),
         "index": 1,
-        "seed": 0,
-        "limit": 400,
+        "data_dir": None,
     }
 
     # Execute

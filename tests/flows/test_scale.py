@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fl.models import build_model, get_state
-from flows import client_tasks
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
+from flows.rounds import batch_tasks
 from tests.flows.scenarios import THOUSAND, assert_same_level_3, history, level_runs, sampled_sets
 from workers.codec import MAGIC
 
@@ -89,13 +89,13 @@ def test_local_cluster_run_equals_in_process_run(mlflow_uri: str, tmp_path: Path
 
     # Execute
     local = benchmark_flow(in_process.to_dict())
-    built_here = client_tasks.PROCESS_MODELS.built
+    built_here = batch_tasks.PROCESS_MODELS.built
     dask = benchmark_flow(on_dask.to_dict())
 
     # Assert: bit-identical per-round losses and accuracies and the same clients,
     # and no client of the Dask run trained in this process.
     assert_same_level_3(dask["parent_run_id"], local["parent_run_id"], tmp_path)
-    assert client_tasks.PROCESS_MODELS.built == built_here
+    assert batch_tasks.PROCESS_MODELS.built == built_here
 
 
 def _held_round_buffers(weight_shape: torch.Size, frame_bytes: int) -> list[object]:

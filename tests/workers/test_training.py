@@ -13,6 +13,7 @@ import torch
 
 from fl.data import Split, load_partition
 from fl.models import build_model, get_state, set_state
+from fl.partition import Partitioning
 from fl.training import TrainConfig, evaluate, train_local
 from tests.workers.conftest import assert_same_value
 from workers import messages as m
@@ -22,14 +23,7 @@ from workers.errors import RemoteError
 from workers.virtual import VirtualWorker
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-PARTITION = {
-    "dataset": "fashion-mnist",
-    "data_dir": DATA_DIR,
-    "partition": "iid",
-    "num_partitions": 2,
-    "seed": 0,
-    "limit": 600,
-}
+PARTITIONING = Partitioning("fashion-mnist", "iid", 2, 0, 600)
 CONFIG = TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.5)
 SEED = 11
 
@@ -49,9 +43,9 @@ def _train_locally(state: dict[str, torch.Tensor], data: Split) -> dict[str, tor
 def _partition_worker() -> tuple[WorkerCore, VirtualWorker, Split, dict[str, torch.Tensor]]:
     """A virtual worker holding partition 1, the same partition loaded here, and an
     initial MLP state."""
-    core = WorkerCore.with_partition("w1", index=1, **PARTITION)  # type: ignore[arg-type]
+    core = WorkerCore.with_partition("w1", PARTITIONING, 1, data_dir=DATA_DIR)
     worker = VirtualWorker("w1", core=core)
-    local_data = load_partition(index=1, **PARTITION)  # type: ignore[arg-type]
+    local_data = load_partition(PARTITIONING, 1, data_dir=DATA_DIR)
     return core, worker, local_data, get_state(build_model("mlp", seed=0))
 
 
@@ -82,7 +76,7 @@ def test_worker_with_its_own_partition_trains_like_local_training() -> None:
 
 def test_training_on_sent_data_equals_local_training_and_evaluation() -> None:
     # Prepare: level 2 — the coordinator ships the shard
-    data = load_partition(index=0, **PARTITION)  # type: ignore[arg-type]
+    data = load_partition(PARTITIONING, 0, data_dir=DATA_DIR)
     worker = VirtualWorker("w0")
     initial = get_state(build_model("mlp", seed=1))
     x, y = worker.send(data.x), worker.send(data.y)
@@ -104,7 +98,7 @@ def test_training_on_sent_data_equals_local_training_and_evaluation() -> None:
 
 def test_bad_training_requests_fail_cleanly_and_keep_the_store() -> None:
     # Prepare
-    core = WorkerCore.with_partition("w0", index=0, **PARTITION)  # type: ignore[arg-type]
+    core = WorkerCore.with_partition("w0", PARTITIONING, 0, data_dir=DATA_DIR)
     worker = VirtualWorker("w0", core=core)
     state = worker.send(get_state(build_model("mlp", seed=0)))
     cnn_state = worker.send(get_state(build_model("cnn", seed=0)))
@@ -185,7 +179,7 @@ def test_fit_of_a_broadcast_state_answers_over_the_frame_it_trained() -> None:
 
 def test_bad_fit_requests_fail_cleanly_and_keep_the_state() -> None:
     # Prepare
-    core = WorkerCore.with_partition("w0", index=0, **PARTITION)  # type: ignore[arg-type]
+    core = WorkerCore.with_partition("w0", PARTITIONING, 0, data_dir=DATA_DIR)
     worker = VirtualWorker("w0", core=core)
     state = worker.send(get_state(build_model("mlp", seed=0)))
     cnn_state = worker.send(get_state(build_model("cnn", seed=0)))

@@ -18,6 +18,7 @@ from websockets.sync.client import connect
 
 from fl.data import load_partition
 from fl.models import build_model, get_state, set_state
+from fl.partition import Partitioning
 from fl.training import TrainConfig, train_local
 from tests.workers.running import HOST, RunningWorker, client_for, start_worker, stop_worker
 from workers.auth import read_secret, write_secret
@@ -69,10 +70,7 @@ def test_pointers_and_plans_over_websocket(plain_worker: RunningWorker) -> None:
 
 def test_remote_training_equals_local_training(tls_worker: RunningWorker) -> None:
     # Prepare: the worker loaded partition 0/2 of the first 400 samples itself.
-    data = load_partition(
-        "fashion-mnist", data_dir=None, partition="iid", num_partitions=2, index=0, seed=0,
-        limit=400,
-    )  # fmt: skip
+    data = load_partition(Partitioning("fashion-mnist", "iid", 2, 0, 400), 0)
     start = get_state(build_model("mlp", seed=0))
     config = TrainConfig(epochs=1, batch_size=32, lr=0.05)
 
