@@ -20,7 +20,8 @@ __all__ = ["worker_processes"]
 def worker_processes(count: int) -> Iterator[list[Worker]]:
     """``count`` single-threaded worker processes (each with a few training samples,
     which protocol tests ignore); every process is stopped on exit."""
-    spec = WorkerSpec(Partitioning("fashion-mnist", "iid", count, 0, 10 * count), None, 1)
+    partitioning = Partitioning("fashion-mnist", "iid", count, 0, 10 * count)
+    spec = WorkerSpec(partitioning=partitioning, data_dir=None, threads=1)
     with LocalWorkerPool(spec, request_timeout=60) as pool:
         assert pool.fleet is not None
         yield pool.fleet.clients

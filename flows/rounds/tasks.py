@@ -158,7 +158,8 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
 def launch_worker_processes(cfg: ExperimentConfig) -> LocalWorkerPool:
     """Level 4: one websocket worker process per client on loopback, each loading
     its own partition; returns the started pool (the caller stops it)."""
-    spec = WorkerSpec(cfg.partitioning, cfg.data_dir, threads_per_worker(cfg.workers))
+    threads = threads_per_worker(cfg.workers)
+    spec = WorkerSpec(partitioning=cfg.partitioning, data_dir=cfg.data_dir, threads=threads)
     pool = LocalWorkerPool(spec, request_timeout=cfg.request_timeout)
     try:
         pool.start()
