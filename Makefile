@@ -51,8 +51,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# One pytest process per core (pytest-xdist), each taking whole test files, so
+# a module's servers and daemons start once: most end-to-end tests wait on
+# processes and servers, and two of them share a 2-core machine well.
+# ARGS="-n 0" runs everything in this process.
 unit: $(STAMP) data chromium
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(ARGS)
 
 test: lint typecheck unit
 
