@@ -71,11 +71,6 @@ class MeanFold:
 
     clip: float | None = None
 
-    @property
-    def weighted(self) -> bool:
-        """True when clients weigh their sample counts (else 1 each)."""
-        return self.clip is None
-
     def weighed(
         self, update: ClientUpdate, global_state: Mapping[str, torch.Tensor]
     ) -> tuple[Mapping[str, torch.Tensor], float]:
