@@ -153,15 +153,15 @@ class FedAvg(Strategy):
     def aggregate(
         self, global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
     ) -> dict[str, torch.Tensor]:
-        """Weighted average of the clients' states.
-
-        ``global_state`` is unused by FedAvg; it is part of the interface because
-        robust and differentially private strategies work on updates relative to
-        it (clipping ``state - global_state``, server learning rates, ...).
+        """Weighted average of the clients' states, finished by :meth:`finish_mean` — so a
+        subclass that post-processes the mean (``fl.fedopt``) does it for held
+        rounds too. FedAvg's own finish uses no ``global_state``; others work on
+        updates relative to it (clipping ``state - global_state``, server steps).
         """
         if not updates:
-            raise ConfigError("FedAvg needs at least one client update")
-        return weighted_average([u.state for u in updates], [float(u.num_samples) for u in updates])
+            raise ConfigError(f"{self.name} needs at least one client update")
+        states, weights = [u.state for u in updates], [float(u.num_samples) for u in updates]
+        return self.finish_mean(global_state, weighted_average(states, weights), len(updates))
 
     def finish_mean(
         self, global_state: Mapping[str, torch.Tensor], mean: StateDict, count: int
