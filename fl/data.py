@@ -304,10 +304,9 @@ class PartitionSource:
 
 def partition_source(partitioning: Partitioning, *, data_dir: str | Path | None) -> PartitionSource:
     """Where workers that load their own data take their partitions from."""
-    key = partitioning
-    root = resolve_data_root(key.dataset, data_dir)
-    split = load_split(key.dataset, train=True, data_dir=root, limit=key.limit)
-    return PartitionSource(split, _partitions(str(root), key))
+    root = resolve_data_root(partitioning.dataset, data_dir)
+    split = load_split(partitioning.dataset, train=True, data_dir=root, limit=partitioning.limit)
+    return PartitionSource(split, _partitions(str(root), partitioning))
 
 
 def forget_loaded_data() -> None:

@@ -49,11 +49,8 @@ class FedAdam(FedAvg):
     def __init__(
         self, *, eta: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
     ) -> None:
-        for label, value, low, high in (
-            ("eta", eta, 0.0, math.inf),
-            ("tau", tau, 0.0, math.inf),
-        ):
-            if not (math.isfinite(value) and low < value < high):
+        for label, value in (("eta", eta), ("tau", tau)):
+            if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"FedAdam's {label} must be > 0, got {value}")
         for label, value in (("beta1", beta1), ("beta2", beta2)):
             if not (math.isfinite(value) and 0.0 <= value < 1.0):

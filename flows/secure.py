@@ -5,7 +5,8 @@ this module then runs, over the clients that delivered, either secure
 aggregation (``mpc.protocols.secure_aggregation``, with ``--mac`` its SPDZ variant) with
 a committee of ``--committee`` of them drawn at random each round, or CKKS
 aggregation (``mpc.protocols.he_aggregation``) with a key holder drawn at random, and
-hands the opened average to the loop as the round's global state.
+hands the opened average, finished by the strategy (DP-FedAvg adds its noise),
+to the loop as the round's aggregate.
 
 Workers that fail during the protocol (levels 4 and 5) before anything is
 opened are found by pinging, left out, and the protocol is run once more over

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from workers.contributions import Contribution, Contributions, Spending
 
 __all__ = [
+    "FORGET",
     "MAX_SECRETS",
     "Party",
     "PartyError",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The one step every worker has: the coordinator's clean-up after a protocol run.
+FORGET = "forget"
 
 MAX_SECRETS = 4096  # vault entries per worker: a bound on what a coordinator can make it hold
 MIN_COHORT = 2  # no sum of fewer contributions is ever revealed: it would be an update
@@ -221,7 +225,7 @@ def _forget(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     return {"forgotten": party.forget(prefix + "/")}
 
 
-register_party_steps({"forget": _forget})
+register_party_steps({FORGET: _forget})
 
 
 # ------------------------------------------------------------------ arguments

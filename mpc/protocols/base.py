@@ -26,6 +26,7 @@ import torch
 
 from mpc.errors import MPCError
 from workers.base import Worker
+from workers.party import FORGET
 
 __all__ = ["Protocol", "ProtocolAborted", "ProtocolRun", "Step"]
 
@@ -180,4 +181,4 @@ class ProtocolRun:
                 continue
             # Clean-up must not hide the error that ended the run.
             with contextlib.suppress(Exception):
-                worker.party_op("forget", session=self.session)
+                worker.party_op(FORGET, session=self.session)

@@ -1,7 +1,7 @@
 """What every protocol's parties share: session keys, sealing for a peer, a CSPRNG.
 
 A protocol run is a *session*: every party makes an X25519 key pair for it (the
-``keygen`` step, driven by :func:`mpc.protocols.base.exchange_keys`) and seals
+``keygen`` step, driven by :func:`exchange_keys`) and seals
 what another party must read with the pair's key (``mpc.channel``). The
 coordinator relays the public keys; with a peer secret (shared by the
 federation's workers, never by the coordinator) each key carries a tag that
