@@ -22,7 +22,7 @@ from flows.rounds.batches import (
     train_spec_batches,
     with_round_metrics,
 )
-from flows.rounds.clients import Client, ClientSpec
+from flows.rounds.clients import Client, ClientSettings, ClientSpec
 from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.rounds.tasks import (
     initial_state,
@@ -58,13 +58,14 @@ def _federated_rounds(
     """Rounds over in-process virtual workers (levels 1-3), batched into few tasks."""
     sampler = torch.Generator().manual_seed(ctx.cfg.seed)
     by_id = {w.id: Client(index, w) for index, w in enumerate(workers)}
+    reference = ClientSettings.of(ctx.cfg, reference=True)  # level 1's chain: no DP
 
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = ctx.strategy.sample_clients(list(by_id), ctx.cfg.fraction, sampler)
         sampled = [by_id[client_id] for client_id in chosen]
         ctx.sampled.append([client.index for client in sampled])
         if sequential:
-            return ctx.meter.call(train_sequential_round, sampled, state, ctx.cfg, round_index)
+            return ctx.meter.call(train_sequential_round, sampled, state, reference, round_index)
         outcome, stats = train_live_batches(
             ctx.meter, sampled, state, ctx.cfg, round_index, strategy=ctx.strategy,
             folded=_folds(ctx), models=ctx.models,

@@ -22,7 +22,7 @@ from flows.round_loop import (
     run_level_body,
     run_rounds,
 )
-from flows.rounds.clients import Client
+from flows.rounds.clients import Client, ClientSettings
 from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.rounds.tasks import connect_remote_workers, launch_worker_processes, load_test_set
 from flows.rounds.training import train_federated_round
@@ -44,12 +44,13 @@ def _fleet_rounds(ctx: LevelContext, fleet: Fleet) -> RoundFn:
     """
     sampler = torch.Generator().manual_seed(ctx.cfg.seed)
     positions = [str(index) for index in range(len(fleet))]
+    settings = ClientSettings.of(ctx.cfg)
 
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         chosen = [int(i) for i in ctx.strategy.sample_clients(positions, ctx.cfg.fraction, sampler)]
         reachable, down = fleet.available(chosen)
         live = [Client(index, worker) for index, worker in reachable]
-        outcome = ctx.meter.call(train_federated_round, live, state, ctx.cfg, round_index)
+        outcome = ctx.meter.call(train_federated_round, live, state, settings, round_index)
         for index in outcome.dropped:
             fleet.mark_failed(index)
         dropped = tuple(sorted((*down, *outcome.dropped)))

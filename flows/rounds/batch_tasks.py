@@ -29,8 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from fl.aggregation import ClientUpdate, MeanFold
 from fl.data import load_partition
 from fl.weighted_sum import WeightedSum
-from flows.config import ExperimentConfig
-from flows.rounds.clients import Client, ClientSpec
+from flows.rounds.clients import Client, ClientSettings, ClientSpec
 from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.rounds.tasks import client_data_source, self_loading_worker
 from flows.rounds.training import train_clients_in_turn
@@ -63,7 +62,7 @@ PROCESS_MODELS = ModelPool()
 def train_client_batch(
     clients: list[Client],
     state: StateDict,
-    cfg: ExperimentConfig,
+    settings: ClientSettings,
     round_index: int,
     fold: MeanFold | None,
     threads: int,
@@ -71,15 +70,14 @@ def train_client_batch(
     """One batch of this process's virtual workers, in turn; with its body's seconds."""
     start = time.perf_counter()
     _set_thread_count(threads)
-    outcome = train_clients_in_turn(clients, state, cfg, round_index, fold)
+    outcome = train_clients_in_turn(clients, state, settings, round_index, fold)
     return outcome, time.perf_counter() - start
 
 
-def prepare_clients_body(config: dict[str, Any]) -> None:
+def prepare_clients_body(settings: ClientSettings) -> None:
     """Read the dataset and every client's partition indices into this process's caches."""
     tune_malloc()
-    cfg = ExperimentConfig.from_dict(config)
-    load_partition(cfg.partitioning, 0, data_dir=cfg.data_dir)
+    load_partition(settings.partitioning, 0, data_dir=settings.data_dir)
 
 
 prepare_clients = task(name="prepare-clients", cache_policy=NO_CACHE)(prepare_clients_body)
@@ -88,7 +86,7 @@ prepare_clients = task(name="prepare-clients", cache_policy=NO_CACHE)(prepare_cl
 def train_client_specs_body(
     specs: list[ClientSpec],
     state_frame: bytes | bytearray,
-    config: dict[str, Any],
+    settings: ClientSettings,
     round_index: int,
     fold: MeanFold | None,
     threads: int | None,
@@ -99,7 +97,7 @@ def train_client_specs_body(
     tag, state = decode_frame(state_frame)
     if tag != STATE_TAG or not isinstance(state, dict):
         raise ProtocolError(f"expected a {STATE_TAG} frame, got {tag!r}")
-    outcome, _, pid, built = train_specs_here(specs, state, config, round_index, fold, threads)
+    outcome, _, pid, built = train_specs_here(specs, state, settings, round_index, fold, threads)
     return _encode_result(outcome, time.perf_counter() - start, pid, built)
 
 
@@ -109,7 +107,7 @@ train_client_specs = task(name="train-client-specs", cache_policy=NO_CACHE)(trai
 def train_specs_here(
     specs: list[ClientSpec],
     state: StateDict,
-    config: dict[str, Any],
+    settings: ClientSettings,
     round_index: int,
     fold: MeanFold | None,
     threads: int | None,
@@ -126,14 +124,14 @@ def train_specs_here(
     # model-sized block would go back to the kernel and fault in again (see
     # docs/scale.md, "Dask"). Keep them in the heap, as fedsim's CLI does.
     tune_malloc()
-    cfg = ExperimentConfig.from_dict(config)
-    source = client_data_source(cfg)
+    source = client_data_source(settings)
     clients = (
-        Client(spec.index, self_loading_worker(cfg, spec, PROCESS_MODELS, source)) for spec in specs
+        Client(spec.index, self_loading_worker(settings, spec, PROCESS_MODELS, source))
+        for spec in specs
     )
     if threads is not None:
         _set_thread_count(threads)
-    outcome = train_clients_in_turn(clients, state, cfg, round_index, fold)
+    outcome = train_clients_in_turn(clients, state, settings, round_index, fold)
     return outcome, time.perf_counter() - start, os.getpid(), PROCESS_MODELS.built
 
 

@@ -44,7 +44,7 @@ from flows.rounds.batch_tasks import (
     train_client_specs,
     train_client_specs_local,
 )
-from flows.rounds.clients import Client, ClientSpec
+from flows.rounds.clients import Client, ClientSettings, ClientSpec
 from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.timing import OrchestrationMeter
 from workers.codec import encode_frame_writable
@@ -151,7 +151,7 @@ def train_live_batches(
     batches = client_batches(clients, cfg.round_tasks)
     fold = strategy.fold if folded else None
     results, wall, shared = _run_here(
-        cfg, train_client_batch, batches, state, cfg, round_index, fold
+        cfg, train_client_batch, batches, state, ClientSettings.of(cfg), round_index, fold
     )
     stats = BatchStats(body_seconds=[body for _, body in results])
     stats.models_by_process[os.getpid()] = models.built
@@ -178,14 +178,16 @@ def train_spec_batches(
     the global state is encoded once and each batch's result decoded here. In
     this process the batches share the state dict and return their outcomes.
     """
-    config = cfg.to_dict()
+    settings = ClientSettings.of(cfg)
     batches = client_batches(specs, cfg.round_tasks)
     fold = strategy.fold if folded else None
     aggregate = strategy.start_round(state, folded=folded)
     if on_dask:
-        return _dask_spec_batches(meter, batches, state, config, round_index, fold, aggregate, cfg)
+        return _dask_spec_batches(
+            meter, batches, state, settings, round_index, fold, aggregate, cfg
+        )
     results, wall, shared = _run_here(
-        cfg, train_client_specs_local, batches, state, config, round_index, fold
+        cfg, train_client_specs_local, batches, state, settings, round_index, fold
     )
     stats = _spec_stats(meter, wall, results)
     return _combine_here([outcome for outcome, *_ in results], aggregate, shared), stats
@@ -224,7 +226,7 @@ def _dask_spec_batches(
     meter: OrchestrationMeter,
     batches: list[list[ClientSpec]],
     state: StateDict,
-    config: dict[str, Any],
+    settings: ClientSettings,
     round_index: int,
     fold: MeanFold | None,
     aggregate: RoundAggregate,
@@ -235,7 +237,7 @@ def _dask_spec_batches(
     threads = dask_client_threads(cfg)
     start = time.perf_counter()
     futures = [
-        train_client_specs.submit(batch, frame, config, round_index, fold, threads)
+        train_client_specs.submit(batch, frame, settings, round_index, fold, threads)
         for batch in batches
     ]
     results = []
@@ -306,7 +308,8 @@ def prepare_spec_clients(meter: OrchestrationMeter, cfg: ExperimentConfig) -> No
     before round 1, as launching resident workers does, so rounds time rounds."""
     count = cfg.round_tasks if cfg.task_runner == "dask" else 1
     start = time.perf_counter()
-    futures = [prepare_clients.submit(cfg.to_dict()) for _ in range(count)]
+    settings = ClientSettings.of(cfg)
+    futures = [prepare_clients.submit(settings) for _ in range(count)]
     for future in futures:
         future.result()
     wall = time.perf_counter() - start

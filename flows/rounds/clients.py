@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from fl.partition import Partitioning
 from fl.training import TrainConfig
-from flows.config import ExperimentConfig
 from workers.base import Worker
 
-__all__ = ["Client", "ClientSpec", "client_seed", "client_train_config", "train_config"]
+if TYPE_CHECKING:
+    from flows.config import ExperimentConfig
+
+__all__ = ["Client", "ClientSettings", "ClientSpec", "client_seed", "train_config"]
 
 
 class Client(NamedTuple):
@@ -41,18 +45,38 @@ def train_config(cfg: ExperimentConfig) -> TrainConfig:
     return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
 
 
-def client_train_config(cfg: ExperimentConfig) -> TrainConfig:
-    """A FedAvg client's settings: plus its side of DP (flows.defence).
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a client needs to train in a round, cut once from the experiment's
+    config: the clients' code never reads (or re-validates) the whole config, and
+    a batch on a Dask worker gets these few values instead of it."""
 
-    Client-level DP clips the update on the worker (with a fixed clip; an
-    adaptive one lives on the coordinator); sample-level DP trains with DP-SGD,
-    its noise from the worker's CSPRNG unless ``--dp-noise-seed`` is given.
-    """
-    fixed_clip = cfg.dp == "client" and cfg.dp_adaptive_quantile is None
-    return dataclasses.replace(
-        train_config(cfg),
-        update_clip=cfg.dp_clip if fixed_clip else 0.0,
-        dp_clip=cfg.dp_clip if cfg.dp == "sample" else 0.0,
-        dp_noise=cfg.dp_noise if cfg.dp == "sample" else 0.0,
-        dp_noise_seed=-1 if cfg.dp != "sample" or cfg.dp_noise_seed is None else cfg.dp_noise_seed,
-    )
+    model: str
+    train: TrainConfig
+    seed: int  # the experiment's; a client's round seed is client_seed(seed, round, index)
+    sealed: bool  # secure or HE aggregation: the trained state stays on the worker
+    partitioning: Partitioning  # where a self-loading client's data comes from
+    data_dir: str | None
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, *, reference: bool = False) -> ClientSettings:
+        """A FedAvg client's settings, with its side of DP (flows.defence); with
+        ``reference`` the clean SGD of level 1's chain, without DP.
+
+        Client-level DP clips the update on the worker (with a fixed clip; an
+        adaptive one lives on the coordinator); sample-level DP trains with
+        DP-SGD, its noise from the worker's CSPRNG unless ``--dp-noise-seed`` is given.
+        """
+        train = train_config(cfg)
+        if not reference:
+            fixed_clip = cfg.dp == "client" and cfg.dp_adaptive_quantile is None
+            sample = cfg.dp == "sample"
+            train = dataclasses.replace(
+                train,
+                update_clip=cfg.dp_clip if fixed_clip else 0.0,
+                dp_clip=cfg.dp_clip if sample else 0.0,
+                dp_noise=cfg.dp_noise if sample else 0.0,
+                dp_noise_seed=-1 if not sample or cfg.dp_noise_seed is None else cfg.dp_noise_seed,
+            )
+        sealed = cfg.aggregation in ("secure", "he")
+        return cls(cfg.model, train, cfg.seed, sealed, cfg.partitioning, cfg.data_dir)

@@ -21,7 +21,7 @@ from fl.data import PartitionSource, Split, load_split, partition_source
 from fl.models import build_model, get_state, set_state
 from fl.training import EvalResult, TrainResult, evaluate, train_local
 from flows.config import ExperimentConfig
-from flows.rounds.clients import ClientSpec, train_config
+from flows.rounds.clients import ClientSettings, ClientSpec, train_config
 from flows.rounds.outcome import StateDict
 from flows.timing import timed_body
 from workers.auth import read_secret, worker_key
@@ -86,12 +86,13 @@ def launch_virtual_workers(
     """
     models = models if models is not None else ModelPool()
     workers: list[Worker] = []
-    source = client_data_source(cfg) if train is None or shards is None else None
+    settings = ClientSettings.of(cfg)
+    source = client_data_source(settings) if train is None or shards is None else None
     for index in range(cfg.workers):
         worker_id = f"worker-{index}"
         if source is not None:
             spec = ClientSpec(index, index in poisoned)
-            workers.append(self_loading_worker(cfg, spec, models, source))
+            workers.append(self_loading_worker(settings, spec, models, source))
             continue
         worker = VirtualWorker(worker_id, core=WorkerCore(worker_id, models=models))
         shard = train.subset(shards[index])
@@ -103,25 +104,25 @@ def launch_virtual_workers(
     return workers
 
 
-def client_data_source(cfg: ExperimentConfig) -> PartitionSource:
+def client_data_source(settings: ClientSettings) -> PartitionSource:
     """Where level 3's clients load their partitions from, resolved once for many clients."""
-    return partition_source(cfg.partitioning, data_dir=cfg.data_dir)
+    return partition_source(settings.partitioning, data_dir=settings.data_dir)
 
 
 def self_loading_worker(
-    cfg: ExperimentConfig,
+    settings: ClientSettings,
     spec: ClientSpec,
     models: ModelPool,
     source: PartitionSource | None = None,
 ) -> VirtualWorker:
     """Client ``spec`` as a virtual worker that loads its own partition (level 3);
-    ``source`` is :func:`client_data_source` of ``cfg`` when the caller has it."""
+    ``source`` is :func:`client_data_source` of ``settings`` when the caller has it."""
     worker_id = f"worker-{spec.index}"
     core = WorkerCore.with_partition(
         worker_id,
-        cfg.partitioning,
+        settings.partitioning,
         spec.index,
-        data_dir=cfg.data_dir,
+        data_dir=settings.data_dir,
         label_flip=spec.poisoned,
         models=models,
         source=source,

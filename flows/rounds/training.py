@@ -22,8 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from fl.aggregation import ClientUpdate, Finished, MeanFold
 from fl.errors import FedsimError
 from fl.weighted_sum import WeightedSum
-from flows.config import ExperimentConfig
-from flows.rounds.clients import Client, client_seed, client_train_config, train_config
+from flows.rounds.clients import Client, ClientSettings, client_seed
 from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.timing import timed_body
 from workers.base import Broadcast
@@ -59,7 +58,7 @@ class ClientResult:
 
 
 def _train_client(
-    client: Client, global_state: Broadcast, cfg: ExperimentConfig, round_index: int
+    client: Client, global_state: Broadcast, settings: ClientSettings, round_index: int
 ) -> ClientResult:
     """One client's round: receive the global model, train locally, send the update back.
 
@@ -69,17 +68,17 @@ def _train_client(
     worker = client.worker
     start = time.perf_counter()
     state_ptr = worker.send_broadcast(global_state)
-    config, seed = client_train_config(cfg), client_seed(cfg.seed, round_index, client.index)
-    if cfg.aggregation in ("secure", "he"):
+    config, seed = settings.train, client_seed(settings.seed, round_index, client.index)
+    if settings.sealed:
         # The trained state stays sealed on the worker: the update carries none.
-        new_ptr, reply = worker.train(cfg.model, state_ptr, config, seed=seed, sealed=True)
+        new_ptr, reply = worker.train(settings.model, state_ptr, config, seed=seed, sealed=True)
         state_ptr.delete()
         update = ClientUpdate(worker.id, {}, reply.num_samples, reply.mean_loss)
         sealed: Pointer | None = new_ptr
     else:
         # Train and fetch in one round trip; the worker trains the broadcast
         # state's own tensors (consumed) instead of a copy.
-        fitted = worker.fit(cfg.model, state_ptr, config, seed=seed)
+        fitted = worker.fit(settings.model, state_ptr, config, seed=seed)
         state = _state_of(fitted.state, worker.id, global_state)
         update = ClientUpdate(worker.id, state, fitted.num_samples, fitted.mean_loss)
         reply, sealed = fitted, None
@@ -102,7 +101,7 @@ def _state_of(value: dict[str, object], worker_id: str, sent: Broadcast) -> Stat
 def train_clients_in_turn(
     clients: Iterable[Client],
     global_state: StateDict,
-    cfg: ExperimentConfig,
+    settings: ClientSettings,
     round_index: int,
     fold: MeanFold | None,
 ) -> RoundOutcome:
@@ -119,7 +118,7 @@ def train_clients_in_turn(
     broadcast = Broadcast.of(global_state)  # encoded once for the batch
     for client in clients:
         sent0, received0 = _traffic([client])
-        result = _train_client(client, broadcast, cfg, round_index)
+        result = _train_client(client, broadcast, settings, round_index)
         sent1, received1 = _traffic([client])
         sent, received = sent + sent1 - sent0, received + received1 - received0
         update = result.update
@@ -153,7 +152,7 @@ def train_clients_in_turn(
 def train_federated_round(
     clients: Sequence[Client],
     global_state: StateDict,
-    cfg: ExperimentConfig,
+    settings: ClientSettings,
     round_index: int,
 ) -> RoundOutcome:
     """Send the global model to each sampled worker process, train there, fetch the update.
@@ -168,7 +167,8 @@ def train_federated_round(
     pool = ThreadPoolExecutor(max_workers=max(len(clients), 1))
     try:
         futures = [
-            pool.submit(_train_client, client, broadcast, cfg, round_index) for client in clients
+            pool.submit(_train_client, client, broadcast, settings, round_index)
+            for client in clients
         ]
         wait(futures)
     finally:
@@ -204,21 +204,19 @@ def train_federated_round(
 def train_sequential_round(
     clients: Sequence[Client],
     global_state: StateDict,
-    cfg: ExperimentConfig,
+    settings: ClientSettings,
     round_index: int,
 ) -> RoundOutcome:
     """Level 1: the model moves worker to worker and trains on each in turn."""
     sent0, received0 = _traffic(clients)
-    config = train_config(cfg)
     pointer = clients[0].worker.send(global_state)
     losses, samples = [], []
     for position, client in enumerate(clients):
         worker = client.worker
         if position > 0:
             pointer = pointer.move(worker)
-        new_ptr, reply = worker.train(
-            cfg.model, pointer, config, seed=client_seed(cfg.seed, round_index, client.index)
-        )
+        seed = client_seed(settings.seed, round_index, client.index)
+        new_ptr, reply = worker.train(settings.model, pointer, settings.train, seed=seed)
         pointer.delete()
         pointer = new_ptr
         losses.append(reply.mean_loss * reply.num_samples)

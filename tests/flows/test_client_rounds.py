@@ -17,7 +17,7 @@ from fl.weighted_sum import WeightedSum, weighted_average
 from flows.config import ExperimentConfig
 from flows.rounds.batch_tasks import _encode_result, decode_result
 from flows.rounds.batches import client_batches, combine
-from flows.rounds.clients import Client
+from flows.rounds.clients import Client, ClientSettings
 from flows.rounds.outcome import RoundOutcome
 from flows.rounds.training import train_federated_round
 from workers.codec import encode_frame
@@ -137,7 +137,7 @@ def test_a_fit_answered_with_a_misshapen_state_drops_that_client_only() -> None:
     state = get_state(build_model("mlp", seed=0))
 
     # Execute
-    outcome = train_federated_round.fn(clients, state, cfg, 1)
+    outcome = train_federated_round.fn(clients, state, ClientSettings.of(cfg), 1)
 
     # Assert: the other two trained and were kept, with the model's layout.
     assert outcome.dropped == (1,)

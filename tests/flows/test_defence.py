@@ -16,7 +16,7 @@ from fl.weighted_sum import WeightedSum
 from flows.benchmark import benchmark_flow
 from flows.config import ExperimentConfig
 from flows.defence import Defence, attacker_indices
-from flows.rounds.clients import client_train_config
+from flows.rounds.clients import ClientSettings
 from flows.rounds.tasks import launch_virtual_workers, load_train_set, partition_train_set
 from tests.flows.scenarios import SMALL
 from workers.core import TRAIN_Y_ID, WorkerCore
@@ -114,10 +114,10 @@ def test_coordinator_split_flips_only_the_poisoned_workers_shards() -> None:
 def test_client_dp_settings_reach_the_workers_training_config() -> None:
     client = ExperimentConfig(**{**SMALL, "levels": "2", "dp": "client", "dp_clip": 0.5})
     sample = ExperimentConfig(**{**SMALL, "levels": "2", "dp": "sample", "dp_noise": 1.1})
-    assert client_train_config(client).update_clip == 0.5
-    assert client_train_config(client).dp_clip == 0.0
-    assert client_train_config(sample).dp_clip == 1.0
-    assert client_train_config(sample).dp_noise == 1.1
+    assert ClientSettings.of(client).train.update_clip == 0.5
+    assert ClientSettings.of(client).train.dp_clip == 0.0
+    assert ClientSettings.of(sample).train.dp_clip == 1.0
+    assert ClientSettings.of(sample).train.dp_noise == 1.1
 
 
 def test_median_flags_sign_flippers_that_fedavg_follows(mlflow_uri: str) -> None:
