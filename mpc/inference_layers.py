@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from mpc.errors import MPCError
+from mpc.random import SEED_BYTES, expand
 from mpc.ring import FixedPointEncoder
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "truncate_share",
 ]
 
-SEED_BYTES = 32
 POLY = (0.125, 0.5, 0.25)  # fl.models.PolyActivation's a, b, c (a test keeps them in sync)
 
 
@@ -107,36 +106,6 @@ def ring_linear(layer: Layer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if layer.kind == "conv":
         return F.conv2d(x, w, padding=layer.padding)
     return x.reshape(x.shape[0], -1) @ w.t()
-
-
-_zeros = bytes(0)  # a calloc'd zero buffer (lazily mapped pages), grown on demand
-
-
-def _zero_source(nbytes: int) -> memoryview:
-    global _zeros
-    if len(_zeros) < nbytes:
-        _zeros = bytes(nbytes)
-    return memoryview(_zeros)[:nbytes]
-
-
-def expand(seed: bytes, stream: int, shape: Sequence[int]) -> torch.Tensor:
-    """Stream ``stream`` of the ChaCha20 keystream keyed by ``seed``, as uniform int64s.
-
-    The 16-byte ChaCha20 nonce is (block counter 0 ‖ stream id), so streams of one
-    seed are independent. The keystream is written straight into the tensor, not
-    into bytes first and then a copy, as ``SecureRandom.ring_elements`` does.
-    """
-    if len(seed) != SEED_BYTES:
-        raise MPCError(f"a seed has {SEED_BYTES} bytes, got {len(seed)}")
-    if not 0 <= stream < 2**64:
-        raise MPCError(f"stream id must be in [0, 2**64), got {stream}")
-    out = torch.empty(tuple(shape), dtype=torch.int64)
-    if out.numel():
-        nonce = bytes(4) + stream.to_bytes(8, "little") + bytes(4)
-        encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
-        target = memoryview(out.numpy()).cast("B")  # type: ignore[arg-type]
-        encryptor.update_into(_zero_source(8 * out.numel()), target)
-    return out
 
 
 def truncate_share(

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from mpc.errors import MPCError
 
-__all__ = ["SecureRandom"]
+__all__ = ["SEED_BYTES", "SecureRandom", "expand"]
 
 _KEY_BYTES = 32
 _NONCE_BYTES = 16
+SEED_BYTES = 32  # a seed that expand() stretches into many ring elements
 
 
 class SecureRandom:
@@ -48,3 +50,33 @@ class SecureRandom:
             return torch.zeros(tuple(shape), dtype=torch.int64)
         data = bytearray(self.random_bytes(8 * count))
         return torch.frombuffer(data, dtype=torch.int64, count=count).reshape(tuple(shape))
+
+
+_zeros = bytes(0)  # a calloc'd zero buffer (lazily mapped pages), grown on demand
+
+
+def _zero_source(nbytes: int) -> memoryview:
+    global _zeros
+    if len(_zeros) < nbytes:
+        _zeros = bytes(nbytes)
+    return memoryview(_zeros)[:nbytes]
+
+
+def expand(seed: bytes, stream: int, shape: Sequence[int]) -> torch.Tensor:
+    """Stream ``stream`` of the ChaCha20 keystream keyed by ``seed``, as uniform int64s.
+
+    The 16-byte ChaCha20 nonce is (block counter 0 ‖ stream id), so streams of one
+    seed are independent. The keystream is written straight into the tensor, not
+    into bytes first and then a copy, as ``SecureRandom.ring_elements`` does.
+    """
+    if len(seed) != SEED_BYTES:
+        raise MPCError(f"a seed has {SEED_BYTES} bytes, got {len(seed)}")
+    if not 0 <= stream < 2**64:
+        raise MPCError(f"stream id must be in [0, 2**64), got {stream}")
+    out = torch.empty(tuple(shape), dtype=torch.int64)
+    if out.numel():
+        nonce = bytes(4) + stream.to_bytes(8, "little") + bytes(4)
+        encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
+        target = memoryview(out.numpy()).cast("B")  # type: ignore[arg-type]
+        encryptor.update_into(_zero_source(8 * out.numel()), target)
+    return out

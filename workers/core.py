@@ -97,6 +97,9 @@ class WorkerCore(TrainingRequests):
         # The worker's own data: usable by Train and Evaluate only — never sent
         # back, deleted, or fed to an op whose result the coordinator could fetch.
         self._private = private
+        # Values a protocol opened for this worker alone (a shared tensor revealed
+        # to it): party steps may use them; the coordinator may free, never read them.
+        self._held: set[str] = set()
         # Results of sealed training (secure aggregation): one party step may take
         # each, once; the coordinator may free them but never read or compute on them.
         self._contributions = Contributions()
@@ -133,6 +136,8 @@ class WorkerCore(TrainingRequests):
             self._contributions,
             min_cohort=min_cohort,
             peer_secret=peer_secret,
+            hold_object=self._hold,
+            own_data=self._private.__contains__,
         )
 
     @classmethod
@@ -262,7 +267,16 @@ class WorkerCore(TrainingRequests):
             raise RequestFailure(
                 "bad_request", f"{obj_id!r} is sealed for secure aggregation: party steps only"
             )
+        if obj_id in self._held:
+            raise RequestFailure(
+                "bad_request", f"{obj_id!r} was revealed to this worker alone: party steps only"
+            )
         return self._lookup(obj_id)
+
+    def _hold(self, obj_id: str, value: Value) -> None:
+        """Store a value opened for this worker alone (see ``_held``)."""
+        self._objects[self._new_id(obj_id)] = value
+        self._held.add(obj_id)
 
     def _lookup(self, obj_id: str) -> Value:
         try:
@@ -319,6 +333,7 @@ class WorkerCore(TrainingRequests):
             if store.pop(obj_id, _MISSING) is not _MISSING:
                 freed.append(obj_id)
                 self._contributions.discard(obj_id)
+                self._held.discard(obj_id)
         return Ack(tuple(freed))
 
     def _run_op(self, msg: RunOp) -> OpReply:

@@ -82,6 +82,8 @@ class Party:
         *,
         min_cohort: int = MIN_COHORT,
         peer_secret: bytes | None = None,
+        hold_object: Callable[[str, Value], None] | None = None,
+        own_data: Callable[[str], bool] | None = None,
     ) -> None:
         if min_cohort < MIN_COHORT:
             raise WorkerError(f"a minimum cohort below {MIN_COHORT} would reveal one update")
@@ -95,6 +97,8 @@ class Party:
         self.peer_secret = peer_secret
         self._lasting: dict[str, Any] = {}
         self._read_object = read_object
+        self._hold_object = hold_object
+        self._own_data = own_data
         self._contributions = contributions
         self._vault: dict[str, Any] = {}
         # Sessions this party revealed a share of, or abandoned: never run again.
@@ -118,6 +122,22 @@ class Party:
         if self._contributions is not None and obj_id in self._contributions:
             raise PartyError(f"{obj_id!r} is sealed for secure aggregation")
         return self._read_object(obj_id)
+
+    def is_own_data(self, obj_id: str) -> bool:
+        """Whether ``obj_id`` is the worker's own data (its training or test set)."""
+        return self._own_data is not None and self._own_data(obj_id)
+
+    def hold(self, obj_id: str, value: Value) -> None:
+        """Store ``value`` in the worker's store as opened for it alone: other party
+        steps can read it; the coordinator can free it but never fetch it."""
+        if self._hold_object is None:
+            raise PartyError(f"{self.worker_id!r} cannot hold revealed values")
+        try:
+            self._hold_object(obj_id, value)
+        except WorkerError:
+            raise
+        except Exception as exc:  # the store's refusal (an id that exists, a bad id)
+            raise PartyError(f"cannot hold {obj_id!r}: {exc}") from None
 
     def take_contribution(
         self, obj_id: str, spending: Spending

@@ -7,14 +7,12 @@ and moving ring tensors and sealed bytes without extra copies.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
 
 import torch
 
 from mpc.inference_layers import MPC_CNN, Layer
+from mpc.protocols.payloads import ring_from_bytes, take_secret, tensor_bytes, wire_bytes
 from mpc.protocols.sessions import open_from, seal_for
 from mpc.ring import FixedPointEncoder
 from workers.codec import Value
@@ -24,7 +22,6 @@ from workers.party import (
     arg_int,
     arg_str,
     check_tensor,
-    tensor_from_bytes,
 )
 
 __all__ = [
@@ -78,22 +75,6 @@ def claim_batch(party: Party, session: str, batch: int) -> None:
     party.keep(f"{session}/last", batch)
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """A tensor's memory as a read-only buffer, without a copy.
-
-    The AEAD (``cryptography``) takes any buffer; typed ``bytes`` for ``mpc.channel``.
-    Saves one copy of up to ~100 MB per sealed or opened correction.
-    """
-    return cast(bytes, memoryview(tensor.contiguous().numpy()).cast("B"))  # type: ignore[arg-type]
-
-
-def wire_bytes(data: bytes) -> torch.Tensor:
-    """Immutable bytes as a 1-D uint8 tensor without a copy (read-only: only ever encoded)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "non-writable buffer": nothing writes it
-        return torch.frombuffer(data, dtype=torch.uint8) if data else tensor_from_bytes(data)
-
-
 def seal_to(
     party: Party, session: str, args: Mapping[str, Value], peer: str, data: bytes, nonce: int
 ) -> torch.Tensor:
@@ -111,27 +92,8 @@ def opened_from(
     return open_from(party, session, sender, public, ciphertext, label="infer", purpose=nonce)
 
 
-def ring_from_bytes(data: bytes, shape: Sequence[int], what: str) -> torch.Tensor:
-    """Opened bytes as an int64 tensor of ``shape`` (read-only memory: used as an operand only)."""
-    count = math.prod(shape)
-    if len(data) != 8 * count:
-        raise PartyError(f"{what} holds {len(data)} bytes, expected {8 * count}")
-    if not count:
-        return torch.zeros(tuple(shape), dtype=torch.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(data, dtype=torch.int64).reshape(tuple(shape))
-
-
 def ring_arg(value: Value, name: str, shape: Sequence[int]) -> torch.Tensor:
     tensor = check_tensor(value, name, dtype=torch.int64)
     if tuple(tensor.shape) != tuple(shape):
         raise PartyError(f"{name!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
     return tensor
-
-
-def take_secret(party: Party, key: str) -> Any:
-    """A one-time secret: read and drop it (a second use is refused)."""
-    value = party.secret(key)
-    party.forget(key)
-    return value

@@ -1,0 +1,192 @@
+"""A cheating coordinator against remote shared tensors (``mpc.protocols.remote_shares``).
+
+The value under attack is an owner's: a worker shares a tensor it holds, and
+the group multiplies it (a Beaver product, with a tuple the provider dealt).
+The coordinator records every frame it relays and searches them for the
+owner's encoding — as any sum of up to three tensors it saw or could expand
+from a seed it saw. The search is checked against the real encoding, and it is
+shown to succeed where the channel is not encrypted (sealing patched away) or
+the owner's generator predictable; with the product as it is, it fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from mpc.errors import MPCError
+from mpc.protocols.remote_shares import COORDINATOR, ShareGroup
+from mpc.protocols.remote_shares.steps import ACCEPT, MASK, REVEAL, SPLIT
+from mpc.random import SEED_BYTES, SecureRandom, expand
+from mpc.ring import FixedPointEncoder
+from workers.codec import decode_frame
+from workers.virtual import VirtualWorker
+
+VALUE = torch.tensor([[0.75, -1.5], [2.25, 3.0]])
+ENCODING = FixedPointEncoder().encode(VALUE)
+
+
+class TappedWorker(VirtualWorker):
+    """A worker whose every request and reply the coordinator keeps (it relays them)."""
+
+    def __init__(self, worker_id: str, transcript: list[bytes]) -> None:
+        super().__init__(worker_id)
+        self.transcript = transcript
+
+    def _roundtrip(self, data: bytes) -> bytes | bytearray:
+        reply = super()._roundtrip(data)
+        self.transcript += [bytes(data), bytes(reply)]
+        return reply
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _tensors(item)
+
+
+def recover(transcript: list[bytes], shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The coordinator's search: any sum of up to three ring tensors of ``shape`` that
+    it saw, read from bytes it saw, or expanded from any 32 bytes it saw as a seed
+    (streams 0-3, as the parties expand theirs), which equals the owner's encoding."""
+    candidates: list[torch.Tensor] = []
+    count = ENCODING.numel()
+    for frame in transcript:
+        _, value = decode_frame(frame)
+        for tensor in _tensors(value):
+            if tensor.dtype == torch.int64 and tuple(tensor.shape) == shape:
+                candidates.append(tensor)
+            elif tensor.dtype == torch.uint8 and tensor.ndim == 1:
+                raw = tensor.numpy().tobytes()
+                if len(raw) >= SEED_BYTES:
+                    candidates += [expand(raw[:SEED_BYTES], s, shape) for s in range(4)]
+                if len(raw) % 8 == 0 and len(raw) >= 8 * count:
+                    tail = raw[len(raw) - 8 * count :]
+                    candidates.append(torch.frombuffer(bytearray(tail), dtype=torch.int64))
+    candidates = [c.reshape(shape) for c in candidates]
+    for size in (1, 2, 3):
+        for combo in itertools.combinations(candidates, size):
+            total = torch.zeros(shape, dtype=torch.int64)
+            for part in combo:
+                total = total + part
+            if torch.equal(total, ENCODING):
+                return total
+    return None
+
+
+def _owner_product(transcript: list[bytes]) -> tuple[ShareGroup, VirtualWorker]:
+    """An owner shares VALUE among alice and bob (charlie deals); the group squares
+    it by a Beaver product and opens the result to the owner only."""
+    alice, bob, charlie, owner = (TappedWorker(n, transcript) for n in ("a", "b", "c", "o"))
+    group = ShareGroup([alice, bob], charlie)
+    pointer = owner.send(VALUE)
+    x = group.share(pointer)
+    (x * x).reveal_to(owner)
+    return group, owner
+
+
+def test_the_coordinators_transcript_holds_nothing_that_sums_to_the_owners_value() -> None:
+    transcript: list[bytes] = []
+    group, _ = _owner_product(transcript)
+    group.close()
+    assert recover(transcript, tuple(VALUE.shape)) is None
+
+
+def test_the_search_reads_an_unencrypted_relay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a relay whose "sealing" leaves every payload as it is.
+    monkeypatch.setattr("mpc.protocols.sessions.seal", lambda _key, _public, payload, **_: payload)
+    monkeypatch.setattr("mpc.protocols.sessions.open_sealed", lambda _key, _public, data, **_: data)
+    transcript: list[bytes] = []
+    group, _ = _owner_product(transcript)
+    group.close()
+    recovered = recover(transcript, tuple(VALUE.shape))
+    assert recovered is not None and torch.equal(recovered, ENCODING)
+
+
+def _colluding_bob_and_a_guess(predictable: bool, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """The coordinator and bob collude: bob's share plus alice's share as the
+    coordinator predicts it (the owner's generator run from a guessed key)."""
+    if predictable:
+        monkeypatch.setattr(
+            "mpc.protocols.remote_shares.steps.party_rng",
+            lambda _party: SecureRandom(bytes(32)),  # a generator the attacker can rerun
+        )
+    alice, bob, charlie, owner = (VirtualWorker(n) for n in ("a", "b", "c", "o"))
+    with ShareGroup([alice, bob], charlie) as group:
+        x = group.share(owner.send(VALUE))
+        bobs_share, _ = bob.core._party.secret(f"{group.session}/v/{x.id}")
+        guessed_seed = SecureRandom(bytes(32)).random_bytes(SEED_BYTES)
+        alices_share = expand(guessed_seed, 0, tuple(VALUE.shape))
+        return torch.equal(bobs_share + alices_share, ENCODING)
+
+
+def test_a_coordinator_colluding_with_one_party_learns_nothing_from_the_csprng(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not _colluding_bob_and_a_guess(False, monkeypatch)
+
+
+def test_the_collusion_succeeds_against_a_predictable_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _colluding_bob_and_a_guess(True, monkeypatch)
+
+
+def test_a_dealt_tuple_is_never_used_twice() -> None:
+    """Masking two values with one tuple would open their difference."""
+    alice, bob, charlie = (VirtualWorker(n) for n in ("a", "b", "c"))
+    with ShareGroup([alice, bob], charlie) as group:
+        x, y = group.share(torch.ones(2)), group.share(torch.zeros(2))
+        dealt = group._tuple("square", [(2,)], {})
+        args = {
+            "session": group.session, "kind": "square", "shapes": [[2]],
+            "serial": dealt["serial"], "sealed": dealt["sealed"][0],
+            "provider_key": group._keys["c"],
+        }  # fmt: skip
+        alice.party_op(MASK, inputs=[x.id], out="first", **args)
+        with pytest.raises(Exception, match="used already"):
+            alice.party_op(MASK, inputs=[y.id], out="second", **args)
+
+
+def test_a_coordinator_cannot_widen_the_audience_it_relays() -> None:
+    alice, bob, charlie, owner = (VirtualWorker(n) for n in ("a", "b", "c", "o"))
+    with ShareGroup([alice, bob], charlie) as group:
+        owner_key = group._keygen(owner)
+        owner.party_op(
+            "shares.join", session=group.session, parties=["a", "b"], provider="c",
+            fractional_bits=16,
+        )  # fmt: skip
+        pointer = owner.send(VALUE)
+        keys = [group._keys["a"], group._keys["b"]]
+        sealed = owner.party_op(
+            SPLIT, session=group.session, obj_id=pointer.id_on(owner), id="x",
+            audience=["o"], public_keys=keys,
+        )["sealed"]  # fmt: skip
+        assert isinstance(sealed, list)
+        with pytest.raises(Exception, match="failed authentication"):
+            alice.party_op(
+                ACCEPT, session=group.session, id="x", owner="o", owner_key=owner_key,
+                audience=["o", COORDINATOR], shape=[2, 2], sealed=sealed[0],
+            )  # fmt: skip
+        with pytest.raises(Exception, match="no secret"):
+            alice.party_op(REVEAL, session=group.session, id="x", to=COORDINATOR)
+
+
+def test_a_party_refuses_to_reveal_outside_the_audience() -> None:
+    alice, bob, charlie, owner = (VirtualWorker(n) for n in ("a", "b", "c", "o"))
+    with ShareGroup([alice, bob], charlie) as group:
+        x = group.share(owner.send(VALUE))
+        for worker in (alice, bob):
+            with pytest.raises(Exception, match="may not see"):
+                worker.party_op(REVEAL, session=group.session, id=x.id, to=COORDINATOR)
+        with pytest.raises(MPCError, match="may not see"):
+            (x + x).reveal_to(charlie)
