@@ -201,6 +201,10 @@ class Party:
         """Vault keys starting with ``prefix``."""
         return [key for key in self._vault if key.startswith(prefix)]
 
+    def discard(self, key: str) -> bool:
+        """Drop the secret ``key`` itself (not the keys it is a prefix of); whether it was held."""
+        return self._vault.pop(key, _ABSENT) is not _ABSENT
+
     def forget(self, prefix: str) -> int:
         """Drop every secret whose key starts with ``prefix``; returns how many."""
         keys = [key for key in self._vault if key.startswith(prefix)]
@@ -211,6 +215,8 @@ class Party:
     def secret_count(self) -> int:
         return len(self._vault)
 
+
+_ABSENT = object()
 
 PartyStep = Callable[[Party, Mapping[str, Value]], dict[str, Value]]
 

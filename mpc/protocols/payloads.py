@@ -50,5 +50,5 @@ def ring_from_bytes(data: bytes, shape: Sequence[int], what: str) -> torch.Tenso
 def take_secret(party: Party, key: str) -> Any:
     """A one-time secret: read and drop it (a second use is refused)."""
     value = party.secret(key)
-    party.forget(key)
+    party.discard(key)  # the key alone: "x/1" must not take "x/10" with it
     return value

@@ -67,7 +67,7 @@ def test_convolution_pooling_and_a_polynomial_activation(group: ShareGroup) -> N
 
 
 _OPS = ["add", "sub", "neg", "add_public", "mul_public", "mul_int", "mul", "square", "matmul",
-        "div", "sum", "reshape", "rmatmul_public"]  # fmt: skip
+        "div", "sum", "reshape", "rmatmul_public", "transpose"]  # fmt: skip
 
 
 def _apply(
@@ -98,6 +98,8 @@ def _apply(
         return a / 3, ra / 3
     if op == "sum":
         return a.sum(dim=0, keepdim=True) + a, ra.sum(0, keepdim=True) + ra
+    if op == "transpose":
+        return a.t().narrow(0, 0, 3), ra.t()
     return a.reshape(9).reshape(3, 3), ra
 
 
@@ -281,6 +283,17 @@ def test_a_party_that_disappears_is_named_and_another_group_goes_on() -> None:
     with ShareGroup([alice, carol], charlie) as other:
         _close((other.share(torch.ones(2)) * 3.0).get(), torch.full((2,), 3.0).double(), 10)
     assert _secrets(alice, carol, charlie) == [0, 0, 0]
+
+
+def test_dropping_a_tensor_keeps_those_whose_ids_it_prefixes() -> None:
+    alice, bob, charlie = _workers("alice", "bob", "charlie")
+    with ShareGroup([alice, bob], charlie) as group:
+        handles = [group.share(torch.full((2,), float(i))) for i in range(12)]
+        assert handles[1].id == "t1" and handles[10].id == "t10"
+        handles[1].delete()
+        group._flush_drops(force=True)
+        _close(handles[10].get(), torch.full((2,), 10.0, dtype=torch.float64), 2)
+        _close(handles[11].get(), torch.full((2,), 11.0, dtype=torch.float64), 2)
 
 
 def test_closing_the_group_leaves_no_secret_on_any_worker() -> None:

@@ -529,10 +529,23 @@ class RemoteShared:
         first = shape[0] if len(shape) == 1 else None
         sizes = [int(s) for s in first] if isinstance(first, Sequence) else list(shape)
         try:
-            resolved = torch.empty(self.shape, device="meta").reshape(sizes).shape  # type: ignore[arg-type]
+            meta = torch.empty(self.shape, device="meta")
+            resolved = meta.reshape(sizes).shape  # type: ignore[arg-type]
         except RuntimeError as exc:
             raise MPCError(f"cannot reshape {tuple(self.shape)} to {tuple(sizes)}: {exc}") from None
         return self.group._local("reshape", [self], shape=list(resolved))
+
+    def t(self) -> RemoteShared:
+        """The transpose of a matrix (2-D)."""
+        if len(self.shape) != 2:
+            raise MPCError(f"t() transposes a matrix, not a tensor of shape {tuple(self.shape)}")
+        return self.group._local("transpose", [self])
+
+    def narrow(self, dim: int, start: int, length: int) -> RemoteShared:
+        """``length`` entries from ``start`` along ``dim`` (as ``torch.narrow``): a minibatch."""
+        if not 0 <= dim < len(self.shape) or start < 0 or start + length > self.shape[dim]:
+            raise MPCError(f"narrow({dim}, {start}, {length}) is outside shape {tuple(self.shape)}")
+        return self.group._local("narrow", [self], dim=dim, start=start, length=length)
 
     def flatten(self, start_dim: int = 0) -> RemoteShared:
         resolved = torch.empty(self.shape, device="meta").flatten(start_dim).shape

@@ -331,6 +331,11 @@ def local_result(
     if op == "reshape":
         shape: tuple[int, ...] = tuple(publics["shape"])
         return x.reshape(shape)
+    if op == "transpose":
+        return x.t().contiguous()
+    if op == "narrow":
+        dim, start, length = publics["dim"], publics["start"], publics["length"]
+        return x.narrow(dim, start, length).contiguous()
     if op == "pool_sum":
         n, c, h, w = x.shape
         k: int = publics["kernel"]
@@ -367,6 +372,10 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         publics["keepdim"] = args.get("keepdim") is True
     elif op == "reshape":
         publics["shape"] = _shape(args.get("shape"), "shape")
+    elif op == "narrow":
+        publics["dim"] = arg_int(args, "dim", low=0, high=MAX_DIMS - 1)
+        publics["start"] = arg_int(args, "start", low=0, high=2**31)
+        publics["length"] = arg_int(args, "length", low=0, high=2**31)
     elif op == "pool_sum":
         publics["kernel"] = arg_int(args, "kernel", low=1, high=64)
     elif op == "truncate":
@@ -388,9 +397,8 @@ def _drop(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     dropped = 0
     for value in arg_list(args, "ids", max_length=4096):
         tensor_id = _tensor_id({"id": value}, "id")
-        dropped += party.forget(f"{session}/v/{tensor_id}") + party.forget(
-            f"{session}/pending/{tensor_id}"
-        )
+        dropped += party.discard(f"{session}/v/{tensor_id}")
+        dropped += party.discard(f"{session}/pending/{tensor_id}")
     return {"dropped": dropped}
 
 
