@@ -54,12 +54,14 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def recover(transcript: list[bytes], shape: tuple[int, ...]) -> torch.Tensor | None:
+def recover(
+    transcript: list[bytes], shape: tuple[int, ...], target: torch.Tensor = ENCODING
+) -> torch.Tensor | None:
     """The coordinator's search: any sum of up to three ring tensors of ``shape`` that
     it saw, read from bytes it saw, or expanded from any 32 bytes it saw as a seed
     (streams 0-3, as the parties expand theirs), which equals the owner's encoding."""
     candidates: list[torch.Tensor] = []
-    count = ENCODING.numel()
+    count = target.numel()
     for frame in transcript:
         _, value = decode_frame(frame)
         for tensor in _tensors(value):
@@ -78,7 +80,7 @@ def recover(transcript: list[bytes], shape: tuple[int, ...]) -> torch.Tensor | N
             total = torch.zeros(shape, dtype=torch.int64)
             for part in combo:
                 total = total + part
-            if torch.equal(total, ENCODING):
+            if torch.equal(total, target):
                 return total
     return None
 
@@ -110,6 +112,57 @@ def test_the_search_reads_an_unencrypted_relay(monkeypatch: pytest.MonkeyPatch) 
     group.close()
     recovered = recover(transcript, tuple(VALUE.shape))
     assert recovered is not None and torch.equal(recovered, ENCODING)
+
+
+def _held_product(transcript: list[bytes]) -> None:
+    """Alice holds VALUE (data), Bob holds WEIGHTS (a model): one product by the
+    held weights, opened to Alice only; Charlie deals."""
+    alice, bob, charlie = (TappedWorker(n, transcript) for n in ("a", "b", "c"))
+    with ShareGroup([alice, bob], charlie) as group:
+        x = group.share(alice.send(VALUE), held=True)
+        w = group.share(bob.send(WEIGHTS), held=True, audience=[bob, alice])
+        (x @ w).reveal_to(alice)
+
+
+WEIGHTS = torch.tensor([[0.5, -0.25], [1.75, 2.0]])
+
+
+@pytest.mark.parametrize("target", ["data", "weights"])
+def test_a_held_product_leaves_neither_owners_value_in_the_transcript(target: str) -> None:
+    transcript: list[bytes] = []
+    _held_product(transcript)
+    value = ENCODING if target == "data" else FixedPointEncoder().encode(WEIGHTS)
+    assert recover(transcript, (2, 2), value) is None
+
+
+def test_the_search_reads_a_held_product_over_an_unencrypted_relay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("mpc.protocols.sessions.seal", lambda _key, _public, payload, **_: payload)
+    monkeypatch.setattr("mpc.protocols.sessions.open_sealed", lambda _key, _public, data, **_: data)
+    transcript: list[bytes] = []
+    _held_product(transcript)
+    weights = FixedPointEncoder().encode(WEIGHTS)
+    assert recover(transcript, (2, 2), weights) is not None  # f = W − b, and b's seed
+    assert recover(transcript, (2, 2), ENCODING) is not None  # e = x − a, and a's seed
+
+
+def test_a_held_tensor_is_masked_once_and_never_again() -> None:
+    """A second f = W − b' would open b' − b: the provider and the holder refuse."""
+    alice, bob, charlie = (VirtualWorker(n) for n in ("a", "b", "c"))
+    with ShareGroup([alice, bob], charlie) as group:
+        w = group.share(bob.send(WEIGHTS), held=True)
+        group._fix(w)
+        with pytest.raises(Exception, match="dealt already"):
+            charlie.party_op(
+                "shares.deal_fixed", session=group.session, id=w.id, shape=[2, 2],
+                holder="b", holder_key=group._keys["b"],
+            )  # fmt: skip
+        with pytest.raises(Exception, match="fixed already"):
+            bob.party_op(
+                "shares.fix", session=group.session, id=w.id,
+                sealed=torch.zeros(60, dtype=torch.uint8), provider_key=group._keys["c"],
+            )  # fmt: skip
 
 
 def _colluding_bob_and_a_guess(predictable: bool, monkeypatch: pytest.MonkeyPatch) -> bool:

@@ -210,6 +210,39 @@ def test_a_workers_own_data_is_never_shared_with_a_wider_audience() -> None:
             x.sum().get()
 
 
+def test_products_by_a_held_tensor_take_one_ring_operation_and_are_exact(
+    group: ShareGroup,
+) -> None:
+    """A data owner and a model owner among the parties each hold their value whole."""
+    data_owner, model_owner = group.parties[0], group.parties[1]
+    gen = torch.Generator().manual_seed(4)
+    images, kernel = torch.randn(3, 1, 8, 8, generator=gen), torch.randn(4, 1, 3, 3, generator=gen)
+    dense = torch.randn(64, 5, generator=gen)
+    audience = [data_owner, COORDINATOR]
+    x = group.share(data_owner.send(images), held=True, audience=audience)
+    w = group.share(model_owner.send(kernel), held=True, audience=[model_owner, *audience])
+    m = group.share(model_owner.send(dense), held=True, audience=[model_owner, *audience])
+    assert (x.holder, w.holder, m.t().holder) == (0, 1, 1)
+    y = x.conv2d(w, padding=1).avg_pool2d(2).flatten(1) @ m
+    # Held-product tuples (and truncation pairs for 3 parties): no Beaver triple.
+    assert all(key.startswith(("held:", "trunc")) for key in group._stock)
+    plain = F.avg_pool2d(F.conv2d(images.double(), kernel.double(), padding=1), 2)
+    _close(y.get(), plain.flatten(1) @ dense.double(), 50)
+    shared = group.share(images)  # a shared (not held) input by the same held weights
+    _close(
+        shared.conv2d(w, padding=1).get(), F.conv2d(images.double(), kernel.double(), padding=1), 50
+    )
+
+
+def test_only_a_party_can_hold_a_value() -> None:
+    alice, bob, charlie, dana = _workers("alice", "bob", "charlie", "dana")
+    with ShareGroup([alice, bob], charlie) as group:
+        with pytest.raises(MPCError, match="only a party can hold"):
+            group.share(dana.send(torch.ones(2)), held=True)
+        with pytest.raises(MPCError, match="only a party's own value"):
+            group.share(torch.ones(2), held=True)
+
+
 # ------------------------------------------------------------------ bad input
 
 

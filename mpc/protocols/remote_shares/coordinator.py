@@ -36,8 +36,18 @@ from typing import Any, TypeVar
 import torch
 
 from mpc.errors import MPCError
+from mpc.protocols.remote_shares.held_steps import (
+    DEAL_FIXED,
+    DEAL_HELD,
+    FINISH_HELD,
+    FIX,
+    FIXED,
+    MASK_HELD,
+    ZEROS,
+)
 from mpc.protocols.remote_shares.steps import (
     ACCEPT,
+    BILINEAR,
     COORDINATOR,
     DEAL,
     DROP,
@@ -101,6 +111,7 @@ class ShareGroup:
         self._pool = ThreadPoolExecutor(len(self.parties) + 1) if parallel else None
         self._owners: dict[str, Worker] = {}  # other workers with a session key
         self._joined = {w.id for w in (*self.parties, provider)}
+        self._fixed: set[str] = set()  # held tensors whose mask f = W − b is open
         self.closed = False
         self.dealt = 0  # tuples the provider has dealt to this group
         try:
@@ -212,7 +223,9 @@ class ShareGroup:
                 with contextlib.suppress(Exception):  # a dead party has forgotten them
                     worker.party_op(DROP, session=self.session, ids=ids)
 
-    def _made(self, run: Callable[[str], Any], shape: torch.Size) -> RemoteShared:
+    def _made(
+        self, run: Callable[[str], Any], shape: torch.Size, holder: int | None = None
+    ) -> RemoteShared:
         """Run the steps that make a new tensor; if any fails, drop what they made."""
         self._check_open()
         tensor_id = self._new_id()
@@ -221,12 +234,16 @@ class ShareGroup:
         except Exception:
             self._release(tensor_id)
             raise
-        return RemoteShared(self, tensor_id, shape)
+        return RemoteShared(self, tensor_id, shape, holder)
 
     # ------------------------------------------------------------ sharing
 
     def share(
-        self, value: torch.Tensor | Pointer, *, audience: Sequence[Worker | str] | None = None
+        self,
+        value: torch.Tensor | Pointer,
+        *,
+        audience: Sequence[Worker | str] | None = None,
+        held: bool = False,
     ) -> RemoteShared:
         """Share ``value`` among the parties.
 
@@ -235,11 +252,16 @@ class ShareGroup:
         results computed from it opened. A :class:`Pointer` names a value on a
         worker, which splits it and seals each share for its party: it never
         passes through the coordinator. Its audience defaults to that worker
-        alone (and cannot be more for the worker's own data).
+        alone (and cannot be more for the worker's own data). With ``held`` a
+        worker that is a party keeps the whole value as its share and the
+        others zero: no split, and products by it cost one ring operation
+        (``held_steps``).
         """
         self._check_open()
         if isinstance(value, Pointer):
-            return self._share_remote(value, audience)
+            return self._share_remote(value, audience, held)
+        if held:
+            raise MPCError("only a party's own value (a pointer to it) can be held")
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise MPCError("share() takes a float tensor or a pointer to one")
         names = self._audience(audience, default=COORDINATOR)
@@ -256,10 +278,12 @@ class ShareGroup:
         return self._made(run, encoded.shape)
 
     def _share_remote(
-        self, pointer: Pointer, audience: Sequence[Worker | str] | None
+        self, pointer: Pointer, audience: Sequence[Worker | str] | None, held: bool
     ) -> RemoteShared:
         owner = pointer.worker
         names = self._audience(audience, default=owner.id)
+        if held:
+            return self._share_held(pointer, names)
         owner_key = self._keygen(owner)
         if owner.id not in self._joined:  # an owner outside the group learns its parties
             self._call(
@@ -308,6 +332,33 @@ class ShareGroup:
         result.shape = torch.Size(shape)
         return result
 
+    def _share_held(self, pointer: Pointer, names: list[str]) -> RemoteShared:
+        owner = pointer.worker
+        if owner not in self.parties:
+            raise MPCError(f"only a party can hold a shared value; {owner.id!r} is not one")
+        holder = self.parties.index(owner)
+        shape: list[int] = []
+
+        def run(tensor_id: str) -> None:
+            reply = self._call(
+                owner,
+                lambda w: w.party_op(
+                    SPLIT, session=self.session, obj_id=pointer.id_on(owner), id=tensor_id,
+                    audience=names, held=True,
+                ),
+            )  # fmt: skip
+            shape[:] = reply["shape"]
+            self._each(
+                [w for w in self.parties if w is not owner],
+                lambda w: w.party_op(
+                    ZEROS, session=self.session, id=tensor_id, shape=list(shape), audience=names
+                ),
+            )
+
+        result = self._made(run, torch.Size(), holder)
+        result.shape = torch.Size(shape)
+        return result
+
     def _audience(self, audience: Sequence[Worker | str] | None, *, default: str) -> list[str]:
         if audience is None:
             return [default]
@@ -338,7 +389,7 @@ class ShareGroup:
                 lambda i: {"operation": op, "inputs": ids, "out": tensor_id, **message}, LOCAL
             )
 
-        return self._made(run, shape)
+        return self._made(run, shape, _held_result(op, inputs, len(self.parties)))
 
     def prefetch(
         self, kind: str, shapes: Sequence[Sequence[int]], count: int, **kwargs: int
@@ -386,6 +437,9 @@ class ShareGroup:
 
         ``scaled``: the result carries two scales and is truncated back (locally
         for two parties, with a dealt pair for more)."""
+        held = inputs[1].holder if len(inputs) == 2 else None
+        if kind in BILINEAR and held is not None and inputs[0].holder != held:
+            return self._held_product(kind, inputs[0], inputs[1], kwargs)
         shapes = [tuple(x.shape) for x in inputs]
         parts = dealt_shapes(kind, shapes, kwargs)
         dealt = self._tuple(kind, shapes, kwargs)
@@ -418,6 +472,105 @@ class ShareGroup:
         if scaled and not local_truncation:
             return self._truncate(result)
         return result
+
+    def _fix(self, w: RemoteShared) -> None:
+        """Once per held tensor: the provider masks it, its holder opens f = W − b, and
+        the other parties keep f (``held_steps``)."""
+        if w.id in self._fixed:
+            return
+        assert w.holder is not None
+        holder = self.parties[w.holder]
+        reply = self._call(
+            self.provider,
+            lambda p: p.party_op(
+                DEAL_FIXED, session=self.session, id=w.id, shape=list(w.shape),
+                holder=holder.id, holder_key=self._keys[holder.id],
+            ),
+        )  # fmt: skip
+        opened = self._call(
+            holder,
+            lambda h: h.party_op(
+                FIX, session=self.session, id=w.id, sealed=reply["sealed"],
+                provider_key=self._keys[self.provider.id],
+            ),
+        )["f"]  # fmt: skip
+        self._each(
+            [p for p in self.parties if p is not holder],
+            lambda p: p.party_op(FIXED, session=self.session, id=w.id, f=opened),
+        )
+        self._fixed.add(w.id)
+
+    def prefetch_held(
+        self, kind: str, x_shape: Sequence[int], w: RemoteShared, count: int, **kwargs: int
+    ) -> None:
+        """Have the provider deal ``count`` tuples for products ``kind(x, w)`` by the held
+        tensor ``w`` ahead of use (the offline phase)."""
+        self._check_open()
+        if w.holder is None:
+            raise MPCError(f"{w!r} is not held by one party")
+        self._fix(w)
+        shapes = [list(x_shape), list(w.shape)]
+        key = _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs)
+        holder = self.parties[w.holder].id
+        keys = [self._keys[p.id] for p in self.parties]
+        while count > 0:
+            batch = min(count, MAX_DEAL)
+            reply = self._call(
+                self.provider,
+                lambda p: p.party_op(
+                    DEAL_HELD, session=self.session, kind=kind, shapes=shapes, w=w.id,
+                    holder=holder, count=batch, public_keys=keys, **kwargs,  # noqa: B023
+                ),
+            )  # fmt: skip
+            tuples = reply["tuples"]
+            if not isinstance(tuples, list) or len(tuples) != batch:
+                raise MPCError(f"the provider {self.provider.id!r} dealt a malformed batch")
+            self._stock[key].extend(tuples)
+            self.dealt += batch
+            count -= batch
+
+    def _held_product(
+        self, kind: str, x: RemoteShared, w: RemoteShared, kwargs: dict[str, int]
+    ) -> RemoteShared:
+        """``kind(x, w)`` by a held ``w``: the others publish their masked shares of x,
+        the holder finishes with one ring operation (``held_steps``)."""
+        assert w.holder is not None
+        shapes = [tuple(x.shape), tuple(w.shape)]
+        out_shape = dealt_shapes(kind, shapes, kwargs)[-1]
+        key = _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs)
+        if not self._stock[key]:
+            self.prefetch_held(kind, shapes[0], w, 1, **kwargs)
+        dealt = self._stock[key].popleft()
+        j = w.holder
+        two = len(self.parties) == 2
+        common = {
+            "kind": kind, "shapes": [list(s) for s in shapes], "x": x.id, "w": w.id,
+            "holder": self.parties[j].id, "serial": dealt["serial"],
+            "provider_key": self._keys[self.provider.id],
+            "truncate": self.encoder.fractional_bits if two else 0, **kwargs,
+        }  # fmt: skip
+        others = [p for p in self.parties if p is not self.parties[j]]
+
+        def run(tensor_id: str) -> None:
+            self._flush_drops()
+            replies = self._each(
+                others,
+                lambda p: p.party_op(
+                    MASK_HELD, session=self.session, out=tensor_id,
+                    sealed=dealt["sealed"][self.parties.index(p)], **common,
+                ),
+            )  # fmt: skip
+            opened = _open([r["masked"] for r in replies], shapes[0])
+            self._call(
+                self.parties[j],
+                lambda h: h.party_op(
+                    FINISH_HELD, session=self.session, out=tensor_id, opened=opened,
+                    sealed=dealt["sealed"][j], **common,
+                ),
+            )  # fmt: skip
+
+        result = self._made(run, torch.Size(out_shape))
+        return result if two else self._truncate(result)
 
     def _truncate(self, x: RemoteShared) -> RemoteShared:
         """x / 2^f: one local step for two parties, a dealt pair for more."""
@@ -471,10 +624,15 @@ class RemoteShared:
     dropped with a later operation of its group.
     """
 
-    def __init__(self, group: ShareGroup, tensor_id: str, shape: torch.Size) -> None:
+    def __init__(
+        self, group: ShareGroup, tensor_id: str, shape: torch.Size, holder: int | None = None
+    ) -> None:
         self.group = group
         self.id = tensor_id
         self.shape = torch.Size(shape)
+        # The index of the party that holds the whole value (the others hold
+        # zero), or None for a tensor shared the usual way.
+        self.holder = holder
         self._finalizer = weakref.finalize(self, group._release, tensor_id)
 
     def __repr__(self) -> str:
@@ -662,6 +820,26 @@ def share(
 
 
 _GROUPS: dict[tuple[tuple[int, ...], int], ShareGroup] = {}
+
+
+# Local operations after which a tensor one party held is still held by it
+# (the others' zero shares stay zero); anything else spreads it.
+_KEEPS_HOLDER = frozenset(
+    {"add", "sub", "neg", "mul_public", "matmul_public", "rmatmul_public", "sum", "reshape",
+     "pool_sum", "transpose", "narrow"}
+)  # fmt: skip
+
+
+def _held_result(op: str, inputs: Sequence[RemoteShared], parties: int) -> int | None:
+    holders = {x.holder for x in inputs}
+    if len(holders) != 1:
+        return None
+    (holder,) = holders
+    if op in _KEEPS_HOLDER or (op == "truncate" and parties == 2):
+        return holder
+    if op == "add_public" and holder == 0:  # party 0 adds the public value
+        return holder
+    return None
 
 
 def _tuple_key(kind: str, shapes: Sequence[Sequence[int]], kwargs: dict[str, int]) -> str:

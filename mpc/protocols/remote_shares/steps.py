@@ -88,18 +88,18 @@ MAX_DEAL = 256  # tuples per deal request
 MAX_SERIAL = 2**32  # tuples per session: a serial is the AEAD purpose of its sealing
 
 # What a dealt tuple serves: its kind and the bilinear map c = op(a, b).
-_BILINEAR: dict[str, Callable[..., torch.Tensor]] = {
+BILINEAR: dict[str, Callable[..., torch.Tensor]] = {
     "mul": torch.mul,
     "matmul": torch.matmul,
     "conv2d": F.conv2d,
 }
-_KINDS = (*_BILINEAR, "square", "trunc")
+_KINDS = (*BILINEAR, "square", "trunc")
 
 
 # ------------------------------------------------------------------ arguments
 
 
-def _shape(value: Value, name: str) -> tuple[int, ...]:
+def shape_arg(value: Value, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_DIMS:
         raise PartyError(f"{name!r} must be a list of at most {MAX_DIMS} sizes")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 for v in value):
@@ -130,7 +130,7 @@ def _ids(args: Mapping[str, Value], name: str) -> list[str]:
     return ids
 
 
-def _audience(args: Mapping[str, Value]) -> frozenset[str]:
+def audience_arg(args: Mapping[str, Value]) -> frozenset[str]:
     values = arg_list(args, "audience", max_length=MAX_PARTIES + 2)
     names = set()
     for value in values:
@@ -141,29 +141,29 @@ def _audience(args: Mapping[str, Value]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _tensor_id(args: Mapping[str, Value], name: str) -> str:
+def tensor_id_arg(args: Mapping[str, Value], name: str) -> str:
     return arg_id(args, name)
 
 
-def _group(party: Party, session: str) -> tuple[list[str], str, int]:
+def group_of(party: Party, session: str) -> tuple[list[str], str, int]:
     """This party's (parties, provider, fractional bits) of ``session``, fixed by ``join``."""
     group: tuple[list[str], str, int] = party.secret(f"{session}/group")
     return group
 
 
-def _index(party: Party, session: str) -> int:
-    parties, _, _ = _group(party, session)
+def party_index(party: Party, session: str) -> int:
+    parties, _, _ = group_of(party, session)
     if party.worker_id not in parties:
         raise PartyError(f"{party.worker_id!r} is not a party of session {session!r}")
     return parties.index(party.worker_id)
 
 
-def _share(party: Party, session: str, tensor_id: str) -> tuple[torch.Tensor, frozenset[str]]:
+def share_of(party: Party, session: str, tensor_id: str) -> tuple[torch.Tensor, frozenset[str]]:
     value: tuple[torch.Tensor, frozenset[str]] = party.secret(f"{session}/v/{tensor_id}")
     return value
 
 
-def _store(
+def store_share(
     party: Party, session: str, tensor_id: str, value: torch.Tensor, audience: frozenset[str]
 ) -> None:
     key = f"{session}/v/{tensor_id}"
@@ -179,7 +179,7 @@ def _public_ring(value: Value, name: str) -> torch.Tensor:
     return tensor
 
 
-def _label(*parts: object) -> str:
+def seal_label(*parts: object) -> str:
     return "shares|" + "|".join(str(p) for p in parts)
 
 
@@ -226,12 +226,12 @@ def _join(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _keep(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Store a share the coordinator made of its own value."""
     session = session_arg(args)
-    _index(party, session)
-    audience = _audience(args)
+    party_index(party, session)
+    audience = audience_arg(args)
     if COORDINATOR not in audience:
         raise PartyError("a value the coordinator shares is always visible to it")
     share_value = _public_ring(args.get("share"), "share")
-    _store(party, session, _tensor_id(args, "id"), share_value.clone(), audience)
+    store_share(party, session, tensor_id_arg(args, "id"), share_value.clone(), audience)
     return {"shape": list(share_value.shape)}
 
 
@@ -240,12 +240,14 @@ def _split(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 
     All parties but one get a seed their share is expanded from; the last gets
     the value minus the others' shares. The coordinator relays ciphertexts only.
+    With ``held`` an owner that is a party keeps the whole value as its share
+    and the others are told to keep zero (``held_steps``).
     """
     session = session_arg(args)
-    parties, _, bits = _group(party, session)
+    parties, _, bits = group_of(party, session)
     obj_id = arg_str(args, "obj_id")
-    tensor_id = _tensor_id(args, "id")
-    audience = _audience(args)
+    tensor_id = tensor_id_arg(args, "id")
+    audience = audience_arg(args)
     if party.is_own_data(obj_id) and audience != {party.worker_id}:
         raise PartyError(f"{obj_id!r} is this worker's own data: only it may see it opened")
     value = party.read_object(obj_id)
@@ -253,19 +255,28 @@ def _split(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"{obj_id!r} is not a float tensor")
     if value.numel() > MAX_ELEMENTS:
         raise PartyError(f"{obj_id!r} is too large to share")
-    publics = arg_list(args, "public_keys", max_length=MAX_PARTIES)
-    if len(publics) != len(parties):
-        raise PartyError("one public key per party")
     try:
         encoded = FixedPointEncoder(bits).encode(value.detach())
     except Exception as exc:
         raise PartyError(f"{obj_id!r} cannot be shared: {exc}") from None
+    if args.get("held") is True:  # kept whole: the other parties' shares are zero
+        if party.worker_id not in parties:
+            raise PartyError(
+                f"only a party can hold a shared value; {party.worker_id!r} is not one"
+            )
+        store_share(party, session, tensor_id, encoded, audience)
+        return {"sealed": [], "shape": list(encoded.shape)}
+    publics = arg_list(args, "public_keys", max_length=MAX_PARTIES)
+    if len(publics) != len(parties):
+        raise PartyError("one public key per party")
     rng = party_rng(party)
     rest = encoded.clone()
     sealed: list[Value] = []
     last = len(parties) - 1
     for index, (peer, public) in enumerate(zip(parties, publics, strict=True)):
-        label = _label("split", tensor_id, index, ",".join(sorted(audience)), list(encoded.shape))
+        label = seal_label(
+            "split", tensor_id, index, ",".join(sorted(audience)), list(encoded.shape)
+        )
         if index < last:
             seed = rng.random_bytes(SEED_BYTES)
             rest -= expand(seed, index, encoded.shape)
@@ -274,7 +285,7 @@ def _split(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
             payload = tensor_bytes(rest)
         if peer == party.worker_id:
             part = rest if index == last else expand(payload, index, encoded.shape)
-            _store(party, session, tensor_id, part, audience)
+            store_share(party, session, tensor_id, part, audience)
             sealed.append(wire_bytes(b""))
         else:
             sealed.append(wire_bytes(seal_for(party, session, peer, public, payload, label=label)))
@@ -284,14 +295,14 @@ def _split(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
 def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Open this party's share of an owner's value (a seed, or the last party's tensor)."""
     session = session_arg(args)
-    parties, _, _ = _group(party, session)
-    index = _index(party, session)
-    tensor_id = _tensor_id(args, "id")
+    parties, _, _ = group_of(party, session)
+    index = party_index(party, session)
+    tensor_id = tensor_id_arg(args, "id")
     owner = arg_id(args, "owner")
-    audience = _audience(args)
-    shape = _shape(args.get("shape"), "shape")
+    audience = audience_arg(args)
+    shape = shape_arg(args.get("shape"), "shape")
     data = check_tensor(args.get("sealed"), "sealed", dtype=torch.uint8, ndim=1)
-    label = _label("split", tensor_id, index, ",".join(sorted(audience)), list(shape))
+    label = seal_label("split", tensor_id, index, ",".join(sorted(audience)), list(shape))
     payload = open_from(
         party, session, owner, args.get("owner_key"), tensor_bytes(data), label=label
     )
@@ -301,7 +312,7 @@ def _accept(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         part = expand(payload, index, shape)
     else:
         part = ring_from_bytes(payload, shape, "the owner's share").clone()
-    _store(party, session, tensor_id, part, audience)
+    store_share(party, session, tensor_id, part, audience)
     return {"shape": list(shape)}
 
 
@@ -352,15 +363,15 @@ _LOCAL_INPUTS = {"add": 2, "sub": 2}
 def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """A linear operation on this party's shares, stored under ``out``."""
     session = session_arg(args)
-    parties, _, _ = _group(party, session)
-    index = _index(party, session)
+    parties, _, _ = group_of(party, session)
+    index = party_index(party, session)
     op = arg_str(args, "operation", max_length=32)
-    inputs = [_tensor_id({"id": v}, "id") for v in arg_list(args, "inputs", max_length=2)]
+    inputs = [tensor_id_arg({"id": v}, "id") for v in arg_list(args, "inputs", max_length=2)]
     if len(inputs) != _LOCAL_INPUTS.get(op, 1):
         raise PartyError(f"{op!r} takes {_LOCAL_INPUTS.get(op, 1)} inputs")
     if op == "truncate" and len(parties) != 2:
         raise PartyError("local truncation needs exactly two parties")
-    held = [_share(party, session, tensor_id) for tensor_id in inputs]
+    held = [share_of(party, session, tensor_id) for tensor_id in inputs]
     publics: dict[str, Any] = {}
     if op in ("add_public", "mul_public", "matmul_public", "rmatmul_public"):
         publics["value"] = _public_ring(args.get("value"), "value")
@@ -371,7 +382,7 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         ]
         publics["keepdim"] = args.get("keepdim") is True
     elif op == "reshape":
-        publics["shape"] = _shape(args.get("shape"), "shape")
+        publics["shape"] = shape_arg(args.get("shape"), "shape")
     elif op == "narrow":
         publics["dim"] = arg_int(args, "dim", low=0, high=MAX_DIMS - 1)
         publics["start"] = arg_int(args, "start", low=0, high=2**31)
@@ -387,7 +398,7 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     except (RuntimeError, ValueError, IndexError) as exc:
         raise PartyError(f"{op} failed: {exc}") from None
     audience = frozenset.intersection(*(aud for _, aud in held))
-    _store(party, session, _tensor_id(args, "out"), result, audience)
+    store_share(party, session, tensor_id_arg(args, "out"), result, audience)
     return {"shape": list(result.shape)}
 
 
@@ -396,7 +407,7 @@ def _drop(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     dropped = 0
     for value in arg_list(args, "ids", max_length=4096):
-        tensor_id = _tensor_id({"id": value}, "id")
+        tensor_id = tensor_id_arg({"id": value}, "id")
         dropped += party.discard(f"{session}/v/{tensor_id}")
         dropped += party.discard(f"{session}/pending/{tensor_id}")
     return {"dropped": dropped}
@@ -410,20 +421,20 @@ def dealt_shapes(
 ) -> list[tuple[int, ...]]:
     """The shapes of a tuple's parts: (a, b, c) for a product, (a, a²) for a
     square pair, (r, r >> bits) for a truncation pair."""
-    if kind in _BILINEAR:
+    if kind in BILINEAR:
         a = torch.empty(shapes[0], device="meta")
         b = torch.empty(shapes[1], device="meta")
-        return [shapes[0], shapes[1], tuple(_BILINEAR[kind](a, b, **kwargs).shape)]
+        return [shapes[0], shapes[1], tuple(BILINEAR[kind](a, b, **kwargs).shape)]
     return [shapes[0], shapes[0]]
 
 
-def _kind_args(args: Mapping[str, Value]) -> tuple[str, list[tuple[int, ...]], dict[str, int]]:
+def kind_args(args: Mapping[str, Value]) -> tuple[str, list[tuple[int, ...]], dict[str, int]]:
     kind = arg_str(args, "kind", max_length=16)
     if kind not in _KINDS:
         raise PartyError(f"no dealt tuple of kind {kind!r}")
-    shapes = [_shape(s, "shapes") for s in arg_list(args, "shapes", max_length=2)]
-    if len(shapes) != (2 if kind in _BILINEAR else 1):
-        raise PartyError(f"{kind!r} takes {2 if kind in _BILINEAR else 1} shapes")
+    shapes = [shape_arg(s, "shapes") for s in arg_list(args, "shapes", max_length=2)]
+    if len(shapes) != (2 if kind in BILINEAR else 1):
+        raise PartyError(f"{kind!r} takes {2 if kind in BILINEAR else 1} shapes")
     kwargs: dict[str, int] = {}
     if kind == "conv2d":
         kwargs = _conv_kwargs(args)
@@ -432,8 +443,8 @@ def _kind_args(args: Mapping[str, Value]) -> tuple[str, list[tuple[int, ...]], d
     return kind, shapes, kwargs
 
 
-def _tuple_label(kind: str, shapes: Sequence[tuple[int, ...]], kwargs: Mapping[str, int]) -> str:
-    return _label("deal", kind, [list(s) for s in shapes], sorted(kwargs.items()))
+def tuple_label(kind: str, shapes: Sequence[tuple[int, ...]], kwargs: Mapping[str, int]) -> str:
+    return seal_label("deal", kind, [list(s) for s in shapes], sorted(kwargs.items()))
 
 
 def _deal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -445,10 +456,10 @@ def _deal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     parts sum to a valid tuple.
     """
     session = session_arg(args)
-    parties, provider, _ = _group(party, session)
+    parties, provider, _ = group_of(party, session)
     if party.worker_id != provider:
         raise PartyError(f"{party.worker_id!r} is not the provider of session {session!r}")
-    kind, shapes, kwargs = _kind_args(args)
+    kind, shapes, kwargs = kind_args(args)
     count = arg_int(args, "count", low=1, high=MAX_DEAL)
     publics = arg_list(args, "public_keys", max_length=MAX_PARTIES)
     if len(publics) != len(parties):
@@ -458,7 +469,7 @@ def _deal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     if first + count > MAX_SERIAL:
         raise PartyError(f"session {session!r} has dealt {first} tuples: start a new group")
     party.keep(f"{session}/serial", first + count)
-    label = _tuple_label(kind, shapes, kwargs)
+    label = tuple_label(kind, shapes, kwargs)
     tuples: list[Value] = []
     for serial in range(first, first + count):
         seeds = [os.urandom(SEED_BYTES) for _ in parties]
@@ -469,8 +480,8 @@ def _deal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
             for seed in seeds:
                 total += expand(seed, slot, parts[slot])
             randoms.append(total)
-        if kind in _BILINEAR:
-            correlated = _BILINEAR[kind](randoms[0], randoms[1], **kwargs)
+        if kind in BILINEAR:
+            correlated = BILINEAR[kind](randoms[0], randoms[1], **kwargs)
         elif kind == "square":
             correlated = randoms[0] * randoms[0]
         else:
@@ -500,8 +511,8 @@ def _open_tuple(
 ) -> list[torch.Tensor]:
     """This party's shares of a dealt tuple, checked to be from the provider, for
     this kind and these shapes, and never used before by this party."""
-    _, provider, _ = _group(party, session)
-    index = _index(party, session)
+    _, provider, _ = group_of(party, session)
+    index = party_index(party, session)
     serial = arg_int(args, "serial", low=0, high=MAX_SERIAL - 1)
     used: UsedSerials = party.secret(f"{session}/used")
     if serial in used:
@@ -513,7 +524,7 @@ def _open_tuple(
         provider,
         args.get("provider_key"),
         tensor_bytes(data),
-        label=_tuple_label(kind, shapes, kwargs),
+        label=tuple_label(kind, shapes, kwargs),
         purpose=serial,
     )
     parts = dealt_shapes(kind, shapes, kwargs)
@@ -537,12 +548,12 @@ def _mask(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Step 1 of a product or truncation: open the dealt tuple and publish this
     party's masked inputs (x_i − a_i, y_i − b_i); keep the tuple for ``finish``."""
     session = session_arg(args)
-    kind, shapes, kwargs = _kind_args(args)
-    out = _tensor_id(args, "out")
-    inputs = [_tensor_id({"id": v}, "id") for v in arg_list(args, "inputs", max_length=2)]
+    kind, shapes, kwargs = kind_args(args)
+    out = tensor_id_arg(args, "out")
+    inputs = [tensor_id_arg({"id": v}, "id") for v in arg_list(args, "inputs", max_length=2)]
     if len(inputs) != len(shapes):
         raise PartyError(f"{kind!r} takes {len(shapes)} inputs")
-    held = [_share(party, session, tensor_id) for tensor_id in inputs]
+    held = [share_of(party, session, tensor_id) for tensor_id in inputs]
     for (value, _), shape in zip(held, shapes, strict=True):
         if tuple(value.shape) != shape:
             raise PartyError(f"an input of shape {tuple(value.shape)} for a tuple of {shape}")
@@ -564,17 +575,17 @@ def _finish(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     parties) the product is then truncated locally.
     """
     session = session_arg(args)
-    parties, _, _ = _group(party, session)
-    index = _index(party, session)
-    out = _tensor_id(args, "out")
+    parties, _, _ = group_of(party, session)
+    index = party_index(party, session)
+    out = tensor_id_arg(args, "out")
     kind, shapes, kwargs, parts, audience = take_secret(party, f"{session}/pending/{out}")
     opened = arg_list(args, "opened", max_length=2)
     if len(opened) != len(shapes):
         raise PartyError(f"{kind!r} needs {len(shapes)} opened values")
-    e = _opened(opened[0], shapes[0], "opened[0]")
-    if kind in _BILINEAR:
-        f = _opened(opened[1], shapes[1], "opened[1]")
-        op = _BILINEAR[kind]
+    e = opened_arg(opened[0], shapes[0], "opened[0]")
+    if kind in BILINEAR:
+        f = opened_arg(opened[1], shapes[1], "opened[1]")
+        op = BILINEAR[kind]
         a, b, c = parts
         z = c + op(e, b, **kwargs) + op(a, f, **kwargs)
         if index == 0:
@@ -593,11 +604,11 @@ def _finish(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         if len(parties) != 2:
             raise PartyError("local truncation needs exactly two parties")
         z = local_result("truncate", [z], {"bits": bits}, index)
-    _store(party, session, out, z, audience)
+    store_share(party, session, out, z, audience)
     return {"shape": list(z.shape)}
 
 
-def _opened(value: Value, shape: tuple[int, ...], name: str) -> torch.Tensor:
+def opened_arg(value: Value, shape: tuple[int, ...], name: str) -> torch.Tensor:
     tensor = check_tensor(value, name, dtype=torch.int64)
     if tuple(tensor.shape) != shape:
         raise PartyError(f"{name!r} has shape {tuple(tensor.shape)}, expected {shape}")
@@ -611,15 +622,15 @@ def _reveal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """This party's share of ``id``, to the coordinator or sealed for one worker,
     only if that recipient is in the tensor's audience."""
     session = session_arg(args)
-    index = _index(party, session)
-    tensor_id = _tensor_id(args, "id")
-    value, audience = _share(party, session, tensor_id)
+    index = party_index(party, session)
+    tensor_id = tensor_id_arg(args, "id")
+    value, audience = share_of(party, session, tensor_id)
     to = arg_str(args, "to")
     if to not in audience:
         raise PartyError(f"{to!r} may not see tensor {tensor_id!r} opened: refused")
     if to == COORDINATOR:
         return {"share": value}
-    label = _label("reveal", tensor_id, index, list(value.shape))
+    label = seal_label("reveal", tensor_id, index, list(value.shape))
     sealed = seal_for(party, session, to, args.get("to_key"), tensor_bytes(value), label=label)
     return {"sealed": wire_bytes(sealed)}
 
@@ -628,10 +639,10 @@ def _receive(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Open every party's sealed share of a tensor revealed to this worker; hold the
     decoded value as ``obj_id`` (the coordinator can free it, never fetch it)."""
     session = session_arg(args)
-    tensor_id = _tensor_id(args, "id")
+    tensor_id = tensor_id_arg(args, "id")
     parties = _ids(args, "parties")
     bits = arg_int(args, "fractional_bits", low=0, high=30)
-    shape = _shape(args.get("shape"), "shape")
+    shape = shape_arg(args.get("shape"), "shape")
     sealed = arg_list(args, "sealed", max_length=MAX_PARTIES)
     publics = arg_list(args, "public_keys", max_length=MAX_PARTIES)
     if not 2 <= len(parties) == len(sealed) == len(publics):
@@ -639,7 +650,7 @@ def _receive(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     total = torch.zeros(shape, dtype=torch.int64)
     for index, (sender, data, public) in enumerate(zip(parties, sealed, publics, strict=True)):
         ciphertext = tensor_bytes(check_tensor(data, "sealed", dtype=torch.uint8, ndim=1))
-        label = _label("reveal", tensor_id, index, list(shape))
+        label = seal_label("reveal", tensor_id, index, list(shape))
         opened = open_from(party, session, sender, public, ciphertext, label=label)
         total += ring_from_bytes(opened, shape, f"{sender!r}'s share")
     obj_id = arg_str(args, "obj_id")
