@@ -572,6 +572,23 @@ class ShareGroup:
         result = self._made(run, torch.Size(out_shape))
         return result if two else self._truncate(result)
 
+    def _lincomb(
+        self, inputs: Sequence[RemoteShared], coefficients: Sequence[float], constant: float
+    ) -> RemoteShared:
+        """Σ c_i · x_i + constant for public coefficients, in one local step and one
+        truncation (in the same step for two parties)."""
+        for x in inputs[1:]:
+            inputs[0]._same_group(x)
+        bits = self.encoder.fractional_bits
+        encoded = [int(self._public(c)) for c in coefficients]
+        constant_2f = int(self._public(constant)) << bits
+        two = len(self.parties) == 2
+        result = self._local(
+            "lincomb", list(inputs), coefficients=encoded, constant=constant_2f,
+            shift=bits if two else 0,
+        )  # fmt: skip
+        return result if two else self._truncate(result)
+
     def _truncate(self, x: RemoteShared) -> RemoteShared:
         """x / 2^f: one local step for two parties, a dealt pair for more."""
         bits = self.encoder.fractional_bits
@@ -766,16 +783,18 @@ class RemoteShared:
         above one (x² by a square pair)."""
         if not coefficients:
             raise MPCError("a polynomial needs at least one coefficient")
-        result: RemoteShared | None = None
-        power: RemoteShared | None = None
-        for degree, coefficient in enumerate(coefficients[1:], start=1):
-            power = self if power is None else (self.square() if degree == 2 else power * self)
-            if coefficient != 0:
-                term = power * float(coefficient)
-                result = term if result is None else result + term
-        if result is None:
+        if len(coefficients) - 1 > 4:
+            raise MPCError(f"polynomials of degree at most 4, got {len(coefficients) - 1}")
+        powers: list[RemoteShared] = []
+        for degree in range(1, len(coefficients)):
+            powers.append(
+                self if degree == 1 else (self.square() if degree == 2 else powers[-1] * self)
+            )
+        terms = [(p, c) for p, c in zip(powers, coefficients[1:], strict=True) if c != 0]
+        if not terms:
             return self * 0 + float(coefficients[0])
-        return result + float(coefficients[0]) if coefficients[0] else result
+        # One local step: Σ c_k x^k + c_0 at twice the scale, then one truncation.
+        return self.group._lincomb([p for p, _ in terms], [c for _, c in terms], coefficients[0])
 
     def avg_pool2d(self, kernel: int) -> RemoteShared:
         """Non-overlapping k×k average pooling of (N, C, H, W): local sums, public division."""
@@ -784,7 +803,11 @@ class RemoteShared:
                 f"avg_pool2d({kernel}) needs (N, C, H, W) with H and W divisible by "
                 f"{kernel}, got {tuple(self.shape)}"
             )
-        return self.group._local("pool_sum", [self], kernel=kernel) / (kernel * kernel)
+        area = kernel * kernel
+        if len(self.group.parties) == 2 and area & (area - 1) == 0:
+            # Division by a power of two: the local truncation in the same step.
+            return self.group._local("pool_sum", [self], kernel=kernel, shift=area.bit_length() - 1)
+        return self.group._local("pool_sum", [self], kernel=kernel) / area
 
     # ------------------------------------------------------------ opening
 
@@ -867,6 +890,15 @@ def _meta_shape(op: str, shapes: Sequence[torch.Size], publics: dict[str, Any]) 
     values = dict(publics)
     if "value" in values:
         values["value"] = torch.empty(tuple(values["value"].shape), device="meta")
+    if op == "lincomb":
+        try:
+            total = torch.empty(tuple(shapes[0]), device="meta")
+            for shape in shapes[1:]:
+                total = total + torch.empty(tuple(shape), device="meta")
+            return total.shape
+        except RuntimeError as exc:
+            described = " and ".join(str(tuple(s)) for s in shapes)
+            raise MPCError(f"a linear combination of shapes {described}: {exc}") from None
     if op == "pool_sum":
         n, c, h, w = shapes[0]
         kernel = values["kernel"]

@@ -347,17 +347,34 @@ def local_result(
     if op == "narrow":
         dim, start, length = publics["dim"], publics["start"], publics["length"]
         return x.narrow(dim, start, length).contiguous()
-    if op == "pool_sum":
+    if op == "pool_sum":  # then divided by 2^shift (two parties: local truncation)
         n, c, h, w = x.shape
         k: int = publics["kernel"]
-        return x.reshape(n, c, h // k, k, w // k, k).sum(dim=(3, 5))
-    if op == "truncate":  # two parties only: SecureML's local truncation
-        bits: int = publics["bits"]
-        return x >> bits if index == 0 else -((-x) >> bits)
+        return _shifted(x.reshape(n, c, h // k, k, w // k, k).sum(dim=(3, 5)), publics, index)
+    if op == "lincomb":  # Σ c_i · x_i (+ the constant, on party 0), then divided by 2^shift
+        coefficients: list[int] = publics["coefficients"]
+        total = shares[0] * coefficients[0]
+        for share, coefficient in zip(shares[1:], coefficients[1:], strict=True):
+            total = total + share * coefficient
+        if index == 0:
+            total = total + publics["constant"]
+        return _shifted(total, publics, index)
+    if op == "truncate":
+        return _shifted(x, {"shift": publics["bits"]}, index)
     raise PartyError(f"no local operation {op!r}")
 
 
+def _shifted(x: torch.Tensor, publics: Mapping[str, Any], index: int) -> torch.Tensor:
+    """x / 2^shift by two parties' local truncation (SecureML): party 0 floors its
+    share, party 1 negates, floors and negates back; off by at most one unit."""
+    bits: int = publics.get("shift", 0)
+    if not bits:
+        return x
+    return x >> bits if index == 0 else -((-x) >> bits)
+
+
 _LOCAL_INPUTS = {"add": 2, "sub": 2}
+MAX_TERMS = 4  # shared inputs of one linear combination
 
 
 def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -366,10 +383,15 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     parties, _, _ = group_of(party, session)
     index = party_index(party, session)
     op = arg_str(args, "operation", max_length=32)
-    inputs = [tensor_id_arg({"id": v}, "id") for v in arg_list(args, "inputs", max_length=2)]
-    if len(inputs) != _LOCAL_INPUTS.get(op, 1):
+    inputs = [
+        tensor_id_arg({"id": v}, "id") for v in arg_list(args, "inputs", max_length=MAX_TERMS)
+    ]
+    if op == "lincomb" and not 1 <= len(inputs) <= MAX_TERMS:
+        raise PartyError(f"a linear combination takes 1..{MAX_TERMS} inputs")
+    if op != "lincomb" and len(inputs) != _LOCAL_INPUTS.get(op, 1):
         raise PartyError(f"{op!r} takes {_LOCAL_INPUTS.get(op, 1)} inputs")
-    if op == "truncate" and len(parties) != 2:
+    shift = arg_int(args, "shift", low=0, high=62) if "shift" in args else 0
+    if (op == "truncate" or shift) and len(parties) != 2:
         raise PartyError("local truncation needs exactly two parties")
     held = [share_of(party, session, tensor_id) for tensor_id in inputs]
     publics: dict[str, Any] = {}
@@ -389,6 +411,16 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         publics["length"] = arg_int(args, "length", low=0, high=2**31)
     elif op == "pool_sum":
         publics["kernel"] = arg_int(args, "kernel", low=1, high=64)
+        publics["shift"] = shift
+    elif op == "lincomb":
+        coefficients = arg_list(args, "coefficients", max_length=MAX_TERMS)
+        if len(coefficients) != len(inputs):
+            raise PartyError("one coefficient per input")
+        publics["coefficients"] = [
+            arg_int({"c": c}, "c", low=-(2**40), high=2**40) for c in coefficients
+        ]
+        publics["constant"] = arg_int(args, "constant", low=-(2**62), high=2**62)
+        publics["shift"] = shift
     elif op == "truncate":
         publics["bits"] = arg_int(args, "bits", low=0, high=62)
     try:
