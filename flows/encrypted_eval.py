@@ -2,15 +2,16 @@
 
 The level trains the MPC-friendly CNN (``mpc-cnn``) with plain PyTorch on the
 run's training data, evaluates it in plaintext, then evaluates the same model
-on the same images under MPC (``mpc.protocols.encrypted_inference``): a model owner and a
-data owner — two workers — hold secret shares of the weights and of the
-images, a third worker deals the correlated randomness, and within the
-protocol only the data owner opens the predictions. The roles are simulated,
-not separate trust domains: this coordinator trained the model and holds the
-test set, hands the model owner its weights and the data owner its images in
-the clear, and gets the predictions back from the data owner to score them
-(docs/threat-model.md). It logs both accuracies and the slowdown of encrypted
-over plaintext inference, timed in the same process.
+on the same images under MPC (``mpc.protocols.encrypted_inference``, on remote
+shared tensors). Three virtual workers take the roles: the data owner holds
+the test images and labels as its own data (this coordinator never sends
+them, and cannot read them back), the model owner holds the trained weights
+(this coordinator's, sent to it), and the dealer deals the correlated
+randomness. Only the data owner sees predictions; the coordinator learns the
+number it classified correctly. The workers live in this process, so the
+trust domains are simulated the way level 3's are (docs/threat-model.md). It
+logs both accuracies and the slowdown of encrypted over plaintext inference,
+timed in the same process.
 
 Training length: ``--rounds × --epochs`` passes (the work a FedAvg level does
 per client), capped at 120,000 samples so the full profile stays in minutes.
@@ -38,12 +39,14 @@ from mpc.protocols.encrypted_inference.coordinator import (
     EncryptedEvalResult,
     encrypted_evaluate,
 )
+from workers.core import WorkerCore
 from workers.virtual import VirtualWorker
 
 __all__ = ["encrypted_eval_flow", "training_epochs"]
 
 _MAX_TRAIN_SAMPLES = 120_000
 BATCH_SIZE = 250  # images per encrypted batch: every tensor < 32 MiB, every frame < 256 MiB
+TEST_X, TEST_Y = "data/test/x", "data/test/y"  # the data owner's own objects
 
 
 def training_epochs(cfg: ExperimentConfig, train_size: int) -> int:
@@ -79,19 +82,23 @@ def plaintext_eval(state: dict[str, torch.Tensor], test: Split) -> tuple[float, 
 @task(name="encrypted-eval", cache_policy=NO_CACHE)
 @timed_body
 def run_encrypted_eval(state: dict[str, torch.Tensor], test: Split) -> EncryptedEvalResult:
-    roles = [VirtualWorker(name) for name in ("data-owner", "model-owner", "dealer")]
+    own = {TEST_X: test.x, TEST_Y: test.y}
+    core = WorkerCore("data-owner", objects=own, private=frozenset(own))
+    data_owner = VirtualWorker("data-owner", core=core)
+    model_owner, dealer = VirtualWorker("model-owner"), VirtualWorker("dealer")
     try:
+        weights = {key: model_owner.send(value) for key, value in state.items()}
         return encrypted_evaluate(
-            state,
-            test.x,
-            test.y,
-            data_owner=roles[0],
-            model_owner=roles[1],
-            dealer=roles[2],
+            data_owner=data_owner,
+            model_owner=model_owner,
+            dealer=dealer,
+            images_id=TEST_X,
+            labels_id=TEST_Y,
+            weight_ids={key: pointer.id for key, pointer in weights.items()},
             batch_size=BATCH_SIZE,
         )
     finally:
-        for worker in roles:
+        for worker in (data_owner, model_owner, dealer):
             worker.close()
 
 

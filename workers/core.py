@@ -138,6 +138,7 @@ class WorkerCore(TrainingRequests):
             peer_secret=peer_secret,
             hold_object=self._hold,
             own_data=self._private.__contains__,
+            held_object=self._held.__contains__,
         )
 
     @classmethod

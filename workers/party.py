@@ -84,6 +84,7 @@ class Party:
         peer_secret: bytes | None = None,
         hold_object: Callable[[str, Value], None] | None = None,
         own_data: Callable[[str], bool] | None = None,
+        held_object: Callable[[str], bool] | None = None,
     ) -> None:
         if min_cohort < MIN_COHORT:
             raise WorkerError(f"a minimum cohort below {MIN_COHORT} would reveal one update")
@@ -99,6 +100,7 @@ class Party:
         self._read_object = read_object
         self._hold_object = hold_object
         self._own_data = own_data
+        self._held_object = held_object
         self._contributions = contributions
         self._vault: dict[str, Any] = {}
         # Sessions this party revealed a share of, or abandoned: never run again.
@@ -126,6 +128,10 @@ class Party:
     def is_own_data(self, obj_id: str) -> bool:
         """Whether ``obj_id`` is the worker's own data (its training or test set)."""
         return self._own_data is not None and self._own_data(obj_id)
+
+    def was_revealed(self, obj_id: str) -> bool:
+        """Whether ``obj_id`` is a value a protocol opened for this worker alone (:meth:`hold`)."""
+        return self._held_object is not None and self._held_object(obj_id)
 
     def hold(self, obj_id: str, value: Value) -> None:
         """Store ``value`` in the worker's store as opened for it alone: other party

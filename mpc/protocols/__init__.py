@@ -10,7 +10,9 @@ imports them all (:mod:`mpc.protocols.all_steps`).
 - ``secure_aggregation``: additive secret sharing among a committee;
 - ``secure_aggregation_mac``: the same with SPDZ MACs and a dealer;
 - ``he_aggregation``: CKKS aggregation with a key holder;
-- ``encrypted_inference``: two-party inference of ``mpc-cnn`` with a dealer;
+- ``remote_shares``: shared tensors that live on workers (PySyft's ``.share``);
+- ``encrypted_inference``: ``mpc-cnn`` on a data owner's images with a model
+  owner's weights, on remote shares;
 - ``sessions``: key exchange and sealing, used by all of them;
 - ``release``: abandoning a session after a dropout, used by the aggregations.
 """

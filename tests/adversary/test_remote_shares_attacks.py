@@ -11,10 +11,6 @@ the owner's generator predictable; with the product as it is, it fails.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 import torch
 
@@ -23,66 +19,11 @@ from mpc.protocols.remote_shares import COORDINATOR, ShareGroup
 from mpc.protocols.remote_shares.steps import ACCEPT, MASK, REVEAL, SPLIT
 from mpc.random import SEED_BYTES, SecureRandom, expand
 from mpc.ring import FixedPointEncoder
-from workers.codec import decode_frame
+from tests.adversary.transcripts import TappedWorker, recover
 from workers.virtual import VirtualWorker
 
 VALUE = torch.tensor([[0.75, -1.5], [2.25, 3.0]])
 ENCODING = FixedPointEncoder().encode(VALUE)
-
-
-class TappedWorker(VirtualWorker):
-    """A worker whose every request and reply the coordinator keeps (it relays them)."""
-
-    def __init__(self, worker_id: str, transcript: list[bytes]) -> None:
-        super().__init__(worker_id)
-        self.transcript = transcript
-
-    def _roundtrip(self, data: bytes) -> bytes | bytearray:
-        reply = super()._roundtrip(data)
-        self.transcript += [bytes(data), bytes(reply)]
-        return reply
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _tensors(item)
-
-
-def recover(
-    transcript: list[bytes], shape: tuple[int, ...], target: torch.Tensor = ENCODING
-) -> torch.Tensor | None:
-    """The coordinator's search: any sum of up to three ring tensors of ``shape`` that
-    it saw, read from bytes it saw, or expanded from any 32 bytes it saw as a seed
-    (streams 0-3, as the parties expand theirs), which equals the owner's encoding."""
-    candidates: list[torch.Tensor] = []
-    count = target.numel()
-    for frame in transcript:
-        _, value = decode_frame(frame)
-        for tensor in _tensors(value):
-            if tensor.dtype == torch.int64 and tuple(tensor.shape) == shape:
-                candidates.append(tensor)
-            elif tensor.dtype == torch.uint8 and tensor.ndim == 1:
-                raw = tensor.numpy().tobytes()
-                if len(raw) >= SEED_BYTES:
-                    candidates += [expand(raw[:SEED_BYTES], s, shape) for s in range(4)]
-                if len(raw) % 8 == 0 and len(raw) >= 8 * count:
-                    tail = raw[len(raw) - 8 * count :]
-                    candidates.append(torch.frombuffer(bytearray(tail), dtype=torch.int64))
-    candidates = [c.reshape(shape) for c in candidates]
-    for size in (1, 2, 3):
-        for combo in itertools.combinations(candidates, size):
-            total = torch.zeros(shape, dtype=torch.int64)
-            for part in combo:
-                total = total + part
-            if torch.equal(total, target):
-                return total
-    return None
 
 
 def _owner_product(transcript: list[bytes]) -> tuple[ShareGroup, VirtualWorker]:
@@ -100,7 +41,7 @@ def test_the_coordinators_transcript_holds_nothing_that_sums_to_the_owners_value
     transcript: list[bytes] = []
     group, _ = _owner_product(transcript)
     group.close()
-    assert recover(transcript, tuple(VALUE.shape)) is None
+    assert recover(transcript, tuple(VALUE.shape), ENCODING) is None
 
 
 def test_the_search_reads_an_unencrypted_relay(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,7 +51,7 @@ def test_the_search_reads_an_unencrypted_relay(monkeypatch: pytest.MonkeyPatch) 
     transcript: list[bytes] = []
     group, _ = _owner_product(transcript)
     group.close()
-    recovered = recover(transcript, tuple(VALUE.shape))
+    recovered = recover(transcript, tuple(VALUE.shape), ENCODING)
     assert recovered is not None and torch.equal(recovered, ENCODING)
 
 

@@ -400,8 +400,9 @@ class ShareGroup:
         self._check_open()
         key = _tuple_key(kind, shapes, kwargs)
         keys = [self._keys[w.id] for w in self.parties]
+        per_request = _tuples_per_request(dealt_shapes(kind, [tuple(s) for s in shapes], kwargs))
         while count > 0:
-            batch = min(count, MAX_DEAL)
+            batch = min(count, per_request)
             reply = self._call(
                 self.provider,
                 lambda w: w.party_op(
@@ -513,8 +514,10 @@ class ShareGroup:
         key = _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs)
         holder = self.parties[w.holder].id
         keys = [self._keys[p.id] for p in self.parties]
+        parts = dealt_shapes(kind, [tuple(s) for s in shapes], kwargs)
+        per_request = _tuples_per_request(parts)
         while count > 0:
-            batch = min(count, MAX_DEAL)
+            batch = min(count, per_request)
             reply = self._call(
                 self.provider,
                 lambda p: p.party_op(
@@ -863,6 +866,16 @@ def _held_result(op: str, inputs: Sequence[RemoteShared], parties: int) -> int |
     if op == "add_public" and holder == 0:  # party 0 adds the public value
         return holder
     return None
+
+
+_DEAL_BYTES = 64 << 20  # explicit tuple parts per deal request and reply
+
+
+def _tuples_per_request(parts: Sequence[Sequence[int]]) -> int:
+    """How many tuples one deal request asks for: each carries one explicit part (the
+    last) for one party, so a reply stays within a few tens of MB."""
+    size = 8 * math.prod(parts[-1])
+    return max(1, min(MAX_DEAL, _DEAL_BYTES // max(size, 1)))
 
 
 def _tuple_key(kind: str, shapes: Sequence[Sequence[int]], kwargs: dict[str, int]) -> str:
