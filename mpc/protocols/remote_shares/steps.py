@@ -348,8 +348,11 @@ def local_result(
         dim, start, length = publics["dim"], publics["start"], publics["length"]
         return x.narrow(dim, start, length).contiguous()
     if op == "pool_sum":  # then divided by 2^shift (two parties: local truncation)
-        n, c, h, w = x.shape
         k: int = publics["kernel"]
+        if k == 2:  # two strided adds per axis: ~3× faster than the reshaped sum
+            rows = x[:, :, 0::2, :] + x[:, :, 1::2, :]
+            return _shifted(rows[:, :, :, 0::2] + rows[:, :, :, 1::2], publics, index)
+        n, c, h, w = x.shape
         return _shifted(x.reshape(n, c, h // k, k, w // k, k).sum(dim=(3, 5)), publics, index)
     if op == "lincomb":  # Σ c_i · x_i (+ the constant, on party 0), then divided by 2^shift
         coefficients: list[int] = publics["coefficients"]
