@@ -9,6 +9,7 @@ from __future__ import annotations
 from mpc.protocols import release, sessions
 from mpc.protocols.encrypted_inference import steps as encrypted_inference
 from mpc.protocols.he_aggregation import steps as he_aggregation
+from mpc.protocols.remote_shares import dealt_steps as remote_dealt_shares
 from mpc.protocols.remote_shares import held_steps as remote_held_shares
 from mpc.protocols.remote_shares import steps as remote_shares
 from mpc.protocols.secure_aggregation import steps as secure_aggregation
@@ -18,6 +19,7 @@ __all__ = [
     "encrypted_inference",
     "he_aggregation",
     "release",
+    "remote_dealt_shares",
     "remote_held_shares",
     "remote_shares",
     "secure_aggregation",

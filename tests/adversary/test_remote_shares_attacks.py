@@ -16,7 +16,8 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.protocols.remote_shares import COORDINATOR, ShareGroup
-from mpc.protocols.remote_shares.steps import ACCEPT, MASK, REVEAL, SPLIT
+from mpc.protocols.remote_shares.dealt_steps import MASK
+from mpc.protocols.remote_shares.steps import ACCEPT, REVEAL, SPLIT
 from mpc.random import SEED_BYTES, SecureRandom, expand
 from mpc.ring import FixedPointEncoder
 from tests.adversary.transcripts import TappedWorker, recover

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import torch
 
 from mpc.errors import MPCError
+from mpc.protocols.remote_shares.dealt_steps import DEAL, FINISH, MASK
 from mpc.protocols.remote_shares.held_steps import (
     DEAL_FIXED,
     DEAL_HELD,
@@ -47,22 +48,16 @@ from mpc.protocols.remote_shares.held_steps import (
 )
 from mpc.protocols.remote_shares.steps import (
     ACCEPT,
-    BILINEAR,
-    COORDINATOR,
-    DEAL,
     DROP,
-    FINISH,
     JOIN,
     KEEP,
     LOCAL,
-    MASK,
-    MAX_DEAL,
     RECEIVE,
     REVEAL,
     SPLIT,
-    dealt_shapes,
     local_result,
 )
+from mpc.protocols.remote_shares.vault import BILINEAR, COORDINATOR, MAX_DEAL, dealt_shapes
 from mpc.protocols.sessions import KEYGEN
 from mpc.random import SecureRandom
 from mpc.ring import DEFAULT_FRACTIONAL_BITS, FixedPointEncoder
@@ -395,24 +390,26 @@ class ShareGroup:
         self, kind: str, shapes: Sequence[Sequence[int]], count: int, **kwargs: int
     ) -> None:
         """Have the provider deal ``count`` tuples of ``kind`` for operands of
-        ``shapes`` ahead of use (the offline phase), in requests of up to
-        :data:`MAX_DEAL`; operations take them before asking for fresh ones."""
+        ``shapes`` ahead of use (the offline phase); operations take them before
+        asking for fresh ones."""
         self._check_open()
+        parts = dealt_shapes(kind, [tuple(s) for s in shapes], kwargs)
         key = _tuple_key(kind, shapes, kwargs)
+        self._deal(key, parts, count, DEAL, kind=kind, shapes=[list(s) for s in shapes], **kwargs)
+
+    def _deal(
+        self, key: str, parts: Sequence[Sequence[int]], count: int, step: str, **args: Any
+    ) -> None:
+        """``count`` tuples from the provider's ``step`` into the stock under ``key``, in
+        requests whose replies stay within a few tens of MB."""
         keys = [self._keys[w.id] for w in self.parties]
-        per_request = _tuples_per_request(dealt_shapes(kind, [tuple(s) for s in shapes], kwargs))
+        per_request = _tuples_per_request(parts)
         while count > 0:
             batch = min(count, per_request)
             reply = self._call(
                 self.provider,
-                lambda w: w.party_op(
-                    DEAL,
-                    session=self.session,
-                    kind=kind,
-                    shapes=[list(s) for s in shapes],
-                    count=batch,  # noqa: B023 (called at once)
-                    public_keys=keys,
-                    **kwargs,
+                lambda p, n=batch: p.party_op(  # type: ignore[misc]
+                    step, session=self.session, count=n, public_keys=keys, **args
                 ),
             )
             tuples = reply["tuples"]
@@ -511,26 +508,11 @@ class ShareGroup:
             raise MPCError(f"{w!r} is not held by one party")
         self._fix(w)
         shapes = [list(x_shape), list(w.shape)]
-        key = _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs)
-        holder = self.parties[w.holder].id
-        keys = [self._keys[p.id] for p in self.parties]
-        parts = dealt_shapes(kind, [tuple(s) for s in shapes], kwargs)
-        per_request = _tuples_per_request(parts)
-        while count > 0:
-            batch = min(count, per_request)
-            reply = self._call(
-                self.provider,
-                lambda p: p.party_op(
-                    DEAL_HELD, session=self.session, kind=kind, shapes=shapes, w=w.id,
-                    holder=holder, count=batch, public_keys=keys, **kwargs,  # noqa: B023
-                ),
-            )  # fmt: skip
-            tuples = reply["tuples"]
-            if not isinstance(tuples, list) or len(tuples) != batch:
-                raise MPCError(f"the provider {self.provider.id!r} dealt a malformed batch")
-            self._stock[key].extend(tuples)
-            self.dealt += batch
-            count -= batch
+        self._deal(
+            _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs),
+            dealt_shapes(kind, [tuple(s) for s in shapes], kwargs), count, DEAL_HELD,
+            kind=kind, shapes=shapes, w=w.id, holder=self.parties[w.holder].id, **kwargs,
+        )  # fmt: skip
 
     def _held_product(
         self, kind: str, x: RemoteShared, w: RemoteShared, kwargs: dict[str, int]

@@ -30,16 +30,15 @@ from collections.abc import Mapping
 import torch
 
 from mpc.protocols.payloads import ring_from_bytes, tensor_bytes, wire_bytes
-from mpc.protocols.remote_shares.steps import (
+from mpc.protocols.remote_shares.dealt_steps import claim_serials, claim_tuple, require_provider
+from mpc.protocols.remote_shares.steps import local_result
+from mpc.protocols.remote_shares.vault import (
     BILINEAR,
     MAX_PARTIES,
-    MAX_SERIAL,
-    UsedSerials,
     audience_arg,
     dealt_shapes,
     group_of,
     kind_args,
-    local_result,
     opened_arg,
     party_index,
     seal_label,
@@ -94,9 +93,7 @@ def _holder(party: Party, session: str, args: Mapping[str, Value]) -> tuple[str,
 def _deal_fixed(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Provider: draw the mask b of held tensor ``id`` once; seal its seed for the holder."""
     session = session_arg(args)
-    _, provider, _ = group_of(party, session)
-    if party.worker_id != provider:
-        raise PartyError(f"{party.worker_id!r} is not the provider of session {session!r}")
+    require_provider(party, session)
     tensor_id = tensor_id_arg(args, "id")
     shape = shape_arg(args.get("shape"), "shape")
     holder, _ = _holder(party, session, args)
@@ -151,9 +148,7 @@ def _deal_held(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     """Provider: ``count`` tuples for products by held tensor ``w``: a seed (a_i, c_i)
     for every party but the holder, and the holder's c_j explicitly."""
     session = session_arg(args)
-    parties, provider, _ = group_of(party, session)
-    if party.worker_id != provider:
-        raise PartyError(f"{party.worker_id!r} is not the provider of session {session!r}")
+    parties = require_provider(party, session)
     kind, shapes, kwargs = kind_args(args)
     if kind not in BILINEAR:
         raise PartyError(f"no product by a held tensor of kind {kind!r}")
@@ -167,10 +162,7 @@ def _deal_held(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     if len(publics) != len(parties):
         raise PartyError("one public key per party")
     parts = dealt_shapes(kind, shapes, kwargs)
-    first = party.secret(f"{session}/serial") if party.has(f"{session}/serial") else 0
-    if first + count > MAX_SERIAL:
-        raise PartyError(f"session {session!r} has dealt {first} tuples: start a new group")
-    party.keep(f"{session}/serial", first + count)
+    first = claim_serials(party, session, count)
     label = _held_label(kind, shapes, kwargs, w)
     op = BILINEAR[kind]
     tuples: list[Value] = []
@@ -198,20 +190,11 @@ def _open_held(
     party: Party, session: str, args: Mapping[str, Value], holder: bool
 ) -> tuple[str, list[tuple[int, ...]], dict[str, int], str, list[torch.Tensor]]:
     """This party's part of a dealt held-product tuple: (a_i, c_i), or the holder's c_j."""
-    _, provider, _ = group_of(party, session)
     kind, shapes, kwargs = kind_args(args)
     if kind not in BILINEAR:
         raise PartyError(f"no product by a held tensor of kind {kind!r}")
     w = tensor_id_arg(args, "w")
-    serial = arg_int(args, "serial", low=0, high=MAX_SERIAL - 1)
-    used: UsedSerials = party.secret(f"{session}/used")
-    if serial in used:
-        raise PartyError(f"dealt tuple {serial} was used already: refused")
-    data = check_tensor(args.get("sealed"), "sealed", dtype=torch.uint8, ndim=1)
-    payload = open_from(
-        party, session, provider, args.get("provider_key"), tensor_bytes(data),
-        label=_held_label(kind, shapes, kwargs, w), purpose=serial,
-    )  # fmt: skip
+    payload = claim_tuple(party, session, args, _held_label(kind, shapes, kwargs, w))
     parts = dealt_shapes(kind, shapes, kwargs)
     if holder:
         values = [ring_from_bytes(payload, parts[2], "the dealt correction")]
@@ -219,7 +202,6 @@ def _open_held(
         if len(payload) != SEED_BYTES:
             raise PartyError("the dealt tuple has the wrong length")
         values = [expand(payload, 0, parts[0]), expand(payload, 2, parts[2])]
-    used.add(serial)
     return kind, shapes, kwargs, w, values
 
 
