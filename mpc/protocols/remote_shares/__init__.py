@@ -1,9 +1,14 @@
 """Shared tensors that live on workers (PySyft 0.2's ``.share(alice, bob, crypto_provider=...)``).
 
-``coordinator`` has the handles and the driver (:func:`share`, :class:`ShareGroup`,
-:class:`RemoteShared`); ``steps`` what each party, owner and the provider runs.
+The coordinator's side: ``coordinator`` (:class:`ShareGroup`: the session, its
+parties, sharing and opening; :func:`share`), ``operations`` (the group's
+requests, local steps, products and dealing) and ``tensor`` (the
+:class:`RemoteShared` handle). The workers' side: ``vault`` (what a party keeps,
+the audience rule), ``steps``, ``dealt_steps`` and ``held_steps``.
 """
 
-from mpc.protocols.remote_shares.coordinator import COORDINATOR, RemoteShared, ShareGroup, share
+from mpc.protocols.remote_shares.coordinator import ShareGroup, share
+from mpc.protocols.remote_shares.tensor import RemoteShared
+from mpc.protocols.remote_shares.vault import COORDINATOR
 
 __all__ = ["COORDINATOR", "RemoteShared", "ShareGroup", "share"]

@@ -1,0 +1,380 @@
+"""The share group's operations: requests to the parties, local steps, products, dealing.
+
+:class:`GroupOperations` is the half of :class:`~.coordinator.ShareGroup` that
+turns an operation on :class:`~.tensor.RemoteShared` handles into party steps:
+one local step for a linear operation; for a product, two rounds with a tuple
+the provider dealt (``dealt_steps``), or, by a tensor one party holds whole,
+one ring operation on each side (``held_steps``); truncation locally for two
+parties and with a dealt pair for more. The session, the parties and the
+sharing are the other half's (``coordinator``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import torch
+
+from mpc.errors import MPCError
+from mpc.protocols.remote_shares.dealt_steps import DEAL, FINISH, MASK
+from mpc.protocols.remote_shares.held_steps import (
+    DEAL_FIXED,
+    DEAL_HELD,
+    FINISH_HELD,
+    FIX,
+    FIXED,
+    MASK_HELD,
+)
+from mpc.protocols.remote_shares.steps import DROP, LOCAL
+from mpc.protocols.remote_shares.tensor import RemoteShared, held_result, result_shape
+from mpc.protocols.remote_shares.vault import BILINEAR, MAX_DEAL, dealt_shapes
+from mpc.ring import FixedPointEncoder
+from workers.base import Worker
+
+if TYPE_CHECKING:
+    from mpc.protocols.remote_shares.coordinator import ShareGroup
+
+__all__ = ["GroupOperations", "open_sum"]
+
+T = TypeVar("T")
+_DROP_BATCH = 64  # dropped ids sent in one request, with the next operation
+
+
+class GroupOperations:
+    """Requests and operations of a share group (see the module docstring)."""
+
+    parties: tuple[Worker, ...]
+    provider: Worker
+    encoder: FixedPointEncoder
+    session: str
+    closed: bool
+    dealt: int  # tuples the provider has dealt to this group
+    _keys: dict[str, torch.Tensor]
+    _stock: dict[str, deque[dict[str, Any]]]
+    _dropped: list[str]
+    _lock: threading.Lock
+    _pool: ThreadPoolExecutor | None
+    _fixed: set[str]
+    _new_id: Callable[[], str]
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise MPCError(f"share group {self.session} is closed")
+
+    # ------------------------------------------------------------ requests
+
+    def _each(self, workers: Sequence[Worker], fn: Callable[[Worker], T]) -> list[T]:
+        """``fn`` on every worker (at once with ``parallel``); the first failure is
+        raised, naming the worker, after every call has returned."""
+        if self._pool is None or len(workers) < 2:
+            results: list[T] = []
+            for worker in workers:
+                results.append(self._call(worker, fn))
+            return results
+        futures = [self._pool.submit(self._call, worker, fn) for worker in workers]
+        return [future.result() for future in futures]
+
+    def _call(self, worker: Worker, fn: Callable[[Worker], T]) -> T:
+        try:
+            return fn(worker)
+        except MPCError:
+            raise
+        except Exception as exc:
+            raise MPCError(f"party {worker.id!r} failed: {exc}") from exc
+
+    def _on_parties(
+        self, make_args: Callable[[int], dict[str, Any]], step: str
+    ) -> list[dict[str, Any]]:
+        """Party step ``step`` on every party, with the arguments ``make_args(index)``."""
+        self._flush_drops()
+        positions = {w.id: index for index, w in enumerate(self.parties)}
+        return self._each(
+            self.parties,
+            lambda w: w.party_op(step, session=self.session, **make_args(positions[w.id])),
+        )
+
+    def _release(self, tensor_id: str) -> None:
+        """A handle died: its shares are dropped with the next operation."""
+        with self._lock:
+            self._dropped.append(tensor_id)
+
+    def _flush_drops(self, force: bool = False) -> None:
+        with self._lock:
+            if not self._dropped or (len(self._dropped) < _DROP_BATCH and not force):
+                return
+            ids, self._dropped = self._dropped, []
+        for worker in self.parties:
+            if not worker.closed:
+                with contextlib.suppress(Exception):  # a dead party has forgotten them
+                    worker.party_op(DROP, session=self.session, ids=ids)
+
+    def _made(
+        self, run: Callable[[str], Any], shape: torch.Size, holder: int | None = None
+    ) -> RemoteShared:
+        """Run the steps that make a new tensor; if any fails, drop what they made."""
+        self._check_open()
+        tensor_id = self._new_id()
+        try:
+            run(tensor_id)
+        except Exception:
+            self._release(tensor_id)
+            raise
+        return RemoteShared(cast("ShareGroup", self), tensor_id, shape, holder)
+
+    # ------------------------------------------------------------ operations
+
+    def _local(
+        self,
+        op: str,
+        inputs: Sequence[RemoteShared],
+        *,
+        public: torch.Tensor | None = None,
+        **args: Any,
+    ) -> RemoteShared:
+        publics: dict[str, Any] = dict(args)
+        if public is not None:
+            publics["value"] = public
+        shape = result_shape(op, [x.shape for x in inputs], publics)
+        message = {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items()}
+        if public is not None:
+            message["value"] = public
+
+        def run(tensor_id: str) -> None:
+            ids = [x.id for x in inputs]
+            self._on_parties(
+                lambda i: {"operation": op, "inputs": ids, "out": tensor_id, **message}, LOCAL
+            )
+
+        return self._made(run, shape, held_result(op, inputs, len(self.parties)))
+
+    def prefetch(
+        self, kind: str, shapes: Sequence[Sequence[int]], count: int, **kwargs: int
+    ) -> None:
+        """Have the provider deal ``count`` tuples of ``kind`` for operands of
+        ``shapes`` ahead of use (the offline phase); operations take them before
+        asking for fresh ones."""
+        self._check_open()
+        parts = dealt_shapes(kind, [tuple(s) for s in shapes], kwargs)
+        key = _tuple_key(kind, shapes, kwargs)
+        self._deal(key, parts, count, DEAL, kind=kind, shapes=[list(s) for s in shapes], **kwargs)
+
+    def _deal(
+        self, key: str, parts: Sequence[Sequence[int]], count: int, step: str, **args: Any
+    ) -> None:
+        """``count`` tuples from the provider's ``step`` into the stock under ``key``, in
+        requests whose replies stay within a few tens of MB."""
+        keys = [self._keys[w.id] for w in self.parties]
+        per_request = _tuples_per_request(parts)
+        while count > 0:
+            batch = min(count, per_request)
+            reply = self._call(
+                self.provider,
+                lambda p, n=batch: p.party_op(  # type: ignore[misc]
+                    step, session=self.session, count=n, public_keys=keys, **args
+                ),
+            )
+            tuples = reply["tuples"]
+            if not isinstance(tuples, list) or len(tuples) != batch:
+                raise MPCError(f"the provider {self.provider.id!r} dealt a malformed batch")
+            self._stock[key].extend(tuples)
+            self.dealt += batch
+            count -= batch
+
+    def _tuple(
+        self, kind: str, shapes: Sequence[Sequence[int]], kwargs: dict[str, int]
+    ) -> dict[str, Any]:
+        key = _tuple_key(kind, shapes, kwargs)
+        if not self._stock[key]:
+            self.prefetch(kind, shapes, 1, **kwargs)
+        return self._stock[key].popleft()
+
+    def _product(
+        self, kind: str, inputs: Sequence[RemoteShared], kwargs: dict[str, int], *, scaled: bool
+    ) -> RemoteShared:
+        """A Beaver product (or square), or with kind ``trunc`` a truncation, as two
+        rounds on the parties: mask with the dealt tuple, then finish from the openings.
+
+        ``scaled``: the result carries two scales and is truncated back (locally
+        for two parties, with a dealt pair for more)."""
+        held = inputs[1].holder if len(inputs) == 2 else None
+        if kind in BILINEAR and held is not None and inputs[0].holder != held:
+            return self._held_product(kind, inputs[0], inputs[1], kwargs)
+        shapes = [tuple(x.shape) for x in inputs]
+        parts = dealt_shapes(kind, shapes, kwargs)
+        dealt = self._tuple(kind, shapes, kwargs)
+        local_truncation = scaled and len(self.parties) == 2
+        provider_key = self._keys[self.provider.id]
+        shape_args = [list(s) for s in shapes]
+        ids = [x.id for x in inputs]
+
+        def run(tensor_id: str) -> None:
+            replies = self._on_parties(
+                lambda i: {
+                    "kind": kind,
+                    "shapes": shape_args,
+                    "inputs": ids,
+                    "out": tensor_id,
+                    "serial": dealt["serial"],
+                    "sealed": dealt["sealed"][i],
+                    "provider_key": provider_key,
+                    **kwargs,
+                },
+                MASK,
+            )
+            opened = [
+                open_sum([r["masked"][j] for r in replies], shapes[j]) for j in range(len(ids))
+            ]
+            bits = self.encoder.fractional_bits if local_truncation else 0
+            self._on_parties(
+                lambda i: {"out": tensor_id, "opened": opened, "truncate": bits}, FINISH
+            )
+
+        result = self._made(run, torch.Size(parts[-1]))
+        if scaled and not local_truncation:
+            return self._truncate(result)
+        return result
+
+    def _fix(self, w: RemoteShared) -> None:
+        """Once per held tensor: the provider masks it, its holder opens f = W − b, and
+        the other parties keep f (``held_steps``)."""
+        if w.id in self._fixed:
+            return
+        assert w.holder is not None
+        holder = self.parties[w.holder]
+        reply = self._call(
+            self.provider,
+            lambda p: p.party_op(
+                DEAL_FIXED, session=self.session, id=w.id, shape=list(w.shape),
+                holder=holder.id, holder_key=self._keys[holder.id],
+            ),
+        )  # fmt: skip
+        opened = self._call(
+            holder,
+            lambda h: h.party_op(
+                FIX, session=self.session, id=w.id, sealed=reply["sealed"],
+                provider_key=self._keys[self.provider.id],
+            ),
+        )["f"]  # fmt: skip
+        self._each(
+            [p for p in self.parties if p is not holder],
+            lambda p: p.party_op(FIXED, session=self.session, id=w.id, f=opened),
+        )
+        self._fixed.add(w.id)
+
+    def prefetch_held(
+        self, kind: str, x_shape: Sequence[int], w: RemoteShared, count: int, **kwargs: int
+    ) -> None:
+        """Have the provider deal ``count`` tuples for products ``kind(x, w)`` by the held
+        tensor ``w`` ahead of use (the offline phase)."""
+        self._check_open()
+        if w.holder is None:
+            raise MPCError(f"{w!r} is not held by one party")
+        self._fix(w)
+        shapes = [list(x_shape), list(w.shape)]
+        self._deal(
+            _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs),
+            dealt_shapes(kind, [tuple(s) for s in shapes], kwargs), count, DEAL_HELD,
+            kind=kind, shapes=shapes, w=w.id, holder=self.parties[w.holder].id, **kwargs,
+        )  # fmt: skip
+
+    def _held_product(
+        self, kind: str, x: RemoteShared, w: RemoteShared, kwargs: dict[str, int]
+    ) -> RemoteShared:
+        """``kind(x, w)`` by a held ``w``: the others publish their masked shares of x,
+        the holder finishes with one ring operation (``held_steps``)."""
+        assert w.holder is not None
+        shapes = [tuple(x.shape), tuple(w.shape)]
+        out_shape = dealt_shapes(kind, shapes, kwargs)[-1]
+        key = _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs)
+        if not self._stock[key]:
+            self.prefetch_held(kind, shapes[0], w, 1, **kwargs)
+        dealt = self._stock[key].popleft()
+        j = w.holder
+        two = len(self.parties) == 2
+        common = {
+            "kind": kind, "shapes": [list(s) for s in shapes], "x": x.id, "w": w.id,
+            "holder": self.parties[j].id, "serial": dealt["serial"],
+            "provider_key": self._keys[self.provider.id],
+            "truncate": self.encoder.fractional_bits if two else 0, **kwargs,
+        }  # fmt: skip
+        others = [p for p in self.parties if p is not self.parties[j]]
+
+        def run(tensor_id: str) -> None:
+            self._flush_drops()
+            replies = self._each(
+                others,
+                lambda p: p.party_op(
+                    MASK_HELD, session=self.session, out=tensor_id,
+                    sealed=dealt["sealed"][self.parties.index(p)], **common,
+                ),
+            )  # fmt: skip
+            opened = open_sum([r["masked"] for r in replies], shapes[0])
+            self._call(
+                self.parties[j],
+                lambda h: h.party_op(
+                    FINISH_HELD, session=self.session, out=tensor_id, opened=opened,
+                    sealed=dealt["sealed"][j], **common,
+                ),
+            )  # fmt: skip
+
+        result = self._made(run, torch.Size(out_shape))
+        return result if two else self._truncate(result)
+
+    def _lincomb(
+        self, inputs: Sequence[RemoteShared], coefficients: Sequence[float], constant: float
+    ) -> RemoteShared:
+        """Σ c_i · x_i + constant for public coefficients, in one local step and one
+        truncation (in the same step for two parties)."""
+        for x in inputs[1:]:
+            inputs[0]._same_group(x)
+        bits = self.encoder.fractional_bits
+        encoded = [int(self._public(c)) for c in coefficients]
+        constant_2f = int(self._public(constant)) << bits
+        two = len(self.parties) == 2
+        result = self._local(
+            "lincomb", list(inputs), coefficients=encoded, constant=constant_2f,
+            shift=bits if two else 0,
+        )  # fmt: skip
+        return result if two else self._truncate(result)
+
+    def _truncate(self, x: RemoteShared) -> RemoteShared:
+        """x / 2^f: one local step for two parties, a dealt pair for more."""
+        bits = self.encoder.fractional_bits
+        if len(self.parties) == 2:
+            return self._local("truncate", [x], bits=bits)
+        return self._product("trunc", [x], {"bits": bits}, scaled=False)
+
+    def _public(self, value: torch.Tensor | float | int) -> torch.Tensor:
+        return self.encoder.encode(torch.as_tensor(value, dtype=torch.float64))
+
+
+_DEAL_BYTES = 64 << 20  # explicit tuple parts per deal request and reply
+
+
+def _tuples_per_request(parts: Sequence[Sequence[int]]) -> int:
+    """How many tuples one deal request asks for: each carries one explicit part (the
+    last) for one party, so a reply stays within a few tens of MB."""
+    size = 8 * math.prod(parts[-1])
+    return max(1, min(MAX_DEAL, _DEAL_BYTES // max(size, 1)))
+
+
+def _tuple_key(kind: str, shapes: Sequence[Sequence[int]], kwargs: dict[str, int]) -> str:
+    return f"{kind}|{[list(s) for s in shapes]}|{sorted(kwargs.items())}"
+
+
+def open_sum(parts: Sequence[Any], shape: Sequence[int]) -> torch.Tensor:
+    """The sum of every party's masked value (Beaver's opening), checked."""
+    total = torch.zeros(tuple(shape), dtype=torch.int64)
+    for part in parts:
+        if not isinstance(part, torch.Tensor) or part.dtype != torch.int64:
+            raise MPCError("a party answered with something other than ring elements")
+        if tuple(part.shape) != tuple(shape):
+            raise MPCError(f"a party answered shape {tuple(part.shape)}, expected {tuple(shape)}")
+        total += part
+    return total
