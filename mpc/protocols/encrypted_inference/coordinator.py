@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mpc.errors import MPCError
 from mpc.protocols.encrypted_inference.steps import SCORE
@@ -54,7 +54,6 @@ class EncryptedEvalResult:
     offline_seconds: float
     online_seconds: float
     bytes_moved: int
-    step_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
