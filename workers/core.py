@@ -288,6 +288,10 @@ class WorkerCore(TrainingRequests):
             ) from None
 
     def _tensor(self, obj_id: str, what: str) -> torch.Tensor:
+        if obj_id in self._held:  # a model trained on it could be queried for it
+            raise RequestFailure(
+                "bad_request", f"{obj_id!r} was revealed to this worker alone: party steps only"
+            )
         value = self._lookup(obj_id)
         if not isinstance(value, torch.Tensor):
             raise RequestFailure("bad_request", f"{what} {obj_id!r} is not a tensor")

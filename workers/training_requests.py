@@ -32,6 +32,7 @@ class TrainingRequests:
     _contributions: Contributions
     _models: ModelPool
     _private: frozenset[str]
+    _held: set[str]
 
     def _lookup(self, obj_id: str) -> Value:
         raise NotImplementedError
@@ -53,6 +54,10 @@ class TrainingRequests:
         if state_id in self._contributions:
             raise RequestFailure(
                 "bad_request", f"{state_id!r} is sealed for secure aggregation: party steps only"
+            )
+        if state_id in self._held:
+            raise RequestFailure(
+                "bad_request", f"{state_id!r} was revealed to this worker alone: party steps only"
             )
         state = self._lookup(state_id)
         if not isinstance(state, dict) or not all(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fl.models import build_model, get_state
 from mpc.errors import MPCError
 from mpc.protocols.remote_shares import COORDINATOR, ShareGroup
 from mpc.protocols.remote_shares.dealt_steps import MASK
@@ -21,6 +22,7 @@ from mpc.protocols.remote_shares.steps import ACCEPT, REVEAL, SPLIT
 from mpc.random import SEED_BYTES, SecureRandom, expand
 from mpc.ring import FixedPointEncoder
 from tests.adversary.transcripts import TappedWorker, recover
+from workers.pointer import Pointer
 from workers.virtual import VirtualWorker
 
 VALUE = torch.tensor([[0.75, -1.5], [2.25, 3.0]])
@@ -89,22 +91,49 @@ def test_the_search_reads_a_held_product_over_an_unencrypted_relay(
     assert recover(transcript, (2, 2), ENCODING) is not None  # e = x − a, and a's seed
 
 
-def test_a_held_tensor_is_masked_once_and_never_again() -> None:
-    """A second f = W − b' would open b' − b: the provider and the holder refuse."""
+def test_a_held_tensor_is_masked_once_and_for_its_holder_only() -> None:
+    """A second f = W − b' would open b' − b; a mask dealt for another holder would
+    have the zero-share party publish f = −b. The provider and the parties refuse."""
     alice, bob, charlie = (VirtualWorker(n) for n in ("a", "b", "c"))
     with ShareGroup([alice, bob], charlie) as group:
         w = group.share(bob.send(WEIGHTS), held=True)
         group._fix(w)
-        with pytest.raises(Exception, match="dealt already"):
+        f = bob.party_op(
+            "shares.fix", session=group.session, id=w.id,
+            sealed=torch.zeros(60, dtype=torch.uint8), provider_key=group._keys["c"],
+        )["f"]  # fmt: skip
+        assert torch.equal(f, alice.core._party.secret(f"{group.session}/fixed/{w.id}/f"))
+        with pytest.raises(Exception, match="for another holder"):
             charlie.party_op(
                 "shares.deal_fixed", session=group.session, id=w.id, shape=[2, 2],
-                holder="b", holder_key=group._keys["b"],
+                holder="a", holder_key=group._keys["a"],
             )  # fmt: skip
-        with pytest.raises(Exception, match="fixed already"):
+        with pytest.raises(Exception, match="it made f itself"):
             bob.party_op(
-                "shares.fix", session=group.session, id=w.id,
-                sealed=torch.zeros(60, dtype=torch.uint8), provider_key=group._keys["c"],
+                "shares.fixed",
+                session=group.session,
+                id=w.id,
+                f=torch.zeros(2, 2, dtype=torch.int64),
+            )
+        with pytest.raises(Exception, match="is held by 'b', not 'a'"):
+            charlie.party_op(
+                "shares.deal_held", session=group.session, kind="matmul", shapes=[[2, 2], [2, 2]],
+                w=w.id, holder="a", count=1, public_keys=[group._keys["a"], group._keys["b"]],
             )  # fmt: skip
+
+
+def test_a_value_revealed_to_a_worker_is_never_shared_again_with_others() -> None:
+    """Reveal the owner's value to it, then ask it to share that value with the
+    coordinator in the audience: it refuses (it would open what was its alone)."""
+    alice, bob, charlie = (VirtualWorker(n) for n in ("a", "b", "c"))
+    with ShareGroup([alice, bob], charlie) as group:
+        x = group.share(alice.send(VALUE), held=True)  # alice's alone
+        held = x.reveal_to(alice, obj_id="opened")
+        pointer = Pointer(alice, held, owned=False)
+        with pytest.raises(MPCError, match="only it may see it opened"):
+            group.share(pointer, audience=[alice, COORDINATOR])
+        with pytest.raises(Exception, match="revealed to this worker alone"):
+            alice.evaluate("mlp", alice.send(get_state(build_model("mlp"))), x_id=held, y_id=held)
 
 
 def _colluding_bob_and_a_guess(predictable: bool, monkeypatch: pytest.MonkeyPatch) -> bool:

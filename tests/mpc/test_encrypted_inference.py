@@ -127,6 +127,34 @@ def test_the_data_owner_scores_only_what_was_revealed_to_it(
         owner.party_op("infer.score", session="s", logits_id=crafted.id, labels_id=Y, start=0)
 
 
+def test_each_image_is_scored_once_and_counts_cover_several_images() -> None:
+    """A coordinator that shares logits of its choosing with the data owner in the
+    audience, reveals them and has them scored learns one count per image at most,
+    over at least 16 images at a time."""
+    from mpc.protocols.remote_shares import COORDINATOR, ShareGroup
+
+    owner = _data_owner(torch.zeros(40, 1, 28, 28), torch.arange(40) % 10)
+    with ShareGroup([VirtualWorker("a"), VirtualWorker("b")], VirtualWorker("c")) as group:
+
+        def crafted(rows: int, name: str) -> str:
+            guess = torch.zeros(rows, 10)
+            guess[:, 3] = 1.0
+            return group.share(guess, audience=[COORDINATOR, owner]).reveal_to(owner, obj_id=name)
+
+        with pytest.raises(Exception, match="at least 16 images"):
+            owner.party_op(
+                "infer.score", session="s", logits_id=crafted(1, "one"), labels_id=Y, start=0
+            )
+        reply = owner.party_op(
+            "infer.score", session="s", logits_id=crafted(16, "sixteen"), labels_id=Y, start=0
+        )
+        assert reply["count"] == 16
+        with pytest.raises(Exception, match="scored already"):  # another session, same images
+            owner.party_op(
+                "infer.score", session="t", logits_id=crafted(16, "again"), labels_id=Y, start=8
+            )
+
+
 def test_bad_input_is_one_clear_error(trained: dict[str, torch.Tensor], test_split: Split) -> None:
     owner = _data_owner(test_split.x[:4], test_split.y[:4])
     partial = {k: v for k, v in trained.items() if not k.startswith("fc2")}
@@ -149,7 +177,7 @@ def test_over_websocket_worker_processes_the_data_owner_evaluates_its_own_data(
         plain, logits = _plain_correct(trained, mine.x, mine.y)
         result = _evaluate(
             trained, data_owner, model_owner, dealer, images_id=TRAIN_X_ID, labels_id=TRAIN_Y_ID,
-            batch_size=4, parallel=True,
+            batch_size=10, parallel=True,
         )  # fmt: skip
     assert result.num_images == len(mine)
     assert abs(result.correct - plain) <= _near_ties(logits)

@@ -144,6 +144,14 @@ def test_int_multiplication_is_exact_and_public_values_need_no_party_round() -> 
         assert group.dealt == 0  # linear operations use no dealt tuple
 
 
+def test_small_public_factors_keep_their_precision(group: ShareGroup) -> None:
+    """1/3000 encoded with 2^16 alone is 22 units, 0.8% off; the result must be exact
+    to a few units of 2^-16 relative to the factor."""
+    x = torch.full((4,), 3000.0)
+    _close((group.share(x) / 3000).get(), torch.ones(4, dtype=torch.float64), 4)
+    _close((group.share(x) * 0.001).get(), torch.full((4,), 3.0, dtype=torch.float64), 4)
+
+
 def test_prefetched_tuples_are_used_before_fresh_ones() -> None:
     with ShareGroup(_workers("a", "b"), VirtualWorker("p")) as group:
         x = group.share(torch.ones(2, 2))
@@ -203,7 +211,7 @@ def test_a_workers_own_data_is_never_shared_with_a_wider_audience() -> None:
         from workers.pointer import Pointer
 
         pointer = Pointer(owner, "data/x")
-        with pytest.raises(MPCError, match="own data"):
+        with pytest.raises(MPCError, match="only it may see it opened"):
             group.share(pointer, audience=[owner, COORDINATOR])
         x = group.share(pointer)  # its owner alone: allowed
         with pytest.raises(MPCError, match="may not see"):

@@ -17,10 +17,10 @@ from mpc.protocols.payloads import ring_from_bytes, take_secret, tensor_bytes, w
 from mpc.protocols.remote_shares.steps import local_result
 from mpc.protocols.remote_shares.vault import (
     BILINEAR,
-    MAX_DEAL,
     MAX_PARTIES,
     MAX_SERIAL,
     UsedSerials,
+    deal_count,
     dealt_shapes,
     group_of,
     kind_args,
@@ -69,11 +69,11 @@ def _deal(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     session = session_arg(args)
     parties = require_provider(party, session)
     kind, shapes, kwargs = kind_args(args)
-    count = arg_int(args, "count", low=1, high=MAX_DEAL)
+    parts = dealt_shapes(kind, shapes, kwargs)
+    count = deal_count(args, parts)
     publics = arg_list(args, "public_keys", max_length=MAX_PARTIES)
     if len(publics) != len(parties):
         raise PartyError("one public key per party")
-    parts = dealt_shapes(kind, shapes, kwargs)
     first = claim_serials(party, session, count)
     label = tuple_label(kind, shapes, kwargs)
     tuples: list[Value] = []

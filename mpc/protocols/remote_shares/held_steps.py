@@ -17,9 +17,10 @@ changes, and every product has fresh a and c. (fedsim's encrypted inference
 used the same construction for its fixed two roles.) The coordinator sees f
 and the e_i, masked by b and a, which only the provider knows.
 
-Vault keys under ``<session>/``: ``fixed/<id>/b`` (the holder's mask of held
-tensor ``id``), ``fixed/<id>/f`` (the others' opened f); provider:
-``fixed/<id>`` (b itself, kept to deal every product's c).
+Vault keys under ``<session>/``: ``fixed/<id>/b`` and ``fixed/<id>/f`` (the
+holder's mask of held tensor ``id`` and the f it opened), ``fixed/<id>/f`` (the
+others' copy of f); provider: ``fixed/<id>`` (the holder, the seed and b,
+kept to deal every product's c for that holder only).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mpc.protocols.remote_shares.vault import (
     BILINEAR,
     MAX_PARTIES,
     audience_arg,
+    deal_count,
     dealt_shapes,
     group_of,
     kind_args,
@@ -91,30 +93,37 @@ def _holder(party: Party, session: str, args: Mapping[str, Value]) -> tuple[str,
 
 
 def _deal_fixed(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Provider: draw the mask b of held tensor ``id`` once; seal its seed for the holder."""
+    """Provider: draw the mask b of held tensor ``id`` once, for its holder; seal its
+    seed for the holder (again, the same seed, if a first delivery was lost)."""
     session = session_arg(args)
     require_provider(party, session)
     tensor_id = tensor_id_arg(args, "id")
     shape = shape_arg(args.get("shape"), "shape")
     holder, _ = _holder(party, session, args)
-    if party.has(f"{session}/fixed/{tensor_id}"):
-        raise PartyError(f"the mask of {tensor_id!r} was dealt already")
-    seed = os.urandom(SEED_BYTES)
-    party.keep(f"{session}/fixed/{tensor_id}", expand(seed, 0, shape))
+    key = f"{session}/fixed/{tensor_id}"
+    if party.has(key):
+        kept_holder, seed, b = party.secret(key)
+        if kept_holder != holder or tuple(b.shape) != shape:
+            raise PartyError(f"the mask of {tensor_id!r} was dealt already, for another holder")
+    else:
+        seed = os.urandom(SEED_BYTES)
+        party.keep(key, (holder, seed, expand(seed, 0, shape)))
     label = seal_label("fixed", tensor_id, list(shape))
     sealed = seal_for(party, session, holder, args.get("holder_key"), seed, label=label)
     return {"sealed": wire_bytes(sealed)}
 
 
 def _fix(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """Holder: open the mask b of its held tensor and publish f = W − b, once."""
+    """Holder: open the mask b of its held tensor and publish f = W − b — once: asked
+    again, it answers the same f (a second b would open b − b')."""
     session = session_arg(args)
     _, provider, _ = group_of(party, session)
     party_index(party, session)
     tensor_id = tensor_id_arg(args, "id")
     value, _ = share_of(party, session, tensor_id)
-    if party.has(f"{session}/fixed/{tensor_id}/b"):
-        raise PartyError(f"{tensor_id!r} was fixed already")
+    key = f"{session}/fixed/{tensor_id}/f"
+    if party.has(key):
+        return {"f": party.secret(key)}
     data = check_tensor(args.get("sealed"), "sealed", dtype=torch.uint8, ndim=1)
     seed = open_from(
         party, session, provider, args.get("provider_key"), tensor_bytes(data),
@@ -123,8 +132,10 @@ def _fix(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     if len(seed) != SEED_BYTES:
         raise PartyError("the provider's seed has the wrong length")
     b = expand(seed, 0, value.shape)
+    f = value - b
     party.keep(f"{session}/fixed/{tensor_id}/b", b)
-    return {"f": value - b}
+    party.keep(key, f)
+    return {"f": f}
 
 
 def _fixed(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -134,10 +145,21 @@ def _fixed(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     tensor_id = tensor_id_arg(args, "id")
     value, _ = share_of(party, session, tensor_id)
     f = opened_arg(args.get("f"), tuple(value.shape), "f")
-    if party.has(f"{session}/fixed/{tensor_id}/f"):
-        raise PartyError(f"{tensor_id!r} was fixed already")
-    party.keep(f"{session}/fixed/{tensor_id}/f", f.clone())
+    if party.has(f"{session}/fixed/{tensor_id}/b"):
+        raise PartyError(f"{party.worker_id!r} holds {tensor_id!r}: it made f itself")
+    key = f"{session}/fixed/{tensor_id}/f"
+    if party.has(key):
+        if not torch.equal(party.secret(key), f):
+            raise PartyError(f"{tensor_id!r} was fixed already, with another f")
+        return {"fixed": True}
+    party.keep(key, f.clone())
     return {"fixed": True}
+
+
+def _mask_of(party: Party, session: str, w: str) -> tuple[str, torch.Tensor]:
+    """Provider: the holder of held tensor ``w`` and its mask b, as dealt."""
+    holder, _, b = party.secret(f"{session}/fixed/{w}")
+    return holder, b
 
 
 def _held_label(kind: str, shapes: list[tuple[int, ...]], kwargs: Mapping[str, int], w: str) -> str:
@@ -154,14 +176,16 @@ def _deal_held(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         raise PartyError(f"no product by a held tensor of kind {kind!r}")
     w = tensor_id_arg(args, "w")
     _, j = _holder(party, session, args)
-    b: torch.Tensor = party.secret(f"{session}/fixed/{w}")
+    holder, b = _mask_of(party, session, w)
+    if holder != parties[j]:
+        raise PartyError(f"{w!r} is held by {holder!r}, not {parties[j]!r}")
     if tuple(b.shape) != shapes[1]:
         raise PartyError(f"{w!r} has shape {tuple(b.shape)}, not {shapes[1]}")
-    count = arg_int(args, "count", low=1, high=256)
+    parts = dealt_shapes(kind, shapes, kwargs)
+    count = deal_count(args, parts)
     publics = arg_list(args, "public_keys", max_length=MAX_PARTIES)
     if len(publics) != len(parties):
         raise PartyError("one public key per party")
-    parts = dealt_shapes(kind, shapes, kwargs)
     first = claim_serials(party, session, count)
     label = _held_label(kind, shapes, kwargs, w)
     op = BILINEAR[kind]

@@ -343,9 +343,9 @@ class GroupOperations:
         )  # fmt: skip
         return result if two else self._truncate(result)
 
-    def _truncate(self, x: RemoteShared) -> RemoteShared:
-        """x / 2^f: one local step for two parties, a dealt pair for more."""
-        bits = self.encoder.fractional_bits
+    def _truncate(self, x: RemoteShared, bits: int | None = None) -> RemoteShared:
+        """x / 2^bits (default f): one local step for two parties, a dealt pair for more."""
+        bits = self.encoder.fractional_bits if bits is None else bits
         if len(self.parties) == 2:
             return self._local("truncate", [x], bits=bits)
         return self._product("trunc", [x], {"bits": bits}, scaled=False)

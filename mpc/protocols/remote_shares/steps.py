@@ -110,8 +110,10 @@ def _split(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     obj_id = arg_str(args, "obj_id")
     tensor_id = tensor_id_arg(args, "id")
     audience = audience_arg(args)
-    if party.is_own_data(obj_id) and audience != {party.worker_id}:
-        raise PartyError(f"{obj_id!r} is this worker's own data: only it may see it opened")
+    if (party.is_own_data(obj_id) or party.was_revealed(obj_id)) and audience != {party.worker_id}:
+        # Its own data, or a value opened for it alone: sharing either with a wider
+        # audience would let that audience open it.
+        raise PartyError(f"{obj_id!r} is this worker's alone: only it may see it opened")
     value = party.read_object(obj_id)
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         raise PartyError(f"{obj_id!r} is not a float tensor")

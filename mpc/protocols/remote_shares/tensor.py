@@ -17,7 +17,7 @@ import torch
 
 from mpc.errors import MPCError
 from mpc.protocols.remote_shares.steps import local_result
-from mpc.protocols.remote_shares.vault import dealt_shapes
+from mpc.protocols.remote_shares.vault import MAX_ELEMENTS, dealt_shapes
 from workers.base import Worker
 
 if TYPE_CHECKING:
@@ -129,6 +129,15 @@ class RemoteShared:
         if isinstance(other, int) and not isinstance(other, bool):
             # An integer multiplies each share exactly: no rescaling.
             return self.group._local("mul_public", [self], public=torch.tensor(other))
+        scalar = isinstance(other, float) or (isinstance(other, torch.Tensor) and other.ndim == 0)
+        extra = _extra_bits(float(other)) if scalar else 0
+        if extra:
+            # A small public factor encoded with 2^f alone would lose its digits
+            # (1/3000 is 22 units): encode it with `extra` more bits, shift them off.
+            bits = self.group.encoder.fractional_bits + extra
+            encoded = torch.tensor(round(float(other) * 2.0**bits), dtype=torch.int64)
+            product = self.group._local("mul_public", [self], public=encoded)
+            return self.group._truncate(product, bits)
         product = self.group._local("mul_public", [self], public=self.group._public(other))
         return self.group._truncate(product)
 
@@ -274,7 +283,18 @@ def result_shape(op: str, shapes: Sequence[torch.Size], publics: dict[str, Any])
         kernel = values["kernel"]
         return torch.Size((n, c, h // kernel, w // kernel))
     try:
-        return local_result(op, metas, values, 0).shape
+        shape = local_result(op, metas, values, 0).shape
     except RuntimeError as exc:
         described = " and ".join(str(tuple(s)) for s in shapes)
         raise MPCError(f"{op} of shapes {described}: {exc}") from None
+    if shape.numel() > MAX_ELEMENTS:
+        raise MPCError(f"{op} would make a tensor of shape {tuple(shape)}: too large")
+    return shape
+
+
+def _extra_bits(factor: float) -> int:
+    """Bits beyond 2^f that keep a public factor below one as precise as one is
+    (at most 16 more): its encoding then stays within 2^f, as 1's does."""
+    if factor == 0 or abs(factor) >= 1:
+        return 0
+    return min(16, max(0, -math.frexp(abs(factor))[1]))

@@ -28,6 +28,7 @@ computation itself need a fixed protocol, such as encrypted inference).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "BILINEAR",
     "COORDINATOR",
     "MAX_DEAL",
+    "MAX_DEAL_BYTES",
     "MAX_DIMS",
     "MAX_ELEMENTS",
     "MAX_PARTIES",
@@ -55,6 +57,7 @@ __all__ = [
     "UsedSerials",
     "audience_arg",
     "conv_kwargs",
+    "deal_count",
     "dealt_shapes",
     "group_of",
     "ids_arg",
@@ -75,6 +78,9 @@ MAX_PARTIES = 16
 MAX_DIMS = 8
 MAX_ELEMENTS = 1 << 26  # per tensor: bounds what one request can make a party allocate
 MAX_DEAL = 256  # tuples per deal request
+MAX_DEAL_BYTES = (
+    256 << 20
+)  # explicit parts per deal reply: bounds what a request makes a provider build
 MAX_SERIAL = 2**32  # tuples per session: a serial is the AEAD purpose of its sealing
 
 # What a dealt tuple serves: its kind and the bilinear map c = op(a, b).
@@ -197,12 +203,30 @@ def dealt_shapes(
     kind: str, shapes: Sequence[tuple[int, ...]], kwargs: Mapping[str, int]
 ) -> list[tuple[int, ...]]:
     """The shapes of a tuple's parts: (a, b, c) for a product, (a, a²) for a
-    square pair, (r, r >> bits) for a truncation pair."""
+    square pair, (r, r >> bits) for a truncation pair; each within
+    :data:`MAX_ELEMENTS` (a product's output is bounded as its inputs are)."""
     if kind in BILINEAR:
         a = torch.empty(shapes[0], device="meta")
         b = torch.empty(shapes[1], device="meta")
-        return [shapes[0], shapes[1], tuple(BILINEAR[kind](a, b, **kwargs).shape)]
-    return [shapes[0], shapes[0]]
+        try:
+            out = tuple(BILINEAR[kind](a, b, **kwargs).shape)
+        except RuntimeError as exc:
+            raise PartyError(f"{kind} of {shapes[0]} by {shapes[1]}: {exc}") from None
+        parts = [shapes[0], shapes[1], out]
+    else:
+        parts = [shapes[0], shapes[0]]
+    if math.prod(parts[-1]) > MAX_ELEMENTS:
+        raise PartyError(f"a {kind} result of shape {parts[-1]} is too large")
+    return parts
+
+
+def deal_count(args: Mapping[str, Value], parts: Sequence[tuple[int, ...]]) -> int:
+    """How many tuples a deal request asks for, within :data:`MAX_DEAL` and
+    :data:`MAX_DEAL_BYTES` of explicit parts."""
+    count = arg_int(args, "count", low=1, high=MAX_DEAL)
+    if count * 8 * math.prod(parts[-1]) > MAX_DEAL_BYTES:
+        raise PartyError(f"{count} tuples of {parts[-1]} exceed {MAX_DEAL_BYTES >> 20} MiB a reply")
+    return count
 
 
 def kind_args(args: Mapping[str, Value]) -> tuple[str, list[tuple[int, ...]], dict[str, int]]:
