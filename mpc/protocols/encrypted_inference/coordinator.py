@@ -132,14 +132,16 @@ def encrypted_evaluate(
             offline += time.perf_counter() - dealt
             logits = _forward(images.narrow(0, first, size), w, poly)
             held = logits.reveal_to(data_owner, obj_id=f"infer/{group.session}/{first}")
-            reply = data_owner.party_op(
-                SCORE, session=group.session, logits_id=held, labels_id=labels_id, start=first
-            )
+            try:
+                reply = data_owner.party_op(
+                    SCORE, session=group.session, logits_id=held, labels_id=labels_id, start=first
+                )
+            finally:
+                data_owner.delete([held])  # the coordinator may free it, never read it
             scored = reply["correct"]
             if not isinstance(scored, int) or not 0 <= scored <= size:
                 raise MPCError(f"the data owner scored {scored!r} of {size} images")
             correct += scored
-            data_owner.delete([held])  # the coordinator may free it, never read it
         end = time.perf_counter()
     moved = sum(w.bytes_sent + w.bytes_received for w in workers) - traffic
     return EncryptedEvalResult(

@@ -325,10 +325,13 @@ def share(
     audience: Sequence[Worker | str] | None = None,
 ) -> RemoteShared:
     """Share ``value`` among ``parties``, with ``provider`` dealing: the group of
-    these workers is made on first use and reused (``ShareGroup.share``)."""
+    these workers is made on first use and reused until it is closed
+    (``ShareGroup.share``; ``x.group.close()`` makes the workers forget it)."""
+    for stale in [k for k, g in _GROUPS.items() if g.closed]:
+        del _GROUPS[stale]  # closed groups hold their workers no longer
     key = (tuple(id(w) for w in parties), id(provider))
     group = _GROUPS.get(key)
-    if group is None or group.closed:
+    if group is None:
         group = ShareGroup(parties, provider)
         _GROUPS[key] = group
     return group.share(value, audience=audience)
