@@ -163,6 +163,36 @@ def test_prefetched_tuples_are_used_before_fresh_ones() -> None:
         _close(x.get(), torch.full((2, 2), 128.0, dtype=torch.float64), 50)
 
 
+def test_prefetch_for_deals_what_a_computation_takes_before_it_runs(group: ShareGroup) -> None:
+    gen = torch.Generator().manual_seed(6)
+    x, w, b = torch.randn(4, 6, generator=gen), torch.randn(6, 3, generator=gen), torch.randn(3)
+    sx, sw = group.share(x), group.share(w)
+    owner = group.parties[1]
+    held = group.share(
+        owner.send(torch.randn(3, 2, generator=gen)), held=True, audience=[owner, COORDINATOR]
+    )
+    secrets_before = _secrets(*group.parties)  # type: ignore[arg-type]
+
+    def computation() -> RemoteShared:
+        return ((sx @ sw + b).square() / 3) @ held
+
+    dealt = group.prefetch_for(computation, times=2)
+    assert dealt == group.dealt and dealt > 0
+    assert _secrets(*group.parties) >= secrets_before  # tracing made nothing on the parties
+    first, second = computation(), computation()
+    assert group.dealt == dealt  # both runs took dealt tuples only
+    plain = ((x.double() @ w.double() + b.double()) ** 2 / 3) @ held.get()
+    _close(first.get(), plain, 50)
+    _close(second.get(), plain, 50)
+
+
+def test_a_traced_computation_cannot_open_a_value(group: ShareGroup) -> None:
+    x = group.share(torch.ones(2))
+    with pytest.raises(MPCError, match="cannot open a value"):
+        group.prefetch_for(lambda: (x * x).get())
+    _close((x * x).get(), torch.ones(2, dtype=torch.float64), 4)  # planning is over
+
+
 def test_the_share_function_reuses_one_group_for_the_same_workers() -> None:
     alice, bob, charlie = _workers("alice", "bob", "charlie")
     x = share(torch.tensor([1.0, 2.0]), parties=[alice, bob], provider=charlie)

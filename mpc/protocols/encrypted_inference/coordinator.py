@@ -72,17 +72,6 @@ def _forward(
     return x @ w["fc2.weight.t"] + w["fc2.bias"]
 
 
-def _deal_batch(group: ShareGroup, w: Mapping[str, RemoteShared], batch: int) -> None:
-    """The tuples one batch of ``batch`` images uses: one per layer and activation."""
-    conv = {"stride": 1, "padding": 2}
-    group.prefetch_held("conv2d", (batch, *_IMAGE), w["conv1.weight"], 1, **conv)
-    group.prefetch_held("conv2d", (batch, 16, 14, 14), w["conv2.weight"], 1, **conv)
-    group.prefetch_held("matmul", (batch, 32 * 7 * 7), w["fc1.weight.t"], 1)
-    group.prefetch_held("matmul", (batch, 128), w["fc2.weight.t"], 1)
-    for shape in ((batch, 16, 28, 28), (batch, 32, 14, 14), (batch, 128)):
-        group.prefetch("square", [shape], 1)
-
-
 def encrypted_evaluate(
     *,
     data_owner: Worker,
@@ -128,9 +117,13 @@ def encrypted_evaluate(
             # Each batch's tuples are dealt just before it runs (the offline phase,
             # timed apart): dealing them all ahead would hold every batch's at once.
             dealt = time.perf_counter()
-            _deal_batch(group, w, size)
+
+            def batch(first: int = first, size: int = size) -> RemoteShared:
+                return _forward(images.narrow(0, first, size), w, poly)
+
+            group.prefetch_for(batch)
             offline += time.perf_counter() - dealt
-            logits = _forward(images.narrow(0, first, size), w, poly)
+            logits = batch()
             held = logits.reveal_to(data_owner, obj_id=f"infer/{group.session}/{first}")
             try:
                 reply = data_owner.party_op(

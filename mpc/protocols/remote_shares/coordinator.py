@@ -133,6 +133,10 @@ class ShareGroup(GroupOperations):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
+    def _not_planning(self) -> None:
+        if self._planning is not None:
+            raise MPCError("a computation traced by prefetch_for cannot open a value")
+
     def _new_id(self) -> str:
         return f"t{next(self._ids)}"
 
@@ -289,6 +293,7 @@ class ShareGroup(GroupOperations):
         """``x`` opened to the coordinator (float64); refused by the parties unless
         the coordinator is in its audience."""
         self._check_open()
+        self._not_planning()
         replies = self._on_parties(lambda i: {"id": x.id, "to": COORDINATOR}, REVEAL)
         total = open_sum([r["share"] for r in replies], tuple(x.shape))
         return self.encoder.decode(total)
@@ -297,6 +302,7 @@ class ShareGroup(GroupOperations):
         """``x`` opened to ``worker`` alone: every party seals its share for it, and
         it holds the value as ``obj_id`` (which the coordinator cannot fetch)."""
         self._check_open()
+        self._not_planning()
         key = self._keygen(worker)
         replies = self._on_parties(lambda i: {"id": x.id, "to": worker.id, "to_key": key}, REVEAL)
         obj_id = obj_id or f"revealed/{self.session}/{x.id}"

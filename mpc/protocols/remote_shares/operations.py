@@ -62,6 +62,8 @@ class GroupOperations:
     _pool: ThreadPoolExecutor | None
     _fixed: set[str]
     _new_id: Callable[[], str]
+    # While prefetch_for traces a computation: tuples counted and how to deal them.
+    _planning: tuple[dict[str, int], dict[str, Callable[[int], None]]] | None = None
 
     def _check_open(self) -> None:
         if self.closed:
@@ -117,9 +119,14 @@ class GroupOperations:
     def _made(
         self, run: Callable[[str], Any], shape: torch.Size, holder: int | None = None
     ) -> RemoteShared:
-        """Run the steps that make a new tensor; if any fails, drop what they made."""
+        """Run the steps that make a new tensor; if any fails, drop what they made.
+        While planning (:meth:`prefetch_for`) nothing runs: the handle is a shape."""
         self._check_open()
         tensor_id = self._new_id()
+        if self._planning is not None:
+            handle = RemoteShared(cast("ShareGroup", self), tensor_id, shape, holder)
+            handle._finalizer.detach()  # nothing to drop: no party made it
+            return handle
         try:
             run(tensor_id)
         except Exception:
@@ -190,9 +197,40 @@ class GroupOperations:
         self, kind: str, shapes: Sequence[Sequence[int]], kwargs: dict[str, int]
     ) -> dict[str, Any]:
         key = _tuple_key(kind, shapes, kwargs)
+        if self._planning is not None:
+            return self._plan(key, lambda n: self.prefetch(kind, shapes, n, **kwargs))
         if not self._stock[key]:
             self.prefetch(kind, shapes, 1, **kwargs)
         return self._stock[key].popleft()
+
+    def _plan(self, key: str, deal: Callable[[int], None]) -> dict[str, Any]:
+        """Count one tuple of ``key`` for the computation being planned."""
+        assert self._planning is not None
+        counts, dealers = self._planning
+        counts[key] = counts.get(key, 0) + 1
+        dealers[key] = deal
+        return {"serial": -1, "sealed": []}
+
+    def prefetch_for(self, computation: Callable[[], object], times: int = 1) -> int:
+        """Have the provider deal every tuple ``computation`` (a function of this
+        group's tensors) will take, ``times`` over, before it runs: it is traced
+        once on the handles' shapes, asking no party anything, and must not open
+        a value. Returns how many tuples were dealt."""
+        self._check_open()
+        if self._planning is not None:
+            raise MPCError("prefetch_for does not nest")
+        self._planning = ({}, {})
+        try:
+            computation()
+        finally:
+            counts, dealers = self._planning
+            self._planning = None
+        before = self.dealt
+        for key, count in counts.items():
+            missing = count * times - len(self._stock[key])
+            if missing > 0:
+                dealers[key](missing)
+        return self.dealt - before
 
     def _product(
         self, kind: str, inputs: Sequence[RemoteShared], kwargs: dict[str, int], *, scaled: bool
@@ -292,9 +330,12 @@ class GroupOperations:
         shapes = [tuple(x.shape), tuple(w.shape)]
         out_shape = dealt_shapes(kind, shapes, kwargs)[-1]
         key = _tuple_key(f"held:{w.id}:{kind}", shapes, kwargs)
-        if not self._stock[key]:
-            self.prefetch_held(kind, shapes[0], w, 1, **kwargs)
-        dealt = self._stock[key].popleft()
+        if self._planning is not None:
+            dealt = self._plan(key, lambda n: self.prefetch_held(kind, shapes[0], w, n, **kwargs))
+        else:
+            if not self._stock[key]:
+                self.prefetch_held(kind, shapes[0], w, 1, **kwargs)
+            dealt = self._stock[key].popleft()
         j = w.holder
         two = len(self.parties) == 2
         common = {
