@@ -2,8 +2,9 @@
 
 The coordinator's side: ``coordinator`` (:class:`ShareGroup`: the session, its
 parties, sharing and opening; :func:`share`), ``operations`` (the group's
-requests, local steps, products and dealing) and ``tensor`` (the
-:class:`RemoteShared` handle). The workers' side: ``vault`` (what a party keeps,
+requests, local steps and products), ``dealing`` (the provider's tuples, dealt
+ahead or for a traced computation) and ``tensor`` (the :class:`RemoteShared`
+handle). The workers' side: ``vault`` (what a party keeps,
 the audience rule), ``steps``, ``dealt_steps`` and ``held_steps``.
 """
 
