@@ -17,19 +17,15 @@ on they never leave it. Writes a markdown table and the raw figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import os
-import shlex
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from provenance import source
+from provenance import run_facts
 from table import write_table
+from transports import workers_over
 
 from fedsim.cli import quiet_defaults
 
@@ -37,13 +33,9 @@ quiet_defaults()
 
 from fl.data import load_split  # noqa: E402
 from fl.models import build_model, get_state  # noqa: E402
-from fl.partition import Partitioning  # noqa: E402
 from fl.training import TrainConfig, train_local  # noqa: E402
 from mpc.protocols.encrypted_inference.coordinator import encrypted_evaluate  # noqa: E402
-from workers.base import Worker  # noqa: E402
-from workers.launcher import LocalWorkerPool, WorkerSpec  # noqa: E402
 from workers.memory import tune_malloc  # noqa: E402
-from workers.virtual import VirtualWorker  # noqa: E402
 
 
 def _plain(model: torch.nn.Module, x: torch.Tensor, batch: int) -> tuple[float, torch.Tensor]:
@@ -52,18 +44,6 @@ def _plain(model: torch.nn.Module, x: torch.Tensor, batch: int) -> tuple[float, 
     with torch.inference_mode():
         logits = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
     return time.perf_counter() - start, logits
-
-
-@contextlib.contextmanager
-def _roles(transport: str, threads: int) -> Iterator[list[Worker]]:
-    if transport == "virtual":
-        yield [VirtualWorker(name) for name in ("data-owner", "model-owner", "dealer")]
-        return
-    partitioning = Partitioning("fashion-mnist", "iid", 3, 0, 30)
-    spec = WorkerSpec(partitioning=partitioning, data_dir=None, threads=threads)
-    with LocalWorkerPool(spec, request_timeout=600) as pool:
-        assert pool.fleet is not None
-        yield list(pool.fleet.clients)
 
 
 def main() -> None:
@@ -94,7 +74,8 @@ def main() -> None:
     logits = runs[0][1]
     plain_correct = int((logits.argmax(dim=1) == test.y).sum())
 
-    with _roles(args.transport, args.worker_threads) as (data_owner, model_owner, dealer):
+    roles = workers_over(args.transport, 3, threads=args.worker_threads)
+    with roles as (data_owner, model_owner, dealer):
         images, labels = data_owner.send(test.x), data_owner.send(test.y)
         weights = {key: model_owner.send(value) for key, value in state.items()}
         result = encrypted_evaluate(
@@ -110,13 +91,7 @@ def main() -> None:
     best = min(plain_seconds)
     n = len(test)
     facts = {
-        "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "source": source(),
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
+        **run_facts(load_before),
         "transport": args.transport,
         "images": n,
         "plaintext_seconds": plain_seconds,

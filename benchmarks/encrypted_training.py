@@ -16,46 +16,26 @@ the true-sigmoid training.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import os
-import shlex
 import statistics
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import source
+from provenance import run_facts
 from table import write_table
+from transports import workers_over
 
 from fedsim.cli import quiet_defaults
 
 quiet_defaults()
 
-from fl.partition import Partitioning  # noqa: E402
 from fl.tabular import breast_cancer  # noqa: E402
 from mpc.encrypted_training import LogisticSGD, train_plain, train_shared  # noqa: E402
 from mpc.protocols.remote_shares import COORDINATOR, ShareGroup  # noqa: E402
-from workers.base import Worker  # noqa: E402
-from workers.launcher import LocalWorkerPool, WorkerSpec  # noqa: E402
 from workers.memory import tune_malloc  # noqa: E402
-from workers.virtual import VirtualWorker  # noqa: E402
-
-
-@contextlib.contextmanager
-def _workers(transport: str, count: int) -> Iterator[list[Worker]]:
-    if transport == "virtual":
-        yield [VirtualWorker(f"w{i}") for i in range(count)]
-        return
-    partitioning = Partitioning("fashion-mnist", "iid", count, 0, 10 * count)
-    spec = WorkerSpec(partitioning=partitioning, data_dir=None, threads=1)
-    with LocalWorkerPool(spec, request_timeout=120) as pool:
-        assert pool.fleet is not None
-        yield list(pool.fleet.clients)
 
 
 def _accuracy(weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -83,7 +63,7 @@ def main() -> None:
                 start = time.perf_counter()
                 train_plain(data.x_train, data.y_train, one_epoch, exact=False)
                 plain_seconds.append(time.perf_counter() - start)
-            with _workers(transport, parties + 2) as workers:
+            with workers_over(transport, parties + 2) as workers:
                 owner, provider = workers[parties], workers[parties + 1]
                 parallel = transport != "virtual"
                 with ShareGroup(workers[:parties], provider, parallel=parallel) as group:
@@ -116,13 +96,7 @@ def main() -> None:
             )
             print(f"{transport} {parties}P: {total / args.epochs:.2f} s/epoch", flush=True)
     facts = {
-        "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "source": source(),
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
+        **run_facts(load_before),
         "rows": rows,
     }
     args.out_prefix.parent.mkdir(parents=True, exist_ok=True)

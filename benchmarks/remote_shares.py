@@ -15,33 +15,26 @@ medians, online against plaintext.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import os
-import shlex
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from provenance import source
+from provenance import run_facts
 from table import write_table
+from transports import workers_over
 
 from fedsim.cli import quiet_defaults
 
 quiet_defaults()
 
-from fl.partition import Partitioning  # noqa: E402
 from mpc.protocols.remote_shares import RemoteShared, ShareGroup  # noqa: E402
-from workers.base import Worker  # noqa: E402
-from workers.launcher import LocalWorkerPool, WorkerSpec  # noqa: E402
 from workers.memory import tune_malloc  # noqa: E402
-from workers.virtual import VirtualWorker  # noqa: E402
 
 N = 256
 IMAGES, FILTERS = (8, 1, 28, 28), (8, 1, 5, 5)
@@ -90,18 +83,6 @@ def _prefetch(group: ShareGroup, name: str, kind: str | None, count: int) -> flo
     return time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def _workers(transport: str, count: int) -> Iterator[list[Worker]]:
-    if transport == "virtual":
-        yield [VirtualWorker(f"w{i}") for i in range(count)]
-        return
-    partitioning = Partitioning("fashion-mnist", "iid", count, 0, 10 * count)
-    spec = WorkerSpec(partitioning=partitioning, data_dir=None, threads=1)
-    with LocalWorkerPool(spec, request_timeout=120) as pool:
-        assert pool.fleet is not None
-        yield list(pool.fleet.clients)
-
-
 def _measure(transport: str, parties: int, repeats: int) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(N, N, generator=gen), torch.randn(N, N, generator=gen)
@@ -109,7 +90,7 @@ def _measure(transport: str, parties: int, repeats: int) -> list[dict[str, Any]]
     rows = []
     parallel = transport != "virtual"
     with (
-        _workers(transport, parties + 1) as workers,
+        workers_over(transport, parties + 1) as workers,
         ShareGroup(workers[:parties], workers[parties], parallel=parallel) as g,
     ):
         shared = [g.share(x), g.share(y), g.share(img), g.share(w)]
@@ -159,13 +140,7 @@ def main() -> None:
         for parties in (2, 3):
             rows += _measure(transport, parties, args.repeats)
     facts = {
-        "command": shlex.join([".venv/bin/python", *sys.argv]),
-        "source": source(),
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
+        **run_facts(load_before),
         "rows": rows,
     }
     args.out_prefix.parent.mkdir(parents=True, exist_ok=True)

@@ -268,10 +268,7 @@ class WorkerCore(TrainingRequests):
             raise RequestFailure(
                 "bad_request", f"{obj_id!r} is sealed for secure aggregation: party steps only"
             )
-        if obj_id in self._held:
-            raise RequestFailure(
-                "bad_request", f"{obj_id!r} was revealed to this worker alone: party steps only"
-            )
+        self._refuse_held(obj_id)
         return self._lookup(obj_id)
 
     def _hold(self, obj_id: str, value: Value) -> None:
@@ -288,10 +285,7 @@ class WorkerCore(TrainingRequests):
             ) from None
 
     def _tensor(self, obj_id: str, what: str) -> torch.Tensor:
-        if obj_id in self._held:  # a model trained on it could be queried for it
-            raise RequestFailure(
-                "bad_request", f"{obj_id!r} was revealed to this worker alone: party steps only"
-            )
+        self._refuse_held(obj_id)  # a model trained on it could be queried for it
         value = self._lookup(obj_id)
         if not isinstance(value, torch.Tensor):
             raise RequestFailure("bad_request", f"{what} {obj_id!r} is not a tensor")

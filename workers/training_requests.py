@@ -43,6 +43,14 @@ class TrainingRequests:
     def _new_id(self, obj_id: str) -> str:
         raise NotImplementedError
 
+    def _refuse_held(self, obj_id: str) -> None:
+        """A value opened for this worker alone is for party steps only: the
+        coordinator may free it, never read, train or evaluate on it."""
+        if obj_id in self._held:
+            raise RequestFailure(
+                "bad_request", f"{obj_id!r} was revealed to this worker alone: party steps only"
+            )
+
     @contextmanager
     def _model(self, name: str, state_id: str, *, take: bool = False) -> Iterator[nn.Module]:
         """A pooled module for ``name`` holding the stored state ``state_id``: a copy,
@@ -55,10 +63,7 @@ class TrainingRequests:
             raise RequestFailure(
                 "bad_request", f"{state_id!r} is sealed for secure aggregation: party steps only"
             )
-        if state_id in self._held:
-            raise RequestFailure(
-                "bad_request", f"{state_id!r} was revealed to this worker alone: party steps only"
-            )
+        self._refuse_held(state_id)
         state = self._lookup(state_id)
         if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()

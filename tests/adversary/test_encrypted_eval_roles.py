@@ -16,8 +16,7 @@ import torch
 from fl.models import build_model, get_state
 from mpc.protocols.encrypted_inference.coordinator import encrypted_evaluate
 from mpc.ring import FixedPointEncoder
-from tests.adversary.transcripts import TappedWorker, recover
-from workers.codec import decode_frame
+from tests.adversary.transcripts import TappedWorker, recover, ring_candidates
 from workers.core import WorkerCore
 
 IMAGES = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
@@ -49,25 +48,8 @@ def _evaluate(transcript: list[bytes]) -> int:
 def _logits_near(transcript: list[bytes], plain: torch.Tensor) -> bool:
     """Any one or two ring tensors of the logits' shape, seen or read from bytes,
     whose sum decodes to within 0.01 of the plaintext logits."""
-    encoder, shape, count = FixedPointEncoder(), tuple(plain.shape), plain.numel()
-    candidates = []
-    for frame in transcript:
-        _, value = decode_frame(frame)
-        stack = [value]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                stack += list(item.values())
-            elif isinstance(item, list):
-                stack += item
-            elif isinstance(item, torch.Tensor) and item.dtype == torch.int64:
-                if tuple(item.shape) == shape:
-                    candidates.append(item)
-            elif isinstance(item, torch.Tensor) and item.dtype == torch.uint8:
-                raw = item.numpy().tobytes()
-                if len(raw) >= 8 * count and len(raw) % 8 == 0:
-                    tail = bytearray(raw[len(raw) - 8 * count :])
-                    candidates.append(torch.frombuffer(tail, dtype=torch.int64).reshape(shape))
+    encoder, shape = FixedPointEncoder(), tuple(plain.shape)
+    candidates = ring_candidates(transcript, shape, seeds=False)
     for size in (1, 2):
         for combo in itertools.combinations(candidates, size):
             total = sum(combo, torch.zeros(shape, dtype=torch.int64))

@@ -214,3 +214,21 @@ def test_a_party_refuses_to_reveal_outside_the_audience() -> None:
                 worker.party_op(REVEAL, session=group.session, id=x.id, to=COORDINATOR)
         with pytest.raises(MPCError, match="may not see"):
             (x + x).reveal_to(charlie)
+
+
+def test_a_party_refuses_to_make_a_result_far_larger_than_its_inputs() -> None:
+    """Two allowed inputs, a product or broadcast far past the size bound: refused
+    before anything is allocated."""
+    alice, bob, charlie = (VirtualWorker(n) for n in ("a", "b", "c"))
+    with ShareGroup([alice, bob], charlie) as group:
+        column, row = group.share(torch.ones(2**13, 1)), group.share(torch.ones(1, 2**14))
+        with pytest.raises(Exception, match="more than 67108864"):
+            alice.party_op(
+                "shares.local", session=group.session, operation="matmul_public",
+                inputs=[column.id], out="big", value=torch.ones(1, 2**14, dtype=torch.int64),
+            )  # fmt: skip
+        with pytest.raises(Exception, match="more than 67108864"):
+            alice.party_op(
+                "shares.local", session=group.session, operation="lincomb",
+                inputs=[column.id, row.id], out="big", coefficients=[1, 1], constant=0, shift=16,
+            )  # fmt: skip

@@ -8,6 +8,7 @@ unencrypted relay or a leaked seed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from mpc.random import SEED_BYTES, expand
 from workers.codec import decode_frame
 from workers.virtual import VirtualWorker
 
-__all__ = ["TappedWorker", "recover"]
+__all__ = ["TappedWorker", "recover", "ring_candidates"]
 
 
 class TappedWorker(VirtualWorker):
@@ -44,14 +45,14 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def recover(
-    transcript: list[bytes], shape: tuple[int, ...], target: torch.Tensor
-) -> torch.Tensor | None:
-    """The coordinator's search: any sum of up to three ring tensors of ``shape`` that
-    it saw, read from bytes it saw, or expanded from any 32 bytes it saw as a seed
-    (streams 0-3, as the parties expand theirs), which equals the owner's encoding."""
+def ring_candidates(
+    transcript: list[bytes], shape: tuple[int, ...], *, seeds: bool = True
+) -> list[torch.Tensor]:
+    """Every ring tensor of ``shape`` the coordinator saw, read from the tail of any
+    bytes it saw, or (with ``seeds``) expanded from any 32 bytes it saw as a seed,
+    streams 0-3 as the parties expand theirs."""
     candidates: list[torch.Tensor] = []
-    count = target.numel()
+    count = math.prod(shape)
     for frame in transcript:
         _, value = decode_frame(frame)
         for tensor in _tensors(value):
@@ -59,12 +60,21 @@ def recover(
                 candidates.append(tensor)
             elif tensor.dtype == torch.uint8 and tensor.ndim == 1:
                 raw = tensor.numpy().tobytes()
-                if len(raw) >= SEED_BYTES:
+                if seeds and len(raw) >= SEED_BYTES:
                     candidates += [expand(raw[:SEED_BYTES], s, shape) for s in range(4)]
                 if len(raw) % 8 == 0 and len(raw) >= 8 * count:
                     tail = raw[len(raw) - 8 * count :]
                     candidates.append(torch.frombuffer(bytearray(tail), dtype=torch.int64))
-    unique = {c.reshape(shape).numpy().tobytes(): c.reshape(shape) for c in candidates}
+    return [c.reshape(shape) for c in candidates]
+
+
+def recover(
+    transcript: list[bytes], shape: tuple[int, ...], target: torch.Tensor
+) -> torch.Tensor | None:
+    """The coordinator's search: any sum of up to three of the :func:`ring_candidates`
+    that equals the owner's encoding ``target``."""
+    candidates = ring_candidates(transcript, shape)
+    unique = {c.numpy().tobytes(): c for c in candidates}
     pool = list(unique.values())
     if target.numpy().tobytes() in unique:
         return target

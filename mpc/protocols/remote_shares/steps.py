@@ -290,8 +290,19 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         publics["shift"] = shift
     elif op == "truncate":
         publics["bits"] = arg_int(args, "bits", low=0, high=62)
+    shares = [value for value, _ in held]
     try:
-        result = local_result(op, [value for value, _ in held], publics, index)
+        # The result's shape first, on meta tensors: a matmul of two allowed
+        # inputs can still be far too large to make.
+        metas = [torch.empty(v.shape, device="meta") for v in shares]
+        metas_publics = {**publics, "shift": 0}  # no shifts on meta tensors
+        if "value" in publics:
+            metas_publics["value"] = torch.empty(publics["value"].shape, device="meta")
+        if op not in ("truncate", "pool_sum"):  # these keep or shrink their input
+            size = local_result(op, metas, metas_publics, index).numel()
+            if size > MAX_ELEMENTS:
+                raise PartyError(f"{op} would make {size} elements, more than {MAX_ELEMENTS}")
+        result = local_result(op, shares, publics, index)
     except PartyError:
         raise
     except (RuntimeError, ValueError, IndexError) as exc:
