@@ -8,7 +8,7 @@ Beaver's four: the provider draws a mask b for W once and gives it to the
 holder j, which opens f = W − b once (``fix``); for each product the provider
 deals a_i to every other party i and shares c = op(Σ a_i, b) among all, and
 
-    party i ≠ j:  publishes e_i = x_i − a_i;  z_i = op(a_i, f) + c_i
+    party i ≠ j:  publishes e_i = x_i − a_i;  z_i = op(a_i, f) + c_i (while j works)
     holder j:     z_j = op(x_j + Σ e_i, W) + c_j
 
 so Σ z = op(x, W). It is Beaver's product with the holder's share of W taken
@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 import torch
 
-from mpc.protocols.payloads import ring_from_bytes, tensor_bytes, wire_bytes
+from mpc.protocols.payloads import ring_from_bytes, take_secret, tensor_bytes, wire_bytes
 from mpc.protocols.remote_shares.dealt_steps import claim_serials, claim_tuple, require_provider
 from mpc.protocols.remote_shares.steps import local_result
 from mpc.protocols.remote_shares.vault import (
@@ -63,7 +63,16 @@ from workers.party import (
     session_arg,
 )
 
-__all__ = ["DEAL_FIXED", "DEAL_HELD", "FINISH_HELD", "FIX", "FIXED", "MASK_HELD", "ZEROS"]
+__all__ = [
+    "DEAL_FIXED",
+    "DEAL_HELD",
+    "FINISH_HELD",
+    "FINISH_MASKED",
+    "FIX",
+    "FIXED",
+    "MASK_HELD",
+    "ZEROS",
+]
 
 ZEROS = "shares.zeros"
 DEAL_FIXED = "shares.deal_fixed"
@@ -71,6 +80,7 @@ FIX = "shares.fix"
 FIXED = "shares.fixed"
 DEAL_HELD = "shares.deal_held"
 MASK_HELD = "shares.mask_held"
+FINISH_MASKED = "shares.finish_masked"
 FINISH_HELD = "shares.finish_held"
 
 
@@ -252,18 +262,34 @@ def _finish_share(
 
 
 def _mask_held(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
-    """A party other than the holder: publish e_i = x_i − a_i and keep z_i = op(a_i, f) + c_i."""
+    """A party other than the holder: publish e_i = x_i − a_i; keep (a_i, c_i) for
+    ``finish_masked``, which it runs while the holder finishes."""
     session = session_arg(args)
     _, j = _holder(party, session, args)
     if party_index(party, session) == j:
         raise PartyError("the holder finishes a held product; it does not mask")
+    out = tensor_id_arg(args, "out")
+    if party.has(f"{session}/pending_held/{out}") or party.has(f"{session}/v/{out}"):
+        raise PartyError(f"tensor {out!r} is being made already")
     kind, shapes, kwargs, w, (a, c) = _open_held(party, session, args, holder=False)
     x, _, audience = _inputs(party, session, args, shapes, w)
+    party.keep(f"{session}/pending_held/{out}", (kind, kwargs, w, a, c, audience))
+    return {"masked": x - a}
+
+
+def _finish_masked(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
+    """A party other than the holder: z_i = op(a_i, f) + c_i. It depends on no
+    opened value, so the coordinator asks for it alongside the holder's finish:
+    the two ring operations run at once."""
+    session = session_arg(args)
+    kind, kwargs, w, a, c, audience = take_secret(
+        party, f"{session}/pending_held/{tensor_id_arg(args, 'out')}"
+    )
     f: torch.Tensor = party.secret(f"{session}/fixed/{w}/f")
     z = BILINEAR[kind](a, f, **kwargs)
     z += c
     _finish_share(party, session, args, z, audience)
-    return {"masked": x - a}
+    return {"shape": list(z.shape)}
 
 
 def _finish_held(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
@@ -291,6 +317,7 @@ register_party_steps(
         FIXED: _fixed,
         DEAL_HELD: _deal_held,
         MASK_HELD: _mask_held,
+        FINISH_MASKED: _finish_masked,
         FINISH_HELD: _finish_held,
     }
 )

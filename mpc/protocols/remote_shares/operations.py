@@ -25,6 +25,7 @@ from mpc.protocols.remote_shares.dealing import TupleStock, tuple_key
 from mpc.protocols.remote_shares.dealt_steps import FINISH, MASK
 from mpc.protocols.remote_shares.held_steps import (
     FINISH_HELD,
+    FINISH_MASKED,
     MASK_HELD,
 )
 from mpc.protocols.remote_shares.steps import DROP, LOCAL
@@ -228,13 +229,16 @@ class GroupOperations(TupleStock):
                 ),
             )  # fmt: skip
             opened = open_sum([r["masked"] for r in replies], shapes[0])
-            self._call(
-                self.parties[j],
-                lambda h: h.party_op(
+
+            def finish(p: Worker) -> Any:
+                if p is not self.parties[j]:  # op(a_i, f): needs no opened value
+                    return p.party_op(FINISH_MASKED, session=self.session, out=tensor_id, **common)
+                return p.party_op(
                     FINISH_HELD, session=self.session, out=tensor_id, opened=opened,
                     sealed=dealt["sealed"][j], **common,
-                ),
-            )  # fmt: skip
+                )  # fmt: skip
+
+            self._each(self.parties, finish)
 
         result = self._made(run, torch.Size(out_shape))
         return result if two else self._truncate(result)

@@ -6,12 +6,14 @@ The driver is ``coordinator``; what a party keeps and the audience rule are in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from mpc.protocols.payloads import ring_from_bytes, tensor_bytes, wire_bytes
+from mpc.protocols.remote_shares.shapes import local_shape
 from mpc.protocols.remote_shares.vault import (
     COORDINATOR,
     MAX_DIMS,
@@ -291,17 +293,13 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     elif op == "truncate":
         publics["bits"] = arg_int(args, "bits", low=0, high=62)
     shares = [value for value, _ in held]
+    sizes = {**publics, "value": tuple(publics["value"].shape)} if "value" in publics else publics
     try:
-        # The result's shape first, on meta tensors: a matmul of two allowed
-        # inputs can still be far too large to make.
-        metas = [torch.empty(v.shape, device="meta") for v in shares]
-        metas_publics = {**publics, "shift": 0}  # no shifts on meta tensors
-        if "value" in publics:
-            metas_publics["value"] = torch.empty(publics["value"].shape, device="meta")
-        if op not in ("truncate", "pool_sum"):  # these keep or shrink their input
-            size = local_result(op, metas, metas_publics, index).numel()
-            if size > MAX_ELEMENTS:
-                raise PartyError(f"{op} would make {size} elements, more than {MAX_ELEMENTS}")
+        # The result's size first: a matmul of two allowed inputs can still be far
+        # too large to make.
+        size = math.prod(local_shape(op, [tuple(v.shape) for v in shares], sizes))
+        if size > MAX_ELEMENTS:
+            raise PartyError(f"{op} would make {size} elements, more than {MAX_ELEMENTS}")
         result = local_result(op, shares, publics, index)
     except PartyError:
         raise
@@ -320,6 +318,7 @@ def _drop(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         tensor_id = tensor_id_arg({"id": value}, "id")
         dropped += party.discard(f"{session}/v/{tensor_id}")
         dropped += party.discard(f"{session}/pending/{tensor_id}")
+        dropped += party.discard(f"{session}/pending_held/{tensor_id}")
     return {"dropped": dropped}
 
 

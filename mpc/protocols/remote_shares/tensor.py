@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mpc.errors import MPCError
-from mpc.protocols.remote_shares.steps import local_result
-from mpc.protocols.remote_shares.vault import MAX_ELEMENTS, dealt_shapes
+from mpc.protocols.remote_shares.shapes import bilinear_shape, local_shape
+from mpc.protocols.remote_shares.vault import MAX_ELEMENTS
 from workers.base import Worker
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class RemoteShared:
     def __matmul__(self, other: RemoteShared | torch.Tensor) -> RemoteShared:
         if isinstance(other, RemoteShared):
             self._same_group(other)
-            _meta_matmul(self.shape, other.shape)
+            _check_matmul(self.shape, other.shape)
             return self.group._product("matmul", [self, other], {}, scaled=True)
         product = self.group._local("matmul_public", [self], public=self.group._public(other))
         return self.group._truncate(product)
@@ -170,8 +170,8 @@ class RemoteShared:
         self._same_group(weight)
         kwargs = {"stride": stride, "padding": padding}
         try:
-            dealt_shapes("conv2d", [tuple(self.shape), tuple(weight.shape)], kwargs)
-        except RuntimeError as exc:
+            bilinear_shape("conv2d", tuple(self.shape), tuple(weight.shape), **kwargs)
+        except ValueError as exc:
             raise MPCError(
                 f"conv2d of {tuple(self.shape)} by {tuple(weight.shape)}: {exc}"
             ) from None
@@ -227,10 +227,10 @@ class RemoteShared:
             self.group._release(self.id)
 
 
-def _meta_matmul(a: torch.Size, b: torch.Size) -> None:
+def _check_matmul(a: torch.Size, b: torch.Size) -> None:
     try:
-        torch.empty(tuple(a), device="meta") @ torch.empty(tuple(b), device="meta")
-    except RuntimeError as exc:
+        bilinear_shape("matmul", tuple(a), tuple(b))
+    except ValueError as exc:
         raise MPCError(f"matmul of shapes {tuple(a)} and {tuple(b)}: {exc}") from None
 
 
@@ -261,30 +261,14 @@ def held_result(op: str, inputs: Sequence[RemoteShared], parties: int) -> int | 
 
 
 def result_shape(op: str, shapes: Sequence[torch.Size], publics: dict[str, Any]) -> torch.Size:
-    """The result's shape, computed on meta tensors: an MPCError for shapes that
-    do not fit, before any party is asked."""
-    if op == "truncate":
-        return shapes[0]
-    metas = [torch.empty(tuple(s), device="meta") for s in shapes]
-    values = dict(publics)
-    if "value" in values:
-        values["value"] = torch.empty(tuple(values["value"].shape), device="meta")
-    if op == "lincomb":
-        try:
-            total = torch.empty(tuple(shapes[0]), device="meta")
-            for shape in shapes[1:]:
-                total = total + torch.empty(tuple(shape), device="meta")
-            return total.shape
-        except RuntimeError as exc:
-            described = " and ".join(str(tuple(s)) for s in shapes)
-            raise MPCError(f"a linear combination of shapes {described}: {exc}") from None
-    if op == "pool_sum":
-        n, c, h, w = shapes[0]
-        kernel = values["kernel"]
-        return torch.Size((n, c, h // kernel, w // kernel))
+    """The result's shape (``shapes``' rules): an MPCError for shapes that do not
+    fit, or a result too large, before any party is asked."""
+    sizes = dict(publics)
+    if "value" in sizes:
+        sizes["value"] = tuple(sizes["value"].shape)
     try:
-        shape = local_result(op, metas, values, 0).shape
-    except RuntimeError as exc:
+        shape = torch.Size(local_shape(op, [tuple(s) for s in shapes], sizes))
+    except ValueError as exc:
         described = " and ".join(str(tuple(s)) for s in shapes)
         raise MPCError(f"{op} of shapes {described}: {exc}") from None
     if shape.numel() > MAX_ELEMENTS:

@@ -11,7 +11,8 @@ operations, opening), ``dealt_steps`` (products with dealt tuples) and
 Vault keys, all under ``<session>/``: ``key`` (X25519 pair, generic ``keygen``);
 ``group`` (the parties, in order, the provider and the fractional bits, fixed by
 ``join``); ``v/<id>`` (this party's share of tensor ``id`` and its audience);
-``pending/<id>`` (a dealt tuple between its mask and finish steps, used once);
+``pending/<id>`` (a dealt tuple between its mask and finish steps, used once;
+``pending_held/<id>`` for a product by a held tensor);
 ``used`` (the dealt serials this party has consumed, as a :class:`UsedSerials`:
 a tuple is never used twice, which would open the difference of two masked
 values); provider: ``serial`` (the next serial it deals).
@@ -34,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from mpc.protocols.remote_shares.shapes import bilinear_shape
 from workers.codec import Value
 from workers.party import (
     Party,
@@ -206,11 +208,9 @@ def dealt_shapes(
     square pair, (r, r >> bits) for a truncation pair; each within
     :data:`MAX_ELEMENTS` (a product's output is bounded as its inputs are)."""
     if kind in BILINEAR:
-        a = torch.empty(shapes[0], device="meta")
-        b = torch.empty(shapes[1], device="meta")
         try:
-            out = tuple(BILINEAR[kind](a, b, **kwargs).shape)
-        except RuntimeError as exc:
+            out = bilinear_shape(kind, shapes[0], shapes[1], **kwargs)
+        except ValueError as exc:
             raise PartyError(f"{kind} of {shapes[0]} by {shapes[1]}: {exc}") from None
         parts = [shapes[0], shapes[1], out]
     else:
