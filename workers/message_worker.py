@@ -8,13 +8,15 @@ websocket client sends the bytes to a server. Because every transport moves the
 same encoded frames, ``bytes_sent``/``bytes_received`` mean the same for all.
 
 Object ids are chosen here, on the client (``<random prefix>:<counter>``), so a
-request never waits for the worker to name its result.
+request never waits for the worker to name its result. Threads may share a
+worker: each request and its reply are exchanged under a lock, one at a time.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
+import threading
 from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -76,6 +78,8 @@ class MessageWorker(Worker):
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count()
         self._plan_outputs: dict[str, int] = {}
+        # One request in flight per worker: a reply answers the request before it.
+        self._exchange_lock = threading.RLock()
 
     @abstractmethod
     def _roundtrip(self, data: bytes) -> bytes | bytearray:
@@ -101,11 +105,12 @@ class MessageWorker(Worker):
         return self._exchange_frame(msg.encode(), msg.TAG, expect)
 
     def _exchange_frame(self, data: bytes, tag: str, expect: type[R]) -> R:
-        self.bytes_sent += len(data)
-        self.messages_sent += 1
-        self.message_counts[tag] += 1
-        reply_bytes = self._roundtrip(data)
-        self.bytes_received += len(reply_bytes)
+        with self._exchange_lock:
+            self.bytes_sent += len(data)
+            self.messages_sent += 1
+            self.message_counts[tag] += 1
+            reply_bytes = self._roundtrip(data)
+            self.bytes_received += len(reply_bytes)
         reply = decode_message(reply_bytes, in_place=self._replies_in_place)
         if isinstance(reply, ErrorReply):
             raise RemoteError(reply.code, reply.message)
@@ -154,12 +159,13 @@ class MessageWorker(Worker):
         ids = [self._id_of(item) for item in items]
         if self._closed:
             raise WorkerError(f"worker {self.id!r} is closed")
-        pending = self._take_pending()
-        try:
-            ack = self._exchange(DeleteObjects(tuple(pending + ids)), Ack)
-        except Exception:
-            self._pending_deletes.extend(pending)  # keep them for the next attempt
-            raise
+        with self._exchange_lock:  # two threads must not both take the pending ids
+            pending = self._take_pending()
+            try:
+                ack = self._exchange(DeleteObjects(tuple(pending + ids)), Ack)
+            except Exception:
+                self._pending_deletes.extend(pending)  # keep them for the next attempt
+                raise
         for item in items:
             if isinstance(item, Pointer):
                 item._kill()

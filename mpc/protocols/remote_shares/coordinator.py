@@ -90,7 +90,10 @@ class ShareGroup(GroupOperations):
         self._stock: defaultdict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self._dropped: list[str] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(len(self.parties) + 1) if parallel else None
+        self._dealing = []
+        self._traced = threading.local()
+        # Room for two threads' requests to every party at once.
+        self._pool = ThreadPoolExecutor(2 * len(self.parties) + 2) if parallel else None
         self._owners: dict[str, Worker] = {}  # other workers with a session key
         self._joined = {w.id for w in (*self.parties, provider)}
         self._fixed: set[str] = set()  # held tensors whose mask f = W − b is open
@@ -126,6 +129,8 @@ class ShareGroup(GroupOperations):
         if self.closed:
             return
         self.closed = True
+        if self._dealer is not None:  # the provider forgets nothing while it deals
+            self._dealer.shutdown(wait=True, cancel_futures=True)
         for worker in self._keyed_workers():
             if not worker.closed:
                 with contextlib.suppress(Exception):

@@ -213,14 +213,18 @@ def _finish(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
         f = opened_arg(opened[1], shapes[1], "opened[1]")
         op = BILINEAR[kind]
         a, b, c = parts
-        z = c + op(e, b, **kwargs) + op(a, f, **kwargs)
+        z = op(e, b, **kwargs)  # summed in place: one allocation for the result
+        z += op(a, f, **kwargs)
+        z += c
         if index == 0:
             z += op(e, f, **kwargs)
     elif kind == "square":
         a, a2 = parts
-        z = a2 + 2 * e * a
+        z = torch.mul(e, a)
+        z *= 2
+        z += a2
         if index == 0:
-            z += e * e
+            z.addcmul_(e, e)
     else:
         z = parts[1].clone()
         if index == 0:

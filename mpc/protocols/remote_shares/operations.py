@@ -204,11 +204,11 @@ class GroupOperations(TupleStock):
         out_shape = dealt_shapes(kind, shapes, kwargs)[-1]
         key = tuple_key(f"held:{w.id}:{kind}", shapes, kwargs)
         if self._planning is not None:
-            dealt = self._plan(key, lambda n: self.prefetch_held(kind, shapes[0], w, n, **kwargs))
+            dealt = self._plan(
+                key, lambda n: self.prefetch_held(kind, shapes[0], w, n, **kwargs), fix=w
+            )
         else:
-            if not self._stock[key]:
-                self.prefetch_held(kind, shapes[0], w, 1, **kwargs)
-            dealt = self._stock[key].popleft()
+            dealt = self._take(key, lambda: self.prefetch_held(kind, shapes[0], w, 1, **kwargs))
         j = w.holder
         two = len(self.parties) == 2
         common = {
@@ -273,11 +273,14 @@ class GroupOperations(TupleStock):
 
 def open_sum(parts: Sequence[Any], shape: Sequence[int]) -> torch.Tensor:
     """The sum of every party's masked value (Beaver's opening), checked."""
-    total = torch.zeros(tuple(shape), dtype=torch.int64)
     for part in parts:
         if not isinstance(part, torch.Tensor) or part.dtype != torch.int64:
             raise MPCError("a party answered with something other than ring elements")
         if tuple(part.shape) != tuple(shape):
             raise MPCError(f"a party answered shape {tuple(part.shape)}, expected {tuple(shape)}")
+    if not parts:
+        return torch.zeros(tuple(shape), dtype=torch.int64)
+    total = parts[0].clone() if len(parts) == 1 else parts[0] + parts[1]
+    for part in parts[2:]:
         total += part
     return total

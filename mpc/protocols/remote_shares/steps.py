@@ -239,7 +239,11 @@ def _shifted(x: torch.Tensor, publics: Mapping[str, Any], index: int) -> torch.T
     bits: int = publics.get("shift", 0)
     if not bits:
         return x
-    return x >> bits if index == 0 else -((-x) >> bits)
+    if index == 0:
+        return x >> bits
+    y = torch.neg(x)  # one allocation, then in place: these tensors run to tens of MB
+    y >>= bits
+    return y.neg_()
 
 
 _LOCAL_INPUTS = {"add": 2, "sub": 2}

@@ -67,6 +67,7 @@ __all__ = [
     "opened_arg",
     "party_index",
     "public_ring",
+    "ring_conv2d",
     "seal_label",
     "shape_arg",
     "share_of",
@@ -85,11 +86,40 @@ MAX_DEAL_BYTES = (
 )  # explicit parts per deal reply: bounds what a request makes a provider build
 MAX_SERIAL = 2**32  # tuples per session: a serial is the AEAD purpose of its sealing
 
+_COLUMN_BYTES = 4 << 20  # ring_conv2d's unfolded input, per piece
+
+
+def ring_conv2d(
+    x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int = 0
+) -> torch.Tensor:
+    """``F.conv2d`` on ring elements (int64), a few images at a time.
+
+    Torch convolves int64 by unfolding the whole batch into one column buffer
+    (157 MB for a batch of 250 at mpc-cnn's second layer), allocated and
+    faulted in afresh each call; in pieces whose buffer stays within 4 MB the
+    same convolution ran 3-4× faster on this 2-core machine (250 images: 27.7 →
+    5.6 ms for the first layer, 82 → 24 ms for the second). Same result bits.
+    """
+    if x.dim() != 4 or w.dim() != 4:
+        return F.conv2d(x, w, stride=stride, padding=padding)
+    out_h = (x.shape[2] + 2 * padding - w.shape[2]) // stride + 1
+    out_w = (x.shape[3] + 2 * padding - w.shape[3]) // stride + 1
+    per_image = 8 * w.shape[1] * w.shape[2] * w.shape[3] * max(out_h * out_w, 1)
+    chunk = max(1, _COLUMN_BYTES // per_image)
+    if chunk >= x.shape[0]:
+        return F.conv2d(x, w, stride=stride, padding=padding)
+    pieces = [
+        F.conv2d(x[i : i + chunk], w, stride=stride, padding=padding)
+        for i in range(0, x.shape[0], chunk)
+    ]
+    return torch.cat(pieces)
+
+
 # What a dealt tuple serves: its kind and the bilinear map c = op(a, b).
 BILINEAR: dict[str, Callable[..., torch.Tensor]] = {
     "mul": torch.mul,
     "matmul": torch.matmul,
-    "conv2d": F.conv2d,
+    "conv2d": ring_conv2d,
 }
 _KINDS = (*BILINEAR, "square", "trunc")
 
