@@ -23,11 +23,12 @@ still decodes to the right sign; larger sums must be bounded by the caller.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from mpc.errors import MPCError
-from mpc.random import SecureRandom
+from mpc.random import SecureRandom, expand
 
 __all__ = [
     "ENCODING_LIMIT",
@@ -39,6 +40,8 @@ __all__ = [
     "field_decode_int",
     "field_encode",
     "field_encode_int",
+    "field_expand",
+    "field_matmul",
     "field_mul",
     "field_mul_scalar",
     "field_neg",
@@ -176,6 +179,57 @@ def field_random(shape: tuple[int, ...] | torch.Size, rng: SecureRandom) -> torc
         values[rejected] = rng.ring_elements((int(rejected.sum()),)) & P
         rejected = values == P
     return values.reshape(tuple(shape))
+
+
+def field_expand(seed: bytes, stream: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Field elements from stream ``stream`` of a seed's keystream (``mpc.random.expand``).
+
+    The low 61 bits of a uniform word are uniform on [0, p]; the one value p is
+    mapped to 0, so each element is within statistical distance 2^-61 of
+    uniform — rejection sampling, as ``field_random`` does, would make a
+    seed's stream length depend on its values.
+    """
+    values = expand(seed, stream, tuple(shape)).bitwise_and_(P)
+    return values.masked_fill_(values == P, 0)
+
+
+_LIMB = 21  # field_matmul's limbs: 21-bit products sum below 2^63 over 2^21 terms
+_LIMB_MASK = (1 << _LIMB) - 1
+
+
+def _times_power_of_two(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """x · 2^shift mod p for x in [0, p): a rotation of the 61 bits, as 2^61 ≡ 1."""
+    shift %= 61
+    if not shift:
+        return x
+    rotated = (x << shift).bitwise_and_(P).bitwise_or_(x >> (61 - shift))
+    return rotated.masked_fill_(rotated == P, 0)  # p itself is 0
+
+
+def field_matmul(
+    a: torch.Tensor, b: torch.Tensor, op: Callable[..., torch.Tensor] | None = None, **kwargs: int
+) -> torch.Tensor:
+    """``op(a, b)`` mod p for a bilinear ``op`` (default matmul) of field tensors.
+
+    Each operand splits into three limbs of 21 bits; a product of two limbs is
+    below 2^42, so a sum of up to 2^21 of them stays below 2^63 and torch's
+    int64 ``op`` is exact. The nine limb products are reduced and weighted by
+    2^(21(i+j)) — a rotation in this Mersenne field — and added up.
+    """
+    bilinear: Callable[..., torch.Tensor] = torch.matmul if op is None else op
+    limbs_a = [(a >> (_LIMB * i)) & _LIMB_MASK for i in range(3)]
+    limbs_b = [(b >> (_LIMB * j)) & _LIMB_MASK for j in range(3)]
+    total: torch.Tensor | None = None
+    for weight in range(5):  # i + j
+        part: torch.Tensor | None = None
+        for i in range(max(0, weight - 2), min(2, weight) + 1):
+            product = _reduce(bilinear(limbs_a[i], limbs_b[weight - i], **kwargs))
+            part = product if part is None else field_add(part, product)
+        assert part is not None
+        part = _times_power_of_two(part, _LIMB * weight)
+        total = part if total is None else field_add(total, part)
+    assert total is not None
+    return total
 
 
 def _check_fractional_bits(fractional_bits: int) -> None:

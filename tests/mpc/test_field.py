@@ -20,6 +20,8 @@ from mpc.field import (
     field_decode_int,
     field_encode,
     field_encode_int,
+    field_expand,
+    field_matmul,
     field_mul,
     field_mul_scalar,
     field_neg,
@@ -229,3 +231,37 @@ def test_sums_of_the_largest_encodings_keep_their_sign() -> None:
 
     # Assert
     assert int(total) == -MAX_SUMMANDS * (ENCODING_LIMIT - 1)
+
+
+_edge = st.sampled_from([0, 1, 2, (1 << 21) - 1, 1 << 21, (1 << 42) + 5, P - 2, P - 1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    k=st.integers(1, 6),
+    m=st.integers(1, 3),
+    values=st.lists(st.one_of(_edge, st.integers(0, P - 1)), min_size=36, max_size=36),
+)
+def test_matmul_matches_python_integers(n: int, k: int, m: int, values: list[int]) -> None:
+    a = torch.tensor(values[: n * k], dtype=torch.int64).reshape(n, k)
+    b = torch.tensor(values[18 : 18 + k * m], dtype=torch.int64).reshape(k, m)
+    expected = [
+        [sum(int(a[i, t]) * int(b[t, j]) for t in range(k)) % P for j in range(m)] for i in range(n)
+    ]
+    assert field_matmul(a, b).tolist() == expected
+
+
+def test_matmul_of_the_largest_elements_over_many_terms() -> None:
+    terms = 5000  # limb products of 2^42 summed 5000 times: still below 2^63
+    a = torch.full((2, terms), P - 1, dtype=torch.int64)
+    b = torch.full((terms, 3), P - 1, dtype=torch.int64)
+    assert field_matmul(a, b).tolist() == [[terms % P] * 3] * 2  # (−1)·(−1) = 1, summed
+
+
+def test_expanded_field_elements_are_in_range_and_repeat_per_seed() -> None:
+    seed = bytes(range(32))
+    values = field_expand(seed, 3, (4096,))
+    assert int(values.min()) >= 0 and int(values.max()) < P
+    assert torch.equal(values, field_expand(seed, 3, (4096,)))
+    assert not torch.equal(values, field_expand(seed, 4, (4096,)))

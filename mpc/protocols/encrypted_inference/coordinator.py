@@ -27,6 +27,7 @@ for tuples.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -142,13 +143,13 @@ def encrypted_evaluate(
         # each batch's are dealt before it starts.
         running: deque[Future[int]] = deque()
         with ThreadPoolExecutor(2, thread_name_prefix="encrypted-eval") as runners:
-            ahead = group.deal_ahead(lambda: batch(*batches[0]))
+            ahead = group.deal_ahead(functools.partial(batch, *batches[0]))
             for index, (first, size) in enumerate(batches):
                 waited = time.perf_counter()
                 ahead.result()
                 offline += time.perf_counter() - waited  # dealing the online phase waited for
                 if index + 1 < len(batches):
-                    ahead = group.deal_ahead(lambda n=batches[index + 1]: batch(*n))
+                    ahead = group.deal_ahead(functools.partial(batch, *batches[index + 1]))
                 running.append(runners.submit(classify, first, size))
                 if len(running) == 2:
                     correct += running.popleft().result()

@@ -280,7 +280,7 @@ def open_sum(parts: Sequence[Any], shape: Sequence[int]) -> torch.Tensor:
             raise MPCError(f"a party answered shape {tuple(part.shape)}, expected {tuple(shape)}")
     if not parts:
         return torch.zeros(tuple(shape), dtype=torch.int64)
-    total = parts[0].clone() if len(parts) == 1 else parts[0] + parts[1]
+    total: torch.Tensor = parts[0].clone() if len(parts) == 1 else parts[0] + parts[1]
     for part in parts[2:]:
         total += part
     return total
