@@ -29,3 +29,10 @@ def test_remote_shares_example_opens_each_result_only_to_its_audience() -> None:
     assert error < 1e-3
     assert "opened to dana as 'revealed/" in out
     assert "':coordinator' may not see" in out
+
+
+def test_authenticated_shares_example_catches_the_cheating_party() -> None:
+    out = _run("authenticated_shares.py")
+    error = float(re.search(r"max error: (\S+)", out).group(1))  # type: ignore[union-attr]
+    assert error < 1e-2  # inputs with 12 fractional bits, the rest exact
+    assert "bob cheated: MAC check failed" in out
