@@ -113,6 +113,10 @@ def test_with_macs_a_shifted_opened_share_fails_the_check(
         x = group.share(X)
         with pytest.raises(MPCError, match="MAC check failed"):
             x.get()
+        # SPDZ aborts: nothing more is computed or opened, and the workers forgot it all.
+        with pytest.raises(MPCError, match="is closed"):
+            x + x
+    assert [w.core._party.secret_count() for w in (alice, bob, charlie)] == [0, 0, 0]
 
 
 def test_with_macs_a_shifted_masked_input_of_a_product_fails_the_check(

@@ -234,7 +234,7 @@ class AuthenticatedGroup:
             eps = self._call(
                 owner,
                 lambda w: w.party_op(
-                    MASK_INPUT, session=self.session, obj_id=value.id_on(owner),
+                    MASK_INPUT, session=self.session, obj_id=value.id_on(owner), shape=shape,
                     fractional_bits=self.fractional_bits, serial=dealt["serial"],
                     owner_sealed=dealt["owner_sealed"], provider_key=self._keys[self.provider.id],
                 ),
@@ -349,9 +349,12 @@ class AuthenticatedGroup:
         if not all(isinstance(s, int) and 0 <= s < P for s in sigmas):
             raise MPCError("a party answered the MAC check with something other than σ ∈ F_p")
         if sum(sigmas) % P != 0:
+            # SPDZ aborts: values computed from a tampered opening are no good either.
+            self.close()
             raise MPCError(
                 "MAC check failed: an opened value is not the one the MACs authenticate "
-                "(a party altered a share, or an opening was altered); nothing is returned"
+                "(a party altered a share, or an opening was altered); nothing is returned "
+                "and the group is closed"
             )
 
     def reveal(self, x: AuthenticatedShared) -> torch.Tensor:
