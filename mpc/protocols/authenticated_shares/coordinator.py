@@ -22,14 +22,10 @@ values are the coordinator's to open (a worker's own data cannot be an input).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import secrets
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -47,28 +43,28 @@ from mpc.protocols.authenticated_shares.steps import (
     OPEN,
 )
 from mpc.protocols.authenticated_shares.tensor import MAX_SCALE, AuthenticatedShared
+from mpc.protocols.party_groups import PartyGroup
 from mpc.protocols.remote_shares.shapes import bilinear_shape, local_shape
 from mpc.protocols.remote_shares.steps import JOIN
 from mpc.protocols.remote_shares.vault import COORDINATOR, MAX_ELEMENTS
-from mpc.protocols.sessions import KEYGEN
 from workers.base import Worker
-from workers.party import FORGET
 from workers.pointer import Pointer
 
 __all__ = ["AUTO_CHECK_ELEMENTS", "AuthenticatedGroup"]
 
-T = TypeVar("T")
 AUTO_CHECK_ELEMENTS = 1 << 25  # opened elements after which a product checks first
-_DROP_BATCH = 64
 
 
-class AuthenticatedGroup:
+class AuthenticatedGroup(PartyGroup):
     """One session of authenticated shared tensors over ``parties``, ``provider`` dealing.
 
     ``fractional_bits`` is every input's fixed-point precision; products add their
     operands' (see the module docstring). Use as a context manager, or call
     :meth:`close`, to make every worker forget the session.
     """
+
+    kind = "authenticated group"
+    drop_step = DROP
 
     def __init__(
         self,
@@ -78,34 +74,19 @@ class AuthenticatedGroup:
         fractional_bits: int = 16,
         parallel: bool = False,
     ) -> None:
-        ids = [w.id for w in parties]
-        if len(ids) < 2 or len(set(ids)) != len(ids):
-            raise MPCError(f"an authenticated group needs at least two distinct parties, got {ids}")
-        if provider.id in ids:
-            raise MPCError(f"the provider {provider.id!r} cannot also be a party")
         if not 0 <= fractional_bits <= MAX_SCALE // 2:
             raise MPCError(f"fractional bits must be in 0..{MAX_SCALE // 2}, got {fractional_bits}")
-        self.parties = tuple(parties)
-        self.provider = provider
+        super().__init__(parties, provider, session_prefix="auth", parallel=parallel)
         self.fractional_bits = fractional_bits
-        self.session = f"auth-{secrets.token_hex(8)}"
-        self.closed = False
         self.unchecked = 0  # opened elements since the last check
-        self._keys: dict[str, torch.Tensor] = {}
-        self._owners: dict[str, Worker] = {}
         self._ids = itertools.count()
-        self._dropped: list[str] = []
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(len(self.parties)) if parallel else None
         try:
             for worker in (*self.parties, provider):
                 self._keygen(worker)
             self._each([*self.parties, provider], self._join)
+            keys = [self._keys[w.id] for w in self.parties]
             sealed = self._call(
-                provider,
-                lambda p: p.party_op(
-                    SETUP, session=self.session, public_keys=[self._keys[i] for i in ids]
-                ),
+                provider, lambda p: p.party_op(SETUP, session=self.session, public_keys=keys)
             )["sealed"]
             provider_key = self._keys[provider.id]
             self._on_parties(lambda i: {"sealed": sealed[i], "provider_key": provider_key}, KEY)
@@ -113,85 +94,14 @@ class AuthenticatedGroup:
             self.close()
             raise
 
-    # ------------------------------------------------------------ lifecycle
-
     def __enter__(self) -> AuthenticatedGroup:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Every worker forgets the session (best effort: a dead one has already)."""
-        if self.closed:
-            return
-        self.closed = True
-        known = {w.id: w for w in (*self.parties, self.provider)}
-        known.update(self._owners)
-        for worker_id, worker in known.items():
-            if worker_id in self._keys and not worker.closed:
-                with contextlib.suppress(Exception):
-                    worker.party_op(FORGET, session=self.session)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise MPCError(f"authenticated group {self.session} is closed")
-
-    def _keygen(self, worker: Worker) -> torch.Tensor:
-        if worker.id not in self._keys:
-            if worker.id.startswith(":"):
-                raise MPCError(f"worker id {worker.id!r} is reserved")
-            public = worker.party_op(KEYGEN, session=self.session)["public_key"]
-            if not isinstance(public, torch.Tensor) or public.dtype != torch.uint8:
-                raise MPCError(f"{worker.id!r} returned no public key")
-            self._keys[worker.id] = public
-        return self._keys[worker.id]
 
     def _join(self, worker: Worker) -> Any:
         return worker.party_op(
             JOIN, session=self.session, parties=[p.id for p in self.parties],
             provider=self.provider.id, fractional_bits=self.fractional_bits,
         )  # fmt: skip
-
-    # ------------------------------------------------------------ requests
-
-    def _call(self, worker: Worker, fn: Callable[[Worker], T]) -> T:
-        try:
-            return fn(worker)
-        except MPCError:
-            raise
-        except Exception as exc:
-            raise MPCError(f"{worker.id!r} failed: {exc}") from exc
-
-    def _each(self, workers: Sequence[Worker], fn: Callable[[Worker], T]) -> list[T]:
-        if self._pool is None or len(workers) < 2:
-            return [self._call(w, fn) for w in workers]
-        futures = [self._pool.submit(self._call, w, fn) for w in workers]
-        return [future.result() for future in futures]
-
-    def _on_parties(self, make_args: Callable[[int], dict[str, Any]], step: str) -> list[Any]:
-        self._flush_drops()
-        positions = {w.id: index for index, w in enumerate(self.parties)}
-        return self._each(
-            self.parties,
-            lambda w: w.party_op(step, session=self.session, **make_args(positions[w.id])),
-        )
-
-    def _release(self, tensor_id: str) -> None:
-        with self._lock:
-            self._dropped.append(tensor_id)
-
-    def _flush_drops(self) -> None:
-        with self._lock:
-            if len(self._dropped) < _DROP_BATCH:
-                return
-            ids, self._dropped = self._dropped, []
-        for worker in self.parties:
-            if not worker.closed:
-                with contextlib.suppress(Exception):
-                    worker.party_op(DROP, session=self.session, ids=ids)
 
     def _made(
         self, run: Callable[[str], Any], shape: Sequence[int], scale: int
@@ -215,12 +125,12 @@ class AuthenticatedGroup:
         keys = [self._keys[w.id] for w in self.parties]
         if isinstance(value, Pointer):
             owner = value.worker
-            owner_key = self._keygen(owner)
-            if owner.id not in self._owners and owner not in (*self.parties, self.provider):
-                self._call(owner, self._join)
-                self._owners[owner.id] = owner
             if owner is self.provider:
                 raise MPCError("the provider deals the input masks: it cannot also input a value")
+            joined = owner.id in self._keys
+            owner_key = self._keygen(owner)
+            if not joined and owner not in self.parties:  # an owner outside the group
+                self._call(owner, self._join)
             shape = list(value.shape) if value.shape is not None else None
             if shape is None:
                 raise MPCError("share() needs a pointer whose shape is known")

@@ -45,8 +45,8 @@ from mpc.protocols.authenticated_shares.vault import (
 from mpc.protocols.payloads import take_secret
 from mpc.protocols.remote_shares.shapes import local_shape
 from mpc.protocols.remote_shares.vault import (
-    MAX_DIMS,
     MAX_ELEMENTS,
+    layout_args,
     party_index,
     shape_arg,
     tensor_id_arg,
@@ -184,18 +184,8 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     publics: dict[str, Any] = {}
     if op in ("add_public", "mul_public", "matmul_public", "rmatmul_public"):
         publics["value"] = field_arg(args.get("value"), "value")
-    elif op == "sum":
-        publics["dims"] = [
-            arg_int({"d": d}, "d", low=-MAX_DIMS, high=MAX_DIMS - 1)
-            for d in arg_list(args, "dims", max_length=MAX_DIMS)
-        ]
-        publics["keepdim"] = args.get("keepdim") is True
-    elif op == "reshape":
-        publics["shape"] = shape_arg(args.get("shape"), "shape")
-    elif op == "narrow":
-        publics["dim"] = arg_int(args, "dim", low=0, high=MAX_DIMS - 1)
-        publics["start"] = arg_int(args, "start", low=0, high=2**31)
-        publics["length"] = arg_int(args, "length", low=0, high=2**31)
+    else:
+        publics.update(layout_args(args, op))
     pairs = [read_pair(party, session, tensor_id) for tensor_id in inputs]
     sizes = {**publics, "value": tuple(publics["value"].shape)} if "value" in publics else publics
     try:

@@ -22,14 +22,11 @@ operation, and the group's other tensors usable.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import secrets
 import threading
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -40,6 +37,7 @@ from mpc.protocols.remote_shares.held_steps import (
 from mpc.protocols.remote_shares.operations import GroupOperations, open_sum
 from mpc.protocols.remote_shares.steps import (
     ACCEPT,
+    DROP,
     JOIN,
     KEEP,
     RECEIVE,
@@ -48,15 +46,11 @@ from mpc.protocols.remote_shares.steps import (
 )
 from mpc.protocols.remote_shares.tensor import RemoteShared
 from mpc.protocols.remote_shares.vault import COORDINATOR
-from mpc.protocols.sessions import KEYGEN
 from mpc.random import SecureRandom
 from mpc.ring import DEFAULT_FRACTIONAL_BITS, FixedPointEncoder
 from mpc.sharing import share as split_secret
 from workers.base import Worker
-from workers.party import FORGET
 from workers.pointer import Pointer
-
-T = TypeVar("T")
 
 
 class ShareGroup(GroupOperations):
@@ -67,6 +61,9 @@ class ShareGroup(GroupOperations):
     manager, or call :meth:`close`, to make every worker forget the session.
     """
 
+    kind = "share group"
+    drop_step = DROP
+
     def __init__(
         self,
         parties: Sequence[Worker],
@@ -75,29 +72,15 @@ class ShareGroup(GroupOperations):
         fractional_bits: int = DEFAULT_FRACTIONAL_BITS,
         parallel: bool = False,
     ) -> None:
-        ids = [w.id for w in parties]
-        if len(ids) < 2 or len(set(ids)) != len(ids):
-            raise MPCError(f"a share group needs at least two distinct parties, got {ids}")
-        if provider.id in ids:
-            raise MPCError(f"the provider {provider.id!r} cannot also be a party")
-        self.parties = tuple(parties)
-        self.provider = provider
+        super().__init__(parties, provider, session_prefix="shares", parallel=parallel)
         self.encoder = FixedPointEncoder(fractional_bits)
-        self.session = f"shares-{secrets.token_hex(8)}"
         self._rng = SecureRandom()
-        self._keys: dict[str, torch.Tensor] = {}
         self._ids = itertools.count()
         self._stock: defaultdict[str, deque[dict[str, Any]]] = defaultdict(deque)
-        self._dropped: list[str] = []
-        self._lock = threading.Lock()
         self._dealing = []
         self._traced = threading.local()
-        # Room for two threads' requests to every party at once.
-        self._pool = ThreadPoolExecutor(2 * len(self.parties) + 2) if parallel else None
-        self._owners: dict[str, Worker] = {}  # other workers with a session key
         self._joined = {w.id for w in (*self.parties, provider)}
         self._fixed: set[str] = set()  # held tensors whose mask f = W − b is open
-        self.closed = False
         self.dealt = 0  # tuples the provider has dealt to this group
         try:
             for worker in (*self.parties, provider):
@@ -107,7 +90,7 @@ class ShareGroup(GroupOperations):
                 lambda w: w.party_op(
                     JOIN,
                     session=self.session,
-                    parties=ids,
+                    parties=[p.id for p in self.parties],
                     provider=provider.id,
                     fractional_bits=fractional_bits,
                 ),
@@ -121,22 +104,9 @@ class ShareGroup(GroupOperations):
     def __enter__(self) -> ShareGroup:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Every worker forgets the session (best effort: a dead one has already)."""
-        if self.closed:
-            return
-        self.closed = True
+    def _before_close(self) -> None:
         if self._dealer is not None:  # the provider forgets nothing while it deals
             self._dealer.shutdown(wait=True, cancel_futures=True)
-        for worker in self._keyed_workers():
-            if not worker.closed:
-                with contextlib.suppress(Exception):
-                    worker.party_op(FORGET, session=self.session)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
 
     def _not_planning(self) -> None:
         if self._planning is not None:
@@ -144,24 +114,6 @@ class ShareGroup(GroupOperations):
 
     def _new_id(self) -> str:
         return f"t{next(self._ids)}"
-
-    def _keyed_workers(self) -> list[Worker]:
-        known = {w.id: w for w in (*self.parties, self.provider)}
-        known.update(self._owners)
-        return [w for w_id, w in known.items() if w_id in self._keys]
-
-    def _keygen(self, worker: Worker) -> torch.Tensor:
-        """``worker``'s session public key (it makes its pair on first use)."""
-        if worker.id not in self._keys:
-            if worker.id.startswith(":"):
-                raise MPCError(f"worker id {worker.id!r} is reserved")
-            public = worker.party_op(KEYGEN, session=self.session)["public_key"]
-            if not isinstance(public, torch.Tensor) or public.dtype != torch.uint8:
-                raise MPCError(f"{worker.id!r} returned no public key")
-            self._keys[worker.id] = public
-            if worker not in self.parties and worker is not self.provider:
-                self._owners[worker.id] = worker
-        return self._keys[worker.id]
 
     # ------------------------------------------------------------ sharing
 

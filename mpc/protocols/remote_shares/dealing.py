@@ -17,33 +17,24 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
-
-import torch
+from typing import Any
 
 from mpc.errors import MPCError
+from mpc.protocols.party_groups import PartyGroup
 from mpc.protocols.remote_shares.dealt_steps import DEAL
 from mpc.protocols.remote_shares.held_steps import DEAL_FIXED, DEAL_HELD, FIX, FIXED
 from mpc.protocols.remote_shares.tensor import RemoteShared
 from mpc.protocols.remote_shares.vault import MAX_DEAL, dealt_shapes
-from workers.base import Worker
 
 __all__ = ["TupleStock", "tuple_key"]
 
-T = TypeVar("T")
 
-
-class TupleStock:
+class TupleStock(PartyGroup):
     """Dealt tuples of a share group, by kind and shapes (see the module docstring)."""
 
-    parties: tuple[Worker, ...]
-    provider: Worker
-    session: str
     dealt: int  # tuples the provider has dealt to this group
-    _keys: dict[str, torch.Tensor]
     _stock: dict[str, deque[dict[str, Any]]]
     _fixed: set[str]  # held tensors whose mask f = W − b is open
-    _lock: threading.Lock
     _traced: threading.local  # .plan: see _planning
     # deal_ahead's thread (the only one that talks to the provider while it
     # deals) and its unfinished deals.
@@ -57,15 +48,6 @@ class TupleStock:
         operations of the group meanwhile."""
         plan: _Plan | None = getattr(self._traced, "plan", None)
         return plan
-
-    def _check_open(self) -> None:
-        raise NotImplementedError
-
-    def _call(self, worker: Worker, fn: Callable[[Worker], T]) -> T:
-        raise NotImplementedError
-
-    def _each(self, workers: Sequence[Worker], fn: Callable[[Worker], T]) -> list[T]:
-        raise NotImplementedError
 
     def prefetch(
         self, kind: str, shapes: Sequence[Sequence[int]], count: int, **kwargs: int

@@ -12,11 +12,8 @@ parties and with a dealt pair for more. Tuples come from the stock
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -28,7 +25,7 @@ from mpc.protocols.remote_shares.held_steps import (
     FINISH_MASKED,
     MASK_HELD,
 )
-from mpc.protocols.remote_shares.steps import DROP, LOCAL
+from mpc.protocols.remote_shares.steps import LOCAL
 from mpc.protocols.remote_shares.tensor import RemoteShared, held_result, result_shape
 from mpc.protocols.remote_shares.vault import BILINEAR, dealt_shapes
 from mpc.ring import FixedPointEncoder
@@ -39,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["GroupOperations", "open_sum"]
 
-T = TypeVar("T")
 _DROP_BATCH = 64  # dropped ids sent in one request, with the next operation
 
 
@@ -47,62 +43,7 @@ class GroupOperations(TupleStock):
     """Requests and operations of a share group (see the module docstring)."""
 
     encoder: FixedPointEncoder
-    closed: bool
-    _dropped: list[str]
-    _lock: threading.Lock
-    _pool: ThreadPoolExecutor | None
     _new_id: Callable[[], str]
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise MPCError(f"share group {self.session} is closed")
-
-    # ------------------------------------------------------------ requests
-
-    def _each(self, workers: Sequence[Worker], fn: Callable[[Worker], T]) -> list[T]:
-        """``fn`` on every worker (at once with ``parallel``); the first failure is
-        raised, naming the worker, after every call has returned."""
-        if self._pool is None or len(workers) < 2:
-            results: list[T] = []
-            for worker in workers:
-                results.append(self._call(worker, fn))
-            return results
-        futures = [self._pool.submit(self._call, worker, fn) for worker in workers]
-        return [future.result() for future in futures]
-
-    def _call(self, worker: Worker, fn: Callable[[Worker], T]) -> T:
-        try:
-            return fn(worker)
-        except MPCError:
-            raise
-        except Exception as exc:
-            raise MPCError(f"party {worker.id!r} failed: {exc}") from exc
-
-    def _on_parties(
-        self, make_args: Callable[[int], dict[str, Any]], step: str
-    ) -> list[dict[str, Any]]:
-        """Party step ``step`` on every party, with the arguments ``make_args(index)``."""
-        self._flush_drops()
-        positions = {w.id: index for index, w in enumerate(self.parties)}
-        return self._each(
-            self.parties,
-            lambda w: w.party_op(step, session=self.session, **make_args(positions[w.id])),
-        )
-
-    def _release(self, tensor_id: str) -> None:
-        """A handle died: its shares are dropped with the next operation."""
-        with self._lock:
-            self._dropped.append(tensor_id)
-
-    def _flush_drops(self, force: bool = False) -> None:
-        with self._lock:
-            if not self._dropped or (len(self._dropped) < _DROP_BATCH and not force):
-                return
-            ids, self._dropped = self._dropped, []
-        for worker in self.parties:
-            if not worker.closed:
-                with contextlib.suppress(Exception):  # a dead party has forgotten them
-                    worker.party_op(DROP, session=self.session, ids=ids)
 
     def _made(
         self, run: Callable[[str], Any], shape: torch.Size, holder: int | None = None

@@ -16,13 +16,13 @@ from mpc.protocols.payloads import ring_from_bytes, tensor_bytes, wire_bytes
 from mpc.protocols.remote_shares.shapes import local_shape
 from mpc.protocols.remote_shares.vault import (
     COORDINATOR,
-    MAX_DIMS,
     MAX_ELEMENTS,
     MAX_PARTIES,
     UsedSerials,
     audience_arg,
     group_of,
     ids_arg,
+    layout_args,
     party_index,
     public_ring,
     seal_label,
@@ -270,18 +270,8 @@ def _local(party: Party, args: Mapping[str, Value]) -> dict[str, Value]:
     publics: dict[str, Any] = {}
     if op in ("add_public", "mul_public", "matmul_public", "rmatmul_public"):
         publics["value"] = public_ring(args.get("value"), "value")
-    elif op == "sum":
-        publics["dims"] = [
-            arg_int({"d": d}, "d", low=-MAX_DIMS, high=MAX_DIMS - 1)
-            for d in arg_list(args, "dims", max_length=MAX_DIMS)
-        ]
-        publics["keepdim"] = args.get("keepdim") is True
-    elif op == "reshape":
-        publics["shape"] = shape_arg(args.get("shape"), "shape")
-    elif op == "narrow":
-        publics["dim"] = arg_int(args, "dim", low=0, high=MAX_DIMS - 1)
-        publics["start"] = arg_int(args, "start", low=0, high=2**31)
-        publics["length"] = arg_int(args, "length", low=0, high=2**31)
+    elif op in ("sum", "reshape", "narrow"):
+        publics.update(layout_args(args, op))
     elif op == "pool_sum":
         publics["kernel"] = arg_int(args, "kernel", low=1, high=64)
         publics["shift"] = shift

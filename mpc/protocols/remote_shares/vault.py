@@ -64,6 +64,7 @@ __all__ = [
     "group_of",
     "ids_arg",
     "kind_args",
+    "layout_args",
     "opened_arg",
     "party_index",
     "public_ring",
@@ -166,6 +167,26 @@ def audience_arg(args: Mapping[str, Value]) -> frozenset[str]:
         else:
             names.add(arg_id({"id": value}, "id"))
     return frozenset(names)
+
+
+def layout_args(args: Mapping[str, Value], op: str) -> dict[str, object]:
+    """The public arguments of a local operation that only moves or sums entries:
+    ``sum`` (dims, keepdim), ``reshape`` (shape), ``narrow`` (dim, start, length)."""
+    if op == "sum":
+        dims = [
+            arg_int({"d": d}, "d", low=-MAX_DIMS, high=MAX_DIMS - 1)
+            for d in arg_list(args, "dims", max_length=MAX_DIMS)
+        ]
+        return {"dims": dims, "keepdim": args.get("keepdim") is True}
+    if op == "reshape":
+        return {"shape": shape_arg(args.get("shape"), "shape")}
+    if op == "narrow":
+        return {
+            "dim": arg_int(args, "dim", low=0, high=MAX_DIMS - 1),
+            "start": arg_int(args, "start", low=0, high=2**31),
+            "length": arg_int(args, "length", low=0, high=2**31),
+        }
+    return {}
 
 
 def tensor_id_arg(args: Mapping[str, Value], name: str) -> str:
