@@ -47,8 +47,8 @@ def _wait_ready(path: Path, process: subprocess.Popen[bytes], deadline: float) -
 def fleet_up(args: argparse.Namespace) -> int:
     """Start ``args.workers`` daemons and write ``<dir>/workers.toml``."""
     from workers.auth import write_secret, write_worker_key
+    from workers.cohort import default_min_cohort
     from workers.launcher import threads_per_worker
-    from workers.party import default_min_cohort
     from workers.tls import make_worker_pki
 
     folder = Path(args.dir)

@@ -8,6 +8,7 @@ argparse; what they mean together is checked by the command itself (for
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 from typing import Any, NoReturn
 
 __all__ = ["build_parser"]
@@ -52,7 +53,7 @@ def _float(text: str) -> float:
 
 
 def _add_run(sub: Any) -> None:
-    from flows.config import PROFILES
+    from flows.profiles import PROFILES
 
     quick, full = PROFILES["quick"], PROFILES["full"]
 
@@ -194,8 +195,8 @@ def _add_defence(add: Any) -> None:
 
 
 def _add_worker(sub: Any) -> None:
-    from flows.config import PROFILES
-    from workers.party import SERVED_MIN_COHORT
+    from flows.profiles import PROFILES
+    from workers.cohort import SERVED_MIN_COHORT
 
     quick = PROFILES["quick"]
     worker = sub.add_parser("worker", help="run a websocket worker")
@@ -270,8 +271,17 @@ def _add_worker(sub: Any) -> None:
     down.add_argument("--dir", default=".fedsim/level5")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fedsim")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; building it imports no torch (``--help`` stays fast)."""
     parser = _Parser(prog="fedsim", description="Privacy-preserving federated-learning lab.")
+    parser.add_argument("--version", action="version", version=f"fedsim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_worker(sub)
@@ -293,7 +303,7 @@ def _add_report(sub: Any) -> None:
 
 
 def _add_serve(sub: Any) -> None:
-    from flows.config import PROFILES
+    from flows.profiles import PROFILES
 
     serve = sub.add_parser(
         "serve",

@@ -32,10 +32,10 @@ def serve_worker(args: argparse.Namespace) -> int:
     from fl.partition import Partitioning
     from mpc.protocols import all_steps  # noqa: F401  (registers every protocol's party steps)
     from workers.auth import read_secret
+    from workers.cohort import MIN_COHORT
     from workers.core import TRAIN_X_ID, TRAIN_Y_ID
     from workers.lifetime import die_with_parent
     from workers.memory import one_heap, return_free_memory
-    from workers.party import MIN_COHORT
     from workers.tls import certificate_der, is_loopback_host, server_ssl_context
     from workers.ws_server import ServerConfig, run_worker
 

@@ -27,6 +27,7 @@ from fl.data import PartitionSource, partition_source
 from fl.errors import FedsimError
 from fl.partition import Partitioning
 from workers.codec import DTYPES, Ref, Value, check_value
+from workers.cohort import MIN_COHORT
 from workers.contributions import Contribution, Contributions
 from workers.errors import ProtocolError, WorkerError
 from workers.failures import ERROR_CODES, RequestFailure
@@ -56,7 +57,7 @@ from workers.messages import (
 )
 from workers.model_pool import ModelPool
 from workers.ops import OPS, apply_op
-from workers.party import MIN_COHORT, Party, party_steps
+from workers.party import Party, party_steps
 from workers.plan import Plan
 from workers.training_requests import TrainingRequests
 

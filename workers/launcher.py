@@ -30,10 +30,10 @@ from typing import IO
 
 from fl.partition import Partitioning
 from workers.auth import new_secret, worker_key
+from workers.cohort import default_min_cohort
 from workers.errors import WorkerError
 from workers.fleet import Fleet, check_partition
 from workers.lifetime import child_environment
-from workers.party import default_min_cohort
 from workers.ws_client import WebsocketWorker
 
 __all__ = [

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from workers.codec import Value
+from workers.cohort import MIN_COHORT
 from workers.errors import WorkerError
 
 if TYPE_CHECKING:
@@ -58,13 +59,6 @@ T = TypeVar("T")
 FORGET = "forget"
 
 MAX_SECRETS = 4096  # vault entries per worker: a bound on what a coordinator can make it hold
-MIN_COHORT = 2  # no sum of fewer contributions is ever revealed: it would be an update
-SERVED_MIN_COHORT = 3  # `fedsim worker serve`'s floor unless its operator lowers it
-
-
-def default_min_cohort(clients: int) -> int:
-    """The minimum cohort of a run or round of ``clients``: 3, or every client if fewer."""
-    return max(MIN_COHORT, min(SERVED_MIN_COHORT, clients))
 
 
 class PartyError(WorkerError):

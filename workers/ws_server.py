@@ -32,6 +32,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from workers.auth import certificate_binding, client_proof, new_nonce, verify, worker_proof
+from workers.cohort import SERVED_MIN_COHORT
 from workers.core import WorkerCore
 from workers.errors import ProtocolError, WorkerError
 from workers.memory import return_free_memory
@@ -43,7 +44,6 @@ from workers.messages import (
     ErrorReply,
     decode_message,
 )
-from workers.party import SERVED_MIN_COHORT
 from workers.peers import CROWDED, Admission, configure_peer_logging, peer_logger
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerConfig", "WorkerServer"]

@@ -260,3 +260,28 @@ def test_mutual_tls_without_tls_is_refused_before_serving() -> None:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0
     assert len(lines) == 1 and "--tls-client-ca needs --tls-cert" in lines[0]
+
+
+def test_version_and_help_need_no_torch() -> None:
+    """``fedsim --version`` names the installed version, and neither it nor
+    ``--help`` imports torch, Prefect or MLflow (they print in a blink)."""
+    import importlib.metadata
+
+    code = (
+        "import sys\n"
+        "from fedsim.cli import main\n"
+        "helps = (['--help'], ['run', '--help'], ['worker', 'serve', '--help'], ['--version'])\n"
+        "for argv in helps:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = {'torch', 'prefect', 'mlflow'}\n"
+        "print('IMPORTED', sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "IMPORTED []" in out
+    assert f"fedsim {importlib.metadata.version('fedsim')}" in out
+    assert "--levels" in out and "--min-cohort" in out  # the helps were printed
