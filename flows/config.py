@@ -169,14 +169,15 @@ class ExperimentConfig:
         Every option is spelled out (profile defaults included), so the command
         means the same whatever the defaults of a later version are.
         """
-        parts = ["fedsim run", f"--profile {self.profile}", f"--levels {self.levels}"]
+        q = shlex.quote  # every value as one shell word: "baseline, 2", "my exp"
+        parts = ["fedsim run", f"--profile {q(self.profile)}", f"--levels {q(self.levels)}"]
         for name in (
             "dataset", "model", "workers", "rounds", "epochs", "batch_size", "lr",
             "fraction", "partition", "aggregation", "committee", "aggregator", "attack",
             "attackers", "dp", "seed", "experiment", "min_workers", "task_runner",
             "round_tasks",
         ):  # fmt: skip
-            parts.append(f"--{name.replace('_', '-')} {getattr(self, name)}")
+            parts.append(f"--{name.replace('_', '-')} {q(str(getattr(self, name)))}")
         for name in ("train_samples", "test_samples"):
             value = getattr(self, name)
             parts.append(f"--{name.replace('_', '-')} {'all' if value is None else value}")
@@ -200,7 +201,7 @@ class ExperimentConfig:
             parts.append("--mac")
         for name in ("data_dir", "workers_file", "dask_address"):
             if getattr(self, name) is not None:
-                parts.append(f"--{name.replace('_', '-')} {shlex.quote(getattr(self, name))}")
+                parts.append(f"--{name.replace('_', '-')} {q(getattr(self, name))}")
         return " ".join(parts)
 
     def mlflow_params(self, level: Level) -> dict[str, str]:

@@ -193,6 +193,9 @@ def test_summary_table_fits_80_columns_with_every_level_name() -> None:
         {"levels": "baseline,3", "task_runner": "dask", "dask_workers": 3, "round_tasks": 6},
         {"levels": "3", "task_runner": "dask", "dask_address": "tcp://10.0.0.5:8786"},
         {"levels": "2", "workers": 1000, "fraction": 0.1, "client_threads": 1},
+        # Values that are more than one shell word, or mean something to a shell.
+        {"levels": "baseline, 2", "experiment": "my exp"},
+        {"experiment": "it's $HOME; `ls`", "partition": "dirichlet:0.5"},
     ],
 )
 def test_logged_command_reproduces_the_config(options: dict[str, Any]) -> None:
