@@ -166,6 +166,11 @@ def _add_defence(add: Any) -> None:
         "--aggregator",
         help="fedavg (default), median, trimmed-mean:BETA, krum:F or multi-krum:F:M",
     )
+    add(
+        "--strategy",
+        help="server strategy: fedavg (default), fedadam[:eta=0.01,...], or your own "
+        "package.module:Class[:key=value,...], a subclass of fl.aggregation.Strategy",
+    )
     add("--attack", help="none (default), label-flip, sign-flip, noise, scale or alie")
     add("--attackers", type=_non_negative_int, help="how many clients attack (default 0)")
     add("--dp", help="none (default), client (DP-FedAvg) or sample (DP-SGD with Opacus)")

@@ -51,6 +51,9 @@ class ExperimentConfig:
     # Robustness and privacy (flows.defence): the aggregator of FedAvg levels,
     # simulated attackers, and differential privacy at client or sample level.
     aggregator: str = "fedavg"
+    # The server strategy of FedAvg levels: a built-in or package.module:Class
+    # (fl.strategies); robust --aggregator and --dp client choose their own.
+    strategy: str = "fedavg"
     attack: str = "none"
     attackers: int = 0
     dp: str = "none"
@@ -173,7 +176,8 @@ class ExperimentConfig:
         parts = ["fedsim run", f"--profile {q(self.profile)}", f"--levels {q(self.levels)}"]
         for name in (
             "dataset", "model", "workers", "rounds", "epochs", "batch_size", "lr",
-            "fraction", "partition", "aggregation", "committee", "aggregator", "attack",
+            "fraction", "partition", "aggregation", "committee", "aggregator", "strategy",
+            "attack",
             "attackers", "dp", "seed", "experiment", "min_workers", "task_runner",
             "round_tasks",
         ):  # fmt: skip
@@ -261,6 +265,7 @@ class ExperimentConfig:
             return {}
         params = {
             "aggregator": self.aggregator,
+            "strategy": self.strategy,
             "attack": self.attack,
             "attackers": str(self.attackers),
             "dp": self.dp,

@@ -63,6 +63,7 @@ from fl.errors import ConfigError
 from fl.noise import noise_source
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget
 from fl.robust import parse_aggregator
+from fl.strategies import averages, load_strategy
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig
@@ -130,11 +131,20 @@ def check_defence(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
         if isinstance(cfg.dp_noise_seed, bool) or not 0 <= cfg.dp_noise_seed < 2**62:
             raise ConfigError(f"--dp-noise-seed must be in [0, 2**62), got {cfg.dp_noise_seed}")
     robust = parse_aggregator(cfg.aggregator).spec != "fedavg"
+    strategy = load_strategy(cfg.strategy)  # imported once here: a bad spec is one line now
     attack = parse_attack(cfg.attack, cfg.attackers)
     dp = dp_config(cfg)
+    if cfg.strategy != "fedavg" and (robust or (dp is not None and dp.mode == "client")):
+        chosen = f"--aggregator {cfg.aggregator}" if robust else "--dp client"
+        raise ConfigError(f"--strategy {cfg.strategy} and {chosen} each choose the server's rule")
     if attack.attackers > cfg.workers:
         raise ConfigError(f"--attackers {cfg.attackers} is more than --workers {cfg.workers}")
     hidden = sorted({lv.key for lv in levels if lv.aggregation in ("secure", "he")})
+    if hidden and not averages(strategy):
+        raise ConfigError(
+            f"--strategy {cfg.strategy} needs every client's update, which {hidden[0]} hides "
+            "(the coordinator sees only the sum): give it a finish_mean, or use plain aggregation"
+        )
     if robust and hidden:
         raise ConfigError(
             f"--aggregator {cfg.aggregator} needs every client's update, which {hidden[0]} "
@@ -201,6 +211,8 @@ class Defence:
             seed = cfg.dp_noise_seed
             noise = noise_source(None if seed is None else seed ^ _DP_NOISE_STREAM)
             strategy = DPFedAvg(self.dp, noise=noise)
+        elif cfg.strategy != "fedavg":
+            strategy = load_strategy(cfg.strategy)
         elif cfg.aggregator == "fedavg" and cfg.attack == "none":
             # A clean FedAvg run: no suspicion scores, so no (n, d) matrix per round.
             strategy = FedAvg()

@@ -17,6 +17,7 @@ from typing import Any
 from fl.aggregation import FedAvg, Strategy
 from fl.data import Split
 from fl.privacy import BudgetExceeded
+from fl.strategies import check_aggregate
 from flows import progress
 from flows.config import ExperimentConfig
 from flows.defence import Defence, dp_tags
@@ -112,7 +113,9 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         start = time.perf_counter()
         outcome = round_fn(state, round_index)
         assert outcome.aggregate is not None, "a round function returns its round's aggregate"
-        state = meter.call(finish_round, outcome.aggregate)
+        previous, state = state, meter.call(finish_round, outcome.aggregate)
+        if cfg.strategy != "fedavg":  # a chosen strategy is named if its state is unusable
+            check_aggregate(ctx.strategy, previous, state)
         round_seconds = time.perf_counter() - start
         train_seconds += round_seconds
         evaluation = meter.call(evaluate_state, model, state, test)

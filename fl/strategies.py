@@ -1,0 +1,131 @@
+"""``--strategy``: a built-in server strategy by name, or the user's own class by import path.
+
+A spec is ``NAME[:key=value,...]`` for a built-in (``fedavg``, ``fedadam``),
+``package.module:Class[:key=value,...]`` for any subclass of
+:class:`fl.aggregation.Strategy` importable on the coordinator — from the
+working directory too, which a console script does not put on ``sys.path`` —
+or ``path/to/file.py:Class[:...]``. Strategies run on the coordinator only;
+workers never import them. Values are numbers where they parse
+as numbers, else strings. Every mistake is one :class:`ConfigError` line
+naming the spec, and a strategy whose round result is unusable is named too
+(:func:`check_aggregate`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from fl.aggregation import FedAvg, Strategy
+from fl.errors import ConfigError, FedsimError
+from fl.fedopt import FedAdam
+
+__all__ = ["BUILTIN_STRATEGIES", "StrategyError", "averages", "check_aggregate", "load_strategy"]
+
+BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedadam": FedAdam}
+
+
+class StrategyError(FedsimError):
+    """A strategy failed in a round, or returned a state the model cannot take."""
+
+
+def _value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _options(spec: str, text: str) -> dict[str, int | float | str]:
+    options: dict[str, int | float | str] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--strategy {spec!r}: options are key=value, got {item!r}")
+        options[key.strip()] = _value(value.strip())
+    return options
+
+
+def load_strategy(spec: str) -> Strategy:
+    """The strategy ``spec`` names, made with its options (see the module docstring)."""
+    head, _, rest = spec.strip().partition(":")
+    if head in BUILTIN_STRATEGIES:
+        make, label, options = BUILTIN_STRATEGIES[head], head, _options(spec, rest)
+    else:
+        class_name, _, option_text = rest.partition(":")
+        if not head or not class_name:
+            names = ", ".join(BUILTIN_STRATEGIES)
+            raise ConfigError(
+                f"--strategy {spec!r} is neither a built-in ({names}) nor package.module:Class"
+            )
+        module = _module(spec, head)
+        found = getattr(module, class_name, None)
+        if not (isinstance(found, type) and issubclass(found, Strategy)):
+            raise ConfigError(
+                f"--strategy {spec!r}: {head}.{class_name} is not a subclass of "
+                "fl.aggregation.Strategy"
+            )
+        make, label, options = found, f"{head}:{class_name}", _options(spec, option_text)
+    try:
+        strategy = make(**options)
+    except FedsimError as exc:
+        raise ConfigError(f"--strategy {spec!r}: {exc}") from None
+    except Exception as exc:  # the user's constructor: any failure is one line
+        raise ConfigError(f"--strategy {spec!r}: {label}({options}) failed: {exc}") from None
+    return strategy
+
+
+def _module(spec: str, where: str) -> ModuleType:
+    """The module at ``where``: a .py file, or a dotted name (the working directory too)."""
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            if loader_spec is None or loader_spec.loader is None or not path.is_file():
+                raise ImportError(f"no file {where}")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[path.stem] = module  # registered before it runs, as an import does
+            loader_spec.loader.exec_module(module)
+            return module
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        return importlib.import_module(where)
+    except ImportError as exc:
+        raise ConfigError(f"--strategy {spec!r}: cannot import {where!r} ({exc})") from None
+    except Exception as exc:  # the user's module raised while it was imported
+        raise ConfigError(f"--strategy {spec!r}: importing {where!r} failed: {exc}") from None
+
+
+def averages(strategy: Strategy) -> bool:
+    """Whether ``strategy`` finishes a mean (``finish_mean``): only such a strategy runs
+    under secure or homomorphic aggregation, where the coordinator sees only the sum."""
+    return type(strategy).finish_mean is not Strategy.finish_mean
+
+
+def check_aggregate(
+    strategy: Strategy, previous: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> None:
+    """A :class:`StrategyError` naming ``strategy`` if the state it returned for the
+    next round lacks a key, has a wrong shape, or holds NaN or infinity."""
+    name = getattr(strategy, "name", type(strategy).__name__)
+    if not isinstance(state, Mapping) or set(state) != set(previous):
+        missing = sorted(set(previous) - set(state)) if isinstance(state, Mapping) else []
+        raise StrategyError(f"strategy {name!r} returned a state without {missing or 'a mapping'}")
+    for key, value in state.items():
+        before = previous[key]
+        if not isinstance(value, torch.Tensor) or value.shape != before.shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise StrategyError(
+                f"strategy {name!r} returned {key!r} of shape {shape}, not {tuple(before.shape)}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise StrategyError(f"strategy {name!r} diverged: {key!r} holds NaN or infinity")
