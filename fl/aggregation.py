@@ -97,6 +97,12 @@ class Strategy(ABC):
     # or DP-FedAvg's clipped, unweighted one (noised in finish_mean).
     fold: MeanFold | None = None
 
+    @property
+    def train_options(self) -> Mapping[str, float]:
+        """Fields of the clients' ``TrainConfig`` this strategy sets (FedProx's
+        ``prox_mu``): they reach every client of the FedAvg levels. None by default."""
+        return {}
+
     def sample_clients(
         self, client_ids: Sequence[str], fraction: float, generator: torch.Generator
     ) -> list[str]:

@@ -1,6 +1,7 @@
 """``--strategy``: a built-in server strategy by name, or the user's own class by import path.
 
-A spec is ``NAME[:key=value,...]`` for a built-in (``fedavg``, ``fedadam``),
+A spec is ``NAME[:key=value,...]`` for a built-in (``fedavg``, ``fedadam``,
+``fedprox``),
 ``package.module:Class[:key=value,...]`` for any subclass of
 :class:`fl.aggregation.Strategy` importable on the coordinator — from the
 working directory too, which a console script does not put on ``sys.path`` —
@@ -13,6 +14,7 @@ naming the spec, and a strategy whose round result is unusable is named too
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -26,10 +28,22 @@ import torch
 from fl.aggregation import FedAvg, Strategy
 from fl.errors import ConfigError, FedsimError
 from fl.fedopt import FedAdam
+from fl.fedprox import FedProx
 
-__all__ = ["BUILTIN_STRATEGIES", "StrategyError", "averages", "check_aggregate", "load_strategy"]
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "StrategyError",
+    "averages",
+    "check_aggregate",
+    "load_strategy",
+    "train_options",
+]
 
-BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedadam": FedAdam}
+BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "fedavg": FedAvg,
+    "fedadam": FedAdam,
+    "fedprox": FedProx,
+}
 
 
 class StrategyError(FedsimError):
@@ -103,6 +117,22 @@ def _module(spec: str, where: str) -> ModuleType:
         raise ConfigError(f"--strategy {spec!r}: cannot import {where!r} ({exc})") from None
     except Exception as exc:  # the user's module raised while it was imported
         raise ConfigError(f"--strategy {spec!r}: importing {where!r} failed: {exc}") from None
+
+
+def train_options(strategy: Strategy, spec: str) -> dict[str, float]:
+    """The clients' ``TrainConfig`` fields ``strategy`` sets, checked to be fields that
+    exist and numbers (a ConfigError naming ``spec`` otherwise)."""
+    from fl.training import TrainConfig  # fl.training imports nothing of this module
+
+    options = dict(strategy.train_options)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"--strategy {spec!r} sets training options that do not exist: {unknown}")
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"--strategy {spec!r} sets {key} to {value!r}, not a number")
+    return options
 
 
 def averages(strategy: Strategy) -> bool:

@@ -47,6 +47,9 @@ class TrainConfig:
     # DP-SGD's randomness (fl.noise): -1 = a CSPRNG (private); a seed >= 0 mixed
     # with the call's generator = reproducible, NOT private (--dp-noise-seed).
     dp_noise_seed: int = -1
+    # FedProx (Li et al., MLSys 2020): the local objective gains (μ/2)·‖w − w_t‖²,
+    # w_t the round's starting model; set by the strategy (fl.fedprox). 0 = off.
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -60,10 +63,14 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
-        for name in ("update_clip", "dp_clip", "dp_noise"):
+        for name in ("update_clip", "dp_clip", "dp_noise", "prox_mu"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be finite and >= 0, got {value}")
+        if self.prox_mu > 0 and self.dp_clip > 0:
+            raise ConfigError(
+                "FedProx's proximal term and DP-SGD do not combine (clip its gradient?)"
+            )
         if not -1 <= self.dp_noise_seed < 2**63:
             raise ConfigError(
                 f"dp_noise_seed must be -1 or in [0, 2**63), got {self.dp_noise_seed}"
@@ -186,6 +193,8 @@ def _train_sgd(
     )
     was_training = model.training
     model.train()
+    # FedProx: ∇(μ/2)·‖w − w_t‖² = μ·(w − w_t), added to each gradient before the step.
+    anchor = [p.detach().clone() for p in model.parameters()] if config.prox_mu > 0 else None
     loss_sum = torch.zeros((), dtype=torch.float64)
     steps = 0
     start = time.perf_counter()
@@ -195,6 +204,11 @@ def _train_sgd(
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(data.x[batch]), data.y[batch])
                 loss.backward()  # type: ignore[no-untyped-call]
+                if anchor is not None:
+                    with torch.no_grad():
+                        for param, start_value in zip(model.parameters(), anchor, strict=True):
+                            if param.grad is not None:
+                                param.grad.add_(param - start_value, alpha=config.prox_mu)
                 optimizer.step()
                 loss_sum += loss.detach() * batch.numel()
                 steps += 1

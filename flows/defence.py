@@ -63,7 +63,7 @@ from fl.errors import ConfigError
 from fl.noise import noise_source
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget
 from fl.robust import parse_aggregator
-from fl.strategies import averages, load_strategy
+from fl.strategies import averages, load_strategy, train_options
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig
@@ -134,6 +134,10 @@ def check_defence(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
     strategy = load_strategy(cfg.strategy)  # imported once here: a bad spec is one line now
     attack = parse_attack(cfg.attack, cfg.attackers)
     dp = dp_config(cfg)
+    if train_options(strategy, cfg.strategy).get("prox_mu") and cfg.dp == "sample":
+        raise ConfigError(
+            f"--strategy {cfg.strategy}: a proximal term and --dp sample do not combine"
+        )
     if cfg.strategy != "fedavg" and (robust or (dp is not None and dp.mode == "client")):
         chosen = f"--aggregator {cfg.aggregator}" if robust else "--dp client"
         raise ConfigError(f"--strategy {cfg.strategy} and {chosen} each choose the server's rule")

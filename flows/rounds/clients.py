@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from fl.partition import Partitioning
+from fl.strategies import load_strategy, train_options
 from fl.training import TrainConfig
 from workers.base import Worker
 
@@ -78,5 +79,8 @@ class ClientSettings:
                 dp_noise=cfg.dp_noise if sample else 0.0,
                 dp_noise_seed=-1 if not sample or cfg.dp_noise_seed is None else cfg.dp_noise_seed,
             )
+            if cfg.strategy != "fedavg":  # what the server's rule asks of clients (FedProx's μ)
+                options = train_options(load_strategy(cfg.strategy), cfg.strategy)
+                train = dataclasses.replace(train, **options)
         sealed = cfg.aggregation in ("secure", "he")
         return cls(cfg.model, train, cfg.seed, sealed, cfg.partitioning, cfg.data_dir)

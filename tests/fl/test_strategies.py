@@ -32,7 +32,7 @@ def test_a_users_class_by_module_path_and_by_file() -> None:
 @pytest.mark.parametrize(
     ("spec", "fragment"),
     [
-        ("fedprox", "neither a built-in (fedavg, fedadam) nor package.module:Class"),
+        ("scaffold", "neither a built-in (fedavg, fedadam, fedprox) nor package.module:Class"),
         ("no_such_module:Thing", "cannot import 'no_such_module'"),
         ("fl.robust:NoSuchClass", "fl.robust.NoSuchClass is not a subclass"),
         ("fl.errors:ConfigError", "is not a subclass of fl.aggregation.Strategy"),

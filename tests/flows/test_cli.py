@@ -43,7 +43,7 @@ from fedsim.cli import main
         (["run", "--task-runner", "dask", "--dask-address", "localhost"], "scheduler address"),
         (["run", "--levels", "4", "--workers", "100"], "one process per worker"),
         (["run", "--round-tasks", "0"], "must be >= 1"),
-        (["run", "--strategy", "fedprox"], "neither a built-in"),
+        (["run", "--strategy", "scaffold"], "neither a built-in"),
         (["run", "--strategy", "fl.robust:Median", "--levels", "2:secure"], "needs every client"),
         (["run", "--strategy", "fedadam", "--aggregator", "median"], "each choose the server"),
         (["run", "--strategy", "fedadam", "--dp", "client"], "each choose the server"),
