@@ -105,7 +105,13 @@ def _add_run(sub: Any) -> None:
     )
     _add_defence(add)
     add("--seed", type=_non_negative_int, help="seed of everything random (default 0)")
-    add("--profile", choices=tuple(PROFILES), default="quick", help="defaults preset")
+    add(
+        "--config",
+        metavar="FILE",
+        help="the experiment's options in a TOML file (the profile's defaults, then "
+        "the file, then the options given here)",
+    )
+    add("--profile", choices=tuple(PROFILES), help="defaults preset (default: quick)")
     add(
         "--train-samples",
         type=_samples,

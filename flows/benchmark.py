@@ -9,6 +9,7 @@ from prefect import flow
 
 from fl.data import dataset_checksum
 from flows.config import ExperimentConfig
+from flows.config_file import config_toml
 from flows.engine import dask_task_runner
 from flows.level import Level
 from flows.tracking import BenchmarkTracker, status_after
@@ -77,9 +78,14 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     cfg = ExperimentConfig.from_dict(config)
     tracker = BenchmarkTracker(cfg.experiment)
     _close_abandoned_runs(tracker)
-    params = {k: str(v) for k, v in cfg.to_dict().items() if k not in ("tags", "levels")}
+    params = {  # an unset option is no param, not the string "None"
+        k: str(v) for k, v in cfg.to_dict().items() if k not in ("tags", "levels") and v is not None
+    }
+    params |= {k: "all" for k in ("train_samples", "test_samples") if getattr(cfg, k) is None}
     params["levels"] = ",".join(level.key for level in cfg.level_list)
     parent = tracker.start_parent(f"benchmark {cfg.profile}", params, describe(cfg))
+    # The whole config as `fedsim run --config` reads it: the run, repeatable from a file.
+    tracker.log_text(parent, config_toml(cfg), "experiment.toml")
     tracker.set_tags(
         parent,
         {

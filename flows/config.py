@@ -275,10 +275,10 @@ class ExperimentConfig:
                 "dp_noise": str(self.dp_noise),
                 "dp_clip": str(self.dp_clip),
                 "dp_delta": str(self.dp_delta),
-                "dp_target_epsilon": str(self.dp_target_epsilon),
-                "dp_adaptive_quantile": str(self.dp_adaptive_quantile),
-                "dp_noise_seed": str(self.dp_noise_seed),
             }
+            for name in ("dp_target_epsilon", "dp_adaptive_quantile", "dp_noise_seed"):
+                if getattr(self, name) is not None:  # unset: no param, not the string "None"
+                    params[name] = str(getattr(self, name))
         return params
 
 

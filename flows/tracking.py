@@ -158,6 +158,10 @@ class BenchmarkTracker:
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        """``text`` as the artifact ``name`` of the run."""
+        self.client.log_text(run_id, text, name)
+
     def log_json(self, run_id: str, data: object, name: str) -> None:
         """``data`` as the JSON artifact ``name`` of the run."""
         self.client.log_dict(run_id, data, name)

@@ -40,8 +40,9 @@ def test_authenticated_shares_example_catches_the_cheating_party() -> None:
 
 
 def test_custom_strategy_example_runs_at_levels_3_and_4(tmp_path: Path) -> None:
-    """The user's strategy by file path, through ``fedsim run`` at a virtual and a
-    process level; levels 3 and 4 run the same rounds, so their accuracies agree."""
+    """The user's strategy by file path, through ``fedsim run --config`` at a virtual
+    and a process level; levels 3 and 4 run the same rounds, so their accuracies
+    agree; the run logs its whole config, which reads back as the same experiment."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -51,10 +52,13 @@ def test_custom_strategy_example_runs_at_levels_3_and_4(tmp_path: Path) -> None:
         "COLUMNS": "120",
     }
     spec = "examples/custom_strategy.py:FedAvgM:beta=0.5"
-    args = ["--levels", "3,4", "--model", "mlp", "--workers", "2", "--rounds", "2"]
-    args += ["--train-samples", "400", "--test-samples", "200", "--strategy", spec]
+    config = tmp_path / "experiment.toml"
+    config.write_text(
+        'levels = "3,4"\nmodel = "mlp"\nworkers = 2\nrounds = 5\n'
+        f'train-samples = 400\ntest-samples = 200\nstrategy = "{spec}"\n'
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", *args],
+        [sys.executable, "-m", "fedsim", "run", "--config", str(config), "--rounds", "2"],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -67,7 +71,13 @@ def test_custom_strategy_example_runs_at_levels_3_and_4(tmp_path: Path) -> None:
     assert rows["L3 decentralized"] == rows["L4 websocket-local"]
     import mlflow  # each level's run records the strategy it aggregated with
 
+    from flows.config_file import read_config_file
+
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     logged = {r.data.params.get("level"): r.data.params.get("strategy") for r in runs}
     assert logged.get("decentralized") == logged.get("websocket-local") == spec, logged
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    written = client.download_artifacts(parent.info.run_id, "experiment.toml", str(tmp_path))
+    options = read_config_file(written)
+    assert (options["rounds"], options["strategy"], options["levels"]) == (2, spec, "3,4")
