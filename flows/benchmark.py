@@ -38,6 +38,9 @@ def run_level(
     """Run the flow of ``level``; ``baseline`` holds the baseline's
     ``train_seconds`` and ``samples_trained`` once it has run."""
     flow: Any = level.load_flow()
+    # The Prefect UI lists the run as "<experiment> · L2 federated (secure)".
+    name = f"{config.get('experiment', 'fedsim')} · {level.run_name}"
+    flow = flow.with_options(flow_run_name=lambda: name)
     if level.dask and config.get("task_runner") == "dask":
         runner = dask_task_runner(ExperimentConfig.from_dict(config), _prefect_api_url())
         flow = flow.with_options(task_runner=runner)
@@ -64,7 +67,27 @@ def _close_abandoned_runs(tracker: BenchmarkTracker) -> None:
         )
 
 
-@flow(name="fedsim-benchmark", log_prints=False)
+def _summary_metrics(level: Level, summary: dict[str, Any]) -> dict[str, float]:
+    """A level's headline figures on the parent run, as ``<level key>/<metric>``
+    (``federated:secure/final_accuracy``), so MLflow compares the levels of one run."""
+    names = ("final_accuracy", "train_seconds", "slowdown_vs_baseline", "slowdown_vs_plaintext")
+    return {
+        f"{level.key}/{name}": float(summary[name])
+        for name in (*names, "prefect_seconds")
+        if summary.get(name) is not None
+    }
+
+
+def _benchmark_run_name() -> str:
+    """The benchmark's flow run, named after its experiment and levels (scheduled
+    runs of a deployment too)."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config") or {}
+    return f"{config.get('experiment', 'fedsim')} · levels {config.get('levels', '?')}"
+
+
+@flow(name="fedsim-benchmark", log_prints=False, flow_run_name=_benchmark_run_name)
 def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     """Run the chosen levels one after another and log each as a child run.
 
@@ -83,7 +106,8 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     }
     params |= {k: "all" for k in ("train_samples", "test_samples") if getattr(cfg, k) is None}
     params["levels"] = ",".join(level.key for level in cfg.level_list)
-    parent = tracker.start_parent(f"benchmark {cfg.profile}", params, describe(cfg))
+    levels = ",".join(level.key for level in cfg.level_list)
+    parent = tracker.start_parent(f"levels {levels} ({cfg.profile})", params, describe(cfg))
     # The whole config as `fedsim run --config` reads it: the run, repeatable from a file.
     tracker.log_text(parent, config_toml(cfg), "experiment.toml")
     tracker.set_tags(
@@ -109,6 +133,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
                 {"prefect_seconds": summary["prefect_seconds"]},
                 step=cfg.rounds,
             )
+            tracker.log_metrics(parent, _summary_metrics(level, summary), step=cfg.rounds)
             if level.centralized:
                 baseline = {k: summary[k] for k in ("train_seconds", "samples_trained")}
             summaries.append(summary)

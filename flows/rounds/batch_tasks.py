@@ -58,7 +58,14 @@ _RESULT_TAG = "fedsim.batch-result"
 PROCESS_MODELS = ModelPool()
 
 
-@task(name="train-client-batch", cache_policy=NO_CACHE)
+def _batch_run_name(parameters: dict[str, Any]) -> str:
+    clients = parameters.get("clients") or []
+    indices = [c.index for c in clients]
+    span = f"clients {min(indices)}–{max(indices)}" if indices else "no clients"
+    return f"round {parameters.get('round_index')} · {span}"
+
+
+@task(name="train-client-batch", cache_policy=NO_CACHE, task_run_name=_batch_run_name)
 def train_client_batch(
     clients: list[Client],
     state: StateDict,

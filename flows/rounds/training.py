@@ -147,7 +147,7 @@ def train_clients_in_turn(
     )
 
 
-@task(name="train-round", cache_policy=NO_CACHE)
+@task(name="train-round", cache_policy=NO_CACHE, task_run_name="round {round_index}")
 @timed_body
 def train_federated_round(
     clients: Sequence[Client],
@@ -199,7 +199,7 @@ def train_federated_round(
     )
 
 
-@task(name="train-sequential-round", cache_policy=NO_CACHE)
+@task(name="train-sequential-round", cache_policy=NO_CACHE, task_run_name="round {round_index}")
 @timed_body
 def train_sequential_round(
     clients: Sequence[Client],

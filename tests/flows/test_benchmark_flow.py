@@ -124,6 +124,22 @@ def test_benchmark_logs_parent_and_one_child_per_level(mlflow_uri: str) -> None:
     assert by_level["federated"]["bytes_total"] - by_level["decentralized"]["bytes_total"] > (
         shards_bytes
     )
+    # The parent is named after its levels and holds each level's summary metrics.
+    assert parent[0].info.run_name == "levels baseline,sequential,federated,decentralized (quick)"
+    for run in children:
+        key = run.data.tags["level"]
+        for name in ("final_accuracy", "train_seconds", "slowdown_vs_baseline"):
+            assert parent[0].data.metrics[f"{key}/{name}"] == run.data.metrics[name]
+    # Prefect names each flow run after the experiment and level, each training task
+    # after its round.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        flow_names = {f.name for f in prefect.read_flow_runs()}
+        task_names = {t.name for t in prefect.read_task_runs()}
+    assert {"flow-test · L2 federated", "flow-test · levels baseline,1,2,3"} <= flow_names
+    assert {"round 1", "round 2"} <= task_names  # level 1's
+    assert any(name.startswith("round 2 · clients ") for name in task_names)  # levels 2-3
 
 
 def test_same_seed_same_accuracies_and_fedavg_matches_reference(mlflow_uri: str) -> None:
