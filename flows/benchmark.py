@@ -70,7 +70,10 @@ def _close_abandoned_runs(tracker: BenchmarkTracker) -> None:
 def _summary_metrics(level: Level, summary: dict[str, Any]) -> dict[str, float]:
     """A level's headline figures on the parent run, as ``<level key>/<metric>``
     (``federated:secure/final_accuracy``), so MLflow compares the levels of one run."""
-    names = ("final_accuracy", "train_seconds", "slowdown_vs_baseline", "slowdown_vs_plaintext")
+    names = (
+        "final_accuracy", "train_seconds", "slowdown_vs_baseline", "slowdown_vs_plaintext",
+        "machine_other_cores",
+    )  # fmt: skip
     return {
         f"{level.key}/{name}": float(summary[name])
         for name in (*names, "prefect_seconds")

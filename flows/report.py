@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from flows.machine_load import BUSY_CORES
 from flows.report_data import ReportData, find_parent_run, load_report_data
 from flows.report_plots import PLOTS, write_plots
 
@@ -47,6 +48,12 @@ _VERSIONS = (
 _TEXT_COLUMNS = {"level", "aggregation", "robust aggregator", "attack"}  # left-aligned
 # Said next to the ε of a level run with --dp-noise-seed (tag fedsim.dp.private=false).
 NOT_PRIVATE = "not private (reproducible noise seed)"
+_CONFIG_ARTIFACT = "the parent run's MLflow artifact experiment.toml (every option of this run)"
+_BUSY_NOTE = (
+    f"a slowdown marked ⚠ was measured while other processes held at least {BUSY_CORES} of "
+    "the machine's cores on average (the level's metric machine_other_cores): it is not the "
+    "code's alone; run again on an idle machine to compare"
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,9 @@ def _summary_rows(levels: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         cells = [_fmt(record[name], spec) for _, name, spec in columns]
         if _present(record["slowdown_vs_baseline"]):
             cells[3] += "×"
+            busy = record.get("machine_other_cores")
+            if _present(busy) and busy >= BUSY_CORES:  # measured on a shared, loaded machine
+                cells[3] += f" ⚠ others held {busy:.1f} cores"
         if record["aggregation"] == "none":
             cells[5] = "—"
         if record.get("dp_private") == "false" and ("DP ε", "dp_epsilon", ".3g") in columns:
@@ -149,6 +159,14 @@ def _header(data: ReportData) -> tuple[str, str]:
     return title, f"Experiment {data.experiment!r}, run started {started} UTC, {info.status}."
 
 
+def _measured_busy(data: ReportData) -> bool:
+    """Whether some level ran while other processes held the cores (flows.machine_load)."""
+    if "machine_other_cores" not in data.levels:
+        return False
+    busy = [v for v in data.levels["machine_other_cores"].tolist() if _present(v)]
+    return any(v >= BUSY_CORES for v in busy)
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -172,6 +190,9 @@ def render_markdown(data: ReportData, generated: str, *, images: bool = True) ->
     lines += [f"- {label}: `{value}`" for label, value in _reproducibility(data)]
     command = data.parent.data.tags.get("fedsim.command", "unknown (not logged by this version)")
     lines += ["", "Reproduce with:", "", "```sh", command, "```", ""]
+    lines += [f"or `fedsim run --config experiment.toml` with {_CONFIG_ARTIFACT}.", ""]
+    if _measured_busy(data):
+        lines += [f"⚠ {_BUSY_NOTE}", ""]
     return "\n".join(lines)
 
 
@@ -225,6 +246,11 @@ def render_html(data: ReportData, generated: str, images: dict[str, bytes]) -> s
         out.append(f"<dt>{esc(label)}</dt><dd><code>{esc(value)}</code></dd>")
     command = data.parent.data.tags.get("fedsim.command", "unknown (not logged by this version)")
     out += ["</dl>", "<p>Reproduce with:</p>", f'<pre id="command">{esc(command)}</pre>']
+    out += [
+        f"<p>or <code>fedsim run --config experiment.toml</code> with {esc(_CONFIG_ARTIFACT)}.</p>"
+    ]
+    if _measured_busy(data):
+        out += [f"<p>⚠ {esc(_BUSY_NOTE)}</p>"]
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
 

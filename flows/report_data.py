@@ -109,6 +109,7 @@ def _level_record(client: MlflowClient, run: Run) -> tuple[dict[str, Any], Level
         "flag_recall": _mean(_history(client, run.info.run_id, "flag_recall")),
         "dropped_workers": sum(dropped.values()) if dropped else None,
         "slowdown_vs_plaintext": metrics.get("slowdown_vs_plaintext"),
+        "machine_other_cores": metrics.get("machine_other_cores"),
         "plaintext_accuracy": metrics.get("plaintext_accuracy"),
     }
     series = LevelSeries(

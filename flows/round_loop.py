@@ -22,6 +22,7 @@ from flows import progress
 from flows.config import ExperimentConfig
 from flows.defence import Defence, dp_tags
 from flows.level import Level, level_named
+from flows.machine_load import LoadMeter, SystemMetrics
 from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.rounds.tasks import evaluate_state, finish_round, initial_state
 from flows.timing import OrchestrationMeter
@@ -59,6 +60,8 @@ class LevelSummary:
     slowdown_vs_baseline: float | None = None
     prefect_seconds: float | None = None
     comm_seconds_mean: float = 0.0
+    # Cores other processes held on average while the level ran (flows.machine_load).
+    machine_other_cores: float | None = None
     # encrypted-eval only: its plaintext reference, timed in the same process
     slowdown_vs_plaintext: float | None = None
     plaintext_accuracy: float | None = None
@@ -228,11 +231,18 @@ def run_level_body(
     tracker = BenchmarkTracker(cfg.experiment)
     tracker.parent_id = parent_run_id
     run_id = tracker.start_level(level.run_name, level.name, cfg.mlflow_params(level))
+    load = LoadMeter().start()  # how much of the machine others held meanwhile
+    system = SystemMetrics(run_id, tracker.client.tracking_uri)
     ctx = LevelContext(level, cfg, tracker, run_id, baseline, entered)
     try:
         with ctx.meter:
             summary = body(ctx)
+        machine = load.metrics()
+        summary.machine_other_cores = machine["machine_other_cores"]
+        tracker.log_metrics(run_id, machine, step=cfg.rounds)
+        system.stop()
         return _finish(ctx, summary).to_dict()
     except BaseException as error:
+        system.stop()
         tracker.finish(run_id, status=status_after(error))
         raise

@@ -195,8 +195,10 @@ def _synthetic_benchmark() -> str:
         ("L2 federated (secure)", "federated", {"aggregation": "secure", "aggregator": "median",
          "attack": "label-flip", "attackers": "2"}, {"dp_epsilon": 1.5,
          "slowdown_vs_baseline": 1.25}),
-        ("L2 federated", "federated", {"aggregation": "plain"}, {"slowdown_vs_baseline": 1.05}),
-        ("L0 baseline", "baseline", {"aggregation": "none"}, {"slowdown_vs_baseline": 1.0}),
+        ("L2 federated", "federated", {"aggregation": "plain"}, {"slowdown_vs_baseline": 1.05,
+         "machine_other_cores": 1.4}),
+        ("L0 baseline", "baseline", {"aggregation": "none"}, {"slowdown_vs_baseline": 1.0,
+         "machine_other_cores": 0.1}),
     ]  # fmt: skip
     for run_name, level, params, final in levels:
         run = tracker.start_level(run_name, level, {"seed": "3", **params})
@@ -241,6 +243,11 @@ def test_levels_in_order_with_optional_columns(mlflow_uri: str, tmp_path: Path) 
                           "label-flip ×2", "0.75", "1", "—", "—"]  # fmt: skip
     assert encrypted[3] == "—" and encrypted[-2:] == ["30.5", "80.00%"]
     assert "`3`" in markdown and "`c0ffee`" in markdown and "fedsim run --seed 3" in markdown
+    assert "fedsim run --config experiment.toml" in markdown
+    # A slowdown measured while other processes held the cores is flagged; an idle one not.
+    plain, baseline = rows[1], rows[0]
+    assert plain[3] == "1.05× ⚠ others held 1.4 cores" and baseline[3] == "1.00×"
+    assert "⚠ a slowdown marked ⚠ was measured while other processes held" in markdown
 
 
 def test_a_level_with_a_reproducible_noise_seed_is_reported_as_not_private(
