@@ -113,6 +113,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     parent = tracker.start_parent(f"levels {levels} ({cfg.profile})", params, describe(cfg))
     # The whole config as `fedsim run --config` reads it: the run, repeatable from a file.
     tracker.log_text(parent, config_toml(cfg), "experiment.toml")
+    tracker.log_datasets(parent, cfg)
     tracker.set_tags(
         parent,
         {

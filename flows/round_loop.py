@@ -231,6 +231,7 @@ def run_level_body(
     tracker = BenchmarkTracker(cfg.experiment)
     tracker.parent_id = parent_run_id
     run_id = tracker.start_level(level.run_name, level.name, cfg.mlflow_params(level))
+    tracker.log_datasets(run_id, cfg)
     load = LoadMeter().start()  # how much of the machine others held meanwhile
     system = SystemMetrics(run_id, tracker.client.tracking_uri)
     ctx = LevelContext(level, cfg, tracker, run_id, baseline, entered)

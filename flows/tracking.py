@@ -8,6 +8,7 @@ slowdown (docs/operations.md, "MLflow").
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -16,10 +17,17 @@ import time
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
+
+from fl.data import dataset_checksum, resolve_data_root
+from fl.errors import FedsimError
+
+if TYPE_CHECKING:
+    from flows.config import ExperimentConfig
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -157,6 +165,28 @@ class BenchmarkTracker:
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_datasets(self, run_id: str, cfg: ExperimentConfig) -> None:
+        """The run's training and test data as MLflow dataset inputs (``log_inputs``):
+        the name, a digest of the files (``fl.data.dataset_checksum``), where they
+        were read and how many samples the run takes."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag  # only for this
+
+        try:
+            root = str(resolve_data_root(cfg.dataset, cfg.data_dir))
+            digest = dataset_checksum(cfg.dataset, cfg.data_dir)
+        except (FedsimError, OSError):  # data this process cannot read: the run says so elsewhere
+            return
+        inputs = []
+        for context, samples in (("training", cfg.train_samples), ("evaluation", cfg.test_samples)):
+            profile = {"split": "train" if context == "training" else "test",
+                       "samples": "all" if samples is None else samples}  # fmt: skip
+            dataset = Dataset(
+                name=f"{cfg.dataset}-{profile['split']}", digest=digest[:16], source_type="local",
+                source=json.dumps({"uri": root}), profile=json.dumps(profile),
+            )  # fmt: skip
+            inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+        self.client.log_inputs(run_id, datasets=inputs)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         """``text`` as the artifact ``name`` of the run."""

@@ -130,6 +130,13 @@ def test_benchmark_logs_parent_and_one_child_per_level(mlflow_uri: str) -> None:
         key = run.data.tags["level"]
         for name in ("final_accuracy", "train_seconds", "slowdown_vs_baseline"):
             assert parent[0].data.metrics[f"{key}/{name}"] == run.data.metrics[name]
+    # The data each run used, as MLflow dataset inputs (training and evaluation).
+    for run in (parent[0], *children):
+        inputs = {
+            d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+            for d in run.inputs.dataset_inputs
+        }
+        assert inputs == {"fashion-mnist-train": "training", "fashion-mnist-test": "evaluation"}
     # Prefect names each flow run after the experiment and level, each training task
     # after its round.
     from prefect.client.orchestration import get_client
