@@ -33,6 +33,10 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     # Progress is shown by fedsim itself; Prefect's per-task INFO lines would bury it.
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    # ... on the terminal; the flow runs' INFO lines (one per round) still reach the
+    # Prefect API, so its UI shows a run's progress.
+    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 

@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+
 from fl.aggregation import FedAvg, Strategy
 from fl.data import Split
 from fl.privacy import BudgetExceeded
@@ -142,6 +145,7 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         ctx.tracker.log_metrics(ctx.run_id, metrics, step=round_index)
         accuracies.append(evaluation.accuracy)
         progress.emit_round(ctx.level.run_name, round_index, metrics)
+        _log_round(round_index, cfg.rounds, metrics)
     if evaluation is None:  # the privacy budget allowed no round: the initial model
         evaluation = meter.call(evaluate_state, model, state, test)
     return LevelSummary(
@@ -157,6 +161,19 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         accuracies=accuracies,
         comm_seconds_mean=comm_seconds / cfg.rounds,
     )
+
+
+def _log_round(round_index: int, rounds: int, metrics: dict[str, float]) -> None:
+    """One line per round in the flow run's log: the Prefect UI shows the run's progress."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # the loop run outside a flow (a test, a library caller)
+        return
+    logger.info(
+        "round %d/%d: test accuracy %.2f%%, loss %.4f, %.1f s",
+        round_index, rounds, 100 * metrics["test_accuracy"], metrics["test_loss"],
+        metrics["round_seconds"],
+    )  # fmt: skip
 
 
 def _within_budget(ctx: LevelContext, round_index: int) -> bool:
