@@ -35,8 +35,9 @@ def _megabytes(count: float) -> str:
 class RichProgressSink(ProgressSink):
     """One progress bar per level, advanced per round with the latest accuracy."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, *, show_links: bool = False) -> None:
         self.progress = progress
+        self.show_links = show_links
         self.tasks: dict[str, Any] = {}
 
     def level_started(self, level: str, rounds: int) -> None:
@@ -51,6 +52,10 @@ class RichProgressSink(ProgressSink):
 
     def warning(self, message: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/yellow] {message}")
+
+    def link(self, what: str, url: str) -> None:
+        if self.show_links:  # a temporary server of this process has no UI to link to
+            self.progress.console.print(f"{what}: {url}", soft_wrap=True)
 
 
 def summary_table(result: Mapping[str, Any]) -> Table:
@@ -79,15 +84,22 @@ def summary_table(result: Mapping[str, Any]) -> Table:
 
 def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run the benchmark flow with live progress; print the summary table."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     from fedsim.prefect_server import prefect_api
     from flows.benchmark import benchmark_flow
 
     # A failing task re-raises into the CLI, which prints one line for expected
-    # errors and the traceback for bugs; Prefect's own copy would only repeat it.
+    # errors and the traceback for bugs; Prefect's own copy on the terminal would
+    # only repeat it. The run loggers still send to the Prefect API (their own
+    # handler), so its UI keeps the round lines and errors.
     for name in ("prefect.task_runs", "prefect.flow_runs"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.getLogger(name).propagate = False
+    configured = bool(PREFECT_API_URL.value())  # the user's server, not a temporary one
     console = Console()
     console.print(f"[bold]fedsim run[/bold] — profile {cfg.profile}, levels {cfg.levels}")
     columns = (
@@ -104,7 +116,7 @@ def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
         prefect_api(say=lambda line: console.print(f"[dim]{line}[/dim]")),
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
         Progress(*columns, console=console) as bar,
-        use_sink(RichProgressSink(bar)),
+        use_sink(RichProgressSink(bar, show_links=configured)),
     ):
         result: dict[str, Any] = benchmark_flow(cfg.to_dict())
     console.print(summary_table(result))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from prefect import flow
 
 from fl.data import dataset_checksum
+from fl.errors import FedsimError
 from flows.config import ExperimentConfig
 from flows.config_file import config_toml
 from flows.engine import dask_task_runner
-from flows.level import Level
+from flows.level import Level, parse_levels
+from flows.progress import emit_link
 from flows.tracking import BenchmarkTracker, status_after
 
 __all__ = ["benchmark_flow", "describe", "run_level"]
@@ -87,7 +90,10 @@ def _benchmark_run_name() -> str:
     from prefect.runtime import flow_run
 
     config = flow_run.parameters.get("config") or {}
-    return f"{config.get('experiment', 'fedsim')} · levels {config.get('levels', '?')}"
+    levels = str(config.get("levels", "?"))
+    with contextlib.suppress(FedsimError):  # named as the MLflow parent run names them
+        levels = ",".join(lv.key for lv in parse_levels(levels, config.get("aggregation", "plain")))
+    return f"{config.get('experiment', 'fedsim')} · levels {levels}"
 
 
 @flow(name="fedsim-benchmark", log_prints=False, flow_run_name=_benchmark_run_name)
@@ -102,6 +108,10 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     overhead), measured around the level's subflow call.
     """
     cfg = ExperimentConfig.from_dict(config)
+    from prefect.runtime import flow_run
+
+    if flow_run.ui_url:  # a Prefect server with a UI: where to watch this run
+        emit_link("Prefect flow run", str(flow_run.ui_url))
     tracker = BenchmarkTracker(cfg.experiment)
     _close_abandoned_runs(tracker)
     params = {  # an unset option is no param, not the string "None"

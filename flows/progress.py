@@ -15,6 +15,7 @@ __all__ = [
     "ProgressSink",
     "emit_level_finished",
     "emit_level_started",
+    "emit_link",
     "emit_round",
     "emit_warning",
     "use_sink",
@@ -35,6 +36,9 @@ class ProgressSink:
 
     def warning(self, message: str) -> None:
         """Something the user should see (a dropped worker); also logged."""
+
+    def link(self, what: str, url: str) -> None:
+        """Where to watch the run (the Prefect UI's page of its flow run)."""
 
 
 _sink: ProgressSink = ProgressSink()
@@ -67,3 +71,7 @@ def emit_level_finished(level: str, summary: Mapping[str, float]) -> None:
 def emit_warning(message: str) -> None:
     logger.warning(message)
     _sink.warning(message)
+
+
+def emit_link(what: str, url: str) -> None:
+    _sink.link(what, url)

@@ -373,3 +373,32 @@ def test_serve_pins_a_relative_mlflow_store_to_an_absolute_one(
     # Assert: flow-run subprocesses inherit the absolute store.
     assert uri == f"sqlite:///{tmp_path.resolve() / 'mlruns' / 'mlflow.db'}"
     assert os.environ["MLFLOW_TRACKING_URI"] == uri
+
+
+def test_fedsim_run_links_its_flow_run_and_logs_each_round_to_the_server(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """With a Prefect server configured, `fedsim run` prints its flow run's page and
+    the server gets one log line per round (the terminal stays quiet)."""
+    from prefect.client.orchestration import get_client
+
+    ui = prefect_api.removesuffix("/api")
+    env = _serving_env(prefect_api, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env |= {"PREFECT_UI_URL": ui, "FEDSIM_REPORTS_DIR": str(tmp_path / "reports")}
+    args = ["--levels", "2", "--model", "mlp", "--workers", "2", "--rounds", "2"]
+    args += ["--train-samples", "400", "--test-samples", "200", "--experiment", "linked"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", *args],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    links = [line for line in proc.stdout.splitlines() if line.startswith("Prefect flow run: ")]
+    assert len(links) == 1 and links[0].startswith(f"Prefect flow run: {ui}/flow-runs/flow-run/")
+    flow_run_id = links[0].rsplit("/", 1)[1]
+    assert "round 1/2" not in proc.stdout + proc.stderr
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        (benchmark,) = [r for r in runs if str(r.id) == flow_run_id]
+        assert benchmark.name == "linked · levels federated"  # the keys MLflow uses
+        messages = [entry.message for entry in client.read_logs()]
+    assert sum(m.startswith("round 2/2: test accuracy") for m in messages) >= 1
