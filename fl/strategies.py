@@ -103,14 +103,16 @@ def _module(spec: str, where: str) -> ModuleType:
     try:
         if where.endswith(".py"):
             path = Path(where)
-            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            # A name of its own: a file called json.py must not replace the json module.
+            name = f"fedsim_strategy_{path.stem}"
+            loader_spec = importlib.util.spec_from_file_location(name, path)
             if loader_spec is None or loader_spec.loader is None or not path.is_file():
                 raise ImportError(f"no file {where}")
             module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[path.stem] = module  # registered before it runs, as an import does
+            sys.modules[name] = module  # registered before it runs, as an import does
             loader_spec.loader.exec_module(module)
             return module
-        if os.getcwd() not in sys.path:
+        if os.getcwd() not in sys.path:  # last: it never shadows an installed module
             sys.path.append(os.getcwd())
         return importlib.import_module(where)
     except ImportError as exc:
