@@ -14,7 +14,7 @@ truncation is local for two parties and uses a dealt pair for more.
 :meth:`RemoteShared.reveal_to` to one worker only — each if the value's
 audience allows it (``vault``).
 
-Shapes are checked here, on meta tensors, before any party is asked, so bad
+Shapes are checked here (``shapes``) before any party is asked, so bad
 input costs no party any state; a step that fails on a party anyway (a worker
 that disappears) leaves its half-made result to be dropped with the next
 operation, and the group's other tensors usable.

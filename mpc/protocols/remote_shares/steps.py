@@ -187,8 +187,9 @@ def local_result(
 ) -> torch.Tensor:
     """Party ``index``'s share of a local (communication-free) operation.
 
-    The coordinator runs the same function on meta tensors to learn the result's
-    shape before asking any party, so a shape error is raised there, once.
+    Its result's shape is ``shapes.local_shape`` (tested against this function on
+    meta tensors): the coordinator checks it before asking any party, so a shape
+    error is raised there, once.
     """
     x = shares[0]
     if op in ("add", "sub"):

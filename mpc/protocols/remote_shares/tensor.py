@@ -1,7 +1,7 @@
 """A tensor secret-shared among a share group's parties: the coordinator's handle.
 
 :class:`RemoteShared` is an id and a shape; the shares stay in the parties'
-vaults. Its operators check shapes on meta tensors and ask its group
+vaults. Its operators check shapes (``shapes``) and ask its group
 (``coordinator``, ``operations``) to run the steps; nothing is opened except
 by :meth:`RemoteShared.get` and :meth:`RemoteShared.reveal_to`.
 """
