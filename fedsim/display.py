@@ -95,11 +95,16 @@ def run_with_display(cfg: ExperimentConfig) -> dict[str, Any]:
 
     # A failing task re-raises into the CLI, which prints one line for expected
     # errors and the traceback for bugs; Prefect's own copy on the terminal would
-    # only repeat it. The run loggers still send to the Prefect API (their own
-    # handler), so its UI keeps the round lines and errors.
+    # only repeat it. With the user's server the run loggers still send to it
+    # (their own handler), so its UI keeps the round lines and errors; a temporary
+    # server has no UI and dies with a Ctrl-C before queued lines are sent, which
+    # Prefect would report on the terminal ("Error logging to API").
+    configured = bool(PREFECT_API_URL.value())
     for name in ("prefect.task_runs", "prefect.flow_runs"):
-        logging.getLogger(name).propagate = False
-    configured = bool(PREFECT_API_URL.value())  # the user's server, not a temporary one
+        if configured:
+            logging.getLogger(name).propagate = False
+        else:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     console = Console()
     console.print(f"[bold]fedsim run[/bold] — profile {cfg.profile}, levels {cfg.levels}")
     columns = (
