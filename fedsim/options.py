@@ -324,6 +324,13 @@ def _add_serve(sub: Any) -> None:
     )
     serve.add_argument("--cron", default="0 2 * * *", help='cron schedule (default "0 2 * * *")')
     serve.add_argument("--name", default="fedsim-nightly", help="deployment name")
-    serve.add_argument("--profile", choices=tuple(PROFILES), default="quick")
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="each run's options in a TOML file, as `fedsim run --config`",
+    )
+    serve.add_argument(
+        "--profile", choices=tuple(PROFILES), help="defaults preset (default: quick)"
+    )
     serve.add_argument("--levels", help="levels of each scheduled run (default: the profile's)")
-    serve.add_argument("--experiment", default="fedsim", help="MLflow experiment")
+    serve.add_argument("--experiment", help="MLflow experiment (default: fedsim)")

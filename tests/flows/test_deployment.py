@@ -200,6 +200,8 @@ def test_serve_without_a_server_is_one_line(api_url: str | None, tmp_path: Path)
         (["--cron", "61 * * * *"], "invalid --cron '61 * * * *'"),
         (["--name", "a/b"], "invalid --name 'a/b'"),
         (["--levels", "9"], "unknown level '9'"),
+        (["--config", "/nonexistent/experiment.toml"], "no such file"),
+        (["--config", str(Path(__file__).parent / "serve_bad_levels.toml")], "unknown level '9'"),
     ],
 )
 def test_bad_serve_options_are_one_line(
