@@ -5,11 +5,12 @@ processes held the cores reads slower than it is (on a loaded 2-core machine a
 2-thread baseline slowed 4–7×, and levels then showed "0.23×"). Each level
 run records, as metrics: ``machine_other_cores`` — the CPU-seconds the whole
 machine spent busy, minus this process's and its children's, over the
-level's wall seconds: cores other processes held on average — and
+level's wall seconds: cores other processes held on average; fedsim's
+worker daemons on this host (level 5's, started by ``fedsim worker up``)
+count as the run's own — and
 ``machine_load_1m`` (the 1-minute load average at the end) and
 ``machine_cores``. The report flags a level whose ``machine_other_cores``
-reached :data:`BUSY_CORES` (``flows.report_data``). Independently started
-workers on this host (level 5 in ``make run``) count as other processes.
+reached :data:`BUSY_CORES` (``flows.report_data``).
 
 MLflow's own system metrics (CPU and memory utilisation, disk, network, every
 10 s) are recorded for the same run by :class:`SystemMetrics`.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -37,18 +38,32 @@ def _busy_seconds() -> float:
     return float(sum(times) - idle)
 
 
-def _own_seconds() -> float:
-    """CPU-seconds of this process and its live children (and its waited-for ones)."""
+def _is_fedsim_worker(process: psutil.Process) -> bool:
+    """A ``fedsim worker serve`` process on this host (level 5's daemons): the run's own."""
+    try:
+        words = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return "fedsim" in words and "worker" in words and "serve" in words
+
+
+def _own_seconds() -> dict[int, float]:
+    """CPU-seconds by pid of this process (with its waited-for children), its live
+    descendants, and the fedsim worker daemons on this host."""
     me = psutil.Process()
-    total = 0.0
+    seconds: dict[int, float] = {}
     with contextlib.suppress(psutil.Error):
         t = me.cpu_times()
-        total += t.user + t.system + t.children_user + t.children_system
-    for child in me.children(recursive=True):
+        seconds[me.pid] = t.user + t.system + t.children_user + t.children_system
+    ours = {p.pid: p for p in me.children(recursive=True)}
+    for process in psutil.process_iter():
+        if process.pid not in ours and process.pid != me.pid and _is_fedsim_worker(process):
+            ours[process.pid] = process
+    for pid, process in ours.items():
         with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
-            t = child.cpu_times()
-            total += t.user + t.system
-    return total
+            t = process.cpu_times()
+            seconds[pid] = t.user + t.system
+    return seconds
 
 
 @dataclass
@@ -57,7 +72,7 @@ class LoadMeter:
 
     wall: float = 0.0
     busy: float = 0.0
-    own: float = 0.0
+    own: dict[int, float] = field(default_factory=dict)
 
     def start(self) -> LoadMeter:
         self.wall, self.busy, self.own = time.perf_counter(), _busy_seconds(), _own_seconds()
@@ -65,7 +80,8 @@ class LoadMeter:
 
     def metrics(self) -> dict[str, float]:
         wall = max(time.perf_counter() - self.wall, 1e-9)
-        others = (_busy_seconds() - self.busy) - (_own_seconds() - self.own)
+        own = sum(s - self.own.get(pid, 0.0) for pid, s in _own_seconds().items())
+        others = (_busy_seconds() - self.busy) - own
         return {
             "machine_other_cores": max(others, 0.0) / wall,
             "machine_load_1m": os.getloadavg()[0],
