@@ -85,19 +85,10 @@ def quiet_defaults() -> None:
 
 def _config_from_args(args: argparse.Namespace) -> Any:
     """Profile defaults, then the ``--config`` file, then the options actually given."""
-    from fl.errors import ConfigError
-    from flows.config import PROFILES, ExperimentConfig
-    from flows.config_file import read_config_file
+    from flows.config_file import layered_config
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "profile", "config")}
-    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
-    profile = getattr(args, "profile", None) or from_file.get("profile") or "quick"
-    if profile not in PROFILES:
-        raise ConfigError(f"profile {profile!r} is not one of: {', '.join(PROFILES)}")
-    layered = {**from_file, **given}
-    if layered.get("attack") == "none":  # `attack none` means no attackers, whatever the profile
-        layered.setdefault("attackers", 0)
-    return ExperimentConfig(**{**PROFILES[profile], **layered, "profile": profile})
+    return layered_config(getattr(args, "config", None), getattr(args, "profile", None), given)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -58,24 +58,12 @@ def serve_deployment(args: argparse.Namespace) -> int:
     """Validate, check the server, then serve until interrupted (Ctrl-C → 130 in the CLI)."""
     from prefect.settings import get_current_settings
 
-    from fl.errors import ConfigError
-    from flows.config import PROFILES, ExperimentConfig
-    from flows.config_file import read_config_file
+    from flows.config_file import layered_config
     from flows.deployment import full_name, serve_benchmark, validate_cron, validate_name
     from flows.preflight import preflight
 
-    # As `fedsim run --config`: the profile's defaults, the file, then these options.
-    from_file = read_config_file(args.config) if args.config else {}
-    profile = args.profile or from_file.get("profile") or "quick"
-    if profile not in PROFILES:
-        raise ConfigError(f"profile {profile!r} is not one of: {', '.join(PROFILES)}")
-    options = {**PROFILES[profile], **from_file, "profile": profile}
-    options.setdefault("experiment", "fedsim")
-    if args.experiment:
-        options["experiment"] = args.experiment
-    if args.levels:
-        options["levels"] = args.levels
-    cfg = ExperimentConfig(**options)
+    given = {k: v for k in ("levels", "experiment") if (v := getattr(args, k))}
+    cfg = layered_config(args.config, args.profile, given)  # as `fedsim run --config`
     validate_cron(args.cron)
     validate_name(args.name)
     settings = get_current_settings()

@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fl.errors import ConfigError
 
-__all__ = ["config_toml", "read_config_file"]
+__all__ = ["config_toml", "layered_config", "read_config_file"]
 
 _SAMPLES = ("train_samples", "test_samples")
 _NOT_OPTIONS = ("tags",)  # ExperimentConfig fields the file does not set
@@ -54,6 +55,25 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             value = None
         options[name] = value
     return options
+
+
+def layered_config(
+    config_file: str | Path | None, profile: str | None, given: Mapping[str, Any]
+) -> Any:
+    """The ExperimentConfig of ``fedsim run`` and ``fedsim serve``: the profile's
+    defaults (``profile``, else the file's, else quick), then the file, then the
+    options ``given`` on the command line. ``attack = "none"`` means no attackers,
+    whatever the profile says."""
+    from flows.config import PROFILES, ExperimentConfig
+
+    from_file = read_config_file(config_file) if config_file else {}
+    chosen = profile or from_file.get("profile") or "quick"
+    if chosen not in PROFILES:
+        raise ConfigError(f"profile {chosen!r} is not one of: {', '.join(PROFILES)}")
+    layered = {**from_file, **given}
+    if layered.get("attack") == "none":
+        layered.setdefault("attackers", 0)
+    return ExperimentConfig(**{**PROFILES[chosen], **layered, "profile": chosen})
 
 
 def config_toml(config: Any) -> str:

@@ -288,21 +288,12 @@ def open_mask(
 ) -> torch.Tensor:
     """An input's owner: the mask r the provider sealed for it — used once: a second
     input under one mask would open the difference of the two values."""
-    _, provider, _ = group_of(party, session)
-    serial = arg_int(args, "serial", low=0, high=2**32 - 1)
     # Apart from the party's own record: an owner that is also a party takes its
     # shares of the same r under the same serial.
     if not party.has(f"{session}/used_masks"):
         party.keep(f"{session}/used_masks", UsedSerials())
-    used: UsedSerials = party.secret(f"{session}/used_masks")
-    if serial in used:
-        raise PartyError(f"input mask {serial} was used already: refused")
-    data = check_tensor(args.get("owner_sealed"), "owner_sealed", dtype=torch.uint8, ndim=1)
-    payload = open_from(
-        party, session, provider, args.get("provider_key"), tensor_bytes(data),
-        label=seal_label("auth-mask", list(shape)), purpose=serial,
-    )  # fmt: skip
-    used.add(serial)
+    label = seal_label("auth-mask", list(shape))
+    payload = claim_tuple(party, session, args, label, sealed="owner_sealed", record="used_masks")
     return ring_from_bytes(payload, shape, "the input mask")
 
 

@@ -125,15 +125,24 @@ def claim_serials(party: Party, session: str, count: int) -> int:
     return first
 
 
-def claim_tuple(party: Party, session: str, args: Mapping[str, Value], label: str) -> bytes:
+def claim_tuple(
+    party: Party,
+    session: str,
+    args: Mapping[str, Value],
+    label: str,
+    *,
+    sealed: str = "sealed",
+    record: str = "used",
+) -> bytes:
     """A dealt tuple's payload for this party: sealed by the provider under ``label``
-    (its kind and shapes), never used before by this party — and now used."""
+    (its kind and shapes) in argument ``sealed``, never used before by this party —
+    and now used (its serial kept in the vault's ``record``)."""
     _, provider, _ = group_of(party, session)
     serial = arg_int(args, "serial", low=0, high=MAX_SERIAL - 1)
-    used: UsedSerials = party.secret(f"{session}/used")
+    used: UsedSerials = party.secret(f"{session}/{record}")
     if serial in used:
         raise PartyError(f"dealt tuple {serial} was used already: refused")
-    data = check_tensor(args.get("sealed"), "sealed", dtype=torch.uint8, ndim=1)
+    data = check_tensor(args.get(sealed), sealed, dtype=torch.uint8, ndim=1)
     payload = open_from(
         party, session, provider, args.get("provider_key"), tensor_bytes(data),
         label=label, purpose=serial,
