@@ -28,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from fl.data import load_split, partition_source
+from fl.data import load_split
 from fl.models import build_model, get_state
 from fl.partition import Partitioning
+from fl.task_data import partition_source
 from fl.training import TrainConfig, evaluate, train_local
 from flows.rounds.clients import client_seed
 from workers.memory import tune_malloc

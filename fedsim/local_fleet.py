@@ -69,6 +69,8 @@ def fleet_up(args: argparse.Namespace) -> int:
         key_file = folder / f"{worker_id}.key"
         write_worker_key(master, worker_id, key_file)
         command += ["--dataset", args.dataset, "--token-file", str(key_file)]
+        if args.task:
+            command += ["--task", args.task]
         command += ["--peer-secret-file", str(folder / "peer-secret")]
         command += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
         command += ["--tls-client-ca", str(pki.client_ca_cert)]

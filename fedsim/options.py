@@ -75,6 +75,11 @@ def _add_run(sub: Any) -> None:
     )
     add("--dataset", help="fashion-mnist (default) or mnist")
     add("--model", help="cnn (default), mlp or mpc-cnn")
+    add(
+        "--task",
+        help="your own model, data and loss instead of --dataset/--model: "
+        "package.module:name or path/file.py:name, a fl.tasks.Task (docs/tasks.md)",
+    )
     add("--workers", type=_positive_int, help=f"number of workers / clients {preset('workers')}")
     add("--rounds", type=_positive_int, help=f"federated rounds {preset('rounds')}")
     add("--epochs", type=_positive_int, help=f"local epochs per round {preset('epochs')}")
@@ -225,6 +230,7 @@ def _add_worker(sub: Any) -> None:
     add("--port", type=_non_negative_int, default=0, help="port (default 0: any free port)")
     add("--data-dir", help="folder holding the dataset's idx files")
     add("--dataset", default="fashion-mnist", help="fashion-mnist (default) or mnist")
+    add("--task", help="the run's --task: this worker trains its model on its data")
     add("--partition", help="I/N: load partition I (0-based) of N of the training set")
     add("--partitioner", default="iid", help="iid (default), dirichlet:ALPHA or shards:K")
     add("--seed", type=_non_negative_int, default=0, help="partition seed (as the coordinator's)")
@@ -263,6 +269,7 @@ def _add_worker(sub: Any) -> None:
     add("--dir", default=".fedsim/level5", help="where keys, logs and workers.toml go")
     add("--workers", type=_positive_int, default=quick["workers"], help="as `fedsim run`")
     add("--dataset", default="fashion-mnist")
+    add("--task", help="as `fedsim run --task`")
     add("--data-dir")
     add("--partition", default="iid", help="as `fedsim run --partition`")
     add("--seed", type=_non_negative_int, default=0)

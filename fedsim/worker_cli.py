@@ -28,8 +28,9 @@ def serve_worker(args: argparse.Namespace) -> int:
     """Load the worker's data, then serve until SIGINT/SIGTERM."""
     import torch
 
-    from fl.data import forget_loaded_data, load_partition
     from fl.partition import Partitioning
+    from fl.task_data import forget_loaded_data, load_partition
+    from fl.tasks import image_task, load_task, task_fingerprint
     from mpc.protocols import all_steps  # noqa: F401  (registers every protocol's party steps)
     from workers.auth import read_secret
     from workers.cohort import MIN_COHORT
@@ -55,12 +56,16 @@ def serve_worker(args: argparse.Namespace) -> int:
             f"--token-file and --tls-cert/--tls-key are required to serve on {args.host} "
             "(not loopback)"
         )
+    # The task is loaded here, from this command line, before any request: a request
+    # names its model by key and a key that was not loaded is refused (fl.tasks).
+    task = load_task(args.task) if args.task else image_task(args.dataset, "cnn", args.data_dir)
+    fingerprint = task_fingerprint(task)
     objects: dict[str, object] = {}
     description = ""
     if args.partition:
         index, count = parse_partition_slot(args.partition)
         partitioning = Partitioning(
-            args.dataset, args.partitioner, count, args.seed, args.train_samples
+            args.task or args.dataset, args.partitioner, count, args.seed, args.train_samples
         )
         split = load_partition(partitioning, index, data_dir=args.data_dir)
         objects = {TRAIN_X_ID: split.x, TRAIN_Y_ID: split.y}
@@ -85,6 +90,7 @@ def serve_worker(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         max_message_bytes=args.max_message_mb * 2**20,
         data_description=description,
+        task_fingerprint=fingerprint,
         certificate_der=certificate_der(args.tls_cert) if args.tls_cert else None,
         min_cohort=args.min_cohort,
         peer_secret=read_secret(args.peer_secret_file) if args.peer_secret_file else None,

@@ -31,17 +31,13 @@ import numpy as np
 import torch
 
 from fl.errors import ConfigError, DataError
-from fl.partition import Partitioning
 
 __all__ = [
     "DATASETS",
-    "PartitionSource",
     "Split",
     "dataset_checksum",
-    "forget_loaded_data",
-    "load_partition",
+    "forget_loaded_splits",
     "load_split",
-    "partition_source",
     "resolve_data_root",
 ]
 
@@ -282,70 +278,9 @@ def load_split(
     return Split(full.x[:limit], full.y[:limit])
 
 
-@dataclass(frozen=True)
-class PartitionSource:
-    """The train split and every client's indices, with the data location resolved once.
-
-    Finding the data checks the filesystem (a dozen ``stat`` calls); a batch that
-    materialises fifty virtual clients asks once, here, instead of per client.
-    """
-
-    split: Split
-    parts: tuple[torch.Tensor, ...]
-
-    def part(self, index: int) -> Split:
-        """Client ``index``'s samples (copied: the result owns its memory)."""
-        if not 0 <= index < len(self.parts):
-            raise ConfigError(
-                f"partition index {index} out of range for {len(self.parts)} partitions"
-            )
-        return self.split.subset(self.parts[index])
-
-
-def partition_source(partitioning: Partitioning, *, data_dir: str | Path | None) -> PartitionSource:
-    """Where workers that load their own data take their partitions from."""
-    root = resolve_data_root(partitioning.dataset, data_dir)
-    split = load_split(partitioning.dataset, train=True, data_dir=root, limit=partitioning.limit)
-    return PartitionSource(split, _partitions(str(root), partitioning))
-
-
-def forget_loaded_data() -> None:
-    """Drop this process's cached splits and partitions.
-
-    A worker process keeps only its own partition (a copy, see
-    ``PartitionSource.part``); the whole training split it was cut from is
-    ~190 MB of float32 for Fashion-MNIST, held by the cache for nothing.
-    """
+def forget_loaded_splits() -> None:
+    """Drop this process's cached splits (see fl.task_data.forget_loaded_data)."""
     _load_full.cache_clear()
-    _partitions.cache_clear()
-
-
-def load_partition(
-    partitioning: Partitioning, index: int, *, data_dir: str | Path | None = None
-) -> Split:
-    """Partition ``index`` of the train split — what a worker that loads its own data calls.
-
-    Gives exactly the tensors a coordinator gets from ``load_split(train=True,
-    limit=limit).subset(partition_indices(parse_partition(partitioner), y,
-    count, seed)[index])``.
-    """
-    if not 0 <= index < partitioning.count:
-        raise ConfigError(
-            f"partition index {index} out of range for {partitioning.count} partitions"
-        )
-    return partition_source(partitioning, data_dir=data_dir).part(index)
-
-
-@functools.lru_cache(maxsize=4)
-def _partitions(root: str, key: Partitioning) -> tuple[torch.Tensor, ...]:
-    """Every client's indices, computed once per process for all of its virtual workers.
-
-    Partitioners split the whole label vector at once, so a thousand workers each
-    asking for their own part would otherwise repeat the whole split a thousand
-    times. The tuple is shared: callers index it and never mutate the tensors.
-    """
-    split = load_split(key.dataset, train=True, data_dir=root, limit=key.limit)
-    return tuple(key.indices(split.y))
 
 
 @functools.lru_cache(maxsize=8)

@@ -39,7 +39,7 @@ from fl.data import Split
 from fl.errors import ConfigError, DataError
 from fl.noise import NoiseSource
 from fl.privacy import DPConfig, PrivacyAccountant
-from fl.training import TrainConfig, TrainResult
+from fl.training import Loss, TrainConfig, TrainResult, summed_loss
 
 if TYPE_CHECKING:  # Opacus is a heavy import: made when DP-SGD runs, not before
     from opacus import GradSampleModule
@@ -113,6 +113,8 @@ def train_local_dp(
     dp: DPConfig,
     noise: NoiseSource,
     accountant: PrivacyAccountant,
+    *,
+    loss: Loss = F.cross_entropy,
 ) -> TrainResult:
     """DP-SGD for ``config.epochs`` × ⌊1/q⌋ steps on ``data``; records each step in ``accountant``.
 
@@ -164,10 +166,10 @@ def train_local_dp(
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(wrapped(data.x[batch]), data.y[batch], reduction="sum")
-                loss.backward()  # type: ignore[no-untyped-call]
+                batch_loss = summed_loss(loss, wrapped(data.x[batch]), data.y[batch])
+                batch_loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
-                loss_sum += loss.detach()
+                loss_sum += batch_loss.detach()
                 drawn += batch.numel()
                 steps += 1
     finally:

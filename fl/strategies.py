@@ -15,13 +15,7 @@ naming the spec, and a strategy whose round result is unusable is named too
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import os
-import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -29,6 +23,7 @@ from fl.aggregation import FedAvg, Strategy
 from fl.errors import ConfigError, FedsimError
 from fl.fedopt import FedAdam
 from fl.fedprox import FedProx
+from fl.imports import import_module_at
 
 __all__ = [
     "BUILTIN_STRATEGIES",
@@ -81,7 +76,7 @@ def load_strategy(spec: str) -> Strategy:
             raise ConfigError(
                 f"--strategy {spec!r} is neither a built-in ({names}) nor package.module:Class"
             )
-        module = _module(spec, head)
+        module = import_module_at(f"--strategy {spec!r}", head)
         found = getattr(module, class_name, None)
         if not (isinstance(found, type) and issubclass(found, Strategy)):
             raise ConfigError(
@@ -96,29 +91,6 @@ def load_strategy(spec: str) -> Strategy:
     except Exception as exc:  # the user's constructor: any failure is one line
         raise ConfigError(f"--strategy {spec!r}: {label}({options}) failed: {exc}") from None
     return strategy
-
-
-def _module(spec: str, where: str) -> ModuleType:
-    """The module at ``where``: a .py file, or a dotted name (the working directory too)."""
-    try:
-        if where.endswith(".py"):
-            path = Path(where)
-            # A name of its own: a file called json.py must not replace the json module.
-            name = f"fedsim_strategy_{path.stem}"
-            loader_spec = importlib.util.spec_from_file_location(name, path)
-            if loader_spec is None or loader_spec.loader is None or not path.is_file():
-                raise ImportError(f"no file {where}")
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[name] = module  # registered before it runs, as an import does
-            loader_spec.loader.exec_module(module)
-            return module
-        if os.getcwd() not in sys.path:  # last: it never shadows an installed module
-            sys.path.append(os.getcwd())
-        return importlib.import_module(where)
-    except ImportError as exc:
-        raise ConfigError(f"--strategy {spec!r}: cannot import {where!r} ({exc})") from None
-    except Exception as exc:  # the user's module raised while it was imported
-        raise ConfigError(f"--strategy {spec!r}: importing {where!r} failed: {exc}") from None
 
 
 def train_options(strategy: Strategy, spec: str) -> dict[str, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -24,7 +24,32 @@ from fl.errors import ConfigError, DataError
 from fl.noise import NoiseSource, SecureNoise, SeededNoise
 from fl.updates import clip_to_reference
 
-__all__ = ["EvalResult", "TrainConfig", "TrainResult", "evaluate", "train_local"]
+__all__ = [
+    "EvalResult",
+    "Loss",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "summed_loss",
+    "train_local",
+]
+
+# A task's loss (fl.tasks.Task.loss): (model output, targets) → the batch's mean, as
+# F.cross_entropy gives it.
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def summed_loss(loss: Loss, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The batch's summed loss: what evaluation accumulates and DP-SGD differentiates.
+
+    Cross-entropy is asked for its sum directly (the bits fedsim always had); any
+    other loss gives its mean, times the batch's size (an empty batch sums to 0).
+    """
+    if loss is F.cross_entropy:
+        return F.cross_entropy(output, target, reduction="sum")
+    if target.shape[0] == 0:
+        return output.sum() * 0.0
+    return loss(output, target) * target.shape[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +142,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean cross-entropy and top-1 accuracy over ``num_samples`` samples."""
+    """Mean loss and top-1 accuracy over ``num_samples`` samples."""
 
     loss: float
     accuracy: float
@@ -125,9 +150,16 @@ class EvalResult:
 
 
 def train_local(
-    model: nn.Module, data: Split, config: TrainConfig, generator: torch.Generator
+    model: nn.Module,
+    data: Split,
+    config: TrainConfig,
+    generator: torch.Generator,
+    *,
+    loss: Loss = F.cross_entropy,
 ) -> TrainResult:
-    """Plain minibatch SGD with cross-entropy for ``config.epochs`` passes over ``data``.
+    """Plain minibatch SGD on ``loss`` for ``config.epochs`` passes over ``data``.
+
+    ``loss`` is the task's (cross-entropy unless it gives its own).
 
     Each pass visits ``torch.randperm(len(data), generator=generator)`` in batches
     of ``config.batch_size`` (the last one partial). The optimizer is fresh per
@@ -149,9 +181,9 @@ def train_local(
         dp = DPConfig(mode="sample", noise_multiplier=config.dp_noise, clip=config.dp_clip)
         noise = _dp_noise(config, generator)
         # The coordinator accounts for every client from public sizes (flows.defence).
-        result = train_local_dp(model, data, config, dp, noise, PrivacyAccountant())
+        result = train_local_dp(model, data, config, dp, noise, PrivacyAccountant(), loss=loss)
     else:
-        result = _train_sgd(model, data, config, generator)
+        result = _train_sgd(model, data, config, generator, loss)
     if start_state is not None:
         _clip_model_update(model, start_state, config.update_clip)
     return result
@@ -182,7 +214,7 @@ def _clip_model_update(model: nn.Module, start: dict[str, torch.Tensor], clip: f
 
 
 def _train_sgd(
-    model: nn.Module, data: Split, config: TrainConfig, generator: torch.Generator
+    model: nn.Module, data: Split, config: TrainConfig, generator: torch.Generator, loss_fn: Loss
 ) -> TrainResult:
     n = len(data)
     optimizer = torch.optim.SGD(
@@ -202,7 +234,7 @@ def _train_sgd(
         for _ in range(config.epochs):
             for batch in torch.split(torch.randperm(n, generator=generator), config.batch_size):
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(data.x[batch]), data.y[batch])
+                loss = loss_fn(model(data.x[batch]), data.y[batch])
                 loss.backward()  # type: ignore[no-untyped-call]
                 if anchor is not None:
                     with torch.no_grad():
@@ -219,8 +251,10 @@ def _train_sgd(
     return TrainResult(num_samples=n, steps=steps, mean_loss=mean_loss, seconds=seconds)
 
 
-def evaluate(model: nn.Module, data: Split, *, batch_size: int = 1000) -> EvalResult:
-    """Mean cross-entropy and accuracy of ``model`` on ``data``, in eval mode, no autograd."""
+def evaluate(
+    model: nn.Module, data: Split, *, batch_size: int = 1000, loss: Loss = F.cross_entropy
+) -> EvalResult:
+    """Mean ``loss`` and top-1 accuracy of ``model`` on ``data``, in eval mode, no autograd."""
     n = len(data)
     if n == 0:
         raise DataError("cannot evaluate on an empty dataset")
@@ -235,7 +269,7 @@ def evaluate(model: nn.Module, data: Split, *, batch_size: int = 1000) -> EvalRe
             for start in range(0, n, batch_size):
                 x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
                 logits = model(x)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                loss_sum += summed_loss(loss, logits, y).double()
                 correct += (logits.argmax(dim=1) == y).sum()
     finally:
         model.train(was_training)

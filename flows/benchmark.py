@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect import flow
 
-from fl.data import dataset_checksum
 from fl.errors import FedsimError
+from fl.tasks import task_fingerprint
 from flows.config import ExperimentConfig
 from flows.config_file import config_toml
 from flows.engine import dask_task_runner
@@ -23,10 +23,11 @@ __all__ = ["benchmark_flow", "describe", "run_level"]
 def describe(cfg: ExperimentConfig) -> str:
     """One paragraph for the parent run's MLflow description."""
     levels = ", ".join(level.run_name for level in cfg.level_list)
+    what = f"task {cfg.task}" if cfg.task else f"{cfg.dataset}, model {cfg.model}"
     return (
-        f"fedsim benchmark ({cfg.profile} profile): {levels} on {cfg.dataset} "
+        f"fedsim benchmark ({cfg.profile} profile): {levels} on {what} "
         f"({cfg.train_samples or 'all'} train / {cfg.test_samples or 'all'} test samples), "
-        f"model {cfg.model}, {cfg.workers} workers, partition {cfg.partition}, "
+        f"{cfg.workers} workers, partition {cfg.partition}, "
         f"{cfg.rounds} rounds x {cfg.epochs} local epochs, B={cfg.batch_size}, lr={cfg.lr}, "
         f"C={cfg.fraction}, aggregation {cfg.aggregation}, seed {cfg.seed}."
     )
@@ -118,6 +119,8 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
         k: str(v) for k, v in cfg.to_dict().items() if k not in ("tags", "levels") and v is not None
     }
     params |= {k: "all" for k in ("train_samples", "test_samples") if getattr(cfg, k) is None}
+    if cfg.task is not None:  # the task replaces them: logging their defaults would mislead
+        params = {k: v for k, v in params.items() if k not in ("dataset", "model")}
     params["levels"] = ",".join(level.key for level in cfg.level_list)
     levels = ",".join(level.key for level in cfg.level_list)
     parent = tracker.start_parent(f"levels {levels} ({cfg.profile})", params, describe(cfg))
@@ -129,7 +132,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
         {
             **cfg.tags,
             "fedsim.command": cfg.command(),
-            "dataset_checksum": dataset_checksum(cfg.dataset, cfg.data_dir),
+            "task_fingerprint": task_fingerprint(cfg.learning_task),
         },
     )
     summaries: list[dict[str, Any]] = []

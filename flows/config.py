@@ -17,6 +17,8 @@ from fl.data import DATASETS
 from fl.errors import ConfigError
 from fl.models import MODELS
 from fl.partition import Partitioning, parse_partition
+from fl.strategies import load_strategy, train_options
+from fl.tasks import Task, experiment_task, load_task
 from flows.defence import check_defence
 from flows.engine import check_engine
 from flows.level import AGGREGATIONS, Level, parse_levels
@@ -33,6 +35,9 @@ class ExperimentConfig:
     levels: str = "baseline,1,2,3"
     dataset: str = "fashion-mnist"
     model: str = "cnn"
+    # The user's task (fl.tasks): package.module:name or path/file.py:name; it
+    # replaces --dataset and --model. None: the built-in task of those two.
+    task: str | None = None
     workers: int = 4
     rounds: int = 6
     epochs: int = 1
@@ -92,6 +97,8 @@ class ExperimentConfig:
         parse_partition(self.partition)
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, tuple(MODELS))
+        if self.task is not None:
+            _check_task(self, load_task(self.task), levels)
         _check_min("committee", self.committee, 2)
         if self.min_cohort is not None:
             _check_min("min_cohort", self.min_cohort, 2)
@@ -141,8 +148,23 @@ class ExperimentConfig:
     def partitioning(self) -> Partitioning:
         """How the run cuts its training data among its ``workers`` clients."""
         return Partitioning(
-            self.dataset, self.partition, self.workers, self.seed, self.train_samples
+            self.data_key, self.partition, self.workers, self.seed, self.train_samples
         )
+
+    @property
+    def learning_task(self) -> Task:
+        """The task the run learns: ``--task``'s, else ``--dataset`` with ``--model``."""
+        return experiment_task(self.task, self.dataset, self.model, self.data_dir)
+
+    @property
+    def model_key(self) -> str:
+        """How requests name the model to workers (fl.tasks.model_task)."""
+        return self.task or self.model
+
+    @property
+    def data_key(self) -> str:
+        """How the run names its data to workers that load their own (fl.tasks.data_task)."""
+        return self.task or self.dataset
 
     @property
     def level_list(self) -> tuple[Level, ...]:
@@ -174,8 +196,12 @@ class ExperimentConfig:
         """
         q = shlex.quote  # every value as one shell word: "baseline, 2", "my exp"
         parts = ["fedsim run", f"--profile {q(self.profile)}", f"--levels {q(self.levels)}"]
+        if self.task is not None:
+            parts.append(f"--task {q(self.task)}")
+        else:
+            parts.append(f"--dataset {q(self.dataset)} --model {q(self.model)}")
         for name in (
-            "dataset", "model", "workers", "rounds", "epochs", "batch_size", "lr",
+            "workers", "rounds", "epochs", "batch_size", "lr",
             "fraction", "partition", "aggregation", "committee", "aggregator", "strategy",
             "attack",
             "attackers", "dp", "seed", "experiment", "min_workers", "task_runner",
@@ -211,10 +237,9 @@ class ExperimentConfig:
     def mlflow_params(self, level: Level) -> dict[str, str]:
         """Params of one level's MLflow run (names listed in docs/operations.md, "MLflow")."""
         return (
-            {
-                "level": level.name,
-                "dataset": self.dataset,
-                "model": self.model,
+            {"level": level.name}
+            | ({"task": self.task} if self.task else {"dataset": self.dataset, "model": self.model})
+            | {
                 "partition": self.partition,
                 "workers": str(self.workers),
                 "rounds": str(self.rounds),
@@ -280,6 +305,26 @@ class ExperimentConfig:
                 if getattr(self, name) is not None:  # unset: no param, not the string "None"
                     params[name] = str(getattr(self, name))
         return params
+
+
+def _check_task(cfg: ExperimentConfig, task: Task, levels: tuple[Level, ...]) -> None:
+    """One line for what a task cannot run with: the levels and options that need
+    the built-in model, or fedsim's SGD loop when the task brings its own step."""
+    fixed = [lv.name for lv in levels if lv.fixed_model]
+    if fixed:
+        raise ConfigError(
+            f"--task: level {fixed[0]} evaluates its own built-in model; drop it from --levels"
+        )
+    if task.train is None:
+        return
+    # What changes fedsim's SGD loop, which a task with its own train step does not run.
+    sets = train_options(load_strategy(cfg.strategy), cfg.strategy)
+    what = "--dp sample (DP-SGD)" if cfg.dp == "sample" else f"--strategy {cfg.strategy}"
+    if cfg.dp == "sample" or sets:
+        raise ConfigError(
+            f"--task {cfg.task!r} brings its own train step; {what} changes fedsim's SGD loop, "
+            "which that task does not use"
+        )
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

@@ -63,7 +63,8 @@ def layered_config(
     """The ExperimentConfig of ``fedsim run`` and ``fedsim serve``: the profile's
     defaults (``profile``, else the file's, else quick), then the file, then the
     options ``given`` on the command line. ``attack = "none"`` means no attackers,
-    whatever the profile says."""
+    whatever the profile says. The profiles' sample counts are cuts of the image
+    data sets: with a ``task`` the default is all of the task's data."""
     from flows.config import PROFILES, ExperimentConfig
 
     from_file = read_config_file(config_file) if config_file else {}
@@ -73,7 +74,10 @@ def layered_config(
     layered = {**from_file, **given}
     if layered.get("attack") == "none":
         layered.setdefault("attackers", 0)
-    return ExperimentConfig(**{**PROFILES[chosen], **layered, "profile": chosen})
+    defaults = dict(PROFILES[chosen])
+    if layered.get("task"):
+        defaults |= {"train_samples": None, "test_samples": None}
+    return ExperimentConfig(**{**defaults, **layered, "profile": chosen})
 
 
 def config_toml(config: Any) -> str:

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import torch
 
-from fl.data import dataset_checksum
 from fl.errors import ConfigError
+from fl.tasks import code_digest, data_digest, data_task
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig
@@ -42,16 +42,19 @@ class Fingerprint(NamedTuple):
 
     code: str  # sha256 over fedsim's package sources
     torch: str
-    data: str  # fl.data.dataset_checksum
+    data: str  # fl.tasks.data_digest
+    task_code: str  # fl.tasks.code_digest
 
 
-def fingerprint(dataset: str, data_dir: str | None) -> Fingerprint:
-    """This process's :class:`Fingerprint`; run on each Dask worker to compare.
+def fingerprint(data_key: str, data_dir: str | None) -> Fingerprint:
+    """This process's :class:`Fingerprint` for the task whose data ``data_key`` names
+    (``ExperimentConfig.data_key``); run on each Dask worker to compare.
 
     Shipped to workers by reference (module and name), so a worker without
     fedsim fails to import it: that failure is the check that fedsim is there.
     """
-    return Fingerprint(_code_checksum(), torch.__version__, dataset_checksum(dataset, data_dir))
+    task = data_task(data_key, data_dir)
+    return Fingerprint(_code_checksum(), torch.__version__, data_digest(task), code_digest(task))
 
 
 def _code_checksum() -> str:
@@ -83,7 +86,7 @@ def check_dask_cluster(cfg: ExperimentConfig) -> None:
                 f"the Dask scheduler at {address} has no workers: start "
                 f"`dask worker {address}` on the machines that should train"
             )
-        answers = client.run(fingerprint, cfg.dataset, cfg.data_dir, on_error="return")
+        answers = client.run(fingerprint, cfg.data_key, cfg.data_dir, on_error="return")
     failed = sorted((w, a) for w, a in answers.items() if isinstance(a, BaseException))
     if failed:
         # A missing fedsim arrives as Dask's wrapper of the ImportError, a missing
@@ -94,14 +97,16 @@ def check_dask_cluster(cfg: ExperimentConfig) -> None:
             f"{error}); it needs fedsim installed and the dataset where --data-dir or "
             "$FEDSIM_DATA points on that machine"
         )
-    here = fingerprint(cfg.dataset, cfg.data_dir)
-    _check_same(sorted((w, Fingerprint(*a)) for w, a in answers.items()), here, cfg.dataset)
+    here = fingerprint(cfg.data_key, cfg.data_dir)
+    _check_same(sorted((w, Fingerprint(*a)) for w, a in answers.items()), here, cfg.data_key)
 
 
 # What may differ between a worker and this process, in the order it is reported.
 _DIFFERENCES = (
     ("data", "sees other {dataset} data than this process (sha256 {there}… against "
              "{here}…): its clients would train on other samples"),
+    ("task_code", "runs other code of task {dataset} than this process (sha256 {there}… "
+                  "against {here}…): copy this task's files there"),
     ("code", "runs other fedsim code than this process (sources' sha256 {there}… against "
              "{here}…): install this version there"),
     ("torch", "runs torch {there}, this process {here}: results would differ in their "

@@ -56,7 +56,6 @@ from fl.attacks import (
     choose_attackers,
     parse_attack,
 )
-from fl.data import load_split
 from fl.detection import flag_quality
 from fl.dp_training import dp_sample_rate, dp_steps_per_epoch
 from fl.errors import ConfigError
@@ -64,6 +63,7 @@ from fl.noise import noise_source
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget
 from fl.robust import parse_aggregator
 from fl.strategies import averages, load_strategy, train_options
+from fl.tasks import task_split
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig
@@ -185,7 +185,7 @@ def attacker_indices(cfg: ExperimentConfig) -> tuple[int, ...]:
 
 def partition_sizes(cfg: ExperimentConfig) -> list[int]:
     """Training samples of each worker's partition (public: the partition is seeded)."""
-    train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
+    train = task_split(cfg.learning_task, train=True, limit=cfg.train_samples)
     parts = cfg.partitioning.indices(train.y)
     return [len(part) for part in parts]
 

@@ -43,6 +43,7 @@ class Level:
     remote: bool = False  # workers started independently, listed in --workers-file
     slowdown: bool = True  # trains the baseline's work, so its slowdown is reported
     numbered: bool = True  # --levels accepts its number as well as its name
+    fixed_model: bool = False  # runs its own built-in model, whatever --task says
     aggregation: str | None = None
 
     @property
@@ -119,6 +120,7 @@ LEVELS: tuple[Level, ...] = (
         "flows.encrypted_eval:encrypted_eval_flow",
         slowdown=False,
         numbered=False,
+        fixed_model=True,
     ),
 )
 

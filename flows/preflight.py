@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fl.data import load_split
+from fl.tasks import task_split
 from flows.config import ExperimentConfig
 
 __all__ = ["preflight"]
@@ -16,8 +16,8 @@ def preflight(cfg: ExperimentConfig) -> None:
     flow run; so would a Dask cluster (``--dask-address``) that cannot train.
     Loading is cached in-process, so the flows reuse this work.
     """
-    train = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
-    load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)
+    train = task_split(cfg.learning_task, train=True, limit=cfg.train_samples)
+    task_split(cfg.learning_task, train=False, limit=cfg.test_samples)
     cfg.partitioning.indices(train.y)
     if cfg.workers_file is not None:
         from workers.fleet import load_fleet_file

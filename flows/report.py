@@ -146,8 +146,13 @@ def _reproducibility(data: ReportData) -> list[tuple[str, str]]:
     seeds = sorted({str(s) for s in data.levels.get("seed", pd.Series()).dropna()})
     items.append(("seed(s)", ", ".join(seeds) or params.get("seed", "unknown")))
     samples = f"{params.get('train_samples', '?')} train / {params.get('test_samples', '?')} test"
-    items.append(("dataset", f"{params.get('dataset', 'unknown')} ({samples} samples)"))
-    items.append(("dataset checksum (sha256)", tags.get("dataset_checksum", "unknown")))
+    if "task" in params:
+        items.append(("task", f"{params['task']} ({samples} samples)"))
+    else:
+        items.append(("dataset", f"{params.get('dataset', 'unknown')} ({samples} samples)"))
+    # Runs before tasks existed tagged the dataset's checksum alone.
+    fingerprint = tags.get("task_fingerprint", tags.get("dataset_checksum", "unknown"))
+    items.append(("task fingerprint (code, data sha256)", fingerprint))
     items.append(("MLflow run", f"{data.parent.info.run_id} in experiment {data.experiment!r}"))
     return items
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
@@ -21,6 +22,7 @@ from fl.aggregation import FedAvg, Strategy
 from fl.data import Split
 from fl.privacy import BudgetExceeded
 from fl.strategies import check_aggregate
+from fl.tasks import Task, TaskError
 from flows import progress
 from flows.config import ExperimentConfig
 from flows.defence import Defence, dp_tags
@@ -105,6 +107,17 @@ class LevelContext:
 RoundFn = Callable[[StateDict, int], RoundOutcome]
 
 
+def check_finite(task: Task, state: StateDict, round_index: int) -> None:
+    """A TaskError naming the task when the round's model holds NaN or infinity: the
+    rounds after it would only report chance accuracy and a NaN loss."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TaskError(
+                f"task {task.name!r} diverged in round {round_index}: {key!r} holds NaN or "
+                "infinity (a smaller --lr, or a loss that stays finite)"
+            )
+
+
 def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: int) -> LevelSummary:
     """The round loop shared by every level: train → aggregate → evaluate → log."""
     cfg, meter = ctx.cfg, ctx.meter
@@ -122,9 +135,10 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         previous, state = state, meter.call(finish_round, outcome.aggregate)
         if cfg.strategy != "fedavg":  # a chosen strategy is named if its state is unusable
             check_aggregate(ctx.strategy, previous, state)
+        check_finite(cfg.learning_task, state, round_index)
         round_seconds = time.perf_counter() - start
         train_seconds += round_seconds
-        evaluation = meter.call(evaluate_state, model, state, test)
+        evaluation = meter.call(evaluate_state, model, state, test, cfg.learning_task)
         bytes_total += outcome.bytes_sent + outcome.bytes_received
         comm_seconds += outcome.comm_seconds
         samples = sum(u.num_samples for u in outcome.updates)
@@ -147,7 +161,7 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         progress.emit_round(ctx.level.run_name, round_index, metrics)
         _log_round(round_index, cfg.rounds, metrics)
     if evaluation is None:  # the privacy budget allowed no round: the initial model
-        evaluation = meter.call(evaluate_state, model, state, test)
+        evaluation = meter.call(evaluate_state, model, state, test, cfg.learning_task)
     return LevelSummary(
         level=ctx.level.name,
         number=ctx.level.number,

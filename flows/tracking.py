@@ -23,8 +23,9 @@ import psutil
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
-from fl.data import dataset_checksum, resolve_data_root
+from fl.data import resolve_data_root
 from fl.errors import FedsimError
+from fl.tasks import data_digest
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig
@@ -168,13 +169,14 @@ class BenchmarkTracker:
 
     def log_datasets(self, run_id: str, cfg: ExperimentConfig) -> None:
         """The run's training and test data as MLflow dataset inputs (``log_inputs``):
-        the name, a digest of the files (``fl.data.dataset_checksum``), where they
-        were read and how many samples the run takes."""
+        the name, a digest of the data (``fl.tasks.data_digest``), where it was
+        read — the files' directory, or the task's reference — and how many
+        samples the run takes."""
         from mlflow.entities import Dataset, DatasetInput, InputTag  # only for this
 
         try:
-            root = str(resolve_data_root(cfg.dataset, cfg.data_dir))
-            digest = dataset_checksum(cfg.dataset, cfg.data_dir)
+            digest = data_digest(cfg.learning_task)
+            root = cfg.task or str(resolve_data_root(cfg.dataset, cfg.data_dir))
         except (FedsimError, OSError):  # data this process cannot read: the run says so elsewhere
             return
         inputs = []
@@ -182,7 +184,7 @@ class BenchmarkTracker:
             profile = {"split": "train" if context == "training" else "test",
                        "samples": "all" if samples is None else samples}  # fmt: skip
             dataset = Dataset(
-                name=f"{cfg.dataset}-{profile['split']}", digest=digest[:16], source_type="local",
+                name=f"{cfg.data_key}-{profile['split']}", digest=digest[:16], source_type="local",
                 source=json.dumps({"uri": root}), profile=json.dumps(profile),
             )  # fmt: skip
             inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))

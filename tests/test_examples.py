@@ -39,10 +39,9 @@ def test_authenticated_shares_example_catches_the_cheating_party() -> None:
     assert "bob cheated: MAC check failed" in out
 
 
-def test_custom_strategy_example_runs_at_levels_3_and_4(tmp_path: Path) -> None:
-    """The user's strategy by file path, through ``fedsim run --config`` at a virtual
-    and a process level; levels 3 and 4 run the same rounds, so their accuracies
-    agree; the run logs its whole config, which reads back as the same experiment."""
+def _fedsim_run(tmp_path: Path, args: list[str], cwd: Path = ROOT) -> tuple[str, dict[str, str]]:
+    """``fedsim run ARGS`` in a process of its own, with its own MLflow store and Prefect
+    home; its stdout and each level's accuracy, by run name."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -51,15 +50,9 @@ def test_custom_strategy_example_runs_at_levels_3_and_4(tmp_path: Path) -> None:
         "FEDSIM_REPORTS_DIR": str(tmp_path / "reports"),
         "COLUMNS": "120",
     }
-    spec = "examples/custom_strategy.py:FedAvgM:beta=0.5"
-    config = tmp_path / "experiment.toml"
-    config.write_text(
-        'levels = "3,4"\nmodel = "mlp"\nworkers = 2\nrounds = 5\n'
-        f'train-samples = 400\ntest-samples = 200\nstrategy = "{spec}"\n'
-    )
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", "--config", str(config), "--rounds", "2"],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600, check=False,
+        [sys.executable, "-m", "fedsim", "run", *args],
+        cwd=cwd, capture_output=True, text=True, env=env, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = {
@@ -67,17 +60,68 @@ def test_custom_strategy_example_runs_at_levels_3_and_4(tmp_path: Path) -> None:
         for line in proc.stdout.splitlines()
         if "│" in line and "%" in line
     }
-    assert set(rows) == {"L3 decentralized", "L4 websocket-local"}, proc.stdout
+    return proc.stdout, rows
+
+
+def _level_params(tmp_path: Path, name: str) -> dict[str, str | None]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {
+        r.data.params["level"]: r.data.params.get(name) for r in runs if "level" in r.data.params
+    }
+
+
+def test_custom_strategy_example_runs_at_levels_3_and_4(tmp_path: Path) -> None:
+    """The user's strategy by file path, through ``fedsim run --config`` at a virtual
+    and a process level; levels 3 and 4 run the same rounds, so their accuracies
+    agree; the run logs its whole config, which reads back as the same experiment."""
+    spec = "examples/custom_strategy.py:FedAvgM:beta=0.5"
+    config = tmp_path / "experiment.toml"
+    config.write_text(
+        'levels = "3,4"\nmodel = "mlp"\nworkers = 2\nrounds = 5\n'
+        f'train-samples = 400\ntest-samples = 200\nstrategy = "{spec}"\n'
+    )
+    stdout, rows = _fedsim_run(tmp_path, ["--config", str(config), "--rounds", "2"])
+    assert set(rows) == {"L3 decentralized", "L4 websocket-local"}, stdout
     assert rows["L3 decentralized"] == rows["L4 websocket-local"]
-    import mlflow  # each level's run records the strategy it aggregated with
+    logged = _level_params(tmp_path, "strategy")
+    assert logged.get("decentralized") == logged.get("websocket-local") == spec, logged
+    import mlflow
 
     from flows.config_file import read_config_file
 
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    logged = {r.data.params.get("level"): r.data.params.get("strategy") for r in runs}
-    assert logged.get("decentralized") == logged.get("websocket-local") == spec, logged
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     written = client.download_artifacts(parent.info.run_id, "experiment.toml", str(tmp_path))
     options = read_config_file(written)
     assert (options["rounds"], options["strategy"], options["levels"]) == (2, spec, "3,4")
+
+
+@pytest.mark.parametrize(
+    ("task", "cwd", "options", "floor"),
+    [
+        # 10 digit classes: chance is 10%.
+        ("examples/digits_task.py:task", ".", [], 0.25),
+        # Benign or not, 63% benign in the test rows: a constant guess gets 63%.
+        ("examples/tabular_logreg.py:task", ".", ["--lr", "0.05", "--batch-size", "16"], 0.9),
+        # Written in a project of its own, imported from there as a module; 3 cultivars.
+        ("wine_task:task", "examples/my_project", ["--workers", "3"], 0.8),
+    ],
+)
+def test_task_examples_run_at_levels_3_and_4(
+    tmp_path: Path, task: str, cwd: str, options: list[str], floor: float
+) -> None:
+    """Each example task trains at a virtual level and over worker processes that load
+    it themselves (``fedsim worker serve --task``, the fingerprints compared first):
+    the same rounds, so the same accuracy, and better than a guess."""
+    stdout, rows = _fedsim_run(
+        tmp_path, ["--task", task, "--levels", "3,4", "--rounds", "2", *options], ROOT / cwd
+    )
+    assert set(rows) == {"L3 decentralized", "L4 websocket-local"}, stdout
+    assert rows["L3 decentralized"] == rows["L4 websocket-local"]
+    assert float(rows["L3 decentralized"].rstrip("%")) / 100 > floor, rows
+    assert _level_params(tmp_path, "task") == {"decentralized": task, "websocket-local": task}
+    assert set(_level_params(tmp_path, "model").values()) == {None}  # the task replaces it

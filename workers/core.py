@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from fl.attacks import flip_labels
-from fl.data import PartitionSource, partition_source
 from fl.errors import FedsimError
 from fl.partition import Partitioning
+from fl.task_data import PartitionSource, partition_source
 from workers.codec import DTYPES, Ref, Value, check_value
 from workers.cohort import MIN_COHORT
 from workers.contributions import Contribution, Contributions
@@ -88,6 +88,7 @@ class WorkerCore(TrainingRequests):
         *,
         objects: Mapping[str, object] | None = None,
         data_description: str = "",
+        task_fingerprint: str = "",
         private: frozenset[str] = frozenset(),
         models: ModelPool | None = None,
         min_cohort: int = MIN_COHORT,
@@ -95,6 +96,7 @@ class WorkerCore(TrainingRequests):
     ) -> None:
         self._worker_id = worker_id
         self.data_description = data_description
+        self.task_fingerprint = task_fingerprint
         # The worker's own data: usable by Train and Evaluate only — never sent
         # back, deleted, or fed to an op whose result the coordinator could fetch.
         self._private = private
@@ -312,7 +314,13 @@ class WorkerCore(TrainingRequests):
     # --------------------------------------------------------------- handlers
 
     def _ping(self, msg: Ping) -> Pong:
-        return Pong(self._worker_id, PROTOCOL_VERSION, len(self._objects), self.data_description)
+        return Pong(
+            self._worker_id,
+            PROTOCOL_VERSION,
+            len(self._objects),
+            self.data_description,
+            self.task_fingerprint,
+        )
 
     def _put(self, msg: PutObject) -> Ack:
         self._objects[self._new_id(msg.obj_id)] = msg.value

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl.errors import ConfigError, FedsimError
+from fl.tasks import fingerprint_difference
 from workers.base import Worker
 from workers.errors import WorkerError
 from workers.tls import is_loopback_host
@@ -123,15 +124,20 @@ def load_fleet_file(path: str | Path, workers: int) -> tuple[list[RemoteWorkerSp
     return specs, token_file
 
 
-def check_partition(worker: WebsocketWorker, expected: str) -> WebsocketWorker:
-    """Ping ``worker`` (the health check) and make sure it holds the expected data."""
+def check_partition(worker: WebsocketWorker, expected: str, task: str = "") -> WebsocketWorker:
+    """Ping ``worker`` (the health check) and make sure it holds the expected data and,
+    given the coordinator's ``task`` fingerprint (fl.tasks.task_fingerprint), runs the
+    same task's code on the same data."""
     pong = worker.ping()
     if pong.data != expected:
         worker.close()
         raise ConfigError(
             f"worker {worker.id!r} holds [{pong.data or 'no data'}], this run needs [{expected}]:"
-            " start it with the run's --partition/--seed/--train-samples"
+            " start it with the run's --task/--dataset/--partition/--seed/--train-samples"
         )
+    if task and pong.task != task:
+        worker.close()
+        raise ConfigError(f"worker {worker.id!r} {fingerprint_difference(pong.task, task)}")
     return worker
 
 

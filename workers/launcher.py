@@ -49,9 +49,11 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
 
 
-def _connect(worker_id: str, url: str, secret: bytes, timeout: float, data: str) -> WebsocketWorker:
+def _connect(
+    worker_id: str, url: str, secret: bytes, timeout: float, data: str, task: str
+) -> WebsocketWorker:
     client = WebsocketWorker(worker_id, url, secret=secret, timeout=timeout)
-    return check_partition(client, data)  # the health check, and the right data
+    return check_partition(client, data, task)  # the health check, the right data and task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +63,8 @@ class WorkerSpec:
     partitioning: Partitioning
     data_dir: str | None
     threads: int
+    task: str | None = None  # --task's reference (partitioning.dataset is the same)
+    fingerprint: str = ""  # the coordinator's fl.tasks.task_fingerprint, checked in Pong
 
 
 @dataclass
@@ -110,7 +114,8 @@ class LocalWorkerPool:
     def _command(self, index: int) -> list[str]:
         spec, key = self.spec, self.spec.partitioning
         command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", f"worker-{index}"]
-        command += ["--host", self.host, "--port", "0", "--dataset", key.dataset]
+        command += ["--host", self.host, "--port", "0"]
+        command += ["--task", spec.task] if spec.task else ["--dataset", key.dataset]
         command += ["--partition", f"{index}/{key.count}", "--partitioner", key.partitioner]
         command += ["--seed", str(key.seed), "--token-file", "-"]
         command += ["--threads", str(spec.threads)]
@@ -152,6 +157,7 @@ class LocalWorkerPool:
                     worker_key(self._secret, process.worker_id),
                     self.request_timeout,
                     data,
+                    self.spec.fingerprint,
                 )
             )
         self.fleet = Fleet(connectors, [process.worker_id for process in self.processes])

@@ -205,6 +205,9 @@ class Pong(Reply):
     # What training data the worker holds (see fl.partition.Partitioning.describe),
     # so a coordinator can refuse a worker started for another experiment.
     data: str = ""
+    # The code and data of the task it loaded (fl.tasks.task_fingerprint), compared
+    # with the coordinator's before round 1.
+    task: str = ""
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from fl.models import adopt_state, build_model
+from fl.models import adopt_state
+from fl.tasks import model_task
 
 __all__ = ["ModelPool", "trained_state"]
 
 
 class ModelPool:
-    """Built modules by model name, each lent to one request at a time (thread-safe)."""
+    """Built modules by model key (``fl.tasks.model_task``), each lent to one request at a
+    time (thread-safe)."""
 
     def __init__(self) -> None:
         self._free: dict[str, list[nn.Module]] = {}
@@ -44,18 +46,19 @@ class ModelPool:
     def lease(
         self, name: str, state: Mapping[str, torch.Tensor], *, take: bool = False
     ) -> Iterator[nn.Module]:
-        """A module of architecture ``name`` holding ``state``, for the duration of the block.
+        """A module of the model keyed ``name`` holding ``state``, for the duration of the block.
 
         With ``take`` the module adopts ``state``'s tensors themselves (the caller
         gives them up); otherwise copies. Raises ConfigError (from
-        ``build_model``) for an unknown name, DataError for a state that does not
-        fit; the module goes back to the pool either way.
+        ``model_task``) for a key this process did not load, TaskError for a
+        model factory that fails, DataError for a state that does not fit; the
+        module goes back to the pool either way.
         """
         with self._lock:
             free = self._free.get(name)
             module = free.pop() if free else None
         if module is None:
-            module = build_model(name)
+            module = model_task(name).build()
             with self._lock:
                 self.built += 1
         with self._lock:

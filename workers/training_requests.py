@@ -15,7 +15,8 @@ from torch import nn
 
 from fl.data import Split
 from fl.errors import FedsimError
-from fl.training import TrainConfig, evaluate, train_local
+from fl.tasks import model_task
+from fl.training import TrainConfig
 from workers.codec import Value
 from workers.contributions import Contribution, Contributions, training_digest
 from workers.failures import RequestFailure
@@ -106,7 +107,7 @@ class TrainingRequests:
         with self._model(msg.model, msg.state_id) as model:
             data = self._split(msg.x_id, msg.y_id)
             try:
-                result = train_local(model, data, config, generator)
+                result = model_task(msg.model).run_train(model, data, config, generator)
             except Exception as exc:
                 raise RequestFailure(
                     "train_failed", f"train: {type(exc).__name__}: {exc}"
@@ -147,7 +148,7 @@ class TrainingRequests:
         data = self._split(msg.x_id, msg.y_id)
         with self._model(msg.model, msg.state_id, take=True) as model:
             try:
-                result = train_local(model, data, config, generator)
+                result = model_task(msg.model).run_train(model, data, config, generator)
             except Exception as exc:
                 raise RequestFailure(
                     "train_failed", f"fit: {type(exc).__name__}: {exc} ({msg.state_id!r} consumed)"
@@ -161,7 +162,7 @@ class TrainingRequests:
         with self._model(msg.model, msg.state_id) as model:
             data = self._split(msg.x_id, msg.y_id)
             try:
-                result = evaluate(model, data, batch_size=msg.batch_size)
+                result = model_task(msg.model).run_evaluate(model, data, msg.batch_size)
             except Exception as exc:
                 raise RequestFailure(
                     "train_failed", f"evaluate: {type(exc).__name__}: {exc}"

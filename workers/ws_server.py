@@ -72,6 +72,8 @@ class ServerConfig:
     auth_timeout: float = 5.0
     ping_interval: float | None = 20.0
     data_description: str = ""
+    # The task the worker loaded (fl.tasks.task_fingerprint), answered in Pong.
+    task_fingerprint: str = ""
     # The DER certificate served over TLS: bound into the authentication proofs.
     certificate_der: bytes | None = None
     # The fewest contributions a sum this worker helps open may hold, whatever
@@ -219,6 +221,7 @@ class WorkerServer:
             self.config.worker_id,
             objects=self._objects,
             data_description=self.config.data_description,
+            task_fingerprint=self.config.task_fingerprint,
             private=frozenset(self._objects),
             min_cohort=self.config.min_cohort,
             peer_secret=self.config.peer_secret,

@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import ClientUpdate, MeanFold
-from fl.data import load_partition
+from fl.task_data import load_partition
 from fl.weighted_sum import WeightedSum
 from flows.rounds.clients import Client, ClientSettings, ClientSpec
 from flows.rounds.outcome import RoundOutcome, StateDict

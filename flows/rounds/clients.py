@@ -52,7 +52,7 @@ class ClientSettings:
     config: the clients' code never reads (or re-validates) the whole config, and
     a batch on a Dask worker gets these few values instead of it."""
 
-    model: str
+    model: str  # the model's key in requests (ExperimentConfig.model_key)
     train: TrainConfig
     seed: int  # the experiment's; a client's round seed is client_seed(seed, round, index)
     sealed: bool  # secure or HE aggregation: the trained state stays on the worker
@@ -83,4 +83,4 @@ class ClientSettings:
                 options = train_options(load_strategy(cfg.strategy), cfg.strategy)
                 train = dataclasses.replace(train, **options)
         sealed = cfg.aggregation in ("secure", "he")
-        return cls(cfg.model, train, cfg.seed, sealed, cfg.partitioning, cfg.data_dir)
+        return cls(cfg.model_key, train, cfg.seed, sealed, cfg.partitioning, cfg.data_dir)

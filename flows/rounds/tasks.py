@@ -17,9 +17,11 @@ from prefect.cache_policies import NO_CACHE
 
 from fl.aggregation import RoundAggregate
 from fl.attacks import flip_labels
-from fl.data import PartitionSource, Split, load_split, partition_source
-from fl.models import build_model, get_state, set_state
-from fl.training import EvalResult, TrainResult, evaluate, train_local
+from fl.data import Split
+from fl.models import get_state, set_state
+from fl.task_data import PartitionSource, partition_source
+from fl.tasks import Task, task_fingerprint, task_split
+from fl.training import EvalResult, TrainResult
 from flows.config import ExperimentConfig
 from flows.rounds.clients import ClientSettings, ClientSpec, train_config
 from flows.rounds.outcome import StateDict
@@ -50,13 +52,13 @@ __all__ = [
 @task(name="load-train-set", cache_policy=NO_CACHE)
 @timed_body
 def load_train_set(cfg: ExperimentConfig) -> Split:
-    return load_split(cfg.dataset, train=True, data_dir=cfg.data_dir, limit=cfg.train_samples)
+    return task_split(cfg.learning_task, train=True, limit=cfg.train_samples)
 
 
 @task(name="load-test-set", cache_policy=NO_CACHE)
 @timed_body
 def load_test_set(cfg: ExperimentConfig) -> Split:
-    return load_split(cfg.dataset, train=False, data_dir=cfg.data_dir, limit=cfg.test_samples)
+    return task_split(cfg.learning_task, train=False, limit=cfg.test_samples)
 
 
 @task(name="partition", cache_policy=NO_CACHE)
@@ -137,6 +139,7 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
     assert cfg.workers_file is not None  # checked by ExperimentConfig
     specs, token_file = load_fleet_file(cfg.workers_file, cfg.workers)
     master = read_secret(token_file)
+    fingerprint = task_fingerprint(cfg.learning_task)  # each worker's must be the same
 
     def connector(index: int, spec: RemoteWorkerSpec) -> WebsocketWorker:
         client = WebsocketWorker(
@@ -148,7 +151,7 @@ def connect_remote_workers(cfg: ExperimentConfig) -> Fleet:
             timeout=cfg.request_timeout,
         )
         expected = cfg.partitioning.describe(index)
-        return check_partition(client, expected)
+        return check_partition(client, expected, fingerprint)
 
     connectors = [functools.partial(connector, i, spec) for i, spec in enumerate(specs)]
     return Fleet(connectors, [spec.worker_id for spec in specs], min_live=cfg.min_workers)
@@ -160,7 +163,13 @@ def launch_worker_processes(cfg: ExperimentConfig) -> LocalWorkerPool:
     """Level 4: one websocket worker process per client on loopback, each loading
     its own partition; returns the started pool (the caller stops it)."""
     threads = threads_per_worker(cfg.workers)
-    spec = WorkerSpec(partitioning=cfg.partitioning, data_dir=cfg.data_dir, threads=threads)
+    spec = WorkerSpec(
+        partitioning=cfg.partitioning,
+        data_dir=cfg.data_dir,
+        threads=threads,
+        task=cfg.task,
+        fingerprint=task_fingerprint(cfg.learning_task),
+    )
     pool = LocalWorkerPool(spec, request_timeout=cfg.request_timeout)
     try:
         pool.start()
@@ -176,7 +185,7 @@ def train_centralized(
     model: torch.nn.Module, train: Split, cfg: ExperimentConfig, generator: torch.Generator
 ) -> TrainResult:
     """The baseline's round: ``cfg.epochs`` passes of plain PyTorch over all data."""
-    return train_local(model, train, train_config(cfg), generator)
+    return cfg.learning_task.run_train(model, train, train_config(cfg), generator)
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -188,12 +197,12 @@ def finish_round(aggregate: RoundAggregate) -> StateDict:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 @timed_body
-def evaluate_state(model: torch.nn.Module, state: StateDict, test: Split) -> EvalResult:
+def evaluate_state(model: torch.nn.Module, state: StateDict, test: Split, task: Task) -> EvalResult:
     set_state(model, state)
-    return evaluate(model, test)
+    return task.run_evaluate(model, test)
 
 
 def initial_state(cfg: ExperimentConfig) -> tuple[torch.nn.Module, StateDict]:
     """The same seeded initial model for every level, so levels are comparable."""
-    model = build_model(cfg.model, seed=cfg.seed)
+    model = cfg.learning_task.build(seed=cfg.seed)
     return model, get_state(model)

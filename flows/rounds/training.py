@@ -26,7 +26,7 @@ from flows.rounds.clients import Client, ClientSettings, client_seed
 from flows.rounds.outcome import RoundOutcome, StateDict
 from flows.timing import timed_body
 from workers.base import Broadcast
-from workers.errors import ProtocolError
+from workers.errors import ProtocolError, RemoteError, WorkerError
 from workers.pointer import Pointer
 
 __all__ = [
@@ -118,7 +118,12 @@ def train_clients_in_turn(
     broadcast = Broadcast.of(global_state)  # encoded once for the batch
     for client in clients:
         sent0, received0 = _traffic([client])
-        result = _train_client(client, broadcast, settings, round_index)
+        try:
+            result = _train_client(client, broadcast, settings, round_index)
+        except RemoteError as exc:
+            # A simulated client fails the same way whenever it is run: the level stops,
+            # its line naming the round and client (the task's failure names the task).
+            raise WorkerError(f"round {round_index}, {client.worker.id}: {exc}") from None
         sent1, received1 = _traffic([client])
         sent, received = sent + sent1 - sent0, received + received1 - received0
         update = result.update

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import fl.data
-from fl.data import dataset_checksum, load_partition, load_split, resolve_data_root
+from fl.data import dataset_checksum, load_split, resolve_data_root
 from fl.errors import ConfigError, DataError
 from fl.partition import Partitioning, parse_partition, partition_indices
+from fl.task_data import load_partition
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 needs_debian = pytest.mark.skipif(

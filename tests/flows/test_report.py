@@ -83,7 +83,7 @@ def test_run_writes_the_report_and_publishes_it(benchmark: Benchmark) -> None:
     rows = _summary_rows(markdown)
     assert [row.split("|")[1].strip() for row in rows] == ["L0 baseline", "L2 federated"]
     assert parent.data.tags["fedsim.command"] in markdown
-    assert parent.data.tags["dataset_checksum"] in markdown
+    assert parent.data.tags["task_fingerprint"] in markdown
     assert parent.data.tags["git_commit"] in markdown
     page_text = page.read_text()
     assert 'src="data:image/png;base64,' in page_text
@@ -187,7 +187,7 @@ def _synthetic_benchmark() -> str:
     tracker = BenchmarkTracker("synthetic")
     parent = tracker.start_parent("benchmark quick", {"seed": "3", "dataset": "mnist"}, "synthetic")
     tracker.set_tags(
-        parent, {"fedsim.command": "fedsim run --seed 3", "dataset_checksum": "c0ffee"}
+        parent, {"fedsim.command": "fedsim run --seed 3", "task_fingerprint": "c0ffee"}
     )
     levels = [  # run name, level tag, params, final metrics
         ("L6 encrypted-eval", "encrypted-eval", {}, {"slowdown_vs_plaintext": 30.5,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fl.data import Split, load_partition, load_split
+from fl.data import Split, load_split
 from fl.models import PolyActivation, build_model, get_state
 from fl.partition import Partitioning
+from fl.task_data import load_partition
 from fl.training import TrainConfig, train_local
 from mpc.errors import MPCError
 from mpc.protocols.encrypted_inference.coordinator import (

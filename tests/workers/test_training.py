@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl.data import Split, load_partition
+from fl.data import Split
 from fl.models import build_model, get_state, set_state
 from fl.partition import Partitioning
+from fl.task_data import load_partition
 from fl.training import TrainConfig, evaluate, train_local
 from tests.workers.conftest import assert_same_value
 from workers import messages as m

@@ -16,9 +16,9 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from fl.data import load_partition
 from fl.models import build_model, get_state, set_state
 from fl.partition import Partitioning
+from fl.task_data import load_partition
 from fl.training import TrainConfig, train_local
 from tests.workers.running import HOST, RunningWorker, client_for, start_worker, stop_worker
 from workers.auth import read_secret, write_secret
