@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from fl.errors import ConfigError
+from flows.profiles import PROFILES
 
 __all__ = ["fleet_down", "fleet_up"]
 
@@ -56,6 +57,9 @@ def fleet_up(args: argparse.Namespace) -> int:
         fleet_down(args)
     folder.mkdir(parents=True, exist_ok=True)
     hosts = _hosts(args.workers)
+    # As `fedsim run`: the profile's count cuts the image sets; a task's default is all.
+    default = None if args.task else PROFILES["quick"]["train_samples"]
+    train_samples = getattr(args, "train_samples", default)
     pki = make_worker_pki(folder / "pki", hosts)
     token = folder / "token"
     master = write_secret(token)  # the coordinator's; each daemon gets its own derived key
@@ -76,8 +80,8 @@ def fleet_up(args: argparse.Namespace) -> int:
         command += ["--tls-client-ca", str(pki.client_ca_cert)]
         command += ["--threads", str(threads_per_worker(args.workers))]
         command += ["--min-cohort", str(default_min_cohort(args.workers))]
-        if args.train_samples is not None:
-            command += ["--train-samples", str(args.train_samples)]
+        if train_samples is not None:
+            command += ["--train-samples", str(train_samples)]
         if args.data_dir:
             command += ["--data-dir", args.data_dir]
         ready = folder / f"{worker_id}.ready"

@@ -273,7 +273,12 @@ def _add_worker(sub: Any) -> None:
     add("--data-dir")
     add("--partition", default="iid", help="as `fedsim run --partition`")
     add("--seed", type=_non_negative_int, default=0)
-    add("--train-samples", type=_samples, default=quick["train_samples"], help="as `fedsim run`")
+    add(
+        "--train-samples",
+        type=_samples,
+        default=argparse.SUPPRESS,
+        help=f"as `fedsim run` (default {quick['train_samples']}; with --task, all)",
+    )
     key = worker_sub.add_parser(
         "key",
         help="write one worker's key, derived from the workers file's master secret",
