@@ -179,7 +179,8 @@ def _add_defence(add: Any) -> None:
     )
     add(
         "--strategy",
-        help="server strategy: fedavg (default), fedadam[:eta=0.01,...], or your own "
+        help="server strategy: fedavg (default), fedadam[:eta=0.01,...], fedprox[:mu=0.01], "
+        "median, trimmed-mean:beta=B, krum:f=F, multi-krum:f=F,m=M, or your own "
         "package.module:Class[:key=value,...], a subclass of fl.aggregation.Strategy",
     )
     add("--attack", help="none (default), label-flip, sign-flip, noise, scale or alie")

@@ -1,7 +1,8 @@
 """``--strategy``: a built-in server strategy by name, or the user's own class by import path.
 
 A spec is ``NAME[:key=value,...]`` for a built-in (``fedavg``, ``fedadam``,
-``fedprox``),
+``fedprox``, and the robust ``median``, ``trimmed-mean:beta=B``, ``krum:f=F``,
+``multi-krum:f=F,m=M``),
 ``package.module:Class[:key=value,...]`` for any subclass of
 :class:`fl.aggregation.Strategy` importable on the coordinator — from the
 working directory too, which a console script does not put on ``sys.path`` —
@@ -24,6 +25,7 @@ from fl.errors import ConfigError, FedsimError
 from fl.fedopt import FedAdam
 from fl.fedprox import FedProx
 from fl.imports import import_module_at
+from fl.robust import Krum, Median, MultiKrum, TrimmedMean
 
 __all__ = [
     "BUILTIN_STRATEGIES",
@@ -38,6 +40,12 @@ BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": FedAvg,
     "fedadam": FedAdam,
     "fedprox": FedProx,
+    # The robust aggregators (fl.robust), also spelled --aggregator median, ...:
+    # subclasses of the same base, with their options by name (beta, f, m).
+    "median": Median,
+    "trimmed-mean": TrimmedMean,
+    "krum": Krum,
+    "multi-krum": MultiKrum,
 }
 
 

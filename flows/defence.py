@@ -61,7 +61,7 @@ from fl.dp_training import dp_sample_rate, dp_steps_per_epoch
 from fl.errors import ConfigError
 from fl.noise import noise_source
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget
-from fl.robust import parse_aggregator
+from fl.robust import ScoredStrategy, parse_aggregator
 from fl.strategies import averages, load_strategy, train_options
 from fl.tasks import task_split
 
@@ -130,8 +130,9 @@ def check_defence(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
             raise ConfigError("--dp-noise-seed needs --dp client or sample")
         if isinstance(cfg.dp_noise_seed, bool) or not 0 <= cfg.dp_noise_seed < 2**62:
             raise ConfigError(f"--dp-noise-seed must be in [0, 2**62), got {cfg.dp_noise_seed}")
-    robust = parse_aggregator(cfg.aggregator).spec != "fedavg"
     strategy = load_strategy(cfg.strategy)  # imported once here: a bad spec is one line now
+    robust_strategy = isinstance(strategy, ScoredStrategy)  # --strategy median, krum:f=1, ...
+    robust = parse_aggregator(cfg.aggregator).spec != "fedavg"
     attack = parse_attack(cfg.attack, cfg.attackers)
     dp = dp_config(cfg)
     if train_options(strategy, cfg.strategy).get("prox_mu") and cfg.dp == "sample":
@@ -154,6 +155,7 @@ def check_defence(cfg: ExperimentConfig, levels: Sequence[Level]) -> None:
             f"--aggregator {cfg.aggregator} needs every client's update, which {hidden[0]} "
             "hides (the coordinator sees only the sum): use plain aggregation"
         )
+    robust = robust or robust_strategy  # from here on, either spelling
     if attack.kind in UPDATE_ATTACKS and hidden:
         raise ConfigError(
             f"--attack {attack.kind} rewrites updates the coordinator never sees under "

@@ -10,7 +10,7 @@ import torch
 from fl.aggregation import ClientUpdate, FedAvg, Strategy
 from fl.errors import ConfigError
 from fl.fedopt import FedAdam
-from fl.robust import Median
+from fl.robust import Median, parse_aggregator
 from fl.strategies import StrategyError, averages, check_aggregate, load_strategy
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_strategy.py"
@@ -20,6 +20,51 @@ def test_builtins_by_name_with_options() -> None:
     assert type(load_strategy("fedavg")) is FedAvg
     adam = load_strategy("fedadam:eta=0.5,beta1=0.8")
     assert isinstance(adam, FedAdam) and (adam.eta, adam.beta1) == (0.5, 0.8)
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "strategy"),
+    [
+        ("median", "median"),
+        ("trimmed-mean:0.2", "trimmed-mean:beta=0.2"),
+        ("krum:1", "krum:f=1"),
+        ("multi-krum:1:3", "multi-krum:f=1,m=3"),
+    ],
+)
+def test_the_robust_aggregators_are_strategies_by_either_spelling(
+    aggregator: str, strategy: str
+) -> None:
+    """``--strategy krum:f=1`` is ``--aggregator krum:1``: the same class, the same
+    aggregate and the same flagged client (one update far off the others)."""
+    generator = torch.Generator().manual_seed(0)
+    global_state = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+    updates = [
+        ClientUpdate(
+            f"c{i}",
+            {k: torch.randn(v.shape, generator=generator) * 0.1 for k, v in global_state.items()},
+            10,
+            0.0,
+        )
+        for i in range(5)
+    ]
+    updates.append(
+        ClientUpdate(
+            "far", {k: torch.full(v.shape, 50.0) for k, v in global_state.items()}, 10, 0.0
+        )
+    )
+    old, new = parse_aggregator(aggregator), load_strategy(strategy)
+    assert type(new) is type(old) and new.spec == old.spec  # type: ignore[attr-defined]
+    assert_same = [
+        torch.equal(a, b)
+        for a, b in zip(
+            old.aggregate(global_state, updates).values(),
+            new.aggregate(global_state, updates).values(),
+            strict=True,
+        )
+    ]
+    assert all(assert_same)
+    assert old.last_report is not None and new.last_report is not None  # type: ignore[attr-defined]
+    assert new.last_report.flagged == old.last_report.flagged == ("far",)  # type: ignore[attr-defined]
 
 
 def test_a_users_class_by_module_path_and_by_file() -> None:
@@ -32,7 +77,7 @@ def test_a_users_class_by_module_path_and_by_file() -> None:
 @pytest.mark.parametrize(
     ("spec", "fragment"),
     [
-        ("scaffold", "neither a built-in (fedavg, fedadam, fedprox) nor package.module:Class"),
+        ("scaffold", "neither a built-in (fedavg, fedadam, fedprox, median, "),
         ("no_such_module:Thing", "cannot import 'no_such_module'"),
         ("fl.robust:NoSuchClass", "fl.robust.NoSuchClass is not a subclass"),
         ("fl.errors:ConfigError", "is not a subclass of fl.aggregation.Strategy"),

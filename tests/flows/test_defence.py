@@ -39,6 +39,9 @@ def _history(run_id: str, metric: str) -> list[float]:
     [
         ({"levels": "2:secure", "aggregator": "median"}, "needs every client's update"),
         ({"levels": "2:he", "aggregator": "krum:1"}, "needs every client's update"),
+        ({"levels": "2:secure", "strategy": "median"}, "needs every client's update"),
+        ({"levels": "2", "dp": "client", "strategy": "krum:f=1"}, "each choose the server's rule"),
+        ({"levels": "2", "strategy": "median", "aggregator": "krum:1"}, "each choose"),
         ({"levels": "2:secure", "attack": "sign-flip", "attackers": 1}, "never sees"),
         ({"levels": "4", "attack": "label-flip", "attackers": 1}, "levels 2-3"),
         ({"levels": "2", "attack": "sign-flip", "attackers": 0}, "needs attackers >= 1"),
