@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "new":
+            from fedsim.new_project import new_project
+
+            return new_project(args)
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)
         return 130

@@ -311,7 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker(sub)
     _add_report(sub)
     _add_serve(sub)
+    _add_new(sub)
     return parser
+
+
+def _add_new(sub: Any) -> None:
+    new = sub.add_parser(
+        "new",
+        help="write a small project: a task, a config file and a test",
+        description="Write NAME/ with task.py (a model and data: scikit-learn's digits, no "
+        "download), experiment.toml and test_task.py; `fedsim run --config "
+        "experiment.toml` in NAME/ runs it as written.",
+    )
+    new.add_argument("name", metavar="NAME", help="the project's folder and MLflow experiment")
+    new.add_argument("--dir", default=".", help="where to write NAME/ (default: here)")
 
 
 def _add_report(sub: Any) -> None:

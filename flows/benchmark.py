@@ -14,6 +14,7 @@ from flows.config import ExperimentConfig
 from flows.config_file import config_toml
 from flows.engine import dask_task_runner
 from flows.level import Level, parse_levels
+from flows.parameters import ExperimentParameters, parameters_dict
 from flows.progress import emit_link
 from flows.tracking import BenchmarkTracker, status_after
 
@@ -90,7 +91,7 @@ def _benchmark_run_name() -> str:
     runs of a deployment too)."""
     from prefect.runtime import flow_run
 
-    config = flow_run.parameters.get("config") or {}
+    config = parameters_dict(flow_run.parameters.get("config") or {})
     levels = str(config.get("levels", "?"))
     with contextlib.suppress(FedsimError):  # named as the MLflow parent run names them
         levels = ",".join(lv.key for lv in parse_levels(levels, config.get("aggregation", "plain")))
@@ -98,7 +99,7 @@ def _benchmark_run_name() -> str:
 
 
 @flow(name="fedsim-benchmark", log_prints=False, flow_run_name=_benchmark_run_name)
-def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
+def benchmark_flow(config: ExperimentParameters) -> dict[str, Any]:  # type: ignore[valid-type]  # a model made at import
     """Run the chosen levels one after another and log each as a child run.
 
     Returns ``{"parent_run_id": ..., "levels": [summary, ...], "report": path}``
@@ -108,7 +109,7 @@ def benchmark_flow(config: dict[str, Any]) -> dict[str, Any]:
     than in its own code (flow-run set-up and tear-down plus task-call
     overhead), measured around the level's subflow call.
     """
-    cfg = ExperimentConfig.from_dict(config)
+    cfg = ExperimentConfig.from_dict(parameters_dict(config))
     from prefect.runtime import flow_run
 
     if flow_run.ui_url:  # a Prefect server with a UI: where to watch this run
