@@ -30,7 +30,8 @@ def serve_worker(args: argparse.Namespace) -> int:
 
     from fl.partition import Partitioning
     from fl.task_data import forget_loaded_data, load_partition
-    from fl.tasks import image_task, load_task, task_fingerprint
+    from fl.task_fingerprint import task_fingerprint
+    from fl.tasks import image_task, load_task
     from mpc.protocols import all_steps  # noqa: F401  (registers every protocol's party steps)
     from workers.auth import read_secret
     from workers.cohort import MIN_COHORT
@@ -58,11 +59,13 @@ def serve_worker(args: argparse.Namespace) -> int:
         )
     # The task is loaded here, from this command line, before any request: a request
     # names its model by key and a key that was not loaded is refused (fl.tasks).
-    task = load_task(args.task) if args.task else image_task(args.dataset, "cnn", args.data_dir)
-    fingerprint = task_fingerprint(task)
+    task = load_task(args.task) if args.task else None
     objects: dict[str, object] = {}
-    description = ""
-    if args.partition:
+    description = fingerprint = ""
+    if args.partition:  # a worker that holds data answers what task and data it is
+        if task is None:
+            task = image_task(args.dataset, "cnn", args.data_dir)
+        fingerprint = task_fingerprint(task)
         index, count = parse_partition_slot(args.partition)
         partitioning = Partitioning(
             args.task or args.dataset, args.partitioner, count, args.seed, args.train_samples

@@ -1,8 +1,10 @@
-"""A task's training data as the clients hold it: the partitions, cut once per process.
+"""A task's data: its splits, checked and cached, and the partitions the clients hold.
 
-Every level cuts the task's train split (its first ``--train-samples``) with
-the run's partitioner, so a worker that loads its own data
-(:func:`load_partition`) holds exactly the tensors a coordinator would send it.
+A task's ``data`` is called once per split per process (:func:`task_split`) and
+what it gives is checked here, so a task with unusable data is one line naming
+it. Every level cuts the train split (its first ``--train-samples``) with the
+run's partitioner, so a worker that loads its own data (:func:`load_partition`)
+holds exactly the tensors a coordinator would send it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,63 @@ from pathlib import Path
 import torch
 
 from fl.data import Split, forget_loaded_splits
-from fl.errors import ConfigError
+from fl.errors import ConfigError, FedsimError
 from fl.partition import Partitioning
-from fl.tasks import Task, data_task, forget_task_splits, task_split
+from fl.tasks import Task, TaskError, data_task
 
-__all__ = ["PartitionSource", "forget_loaded_data", "load_partition", "partition_source"]
+__all__ = [
+    "PartitionSource",
+    "forget_loaded_data",
+    "load_partition",
+    "partition_source",
+    "task_split",
+    "whole_split",
+]
+
+
+@functools.lru_cache(maxsize=16)
+def whole_split(task: Task, split: str) -> Split:
+    """The task's whole ``split`` ("train" or "test"), checked; once per process."""
+    try:
+        given = task.data(split)
+    except FedsimError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"task {task.name!r}: data({split!r}) failed: {exc}") from None
+    if isinstance(given, tuple) and len(given) == 2:
+        given = Split(*given)
+    if not isinstance(given, Split):
+        raise TaskError(
+            f"task {task.name!r}: data({split!r}) returned {type(given).__name__}, "
+            "not a Split or an (x, y) pair"
+        )
+    x, y = given.x, given.y
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise TaskError(f"task {task.name!r}: data({split!r}) holds no tensors")
+    if y.dtype != torch.int64 or y.ndim != 1 or x.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise TaskError(
+            f"task {task.name!r}: data({split!r}) gave x {tuple(x.shape)} and y "
+            f"{tuple(y.shape)} {y.dtype}: y must be int64 labels, one per row of x"
+        )
+    if len(y) == 0:
+        raise TaskError(f"task {task.name!r}: data({split!r}) is empty")
+    return Split(x.contiguous(), y.contiguous())
+
+
+def task_split(task: Task, *, train: bool, limit: int | None = None) -> Split:
+    """The task's train or test split, its first ``limit`` samples (cached per process;
+    the tensors are shared: callers must not mutate them)."""
+    split = "train" if train else "test"
+    whole = whole_split(task, split)
+    if limit is None:
+        return whole
+    if limit < 1:
+        raise ConfigError(f"sample limit must be >= 1, got {limit}")
+    if limit > len(whole):
+        raise ConfigError(
+            f"sample limit {limit} exceeds the {len(whole)} {split} samples of {task.name}"
+        )
+    return Split(whole.x[:limit], whole.y[:limit])
 
 
 @dataclass(frozen=True)
@@ -71,7 +125,7 @@ def forget_loaded_data() -> None:
     ~190 MB of float32 for Fashion-MNIST, held by the caches for nothing.
     """
     forget_loaded_splits()
-    forget_task_splits()
+    whole_split.cache_clear()
     _partitions.cache_clear()
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,28 +29,30 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl.data import DATASETS, Split, dataset_checksum, load_split
+from fl.data import DATASETS, Split, dataset_checksum, load_split, resolve_data_root
 from fl.errors import ConfigError, FedsimError
 from fl.imports import import_module_at
 from fl.models import MODELS, build_model
-from fl.training import EvalResult, Loss, TrainConfig, TrainResult, evaluate, train_local
+from fl.training import (
+    EvalResult,
+    Loss,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    train_local,
+    with_update_clip,
+)
 
 __all__ = [
     "EvalStep",
     "Task",
     "TaskError",
     "TrainStep",
-    "code_digest",
-    "data_digest",
     "data_task",
     "experiment_task",
-    "fingerprint_difference",
-    "forget_task_splits",
     "image_task",
     "load_task",
     "model_task",
-    "task_fingerprint",
-    "task_split",
 ]
 
 # A task's own local training: (model, the client's data, the round's config, the
@@ -66,7 +66,7 @@ class TaskError(FedsimError):
     """A task's code failed or gave something fedsim cannot use; the message names the task."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # by identity: the caches key on it, fields may not hash
 class Task:
     """A model, its data and its loss — what ``--task`` names.
 
@@ -119,7 +119,12 @@ class Task:
         try:
             if self.train is None:
                 return train_local(model, data, config, generator, loss=self.loss)
-            result = self.train(model, data, config, generator)
+            # Client-level DP's clip is the worker's promise, whoever's step trained.
+            result = with_update_clip(
+                model,
+                config,
+                lambda: self.train(model, data, config, generator),  # type: ignore[misc]
+            )
         except FedsimError:
             raise
         except Exception as exc:
@@ -158,19 +163,26 @@ def _model_only(model: str) -> Task:
     return Task(functools.partial(build_model, model), _builtin_data_elsewhere, name=model)
 
 
-@functools.lru_cache(maxsize=16)
 def image_task(dataset: str, model: str, data_dir: str | None = None) -> Task:
-    """A built-in task: ``--dataset`` (Fashion-MNIST or MNIST) with ``--model``."""
+    """A built-in task: ``--dataset`` (Fashion-MNIST or MNIST) with ``--model``.
+
+    One task per data root found now (``$FEDSIM_DATA`` may change between
+    calls): the splits and the digest cached for a task are those of its root.
+    """
     if dataset not in DATASETS:
         raise ConfigError(f"--dataset {dataset!r} is not one of: {', '.join(DATASETS)}")
     if model not in MODELS:
         raise ConfigError(f"--model {model!r} is not one of: {', '.join(MODELS)}")
+    return _image_task(dataset, model, str(resolve_data_root(dataset, data_dir)))
 
+
+@functools.lru_cache(maxsize=16)
+def _image_task(dataset: str, model: str, root: str) -> Task:
     def data(split: str) -> Split:
-        return load_split(dataset, train=split == "train", data_dir=data_dir)
+        return load_split(dataset, train=split == "train", data_dir=root)
 
     def digest() -> str:
-        return dataset_checksum(dataset, data_dir)
+        return dataset_checksum(dataset, root)
 
     # Named after the data alone: a worker serving --dataset holds every built-in
     # model (all in fl.models, so one code digest) and trains whichever it is asked.
@@ -178,8 +190,10 @@ def image_task(dataset: str, model: str, data_dir: str | None = None) -> Task:
 
 
 # Tasks this process loaded, by reference: the only user code a request can reach.
+# Reentrant: a task module may build on another task while it is imported.
 _LOADED: dict[str, Task] = {}
-_LOADING = threading.Lock()
+_LOADED_FROM: dict[str, str] = {}  # reference → the file or module it was loaded from
+_LOADING = threading.RLock()
 
 
 def load_task(reference: str) -> Task:
@@ -188,13 +202,15 @@ def load_task(reference: str) -> Task:
     Imported once per process; a bad reference, an import that fails, or an
     object that is no task is one ConfigError line naming the reference.
     """
+    option = f"--task {reference!r}"
+    where, sep, attribute = reference.strip().rpartition(":")
+    if not sep or not where or not attribute.isidentifier():
+        raise ConfigError(f"{option} is not package.module:name or path/file.py:name")
+    # A relative file names another task from another folder: keyed by what it is.
+    source = str(Path(where).resolve()) if where.endswith(".py") else where
     with _LOADING:
-        if reference in _LOADED:
+        if _LOADED_FROM.get(reference) == source:
             return _LOADED[reference]
-        option = f"--task {reference!r}"
-        where, sep, attribute = reference.strip().rpartition(":")
-        if not sep or not where or not attribute.isidentifier():
-            raise ConfigError(f"{option} is not package.module:name or path/file.py:name")
         found = getattr(import_module_at(option, where), attribute, None)
         if found is None:
             raise ConfigError(f"{option}: {where} has no {attribute!r}")
@@ -209,7 +225,7 @@ def load_task(reference: str) -> Task:
                 "(or a function that returns one)"
             )
         task = dataclasses.replace(found, name=reference)
-        _LOADED[reference] = task
+        _LOADED[reference], _LOADED_FROM[reference] = task, source
         return task
 
 
@@ -224,8 +240,9 @@ def model_task(key: str) -> Task:
     with _LOADING:
         task = _LOADED.get(key)
     if task is None:
+        shown = key if len(key) <= 80 else f"{key[:77]}..."  # a request's key is anyone's text
         raise ConfigError(
-            f"unknown model {key!r}: this worker has {', '.join(MODELS)} and the task it was "
+            f"unknown model {shown!r}: this worker has {', '.join(MODELS)} and the task it was "
             f"started with ({', '.join(_LOADED) or 'none'}; fedsim worker serve --task)"
         )
     return task
@@ -240,119 +257,3 @@ def data_task(key: str, data_dir: str | None) -> Task:
     """The task whose data ``key`` names (``fl.partition.Partitioning.dataset``): a
     built-in dataset (whose model does not matter here) or a task's reference."""
     return image_task(key, "cnn", data_dir) if key in DATASETS else load_task(key)
-
-
-@functools.lru_cache(maxsize=16)
-def _whole_split(task: Task, split: str) -> Split:
-    try:
-        given = task.data(split)
-    except FedsimError:
-        raise
-    except Exception as exc:
-        raise TaskError(f"task {task.name!r}: data({split!r}) failed: {exc}") from None
-    if isinstance(given, tuple) and len(given) == 2:
-        given = Split(*given)
-    if not isinstance(given, Split):
-        raise TaskError(
-            f"task {task.name!r}: data({split!r}) returned {type(given).__name__}, "
-            "not a Split or an (x, y) pair"
-        )
-    x, y = given.x, given.y
-    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-        raise TaskError(f"task {task.name!r}: data({split!r}) holds no tensors")
-    if y.dtype != torch.int64 or y.ndim != 1 or x.ndim < 1 or x.shape[0] != y.shape[0]:
-        raise TaskError(
-            f"task {task.name!r}: data({split!r}) gave x {tuple(x.shape)} and y "
-            f"{tuple(y.shape)} {y.dtype}: y must be int64 labels, one per row of x"
-        )
-    if len(y) == 0:
-        raise TaskError(f"task {task.name!r}: data({split!r}) is empty")
-    return Split(x.contiguous(), y.contiguous())
-
-
-def forget_task_splits() -> None:
-    """Drop the whole splits this process's tasks gave (fl.task_data.forget_loaded_data)."""
-    _whole_split.cache_clear()
-
-
-def task_split(task: Task, *, train: bool, limit: int | None = None) -> Split:
-    """The task's train or test split, its first ``limit`` samples (cached per process;
-    the tensors are shared: callers must not mutate them)."""
-    split = "train" if train else "test"
-    whole = _whole_split(task, split)
-    if limit is None:
-        return whole
-    if limit < 1:
-        raise ConfigError(f"sample limit must be >= 1, got {limit}")
-    if limit > len(whole):
-        raise ConfigError(
-            f"sample limit {limit} exceeds the {len(whole)} {split} samples of {task.name}"
-        )
-    return Split(whole.x[:limit], whole.y[:limit])
-
-
-def task_fingerprint(task: Task) -> str:
-    """One line naming the task's code and data, compared by the coordinator with each
-    worker's before round 1: ``<name> code=<sha256…> data=<sha256…>``."""
-    return f"{task.name} code={code_digest(task)[:16]} data={data_digest(task)[:16]}"
-
-
-def fingerprint_difference(theirs: str, ours: str) -> str:
-    """What differs between another process's :func:`task_fingerprint` and ours, as the
-    rest of a sentence that starts with that process's name."""
-
-    def parts(fingerprint: str) -> tuple[str, dict[str, str]]:
-        name, *rest = fingerprint.split(" ") if fingerprint else ("",)
-        return name, dict(part.split("=", 1) for part in rest if "=" in part)
-
-    (their_name, their_parts), (name, our_parts) = parts(theirs), parts(ours)
-    if their_name != name:
-        return f"runs task [{their_name or 'unknown'}], this run's is {name}: start it with --task"
-    for part, remedy in (("data", "the same data"), ("code", "the same task files")):
-        if their_parts.get(part) != our_parts.get(part):
-            return (
-                f"runs task {name} with other {part} than this process (sha256 "
-                f"{their_parts.get(part, '?')}… against {our_parts.get(part, '?')}…): "
-                f"give it {remedy}"
-            )
-    return f"answers task fingerprint [{theirs}], this process's is [{ours}]"
-
-
-@functools.lru_cache(maxsize=16)
-def data_digest(task: Task) -> str:
-    """sha256 (hex) naming the task's data: its ``digest()``, else both splits' tensors."""
-    if task.digest is not None:
-        try:
-            return str(task.digest())
-        except FedsimError:
-            raise
-        except Exception as exc:
-            raise TaskError(f"task {task.name!r}: digest() failed: {exc}") from None
-    digest = hashlib.sha256()
-    for split in ("train", "test"):
-        whole = _whole_split(task, split)
-        for tensor in (whole.x, whole.y):
-            digest.update(f"{split} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
-            digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=16)
-def code_digest(task: Task) -> str:
-    """sha256 over the source files of the modules the task's functions come from
-    (torch's own excepted: its version is compared elsewhere)."""
-    files: set[str] = set()
-    for part in (task.model, task.data, task.loss, task.train, task.evaluate, task.digest):
-        while isinstance(part, functools.partial):
-            part = part.func
-        module = inspect.getmodule(part) if part is not None else None
-        if module is None or module.__name__.split(".")[0] == "torch":
-            continue
-        path = getattr(module, "__file__", None)
-        if path:
-            files.add(str(Path(path).resolve()))
-    digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: Path(p).name):
-        # By file name and content, not path: two checkouts of one task agree.
-        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes())
-    return digest.hexdigest()

@@ -173,7 +173,26 @@ def train_local(
     n = len(data)
     if n == 0:
         raise DataError("cannot train on an empty dataset")
+    return with_update_clip(
+        model, config, lambda: _sgd_or_dp_sgd(model, data, config, generator, loss)
+    )
+
+
+def with_update_clip(
+    model: nn.Module, config: TrainConfig, train: Callable[[], TrainResult]
+) -> TrainResult:
+    """``train()`` (which trains ``model`` in place), then, with ``config.update_clip``,
+    the model's move projected onto the L2 ball of that radius (client-level DP)."""
     start_state = _floating_copy(model) if config.update_clip > 0 else None
+    result = train()
+    if start_state is not None:
+        _clip_model_update(model, start_state, config.update_clip)
+    return result
+
+
+def _sgd_or_dp_sgd(
+    model: nn.Module, data: Split, config: TrainConfig, generator: torch.Generator, loss: Loss
+) -> TrainResult:
     if config.dp_clip > 0:
         from fl.dp_training import train_local_dp  # Opacus is only loaded when used
         from fl.privacy import DPConfig, PrivacyAccountant
@@ -181,12 +200,8 @@ def train_local(
         dp = DPConfig(mode="sample", noise_multiplier=config.dp_noise, clip=config.dp_clip)
         noise = _dp_noise(config, generator)
         # The coordinator accounts for every client from public sizes (flows.defence).
-        result = train_local_dp(model, data, config, dp, noise, PrivacyAccountant(), loss=loss)
-    else:
-        result = _train_sgd(model, data, config, generator, loss)
-    if start_state is not None:
-        _clip_model_update(model, start_state, config.update_clip)
-    return result
+        return train_local_dp(model, data, config, dp, noise, PrivacyAccountant(), loss=loss)
+    return _train_sgd(model, data, config, generator, loss)
 
 
 def _dp_noise(config: TrainConfig, generator: torch.Generator) -> NoiseSource:

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 
 from fl.errors import FedsimError
-from fl.tasks import task_fingerprint
+from fl.task_fingerprint import task_fingerprint
 from flows.config import ExperimentConfig
 from flows.config_file import config_toml
 from flows.engine import dask_task_runner

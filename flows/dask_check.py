@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import torch
 
 from fl.errors import ConfigError
-from fl.tasks import code_digest, data_digest, data_task
+from fl.task_fingerprint import code_digest, data_digest
+from fl.tasks import data_task
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig

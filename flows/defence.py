@@ -63,7 +63,7 @@ from fl.noise import noise_source
 from fl.privacy import DPConfig, DPFedAvg, PrivacyAccountant, check_budget
 from fl.robust import ScoredStrategy, parse_aggregator
 from fl.strategies import averages, load_strategy, train_options
-from fl.tasks import task_split
+from fl.task_data import task_split
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fl.tasks import task_split
+from fl.task_data import task_split
+from fl.task_fingerprint import task_fingerprint
 from flows.config import ExperimentConfig
 
 __all__ = ["preflight"]
@@ -16,6 +17,9 @@ def preflight(cfg: ExperimentConfig) -> None:
     flow run; so would a Dask cluster (``--dask-address``) that cannot train.
     Loading is cached in-process, so the flows reuse this work.
     """
+    # The fingerprint now, moments after the task was imported: its code digest is of
+    # the files this process runs, even if they are edited during the run.
+    task_fingerprint(cfg.learning_task)
     train = task_split(cfg.learning_task, train=True, limit=cfg.train_samples)
     task_split(cfg.learning_task, train=False, limit=cfg.test_samples)
     cfg.partitioning.indices(train.y)

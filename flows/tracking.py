@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from fl.data import resolve_data_root
 from fl.errors import FedsimError
-from fl.tasks import data_digest
+from fl.task_fingerprint import data_digest
 
 if TYPE_CHECKING:
     from flows.config import ExperimentConfig

@@ -172,8 +172,8 @@ class WorkerCore(TrainingRequests):
                 f"partition source has {len(source.parts)} parts, expected {partitioning.count}"
             )
         split = source.part(index)
-        if label_flip:
-            split = flip_labels(split)
+        if label_flip:  # over the task's classes, read off the whole training split
+            split = flip_labels(split, num_classes=int(source.split.y.max()) + 1)
         description = partitioning.describe(index)
         return cls(
             worker_id,

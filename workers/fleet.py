@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl.errors import ConfigError, FedsimError
-from fl.tasks import fingerprint_difference
+from fl.task_fingerprint import fingerprint_difference
 from workers.base import Worker
 from workers.errors import WorkerError
 from workers.tls import is_loopback_host

@@ -51,8 +51,9 @@ __all__ = [
     "encode_message",
 ]
 
-# 2: PartyOp/PartyReply, Train.sealed; 3: Fit/FitReply; 4: AuthResult.max_message_bytes
-PROTOCOL_VERSION = 4
+# 2: PartyOp/PartyReply, Train.sealed; 3: Fit/FitReply; 4: AuthResult.max_message_bytes;
+# 5: Pong.task (the task's fingerprint)
+PROTOCOL_VERSION = 5
 
 
 # ------------------------------------------------------------------ requests

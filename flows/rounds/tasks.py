@@ -19,8 +19,9 @@ from fl.aggregation import RoundAggregate
 from fl.attacks import flip_labels
 from fl.data import Split
 from fl.models import get_state, set_state
-from fl.task_data import PartitionSource, partition_source
-from fl.tasks import Task, task_fingerprint, task_split
+from fl.task_data import PartitionSource, partition_source, task_split
+from fl.task_fingerprint import task_fingerprint
+from fl.tasks import Task
 from fl.training import EvalResult, TrainResult
 from flows.config import ExperimentConfig
 from flows.rounds.clients import ClientSettings, ClientSpec, train_config
@@ -98,8 +99,8 @@ def launch_virtual_workers(
             continue
         worker = VirtualWorker(worker_id, core=WorkerCore(worker_id, models=models))
         shard = train.subset(shards[index])
-        if index in poisoned:
-            shard = flip_labels(shard)
+        if index in poisoned:  # over the task's classes, read off its training labels
+            shard = flip_labels(shard, num_classes=int(train.y.max()) + 1)
         worker.send(shard.x, obj_id=TRAIN_X_ID)
         worker.send(shard.y, obj_id=TRAIN_Y_ID)
         workers.append(worker)

@@ -267,3 +267,21 @@ def test_load_partition_equals_coordinator_partitioning(partition: str) -> None:
     # Assert
     for part, own in zip(parts, mine, strict=True):
         assert torch.equal(own.x, split.x[part]) and torch.equal(own.y, split.y[part])
+
+
+def test_a_builtin_task_follows_the_data_root_found_now(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$FEDSIM_DATA pointing elsewhere gives the other files' splits and digest, not
+    the ones cached for the first root."""
+    from fl.task_data import task_split
+    from fl.task_fingerprint import data_digest
+    from fl.tasks import image_task
+
+    seen = []
+    for seed in (1, 2):
+        root = write_files(tmp_path / f"data-{seed}", synthetic_files(seed), gz=False)
+        monkeypatch.setenv("FEDSIM_DATA", str(root))
+        task = image_task("fashion-mnist", "cnn")
+        seen.append((data_digest(task), task_split(task, train=True).y.tolist()))
+    assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]

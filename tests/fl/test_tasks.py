@@ -12,16 +12,9 @@ from torch import nn
 
 from fl.data import Split
 from fl.errors import ConfigError
-from fl.tasks import (
-    Task,
-    TaskError,
-    fingerprint_difference,
-    image_task,
-    load_task,
-    model_task,
-    task_fingerprint,
-    task_split,
-)
+from fl.task_data import task_split
+from fl.task_fingerprint import fingerprint_difference, task_fingerprint
+from fl.tasks import Task, TaskError, image_task, load_task, model_task
 from fl.training import TrainConfig, TrainResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,3 +205,69 @@ def test_a_builtin_task_is_the_image_data_with_its_model() -> None:
     assert model_task("mlp").build(seed=0).state_dict().keys() == model.state_dict().keys()
     with pytest.raises(ConfigError, match="--model 'resnet'"):
         image_task("fashion-mnist", "resnet")
+
+
+def test_a_tasks_own_train_step_is_still_clipped_for_client_dp() -> None:
+    """--dp client's promise is the worker's: the update is clipped whoever's step
+    trained (a task's own step that ignores the config moves far)."""
+
+    def far(model: nn.Module, data: Split, config: TrainConfig, g: torch.Generator) -> TrainResult:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(10.0)
+        return TrainResult(num_samples=len(data), steps=1, mean_loss=0.0, seconds=0.0)
+
+    task = _task(train=far)
+    model = task.build(seed=0)
+    start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    data = Split(torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64))
+    config = TrainConfig(epochs=1, batch_size=2, lr=0.1, update_clip=0.5)
+    task.run_train(model, data, config, torch.Generator())
+    moved = torch.cat([p.detach().flatten() for p in model.parameters()]) - start
+    assert float(moved.norm()) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_loading_is_reentrant_and_a_relative_file_is_keyed_by_what_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _write(tmp_path / "base_task.py", TASK_MODULE)
+    # A task built on another one, loaded while its module is imported.
+    _write(
+        tmp_path / "derived.py",
+        f"from fl.tasks import load_task\nimport dataclasses\n"
+        f"task = dataclasses.replace(load_task({base + ':task'!r}), name='')\n",
+    )
+    assert load_task(f"{tmp_path / 'derived.py'}:task").model is load_task(f"{base}:task").model
+    # `task.py:task` in two projects, loaded in turn by one process: two tasks.
+    loaded = []
+    for project, width in (("one", 3), ("two", 5)):
+        (tmp_path / project).mkdir()
+        body = TASK_MODULE.replace("nn.Linear(3, 2)", f"nn.Linear({width}, 2)")
+        _write(tmp_path / project / "task.py", body)
+        monkeypatch.chdir(tmp_path / project)
+        loaded.append(load_task("task.py:task").build().in_features)  # type: ignore[union-attr]
+    assert loaded == [3, 5]
+
+
+def test_a_task_whose_fields_do_not_hash_is_cached_by_identity() -> None:
+    class Loader:  # a callable object, as a dataclass with __call__ would be
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.ones(6, 3), torch.arange(6) % 2
+
+    task = _task(data=Loader())
+    assert task_split(task, train=True) is task_split(task, train=True)
+    assert len(task_fingerprint(task).split(" ")) == 3
+
+
+def test_a_label_flip_flips_over_the_tasks_own_classes(task_file: str) -> None:
+    from fl.partition import Partitioning
+    from workers.core import TRAIN_Y_ID, WorkerCore
+
+    load_task(f"{task_file}:task")  # two classes
+    partitioning = Partitioning(f"{task_file}:task", "iid", 2, 0, None)
+    honest = WorkerCore.with_partition("w0", partitioning, 0, data_dir=None)
+    flipped = WorkerCore.with_partition("w0", partitioning, 0, data_dir=None, label_flip=True)
+    y, y_flipped = honest._objects[TRAIN_Y_ID], flipped._objects[TRAIN_Y_ID]
+    assert torch.equal(y_flipped, 1 - y)  # type: ignore[operator]

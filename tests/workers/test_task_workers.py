@@ -10,7 +10,8 @@ import pytest
 
 from fl.errors import ConfigError
 from fl.partition import Partitioning
-from fl.tasks import load_task, task_fingerprint
+from fl.task_fingerprint import task_fingerprint
+from fl.tasks import load_task
 from workers.launcher import LocalWorkerPool, WorkerSpec
 
 pytestmark = pytest.mark.e2e  # starts worker processes
@@ -76,3 +77,32 @@ def test_a_worker_whose_task_differs_is_refused_naming_the_difference(
         pool.start()
     pool.stop()
     assert all(process.popen.poll() is not None for process in pool.processes)
+
+
+def test_a_worker_without_data_starts_without_the_dataset(tmp_path: Path) -> None:
+    """A worker serving no partition (an MPC party) holds no task data, so it neither
+    needs the dataset on disk nor answers a fingerprint."""
+    import json
+    import os
+    import select
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FEDSIM_OFFLINE": "1", "FEDSIM_CACHE": str(tmp_path)}
+    env.pop("FEDSIM_DATA", None)
+    command = [sys.executable, "-m", "fedsim", "worker", "serve", "--id", "w0"]
+    proc = subprocess.Popen(
+        [*command, "--dataset", "mnist"],  # no MNIST on this machine
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], 120)
+        assert readable, "no ready line within 120 s"
+        line = proc.stdout.readline()
+        assert json.loads(line)["event"] == "ready", line + (
+            proc.stderr.read() if proc.stderr else ""
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
