@@ -35,6 +35,7 @@ LEVELS = ("L0 baseline", "L2 federated", "L3 decentralized")
 
 def _run(tree: Path, args: list[str], home: Path) -> dict[str, tuple[float, float]]:
     """``fedsim run ARGS`` with ``tree``'s code: each level's (accuracy %, train s)."""
+    home.mkdir(parents=True)
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
