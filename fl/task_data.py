@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fl.data import Split, forget_loaded_splits
-from fl.errors import ConfigError, FedsimError
+from fl.errors import ConfigError
 from fl.partition import Partitioning
 from fl.tasks import Task, TaskError, data_task
 
@@ -33,12 +33,8 @@ __all__ = [
 @functools.lru_cache(maxsize=16)
 def whole_split(task: Task, split: str) -> Split:
     """The task's whole ``split`` ("train" or "test"), checked; once per process."""
-    try:
+    with task.blamed(f"data({split!r})"):
         given = task.data(split)
-    except FedsimError:
-        raise
-    except Exception as exc:
-        raise TaskError(f"task {task.name!r}: data({split!r}) failed: {exc}") from None
     if isinstance(given, tuple) and len(given) == 2:
         given = Split(*given)
     if not isinstance(given, Split):

@@ -13,9 +13,8 @@ import hashlib
 import inspect
 from pathlib import Path
 
-from fl.errors import FedsimError
 from fl.task_data import whole_split
-from fl.tasks import Task, TaskError
+from fl.tasks import Task
 
 __all__ = ["code_digest", "data_digest", "fingerprint_difference", "task_fingerprint"]
 
@@ -51,12 +50,8 @@ def fingerprint_difference(theirs: str, ours: str) -> str:
 def data_digest(task: Task) -> str:
     """sha256 (hex) naming the task's data: its ``digest()``, else both splits' tensors."""
     if task.digest is not None:
-        try:
+        with task.blamed("digest()"):
             return str(task.digest())
-        except FedsimError:
-            raise
-        except Exception as exc:
-            raise TaskError(f"task {task.name!r}: digest() failed: {exc}") from None
     digest = hashlib.sha256()
     for split in ("train", "test"):
         whole = whole_split(task, split)

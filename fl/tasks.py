@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,19 @@ class Task:
     digest: Callable[[], str] | None = None
     name: str = ""  # shown in errors; load_task sets it to the reference
 
+    @contextmanager
+    def blamed(self, what: str) -> Iterator[None]:
+        """Run the task's code: anything it raises but fedsim's own errors becomes one
+        TaskError naming the task and ``what`` it was doing."""
+        try:
+            yield
+        except FedsimError:
+            raise
+        except Exception as exc:
+            raise TaskError(
+                f"task {self.name!r}: {what} failed: {type(exc).__name__}: {exc}"
+            ) from None
+
     def build(self, seed: int | None = None) -> nn.Module:
         """A fresh model; with ``seed`` its init is deterministic and the global RNG untouched."""
         if seed is None:
@@ -100,10 +114,8 @@ class Task:
             return self._checked_model()
 
     def _checked_model(self) -> nn.Module:
-        try:
+        with self.blamed("model()"):
             module = self.model()
-        except Exception as exc:
-            raise TaskError(f"task {self.name!r}: model() failed: {exc}") from None
         if not isinstance(module, nn.Module):
             raise TaskError(f"task {self.name!r}: model() returned {type(module).__name__}")
         return module
@@ -116,7 +128,7 @@ class Task:
         Whatever the task's code raises (its model's forward, its loss, its step)
         becomes a TaskError naming the task.
         """
-        try:
+        with self.blamed("training"):
             if self.train is None:
                 return train_local(model, data, config, generator, loss=self.loss)
             # Client-level DP's clip is the worker's promise, whoever's step trained.
@@ -125,12 +137,6 @@ class Task:
                 config,
                 lambda: self.train(model, data, config, generator),  # type: ignore[misc]
             )
-        except FedsimError:
-            raise
-        except Exception as exc:
-            raise TaskError(
-                f"task {self.name!r}: training failed: {type(exc).__name__}: {exc}"
-            ) from None
         if not isinstance(result, TrainResult):
             raise TaskError(f"task {self.name!r}: train() returned {type(result).__name__}")
         return result
@@ -138,16 +144,10 @@ class Task:
     def run_evaluate(self, model: nn.Module, data: Split, batch_size: int = 1000) -> EvalResult:
         """Loss and accuracy of ``model`` on ``data``: the task's own step, or fedsim's
         (a failure is a TaskError naming the task)."""
-        try:
+        with self.blamed("evaluation"):
             if self.evaluate is None:
                 return evaluate(model, data, batch_size=batch_size, loss=self.loss)
             result = self.evaluate(model, data, batch_size)
-        except FedsimError:
-            raise
-        except Exception as exc:
-            raise TaskError(
-                f"task {self.name!r}: evaluation failed: {type(exc).__name__}: {exc}"
-            ) from None
         if not isinstance(result, EvalResult):
             raise TaskError(f"task {self.name!r}: evaluate() returned {type(result).__name__}")
         return result

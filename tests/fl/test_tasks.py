@@ -106,7 +106,7 @@ def _task(**fields: object) -> Task:
         (lambda s: (torch.zeros(4, 3), torch.zeros(4)), "y must be int64 labels"),
         (lambda s: (torch.zeros(4, 3), torch.zeros(5, dtype=torch.int64)), "one per row"),
         (lambda s: [1, 2, 3], "returned list, not a Split"),
-        (lambda s: 1 / 0, "data\\('train'\\) failed: division by zero"),
+        (lambda s: 1 / 0, "data\\('train'\\) failed: ZeroDivisionError: division by zero"),
         (lambda s: (torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)), "is empty"),
     ],
 )
@@ -116,7 +116,7 @@ def test_unusable_data_is_a_task_error_naming_the_task(data: object, message: st
 
 
 def test_a_failing_model_loss_or_step_is_a_task_error_naming_the_task() -> None:
-    with pytest.raises(TaskError, match="task 't': model\\(\\) failed: no weights"):
+    with pytest.raises(TaskError, match="task 't': model\\(\\) failed: OSError: no weights"):
         _task(model=lambda: (_ for _ in ()).throw(OSError("no weights"))).build()
     with pytest.raises(TaskError, match="model\\(\\) returned int"):
         _task(model=lambda: 3).build()
