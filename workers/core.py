@@ -314,13 +314,8 @@ class WorkerCore(TrainingRequests):
     # --------------------------------------------------------------- handlers
 
     def _ping(self, msg: Ping) -> Pong:
-        return Pong(
-            self._worker_id,
-            PROTOCOL_VERSION,
-            len(self._objects),
-            self.data_description,
-            self.task_fingerprint,
-        )
+        count, data, task = len(self._objects), self.data_description, self.task_fingerprint
+        return Pong(self._worker_id, PROTOCOL_VERSION, count, data, task)
 
     def _put(self, msg: PutObject) -> Ack:
         self._objects[self._new_id(msg.obj_id)] = msg.value

@@ -238,9 +238,8 @@ def test_fedsim_serve_registers_the_cron_deployment_and_runs_it(
             **{**PROFILES["quick"], "levels": "baseline", "experiment": "serve-test"}
         )
         assert deployment.parameters == {"config": expected.to_dict()}
-        # The parameters are a typed model: the UI's form, one field per option.
         form = deployment.parameter_openapi_schema["definitions"]["ExperimentParameters"]
-        assert form["properties"]["workers"]["type"] == "integer"
+        assert form["properties"]["workers"]["type"] == "integer"  # a typed form
         assert deployment.entrypoint == "flows.benchmark.benchmark_flow"
         assert "fedsim run --profile quick --levels baseline" in deployment.description
 
