@@ -248,7 +248,10 @@ def test_client_dp_under_secure_aggregation_noises_the_opened_average(mlflow_uri
     assert secure["final_accuracy"] == pytest.approx(plain["final_accuracy"], abs=0.01)
     assert _history(secure["run_id"], "dp_epsilon") == []  # z = 0: ε = ∞, not logged
     noisy_secure = noisy["levels"][1]
-    assert noisy_secure["final_accuracy"] < secure["final_accuracy"]
+    # The loss, not the accuracy: both models sit near chance after two tiny rounds,
+    # and fresh CSPRNG noise once left the noisy one 0.5 points ahead. Noise of
+    # std z·S/n per coordinate over every weight lifts the loss far above 2.25.
+    assert noisy_secure["final_loss"] > secure["final_loss"] + 1.0
     assert _history(noisy_secure["run_id"], "dp_epsilon")[-1] > 0
 
 
