@@ -39,8 +39,15 @@ class ModelPool:
         self._free: dict[str, list[nn.Module]] = {}
         self._lock = threading.Lock()
         self.built = 0  # modules this pool ever built: the model copies it holds
+        self._built_of: dict[str, int] = {}  # the same, by model key
         self.lent = 0
         self.peak_lent = 0
+
+    def built_of(self, name: str) -> int:
+        """Modules of the model keyed ``name`` this pool ever built: a process's pool
+        outlives one run, and other runs' models are not this run's copies."""
+        with self._lock:
+            return self._built_of.get(name, 0)
 
     @contextmanager
     def lease(
@@ -61,6 +68,7 @@ class ModelPool:
             module = model_task(name).build()
             with self._lock:
                 self.built += 1
+                self._built_of[name] = self._built_of.get(name, 0) + 1
         with self._lock:
             self.lent += 1
             self.peak_lent = max(self.peak_lent, self.lent)

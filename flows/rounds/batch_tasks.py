@@ -124,7 +124,8 @@ def train_specs_here(
     Each client loads its partition from the dataset location this process sees
     (cached per process), exactly as level 3's workers do, when its turn comes,
     and is dropped after it: only the pooled modules stay. Returns the outcome,
-    the body's seconds, this process's id and the modules its pool built.
+    the body's seconds, this process's id and the modules of this run's model its
+    pool built.
     """
     start = time.perf_counter()
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: every freed
@@ -139,7 +140,8 @@ def train_specs_here(
     if threads is not None:
         _set_thread_count(threads)
     outcome = train_clients_in_turn(clients, state, settings, round_index, fold)
-    return outcome, time.perf_counter() - start, os.getpid(), PROCESS_MODELS.built
+    built = PROCESS_MODELS.built_of(settings.model)  # this run's model, not earlier runs'
+    return outcome, time.perf_counter() - start, os.getpid(), built
 
 
 # In this process (the thread-pool task runner) the batch's outcome is returned

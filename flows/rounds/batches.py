@@ -68,7 +68,7 @@ class BatchStats:
     """Where a round's batches ran and what they held, for the round's metrics."""
 
     body_seconds: list[float] = dataclasses.field(default_factory=list)
-    # Modules built per process that trained clients (pid → ModelPool.built).
+    # Modules of the run's model built per process that trained clients (pid → count).
     models_by_process: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property

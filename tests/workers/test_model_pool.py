@@ -144,3 +144,15 @@ def test_many_workers_sharing_a_pool_hold_one_model() -> None:
     after = live_modules(MLP2NN)
     assert pool.built == 1 and pool.peak_lent == 1
     assert after - before == 1
+
+
+def test_copies_are_counted_by_model_key() -> None:
+    """A process's pool outlives a run: the copies of one model are counted apart
+    from the other models it built for other runs."""
+    pool = ModelPool()
+    for name in ("mlp", "mlp", "cnn"):
+        with pool.lease(name, get_state(build_model(name, seed=0))):
+            pass
+    assert (pool.built, pool.built_of("mlp"), pool.built_of("cnn"), pool.built_of("x")) == (
+        2, 1, 1, 0,
+    )  # fmt: skip
