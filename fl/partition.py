@@ -206,7 +206,7 @@ class Partitioning:
     files the same): partitions are a pure function of these values.
     """
 
-    dataset: str
+    dataset: str  # the data's name: a built-in dataset or a task's reference (fl.tasks.data_task)
     partitioner: str
     count: int
     seed: int

@@ -191,8 +191,8 @@ def _image_task(dataset: str, model: str, root: str) -> Task:
 
 # Tasks this process loaded, by reference: the only user code a request can reach.
 # Reentrant: a task module may build on another task while it is imported.
-_LOADED: dict[str, Task] = {}
-_LOADED_FROM: dict[str, str] = {}  # reference → the file or module it was loaded from
+# Each with the file or module it was loaded from.
+_LOADED: dict[str, tuple[str, Task]] = {}
 _LOADING = threading.RLock()
 
 
@@ -209,8 +209,9 @@ def load_task(reference: str) -> Task:
     # A relative file names another task from another folder: keyed by what it is.
     source = str(Path(where).resolve()) if where.endswith(".py") else where
     with _LOADING:
-        if _LOADED_FROM.get(reference) == source:
-            return _LOADED[reference]
+        loaded_from, loaded = _LOADED.get(reference, ("", None))
+        if loaded is not None and loaded_from == source:
+            return loaded
         found = getattr(import_module_at(option, where), attribute, None)
         if found is None:
             raise ConfigError(f"{option}: {where} has no {attribute!r}")
@@ -225,7 +226,7 @@ def load_task(reference: str) -> Task:
                 "(or a function that returns one)"
             )
         task = dataclasses.replace(found, name=reference)
-        _LOADED[reference], _LOADED_FROM[reference] = task, source
+        _LOADED[reference] = (source, task)
         return task
 
 
@@ -238,7 +239,7 @@ def model_task(key: str) -> Task:
     if key in MODELS:
         return _model_only(key)
     with _LOADING:
-        task = _LOADED.get(key)
+        _, task = _LOADED.get(key, ("", None))
     if task is None:
         shown = key if len(key) <= 80 else f"{key[:77]}..."  # a request's key is anyone's text
         raise ConfigError(

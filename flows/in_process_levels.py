@@ -41,11 +41,12 @@ __all__ = ["baseline_flow", "decentralized_flow", "federated_flow", "sequential_
 
 def _baseline_rounds(ctx: LevelContext, train: Split) -> RoundFn:
     model, _ = initial_state(ctx.cfg)
+    task = ctx.cfg.learning_task  # found once, not every round
     generator = torch.Generator().manual_seed(ctx.cfg.seed)
 
     def round_fn(state: StateDict, round_index: int) -> RoundOutcome:
         set_state(model, state)
-        result = ctx.meter.call(train_centralized, model, train, ctx.cfg, generator)
+        result = ctx.meter.call(train_centralized, model, train, task, ctx.cfg, generator)
         update = ClientUpdate("baseline", get_state(model), result.num_samples, result.mean_loss)
         return RoundOutcome([update], 0, 0, aggregate=Finished(dict(update.state)))
 

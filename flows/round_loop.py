@@ -122,6 +122,7 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
     """The round loop shared by every level: train → aggregate → evaluate → log."""
     cfg, meter = ctx.cfg, ctx.meter
     model, state = initial_state(cfg)
+    task = cfg.learning_task  # found once (a built-in task looks for its data root), not per round
     train_seconds, bytes_total, samples_trained, comm_seconds = 0.0, setup_bytes, 0, 0.0
     accuracies: list[float] = []
     progress.emit_level_started(ctx.level.run_name, cfg.rounds)
@@ -135,10 +136,10 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         previous, state = state, meter.call(finish_round, outcome.aggregate)
         if cfg.strategy != "fedavg":  # a chosen strategy is named if its state is unusable
             check_aggregate(ctx.strategy, previous, state)
-        check_finite(cfg.learning_task, state, round_index)
+        check_finite(task, state, round_index)
         round_seconds = time.perf_counter() - start
         train_seconds += round_seconds
-        evaluation = meter.call(evaluate_state, model, state, test, cfg.learning_task)
+        evaluation = meter.call(evaluate_state, model, state, test, task)
         bytes_total += outcome.bytes_sent + outcome.bytes_received
         comm_seconds += outcome.comm_seconds
         samples = sum(u.num_samples for u in outcome.updates)
@@ -161,7 +162,7 @@ def run_rounds(ctx: LevelContext, test: Split, round_fn: RoundFn, setup_bytes: i
         progress.emit_round(ctx.level.run_name, round_index, metrics)
         _log_round(round_index, cfg.rounds, metrics)
     if evaluation is None:  # the privacy budget allowed no round: the initial model
-        evaluation = meter.call(evaluate_state, model, state, test, cfg.learning_task)
+        evaluation = meter.call(evaluate_state, model, state, test, task)
     return LevelSummary(
         level=ctx.level.name,
         number=ctx.level.number,

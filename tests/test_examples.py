@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.run_env import isolated_run_env
 
 pytestmark = pytest.mark.e2e  # each example runs in a process of its own
 
@@ -42,14 +43,7 @@ def test_authenticated_shares_example_catches_the_cheating_party() -> None:
 def _fedsim_run(tmp_path: Path, args: list[str], cwd: Path = ROOT) -> tuple[str, dict[str, str]]:
     """``fedsim run ARGS`` in a process of its own, with its own MLflow store and Prefect
     home; its stdout and each level's accuracy, by run name."""
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1",
-        "FEDSIM_REPORTS_DIR": str(tmp_path / "reports"),
-        "COLUMNS": "120",
-    }
+    env = isolated_run_env(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "fedsim", "run", *args],
         cwd=cwd, capture_output=True, text=True, env=env, timeout=600, check=False,

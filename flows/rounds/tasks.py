@@ -183,10 +183,14 @@ def launch_worker_processes(cfg: ExperimentConfig) -> LocalWorkerPool:
 @task(name="train-centralized", cache_policy=NO_CACHE)
 @timed_body
 def train_centralized(
-    model: torch.nn.Module, train: Split, cfg: ExperimentConfig, generator: torch.Generator
+    model: torch.nn.Module,
+    train: Split,
+    task: Task,
+    cfg: ExperimentConfig,
+    generator: torch.Generator,
 ) -> TrainResult:
     """The baseline's round: ``cfg.epochs`` passes of plain PyTorch over all data."""
-    return cfg.learning_task.run_train(model, train, train_config(cfg), generator)
+    return task.run_train(model, train, train_config(cfg), generator)
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fedsim.cli import main
+from tests.run_env import isolated_run_env
 
 
 @pytest.mark.parametrize(
@@ -97,18 +98,8 @@ def test_missing_dataset_names_the_ways_to_get_it(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_run_twice_with_a_seed_prints_the_same_table_and_a_report(tmp_path: Path) -> None:
-    # Prepare: the real entry point, a private MLflow store, Prefect home and
-    # reports. Prefect's own start-up deadline is cut to 1 s, less than its
-    # server takes to create a fresh database: the run must not depend on it
-    # (on a busy machine the default 20 s was not enough either).
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1",
-        "FEDSIM_REPORTS_DIR": str(tmp_path / "reports"),
-        "COLUMNS": "120",
-    }
+    # Prepare: the real entry point, a private MLflow store, Prefect home and reports.
+    env = isolated_run_env(tmp_path)
     args = ["--levels", "baseline,2", "--model", "mlp", "--workers", "2", "--rounds", "1"]
     args += ["--train-samples", "400", "--test-samples", "200", "--experiment", "cli-test"]
     args += ["--seed", "7"]
